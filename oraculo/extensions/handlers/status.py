@@ -1,0 +1,27 @@
+"""``GET /api/v1/status``: the state of this user's workspace."""
+
+from __future__ import annotations
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from oraculo.extensions.handlers.base import OraculoAPIHandler
+
+
+class StatusHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        kernels = [
+            {
+                "id": k["id"],
+                "name": k["name"],
+                "execution_state": k.get("execution_state"),
+                "connections": k.get("connections", 0),
+                "last_activity": k["last_activity"].isoformat() if k.get("last_activity") else None,
+            }
+            for k in self.kernel_manager.list_kernels()
+        ]
+        status = await self.oraculo.status_service.status(self.oraculo.owner, kernels)
+        status["caller"] = self.current_user.username
+        self.finish(status)

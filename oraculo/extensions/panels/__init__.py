@@ -1,0 +1,1 @@
+"""Panel UIs (Workspace, and later Chat, Memory, Voice, Backstage), served by one ``panel serve``."""

@@ -1,0 +1,1 @@
+"""Services behind the extension's handlers: plain Python, no tornado."""

@@ -1,0 +1,1 @@
+"""The shared model service: OpenAI-compatible API over local and upstream models."""

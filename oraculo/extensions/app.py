@@ -29,11 +29,17 @@ class OraculoExtension(ExtensionApp):
         which the hub sets for every user server.""",
     ).tag(config=True)
 
+    default_kernel = Unicode(
+        "oraculo",
+        help="""Kernel new notebooks, the execute API and agents start by default: the
+        sandboxed `oraculo` kernelspec. Empty keeps the server's own default.""",
+    ).tag(config=True)
+
     status_service_class = Type(
         StatusService, klass=StatusService, config=True,
         help="The service that reports the workspace's state.",
     )
-    status_service = Instance(StatusService)
+    status_service = Instance(StatusService, allow_none=True)
 
     @default("owner")
     def _default_owner(self) -> str:
@@ -44,6 +50,8 @@ class OraculoExtension(ExtensionApp):
         return os.environ.get("ORACULO_MODELS_URL", "")
 
     def initialize_settings(self) -> None:
+        if self.default_kernel:
+            self.serverapp.kernel_manager.default_kernel_name = self.default_kernel
         self.status_service = self.status_service_class(
             parent=self,
             models_url=self.models_url,

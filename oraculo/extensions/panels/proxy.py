@@ -1,0 +1,140 @@
+"""One ``panel serve`` per user server, behind jupyter-server-proxy, for every oraculo panel.
+
+jupyter-server-proxy mounts the process at ``<base_url>oraculo-panels/`` and authenticates every
+HTTP request and websocket upgrade through the Jupyter server (hub OAuth under JupyterHub, the
+token or its cookie in a plain ``jupyter server``) before anything reaches Panel. So that nothing
+can reach Panel another way, it listens on a Unix socket in a fresh 0700 directory, never on a TCP
+port that any local user could connect to.
+
+Each panel is one script in ``apps/``; ``panel serve`` serves each at ``oraculo-panels/<stem>``, so
+a new panel (chat, memory, voice, backstage) is one more file there and one more launcher tile.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+#: The name jupyter-server-proxy mounts the panel server under, below the server's base URL.
+PROXY_NAME = "oraculo-panels"
+
+_HERE = Path(__file__).parent
+APPS_DIR = _HERE / "apps"
+STATIC_DIR = _HERE / "static"
+
+#: Seconds to wait for ``panel serve`` to answer after it is started (importing Panel is slow on
+#: a busy machine).
+START_TIMEOUT = 60.0
+
+# Request headers that carry the user's Jupyter/JupyterHub credentials. jupyter-server-proxy has
+# already checked them; Panel does not need them, and Bokeh would otherwise copy every request
+# header and cookie into the session token that it embeds in the page, in reach of scripts.
+_CREDENTIAL_HEADERS = ("Cookie", "Authorization")
+
+
+def app_paths() -> list[Path]:
+    """The panel scripts that ``panel serve`` serves, one app per file."""
+    return sorted(APPS_DIR.glob("*.py"))
+
+
+def _command(unix_socket: str, base_url: str) -> list[str]:
+    prefix = base_url.rstrip("/") + "/" + PROXY_NAME
+    return _escape(
+        [
+            sys.executable,
+            "-m",
+            "panel",
+            "serve",
+            *(str(p) for p in app_paths()),
+            "--unix-socket",
+            unix_socket,
+            "--prefix",
+            prefix,
+            # jupyter-server-proxy has already checked the Origin of the websocket against the Host
+            # (jupyter_server's check_origin) and it is the only way in, so Bokeh need not know the
+            # public host name, which it cannot learn here.
+            "--allow-websocket-origin",
+            "*",
+            # Our icons and style sheets, at <prefix>/oraculo/ (see ``static_url``).
+            "--static-dirs",
+            f"oraculo={STATIC_DIR}",
+            "--exclude-headers",
+            *_CREDENTIAL_HEADERS,
+            "--log-level",
+            "warning",
+        ]
+    )
+
+
+def _environment() -> dict[str, str]:
+    env = {
+        # Every script and style sheet from this server, never a CDN (the hub may be offline).
+        "BOKEH_RESOURCES": "server",
+        "BOKEH_MINIFIED": "true",
+        # Keep Panel's own settings out of the user's hands.
+        "PANEL_DISABLE_GLOBAL_CONFIG": "1",
+    }
+    env.update(server_connection())
+    return _escape(env)
+
+
+def server_connection() -> dict[str, str]:
+    """Where and how the panels reach this Jupyter server's REST API (``/api/v1/status``).
+
+    The panel server is a child of the Jupyter server, so it talks to it directly on loopback
+    (or its Unix socket) with the server's own credential: ``JUPYTERHUB_API_TOKEN`` under
+    JupyterHub (the server token, whose ``server`` role grants access to this server only), the
+    server's token in a plain ``jupyter server``.
+    """
+    from jupyter_server.serverapp import ServerApp
+
+    if not ServerApp.initialized():
+        return {}
+    app = ServerApp.instance()
+    token = os.environ.get("JUPYTERHUB_API_TOKEN") or app.identity_provider.token or ""
+    env = {"ORACULO_SERVER_TOKEN": token, "ORACULO_SERVER_BASE_URL": app.base_url}
+    if app.sock:
+        env["ORACULO_SERVER_SOCKET"] = app.sock
+        env["ORACULO_SERVER_URL"] = "http://localhost" + app.base_url
+    else:
+        scheme = "https" if app.certfile else "http"
+        host = app.ip if app.ip not in ("", "0.0.0.0", "*", "localhost") else "127.0.0.1"
+        if host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        env["ORACULO_SERVER_URL"] = f"{scheme}://{host}:{app.port}{app.base_url}"
+    return env
+
+
+def _escape(value: Any) -> Any:
+    # jupyter-server-proxy runs every string of the command and environment through
+    # str.format(port=..., unix_socket=..., base_url=...), even what a callable returned.
+    if isinstance(value, str):
+        return value.replace("{", "{{").replace("}", "}}")
+    if isinstance(value, list):
+        return [_escape(v) for v in value]
+    return {k: _escape(v) for k, v in value.items()}
+
+
+def setup_panels() -> dict[str, Any]:
+    """The jupyter-server-proxy server entry (entry point ``jupyter_serverproxy_servers``)."""
+    return {
+        "command": _command,
+        "environment": _environment,
+        "unix_socket": True,
+        # Panel is told its full public prefix, so it must see the full path too.
+        "absolute_url": True,
+        "request_headers_override": {h: "" for h in _CREDENTIAL_HEADERS},
+        "timeout": START_TIMEOUT,
+        "new_browser_tab": False,
+        "launcher_entry": {
+            "enabled": True,
+            "title": "Workspace",
+            "icon_path": str(STATIC_DIR / "workspace.svg"),
+            "path_info": f"{PROXY_NAME}/workspace",
+            "category": "Oráculo",
+        },
+    }

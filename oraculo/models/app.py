@@ -1,0 +1,227 @@
+"""``python -m oraculo.models``: the traitlets application that serves the model service over
+tornado.
+
+Under JupyterHub (a managed service) it needs no arguments: it binds to ``$JUPYTERHUB_SERVICE_URL``,
+serves under ``$JUPYTERHUB_SERVICE_PREFIX`` (the proxy does not strip it) and authenticates callers
+with hub tokens (``HubAuthenticator``, chosen when ``$JUPYTERHUB_API_TOKEN`` is set).
+
+Standalone (development, a separate GPU host)::
+
+    ORACULO_MODELS_API_KEYS_FILE=keys.json python -m oraculo.models --ip 127.0.0.1 --port 8100
+
+serves under ``/`` with static API keys (``StaticKeyAuthenticator``; see its docstring for the file
+format). ``--config-file`` loads a traitlets ``.py`` or ``.json`` config (models, limits, store
+URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tornado import httpserver, web
+from traitlets import Dict, Instance, Integer, List, Type, Unicode, default
+from traitlets.config import Application
+
+from .auth import Authenticator, HubAuthenticator, StaticKeyAuthenticator
+from .handlers import routes
+from .metering import RateLimiter, UsageStore
+from .registry import DEFAULT_MODELS, ModelSpec, backend_class
+from .service import ModelService
+
+
+class ModelServiceApp(Application):
+    """The shared model service."""
+
+    name = "oraculo-models"
+    description = "Oráculo's shared, OpenAI-compatible model service."
+
+    aliases = {
+        "ip": "ModelServiceApp.ip",
+        "port": "ModelServiceApp.port",
+        "base-url": "ModelServiceApp.base_url",
+        "config-file": "ModelServiceApp.config_file",
+        "data-dir": "ModelServiceApp.data_dir",
+        "log-level": "Application.log_level",
+    }
+
+    config_file = Unicode("", help="A traitlets config file (.py or .json) to load.").tag(
+        config=True
+    )
+    ip = Unicode(
+        help="Address to bind. Default: host of $JUPYTERHUB_SERVICE_URL, else 127.0.0.1."
+    ).tag(config=True)
+    port = Integer(help="Port to bind. Default: port of $JUPYTERHUB_SERVICE_URL, else 8100.").tag(
+        config=True
+    )
+    base_url = Unicode(
+        help="URL prefix of every route, ending in '/'. "
+        "Default: $JUPYTERHUB_SERVICE_PREFIX, else '/'."
+    ).tag(config=True)
+    data_dir = Unicode(
+        help="Where the usage database lives. "
+        "Default: $ORACULO_DATA_DIR/models, else ./.data/models."
+    ).tag(config=True)
+    usage_db_url = Unicode(
+        help="SQLAlchemy URL of the usage store (postgresql://... to scale out). "
+        "Default: sqlite:///<data_dir>/usage.sqlite."
+    ).tag(config=True)
+    models = List(
+        Dict(),
+        help="""Model declarations: dicts with name, kind (chat|embedding), source
+        (package:NAME[/sub], a folder, or an upstream http(s) URL ending in /v1), backend
+        (transformers, sentence-transformers, upstream; inferred), gguf_file, device
+        (auto|cpu|cuda[:N]), dtype, context_length, max_batch_size (concurrency), max_waiting
+        (queue bound), max_output_tokens, default_max_tokens, default_temperature, aliases,
+        default, upstream_model, api_key_env (env var with the upstream key).
+        Default: the bundled SmolLM2-135M-Instruct and all-MiniLM-L6-v2.""",
+    ).tag(config=True)
+    user_limits = Dict(
+        help="""Per-user limits: {user name or "*": {requests_per_minute, tokens_per_minute,
+        tokens_per_day}}. "*" applies to users without their own entry. Empty: unlimited.""",
+    ).tag(config=True)
+    group_limits = Dict(
+        help="""Per-group limits, shared by all members of the (hub) group together:
+        {group: {requests_per_minute, tokens_per_minute, tokens_per_day}}.""",
+    ).tag(config=True)
+    authenticator_class = Type(
+        klass=Authenticator,
+        help="How callers are authenticated. Default: HubAuthenticator when "
+        "$JUPYTERHUB_API_TOKEN is set, else StaticKeyAuthenticator.",
+    ).tag(config=True)
+    torch_threads = Integer(
+        0, help="torch intra-op threads for CPU inference; 0 = min(4, CPU count)."
+    ).tag(config=True)
+    max_body_size = Integer(8 * 1024 * 1024, help="Largest request body in bytes.").tag(config=True)
+
+    service = Instance(ModelService, allow_none=True)
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+        return (urlparse(url).hostname or "127.0.0.1") if url else "127.0.0.1"
+
+    @default("port")
+    def _default_port(self) -> int:
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+        return (urlparse(url).port or 80) if url else 8100
+
+    @default("base_url")
+    def _default_base_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        root = os.environ.get("ORACULO_DATA_DIR")
+        return str(Path(root) / "models") if root else str(Path(".data") / "models")
+
+    @default("usage_db_url")
+    def _default_usage_db_url(self) -> str:
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'usage.sqlite'}"
+
+    @default("models")
+    def _default_models(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in DEFAULT_MODELS]
+
+    @default("authenticator_class")
+    def _default_authenticator_class(self) -> type[Authenticator]:
+        return (
+            HubAuthenticator if os.environ.get("JUPYTERHUB_API_TOKEN") else StaticKeyAuthenticator
+        )
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        self.parse_command_line(argv)
+        if self.config_file:
+            path = Path(self.config_file)
+            self.load_config_file(path.name, path=str(path.parent.resolve()))
+            self.parse_command_line(argv)  # the command line wins over the file
+        if not self.base_url.endswith("/"):
+            self.base_url += "/"
+        if not self.base_url.startswith("/"):
+            self.base_url = "/" + self.base_url
+
+    def _build_service(self) -> ModelService:
+        if self.usage_db_url.startswith("sqlite:///"):
+            Path(self.usage_db_url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        store = UsageStore(self.usage_db_url)
+        limiter = RateLimiter(self.user_limits, self.group_limits, store)
+        auth = self.authenticator_class(parent=self, log=self.log)
+        return ModelService(auth, store, limiter, self.log)
+
+    def _load_models(self, service: ModelService) -> None:
+        import torch
+
+        torch.set_num_threads(self.torch_threads or min(4, os.cpu_count() or 1))
+        specs = [ModelSpec.model_validate(m) for m in self.models]
+        for spec in specs:
+            backend = backend_class(spec.backend)(parent=self, log=self.log, spec=spec)
+            try:
+                backend.load()
+            except Exception as e:
+                # one broken model is reported, not fatal: the others still serve
+                self.log.exception("could not load model %s", spec.name)
+                service.load_errors[spec.name] = f"{type(e).__name__}: {e}"
+                continue
+            service.add(backend)
+
+    async def serve(self) -> None:
+        """Listen at once (health says 'loading'), load models in a thread, serve until SIGTERM."""
+        self.service = service = self._build_service()
+        app = web.Application(routes(self.base_url, service), log_function=self._log_request)
+        server = httpserver.HTTPServer(app, max_body_size=self.max_body_size, xheaders=True)
+        server.listen(self.port, self.ip)
+        self.log.info(
+            "model service at http://%s:%d%s (auth: %s)",
+            self.ip,
+            self.port,
+            self.base_url,
+            service.auth.describe(),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            await asyncio.to_thread(self._load_models, service)
+            service.ready = True
+            self.log.info("models ready: %s", ", ".join(b.spec.name for b in service.registry))
+            await stop.wait()
+        finally:
+            server.stop()
+            await service.drain()
+            for backend in service.registry:
+                await backend.aclose()
+            service.store.close()
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        # method, route and status only: never headers (tokens) or bodies
+        status = handler.get_status()
+        level = self.log.warning if status >= 500 else self.log.debug
+        level(
+            "%d %s %s %.1fms",
+            status,
+            handler.request.method,
+            handler.request.path,
+            1000 * handler.request.request_time(),
+        )
+
+    def start(self) -> None:
+        # a hub started in the background ignores SIGINT; its children inherit that: restore it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            asyncio.run(self.serve())
+        except KeyboardInterrupt:
+            self.log.info("interrupted")
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = ModelServiceApp()
+    app.initialize(argv)
+    app.start()

@@ -1,0 +1,222 @@
+"""Local backends: a transformers causal LM behind the batching engine, and sentence-transformers.
+
+Weights load from a folder only (``HF_HUB_OFFLINE`` is forced on): a package folder shipping a GGUF
+file (loaded with ``gguf_file=``, dequantized) or a normal checkpoint folder. CUDA is used when
+present and ``device`` is ``auto``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..engine import BatchEngine, EngineEvent, QueueFull, SamplingParams
+from ..errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
+from ..protocol import ChatCompletionRequest
+from . import Backend, ChatStream
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dtype
+
+
+class TransformersChatBackend(Backend):
+    """A chat model run by ``BatchEngine`` (continuous batching) on CPU or CUDA."""
+
+    engine: BatchEngine | None = None
+
+    def load(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # progress bars would flood the service log
+
+        spec = self.spec
+        path = spec.local_path()
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if spec.gguf_file:
+            kwargs["gguf_file"] = spec.gguf_file
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(spec.dtype), **kwargs)
+        model.to(_device(spec.device))  # type: ignore[arg-type]
+        model.eval()
+        ctx = spec.context_length or int(getattr(model.config, "max_position_embeddings", 2048))
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        self._ctx = ctx
+        self.engine = BatchEngine(
+            model,
+            self.tokenizer,
+            eos_token_ids=sorted(eos_ids),
+            context_length=ctx,
+            max_batch_size=spec.max_batch_size,
+            max_waiting=spec.max_waiting,
+            max_prefill_tokens=spec.max_prefill_tokens,
+            name=spec.name,
+        )
+        self.engine.start()
+        self.log.info(
+            "loaded %s from %s on %s (context %d)", spec.name, path, self.engine.device, ctx
+        )
+
+    async def aclose(self) -> None:
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
+
+    def context_length(self) -> int | None:
+        return getattr(self, "_ctx", self.spec.context_length)
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        if self.engine is not None:
+            info.update(
+                device=str(self.engine.device),
+                context_length=self._ctx,
+                running=self.engine.running,
+                waiting=self.engine.queue_depth,
+                max_batch_size=self.engine.max_batch_size,
+                max_waiting=self.engine.max_waiting,
+                **vars(self.engine.stats),
+            )
+        return info
+
+    def encode_prompt(self, request: ChatCompletionRequest) -> list[int]:
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in request.messages
+        ]
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except Exception as e:  # the template itself rejects some role orders
+            raise InvalidRequest(
+                f"messages do not fit this model's chat template: {e}", param="messages"
+            ) from None
+        return list(ids)
+
+    def sampling(self, request: ChatCompletionRequest, prompt_len: int) -> SamplingParams:
+        ctx = self._ctx
+        limit = self.spec.max_output_tokens or ctx
+        wanted = request.requested_max_tokens
+        if wanted is not None and wanted > limit:
+            raise InvalidRequest(
+                f"max_tokens is too large: {wanted}. "
+                f"This model supports at most {limit} completion tokens.",
+                param="max_tokens",
+            )
+        if prompt_len >= ctx or (wanted is not None and prompt_len + wanted > ctx):
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {ctx} tokens. However, you requested "
+                f"{prompt_len + (wanted or 0)} tokens ({prompt_len} in the messages, "
+                f"{wanted or 0} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                param="messages",
+            )
+        max_tokens = wanted or min(self.spec.default_max_tokens, ctx - prompt_len)
+        temperature = (
+            request.temperature
+            if request.temperature is not None
+            else self.spec.default_temperature
+        )
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=request.top_p if request.top_p is not None else 1.0,
+            seed=request.seed,
+            stop=request.stop_list,
+        )
+
+    async def start_chat(self, request: ChatCompletionRequest) -> ChatStream:
+        assert self.engine is not None, "backend not loaded"
+        prompt = self.encode_prompt(request)
+        params = self.sampling(request, len(prompt))
+        stream = ChatStream(prompt_tokens=len(prompt))
+
+        def sink(ev: EngineEvent) -> None:
+            if ev.text:
+                stream.put(ev.text)
+            if ev.finish_reason is not None:
+                err = UpstreamError(ev.error, code="engine_error") if ev.error else None
+                stream.finish(ev.finish_reason, ev.prompt_tokens, ev.completion_tokens, err)
+
+        try:
+            seq = self.engine.submit(prompt, params, sink)
+        except QueueFull:
+            raise Overloaded(
+                f"The model {self.spec.name} is overloaded; please retry shortly.", retry_after=2
+            ) from None
+        stream.on_cancel(seq.cancel)
+        return stream
+
+
+class SentenceTransformersBackend(Backend):
+    """An embedding model; calls run one at a time on a dedicated thread, so the queue is the
+    limiter's.
+    """
+
+    def load(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        path = self.spec.local_path()
+        self.model: Any = SentenceTransformer(
+            str(path), device=_device(self.spec.device), local_files_only=True
+        )
+        self._ctx: int = self.spec.context_length or int(self.model.max_seq_length or 512)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"embed-{self.spec.name}")
+        self._pending = 0
+        self.log.info("loaded %s from %s (max %d tokens)", self.spec.name, path, self._ctx)
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def context_length(self) -> int | None:
+        return getattr(self, "_ctx", self.spec.context_length)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "context_length": self.context_length(), "waiting": self._pending}
+
+    def _run(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+        tok = self.model.tokenizer
+        lengths = [len(ids) for ids in tok(inputs, add_special_tokens=True)["input_ids"]]
+        for i, n in enumerate(lengths):
+            if n > self._ctx:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {self._ctx} tokens, "
+                    f"but input {i} has {n} "
+                    "tokens. Please reduce the length of the input.",
+                    param="input",
+                )
+        vectors = self.model.encode(
+            inputs, batch_size=64, convert_to_numpy=True, normalize_embeddings=True
+        )
+        return vectors.tolist(), sum(lengths)
+
+    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+        if self._pending >= max(self.spec.max_waiting, 1):
+            raise Overloaded(
+                f"The model {self.spec.name} is overloaded; please retry shortly.", retry_after=1
+            )
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, inputs)
+        finally:
+            self._pending -= 1

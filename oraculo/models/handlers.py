@@ -1,0 +1,317 @@
+"""HTTP routes of the model service (tornado): authenticate, validate, call the service, serialise.
+
+Every error leaves as OpenAI's envelope with a proper status (``Retry-After`` on 429/503). After a
+streaming 200, an error travels in-band as a ``data: {"error": ...}`` event before ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from .errors import (
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    ModelServiceError,
+    NotFound,
+    PayloadTooLarge,
+)
+from .protocol import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    Usage,
+    chunk_body,
+    completion_body,
+    new_id,
+    parse_body,
+)
+
+if TYPE_CHECKING:
+    from .auth import Identity
+    from .backends import ChatStream
+    from .service import ModelService
+
+
+class BaseHandler(web.RequestHandler):
+    """Common headers, auth, error envelope and per-request metering."""
+
+    auth_required = True
+    endpoint = ""
+
+    def initialize(self, service: ModelService) -> None:
+        self.service = service
+        self.identity: Identity | None = None
+        self.model_name = ""
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.ttft_ms: float | None = None
+        self.error_type: str | None = None
+        self.started = time.monotonic()
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Referrer-Policy", "no-referrer")
+
+    async def prepare(self) -> None:
+        if self.auth_required:
+            header = self.request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            bearer = token.strip() if scheme.lower() in ("bearer", "token") else None
+            self.identity = await self.service.auth.authenticate(bearer)
+
+    def write_json(self, body: Any) -> None:
+        self.finish(body if isinstance(body, dict) else {"data": body})
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ModelServiceError):
+            err = exc
+        elif isinstance(exc, web.HTTPError) and exc.status_code == 413:
+            err = PayloadTooLarge("Request body too large.")
+        elif isinstance(exc, web.HTTPError) and exc.status_code < 500:
+            err = InvalidRequest(exc.log_message or self._reason)
+            err.status = exc.status_code
+        elif status_code < 500:
+            err = InvalidRequest(self._reason)
+            err.status = status_code
+        else:
+            err = InternalError("Unhandled error")
+        self.error_type = err.code or err.type
+        self.set_status(err.status)
+        if err.retry_after is not None:
+            self.set_header("Retry-After", str(max(1, round(err.retry_after))))
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(err.to_json())
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ModelServiceError):
+            return  # deliberate, logged with the access line
+        super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        self.service.observe(
+            identity=self.identity,
+            endpoint=self.endpoint,
+            model=self.model_name,
+            status=self.get_status(),
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=(time.monotonic() - self.started) * 1000,
+            ttft_ms=self.ttft_ms,
+            error_type=self.error_type,
+        )
+
+
+class HealthHandler(BaseHandler):
+    auth_required = False
+
+    def get(self) -> None:
+        self.write_json(self.service.health())
+
+
+class MetricsHandler(BaseHandler):
+    auth_required = False
+
+    def get(self) -> None:
+        body, content_type = self.service.metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+class ModelsHandler(BaseHandler):
+    endpoint = "models"
+
+    def get(self, model_id: str | None = None) -> None:
+        cards = [
+            ModelCard(
+                id=b.spec.name,
+                kind=b.spec.kind,
+                aliases=b.spec.aliases,
+                context_length=b.context_length(),
+                created=int(self.service.started_at),
+            ).model_dump()
+            for b in self.service.registry
+        ]
+        if model_id is None:
+            self.write_json({"object": "list", "data": cards})
+            return
+        for card in cards:
+            if model_id == card["id"] or model_id in card["aliases"]:
+                self.write_json(card)
+                return
+        raise NotFound(
+            f"The model '{model_id}' does not exist.", param="model", code="model_not_found"
+        )
+
+
+class ChatCompletionsHandler(BaseHandler):
+    endpoint = "chat.completions"
+    _stream: ChatStream | None = None
+
+    async def post(self) -> None:
+        assert self.identity is not None
+        req = parse_body(self.request.body, ChatCompletionRequest)
+        backend = self.service.backend(req.model, "chat")
+        self.model_name = backend.spec.name
+        await self.service.limiter.check(self.identity)
+        self._stream = stream = await backend.start_chat(req)
+        self.prompt_tokens = stream.prompt_tokens
+        if self.request.connection is None or getattr(self, "_gone", False):
+            stream.cancel()
+        cid, created = new_id("chatcmpl"), int(time.time())
+        if req.stream:
+            await self._stream_sse(stream, req, cid, created)
+            return
+        parts = []
+        async for text in stream:
+            if self.ttft_ms is None:
+                self.ttft_ms = (time.monotonic() - self.started) * 1000
+            parts.append(text)
+        self._account(stream)
+        if stream.error is not None:
+            raise stream.error
+        if stream.finish_reason == "cancelled":
+            return
+        usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
+        self.write_json(
+            completion_body(
+                cid, self.model_name, "".join(parts), stream.finish_reason or "stop", usage, created
+            )
+        )
+
+    async def _stream_sse(
+        self, stream: ChatStream, req: ChatCompletionRequest, cid: str, created: int
+    ) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        model = self.model_name
+
+        async def send(body: dict[str, Any] | str) -> None:
+            data = body if isinstance(body, str) else _dumps(body)
+            self.write(f"data: {data}\n\n")
+            await self.flush()
+
+        try:
+            await send(chunk_body(cid, model, created, delta={"role": "assistant", "content": ""}))
+            async for text in stream:
+                if self.ttft_ms is None:
+                    self.ttft_ms = (time.monotonic() - self.started) * 1000
+                await send(chunk_body(cid, model, created, delta={"content": text}))
+            self._account(stream)
+            if stream.error is not None:
+                self.error_type = stream.error.code or stream.error.type
+                await send(stream.error.to_json())
+            elif stream.finish_reason != "cancelled":
+                await send(
+                    chunk_body(cid, model, created, delta={}, finish_reason=stream.finish_reason)
+                )
+                if req.include_usage:
+                    usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
+                    await send(chunk_body(cid, model, created, usage=usage))
+            await send("[DONE]")
+            self.finish()
+        except StreamClosedError:
+            stream.cancel()
+            self._account(stream)
+            self.error_type = "client_disconnected"
+
+    def _account(self, stream: ChatStream) -> None:
+        self.prompt_tokens = stream.prompt_tokens
+        self.completion_tokens = stream.completion_tokens
+        if stream.finish_reason == "cancelled":
+            self.error_type = "client_disconnected"
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        if self._stream is not None:
+            self._stream.cancel()
+
+
+class EmbeddingsHandler(BaseHandler):
+    endpoint = "embeddings"
+
+    async def post(self) -> None:
+        assert self.identity is not None
+        req = parse_body(self.request.body, EmbeddingRequest)
+        backend = self.service.backend(req.model, "embedding")
+        self.model_name = backend.spec.name
+        await self.service.limiter.check(self.identity)
+        vectors, tokens = await backend.embed(req.inputs)
+        self.prompt_tokens = tokens
+        if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
+            raise InvalidRequest(
+                f"This model produces {len(vectors[0])} dimensions; "
+                "'dimensions' cannot change that.",
+                param="dimensions",
+            )
+        data = []
+        for i, vec in enumerate(vectors):
+            emb: Any = vec
+            if req.encoding_format == "base64":
+                emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode("ascii")
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        self.write_json(
+            {
+                "object": "list",
+                "data": data,
+                "model": self.model_name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+
+class UsageHandler(BaseHandler):
+    endpoint = "usage"
+
+    async def get(self) -> None:
+        assert self.identity is not None
+        who = self.get_argument("user", None)
+        if not self.identity.can_read_all_usage:
+            if who not in (None, self.identity.name):
+                raise Forbidden("You may only read your own usage.", param="user")
+            who = self.identity.name
+        try:
+            since = float(self.get_argument("since", "0")) or None
+            limit = min(max(int(self.get_argument("limit", "100")), 1), 1000)
+        except ValueError:
+            raise InvalidRequest("'since' must be a unix time and 'limit' an integer.") from None
+        result = await self.service.store.aquery(who, since, limit)
+        self.write_json({"object": "list", "user": who, **result})
+
+
+class NotFoundHandler(BaseHandler):
+    auth_required = False
+
+    def prepare(self) -> None:  # type: ignore[override]
+        raise NotFound(f"Unknown route {self.request.path}.")
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def routes(prefix: str, service: ModelService) -> list[Any]:
+    """The URL table under ``prefix`` (which ends in ``/``)."""
+    kw = {"service": service}
+    return [
+        (rf"{prefix}health", HealthHandler, kw),
+        (rf"{prefix}metrics", MetricsHandler, kw),
+        (rf"{prefix}v1/models", ModelsHandler, kw),
+        (rf"{prefix}v1/models/(.+)", ModelsHandler, kw),
+        (rf"{prefix}v1/chat/completions", ChatCompletionsHandler, kw),
+        (rf"{prefix}v1/embeddings", EmbeddingsHandler, kw),
+        (rf"{prefix}v1/usage", UsageHandler, kw),
+        (r".*", NotFoundHandler, kw),
+    ]

@@ -1,0 +1,232 @@
+"""Usage records (sqlite by default, any SQLAlchemy URL such as PostgreSQL) and rate limits/quotas.
+
+Every request that got past authentication leaves one ``usage_events`` row: user, model, endpoint,
+prompt and completion tokens, latency, time to first token, status and error type.
+
+Limits are checked before any work and charged after it (tokens are only known then):
+requests/minute and tokens/minute over a sliding minute, tokens/day since UTC midnight. A user's own
+limits come from ``user_limits[name]`` or ``user_limits["*"]``; each ``group_limits[group]`` applies
+to the whole group together (a cohort's shared budget). Minute windows live in memory; a user's day
+total is seeded from the store on first use, so a restart does not reset a daily quota."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime as dt
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from .auth import Identity
+from .errors import QuotaExceeded, RateLimited
+
+metadata = sa.MetaData()
+usage_events = sa.Table(
+    "usage_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("user", sa.String(255), nullable=False, index=True),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("latency_ms", sa.Float, nullable=False, default=0),
+    sa.Column("ttft_ms", sa.Float, nullable=True),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("error_type", sa.String(64), nullable=True),
+)
+sa.Index("ix_usage_user_ts", usage_events.c.user, usage_events.c.ts)
+
+
+@dataclasses.dataclass
+class UsageEvent:
+    user: str
+    model: str
+    endpoint: str
+    status: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    error_type: str | None = None
+    ts: float = dataclasses.field(default_factory=time.time)
+
+
+class UsageStore:
+    """Append-only usage events. Calls are blocking; the async wrappers run them in a thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(url, connect_args=connect_args, future=True)
+        if url.startswith("sqlite"):
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def record(self, event: UsageEvent) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(usage_events.insert().values(**dataclasses.asdict(event)))
+
+    async def arecord(self, event: UsageEvent) -> None:
+        await asyncio.to_thread(self.record, event)
+
+    def tokens_since(self, user: str, since: float) -> int:
+        c = usage_events.c
+        q = sa.select(
+            sa.func.coalesce(sa.func.sum(c.prompt_tokens + c.completion_tokens), 0)
+        ).where(c.user == user, c.ts >= since)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def query(self, user: str | None, since: float | None, limit: int) -> dict[str, Any]:
+        """Recent events (newest first) and per-user/model totals, for one user or everyone."""
+        c = usage_events.c
+        where = []
+        if user is not None:
+            where.append(c.user == user)
+        if since is not None:
+            where.append(c.ts >= since)
+        events = sa.select(usage_events).where(*where).order_by(c.ts.desc()).limit(limit)
+        totals = (
+            sa.select(
+                c.user,
+                c.model,
+                sa.func.count().label("requests"),
+                sa.func.sum(c.prompt_tokens).label("prompt_tokens"),
+                sa.func.sum(c.completion_tokens).label("completion_tokens"),
+            )
+            .where(*where)
+            .group_by(c.user, c.model)
+            .order_by(c.user, c.model)
+        )
+        with self.engine.connect() as conn:
+            return {
+                "data": [dict(r._mapping) for r in conn.execute(events)],
+                "totals": [dict(r._mapping) for r in conn.execute(totals)],
+            }
+
+    async def aquery(self, user: str | None, since: float | None, limit: int) -> dict[str, Any]:
+        return await asyncio.to_thread(self.query, user, since, limit)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+
+    @classmethod
+    def of(cls, d: dict[str, Any] | None) -> Limits | None:
+        return cls(**d) if d else None
+
+
+class _Window:
+    """Requests and tokens of one key over the last minute, and its tokens today."""
+
+    def __init__(self) -> None:
+        self.requests: collections.deque[float] = collections.deque()
+        self.tokens: collections.deque[tuple[float, int]] = collections.deque()
+        self.token_sum = 0
+        self.day = ""
+        self.day_tokens = 0
+        self.seeded = False
+
+    def prune(self, now: float) -> None:
+        while self.requests and self.requests[0] <= now - 60:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] <= now - 60:
+            self.token_sum -= self.tokens.popleft()[1]
+        today = _utc_day(now)
+        if today != self.day:
+            self.day, self.day_tokens = today, 0
+
+
+def _utc_day(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
+
+
+def _midnight(ts: float) -> float:
+    d = dt.datetime.fromtimestamp(ts, dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return d.timestamp()
+
+
+class RateLimiter:
+    """Per-user and per-group requests/min, tokens/min and tokens/day."""
+
+    def __init__(
+        self,
+        user_limits: dict[str, dict[str, Any]],
+        group_limits: dict[str, dict[str, Any]],
+        store: UsageStore | None = None,
+    ) -> None:
+        self.user_limits = {k: Limits(**v) for k, v in user_limits.items()}
+        self.group_limits = {k: Limits(**v) for k, v in group_limits.items()}
+        self.store = store
+        self._windows: dict[str, _Window] = collections.defaultdict(_Window)
+
+    def _applicable(self, who: Identity) -> list[tuple[str, Limits]]:
+        out = []
+        own = self.user_limits.get(who.name) or self.user_limits.get("*")
+        if own:
+            out.append((f"user:{who.name}", own))
+        for g in who.groups:
+            if g in self.group_limits:
+                out.append((f"group:{g}", self.group_limits[g]))
+        return out
+
+    async def check(self, who: Identity, now: float | None = None) -> None:
+        """Raise 429 (with retry_after) when a limit is spent; else count the request."""
+        now = now or time.time()
+        applicable = self._applicable(who)
+        for key, lim in applicable:
+            w = self._windows[key]
+            w.prune(now)
+            if (
+                lim.tokens_per_day is not None
+                and not w.seeded
+                and self.store
+                and key.startswith("user:")
+            ):
+                w.day_tokens = await asyncio.to_thread(
+                    self.store.tokens_since, who.name, _midnight(now)
+                )
+                w.seeded = True
+            scope = key.replace(":", " ", 1)
+            if lim.requests_per_minute is not None and len(w.requests) >= lim.requests_per_minute:
+                raise RateLimited(
+                    f"Rate limit reached for {scope}: "
+                    f"{lim.requests_per_minute} requests per minute.",
+                    retry_after=max(1.0, w.requests[0] + 60 - now),
+                )
+            if lim.tokens_per_minute is not None and w.token_sum >= lim.tokens_per_minute:
+                raise RateLimited(
+                    f"Rate limit reached for {scope}: {lim.tokens_per_minute} tokens per minute.",
+                    retry_after=max(1.0, w.tokens[0][0] + 60 - now),
+                )
+            if lim.tokens_per_day is not None and w.day_tokens >= lim.tokens_per_day:
+                raise QuotaExceeded(
+                    f"Daily token quota reached for {scope}: {lim.tokens_per_day} tokens per day.",
+                    retry_after=max(1.0, _midnight(now) + 86400 - now),
+                )
+        for key, _ in applicable:
+            self._windows[key].requests.append(now)
+
+    def charge(self, who: Identity, tokens: int, now: float | None = None) -> None:
+        """Count the tokens a finished request used."""
+        if tokens <= 0:
+            return
+        now = now or time.time()
+        for key, _ in self._applicable(who):
+            w = self._windows[key]
+            w.prune(now)
+            w.tokens.append((now, tokens))
+            w.token_sum += tokens
+            w.day_tokens += tokens

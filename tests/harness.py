@@ -77,28 +77,33 @@ class HubProcess:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "ORACULO_DATA_DIR": str(self.data_dir),
-            "ORACULO_PORT": str(self.port),
-            "ORACULO_HUB_PORT": str(free_port()),
-            "ORACULO_PROXY_API_PORT": str(free_port()),
-            "ORACULO_MODELS_PORT": str(free_port()),
-            "ORACULO_SPAWNER": self.spawner,
-            "ORACULO_MODELS_SERVICE": "1" if self.models else "0",
-            "ORACULO_OPEN_SIGNUP": "1",
-            "ORACULO_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "HF_HUB_OFFLINE": "1",
-            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        })
+        env.update(
+            {
+                "ORACULO_DATA_DIR": str(self.data_dir),
+                "ORACULO_PORT": str(self.port),
+                "ORACULO_HUB_PORT": str(free_port()),
+                "ORACULO_PROXY_API_PORT": str(free_port()),
+                "ORACULO_MODELS_PORT": str(free_port()),
+                "ORACULO_SPAWNER": self.spawner,
+                "ORACULO_MODELS_SERVICE": "1" if self.models else "0",
+                "ORACULO_OPEN_SIGNUP": "1",
+                "ORACULO_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "HF_HUB_OFFLINE": "1",
+                "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            }
+        )
         env.update(self.env)
         return env
 
     async def start(self, timeout: float = 90) -> HubProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "jupyterhub"), "-f", str(REPO / "jupyterhub_config.py")],
-            cwd=self.data_dir, env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
@@ -167,11 +172,14 @@ class HubClient:
         return await self.http.post(path, data={**data, "_xsrf": match.group(1)})
 
     async def signup(self, name: str, password: str = PASSWORD) -> None:
-        r = await self._form("/hub/signup", {
-            "username": name,
-            "signup_password": password,
-            "signup_password_confirmation": password,
-        })
+        r = await self._form(
+            "/hub/signup",
+            {
+                "username": name,
+                "signup_password": password,
+                "signup_password_confirmation": password,
+            },
+        )
         assert r.status_code == 200, r.text[:500]
         alert = re.search(r'class="alert ([^"]+)"[^>]*>(.*?)</div>', r.text, re.S)
         assert alert and "alert-success" in alert.group(1), alert and alert.group(2).strip()
@@ -264,11 +272,24 @@ async def execute_over_ws(
 ) -> dict[str, Any]:
     msg_id = uuid.uuid4().hex
     request = {
-        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
-                   "msg_type": "execute_request", "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False,
-                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+        "header": {
+            "msg_id": msg_id,
+            "username": "test",
+            "session": uuid.uuid4().hex,
+            "msg_type": "execute_request",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "channel": "shell",
+        "content": {
+            "code": code,
+            "silent": False,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        },
     }
     out: dict[str, Any] = {"stdout": "", "stderr": "", "results": [], "error": None}
     async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:

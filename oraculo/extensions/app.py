@@ -21,9 +21,7 @@ class OraculoExtension(ExtensionApp):
     name = "oraculo"
     load_other_extensions = True
 
-    owner = Unicode(help="The user this server belongs to (from JUPYTERHUB_USER).").tag(
-        config=True
-    )
+    owner = Unicode(help="The user this server belongs to (from JUPYTERHUB_USER).").tag(config=True)
     models_url = Unicode(
         help="""Base URL of the model service, ending in /. Defaults to ORACULO_MODELS_URL,
         which the hub sets for every user server.""",
@@ -36,7 +34,9 @@ class OraculoExtension(ExtensionApp):
     ).tag(config=True)
 
     status_service_class = Type(
-        StatusService, klass=StatusService, config=True,
+        StatusService,
+        klass=StatusService,
+        config=True,
         help="The service that reports the workspace's state.",
     )
     status_service = Instance(StatusService, allow_none=True)
@@ -50,6 +50,7 @@ class OraculoExtension(ExtensionApp):
         return os.environ.get("ORACULO_MODELS_URL", "")
 
     def initialize_settings(self) -> None:
+        assert self.serverapp is not None
         if self.default_kernel:
             self.serverapp.kernel_manager.default_kernel_name = self.default_kernel
         self.status_service = self.status_service_class(
@@ -60,6 +61,8 @@ class OraculoExtension(ExtensionApp):
         self.settings["oraculo"] = self
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend([
-            (r"/api/v1/status", StatusHandler),
-        ])
+        self.handlers.extend(
+            [
+                (r"/api/v1/status", StatusHandler),
+            ]
+        )

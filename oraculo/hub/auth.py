@@ -41,8 +41,10 @@ class LoginHandler(NativeLoginHandler):
         error = "Invalid username or password."
         username = data.get("username", "")
         info = self.authenticator.get_user(username)
-        if info is not None and info.is_valid_password(data.get("password", "")) and (
-            not info.is_authorized
+        if (
+            info is not None
+            and info.is_valid_password(data.get("password", ""))
+            and (not info.is_authorized)
         ):
             error = f"User {username} has not been authorized by an administrator yet."
         self.finish(await self._render(login_error=error, username=username))

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Dict, Int, List, Set, Unicode, default, validate
+from traitlets import Bool, Dict, Int, List, Set, TraitError, Unicode, default, validate
 from traitlets.config import Config, LoggingConfigurable
 
 #: Spawner names an operator picks from, and the JupyterHub entry points they stand for.
@@ -64,10 +64,12 @@ class OraculoHub(LoggingConfigurable):
     )
     port = Int(config=True, help="Public port of the proxy. Default ORACULO_PORT or 8000.")
     hub_port = Int(
-        config=True, help="Port of the hub's own API (behind the proxy). Default ORACULO_HUB_PORT or 8081."
+        config=True,
+        help="Port of the hub's own API (behind the proxy). Default ORACULO_HUB_PORT or 8081.",
     )
     proxy_api_port = Int(
-        config=True, help="Port of configurable-http-proxy's REST API. Default ORACULO_PROXY_API_PORT or 8001."
+        config=True,
+        help="Port of configurable-http-proxy's REST API. Default ORACULO_PROXY_API_PORT or 8001.",
     )
     data_dir = Unicode(
         config=True,
@@ -92,7 +94,9 @@ class OraculoHub(LoggingConfigurable):
         `generic-oauth` from oauthenticator. Default ORACULO_AUTHENTICATOR or native.""",
     )
     admin_users = Set(
-        Unicode(), config=True, help="Hub admins. Default ORACULO_ADMIN_USERS (comma separated) or {'admin'}."
+        Unicode(),
+        config=True,
+        help="Hub admins. Default ORACULO_ADMIN_USERS (comma separated) or {'admin'}.",
     )
     open_signup = Bool(
         config=True,
@@ -104,7 +108,9 @@ class OraculoHub(LoggingConfigurable):
         help="""Run the shared model service as a hub-managed service at /services/models/.
         Default on (ORACULO_MODELS_SERVICE=0 turns it off).""",
     )
-    models_port = Int(config=True, help="Port of the model service. Default ORACULO_MODELS_PORT or 8002.")
+    models_port = Int(
+        config=True, help="Port of the model service. Default ORACULO_MODELS_PORT or 8002."
+    )
     models_config_file = Unicode(
         "", config=True, help="Config file handed to the model service (model registry, limits)."
     )
@@ -116,9 +122,7 @@ class OraculoHub(LoggingConfigurable):
     singleuser_extra_args = List(
         Unicode(), config=True, help="Extra command-line arguments for every user server."
     )
-    extra_environment = Dict(
-        config=True, help="Extra environment variables for every user server."
-    )
+    extra_environment = Dict(config=True, help="Extra environment variables for every user server.")
 
     @default("ip")
     def _default_ip(self) -> str:
@@ -176,7 +180,7 @@ class OraculoHub(LoggingConfigurable):
     @validate("spawner")
     def _validate_spawner(self, proposal: Any) -> str:
         if proposal.value not in SPAWNERS:
-            raise ValueError(
+            raise TraitError(
                 f"OraculoHub.spawner must be one of {sorted(SPAWNERS)}, not {proposal.value!r}"
             )
         return str(proposal.value)
@@ -203,11 +207,18 @@ class OraculoHub(LoggingConfigurable):
             },
         ]
         if self.cull_idle_timeout:
-            roles.append({
-                "name": "idle-culler",
-                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-                "services": ["idle-culler"],
-            })
+            roles.append(
+                {
+                    "name": "idle-culler",
+                    "scopes": [
+                        "list:users",
+                        "read:users:activity",
+                        "read:servers",
+                        "delete:servers",
+                    ],
+                    "services": ["idle-culler"],
+                }
+            )
         return roles
 
     def services(self) -> list[dict[str, Any]]:
@@ -216,23 +227,31 @@ class OraculoHub(LoggingConfigurable):
             command = [sys.executable, "-m", "oraculo.models"]
             if self.models_config_file:
                 command += ["--config-file", self.models_config_file]
-            services.append({
-                "name": "models",
-                "url": f"http://127.0.0.1:{self.models_port}",
-                "command": command,
-                "environment": {
-                    "ORACULO_DATA_DIR": self.data_dir,
-                    "HF_HUB_OFFLINE": "1",
-                    "TRANSFORMERS_OFFLINE": "1",
-                },
-                "oauth_no_confirm": True,
-            })
+            services.append(
+                {
+                    "name": "models",
+                    "url": f"http://127.0.0.1:{self.models_port}",
+                    "command": command,
+                    "environment": {
+                        "ORACULO_DATA_DIR": self.data_dir,
+                        "HF_HUB_OFFLINE": "1",
+                        "TRANSFORMERS_OFFLINE": "1",
+                    },
+                    "oauth_no_confirm": True,
+                }
+            )
         if self.cull_idle_timeout:
-            services.append({
-                "name": "idle-culler",
-                "command": [sys.executable, "-m", "jupyterhub_idle_culler",
-                            f"--timeout={self.cull_idle_timeout}"],
-            })
+            services.append(
+                {
+                    "name": "idle-culler",
+                    "command": [
+                        sys.executable,
+                        "-m",
+                        "jupyterhub_idle_culler",
+                        f"--timeout={self.cull_idle_timeout}",
+                    ],
+                }
+            )
         return services
 
     def singleuser_args(self) -> list[str]:
@@ -257,7 +276,9 @@ class OraculoHub(LoggingConfigurable):
         c.ConfigurableHTTPProxy.command = self.proxy_command()
         c.ConfigurableHTTPProxy.pid_file = os.path.join(self.data_dir, "proxy.pid")
 
-        c.JupyterHub.authenticator_class = AUTHENTICATORS.get(self.authenticator, self.authenticator)
+        c.JupyterHub.authenticator_class = AUTHENTICATORS.get(
+            self.authenticator, self.authenticator
+        )
         c.Authenticator.admin_users = set(self.admin_users)
         if self.authenticator == "native":
             import nativeauthenticator

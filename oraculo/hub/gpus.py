@@ -28,7 +28,10 @@ def discover_gpus() -> list[str]:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []

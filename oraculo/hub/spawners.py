@@ -28,6 +28,8 @@ class GpuMixin:
     """Gives each server the GPU the hub-wide allocator picks, and frees it on stop."""
 
     gpu_id: str | None = None
+    #: True where the runtime exposes only the assigned card, renumbered from 0 (containers).
+    gpu_renumbered = False
 
     def _server_key(self) -> str:
         return f"{self.user.name}/{self.name}"  # type: ignore[attr-defined]
@@ -42,7 +44,11 @@ class GpuMixin:
 
     def gpu_env(self, env: dict[str, str]) -> dict[str, str]:
         # An explicit empty CUDA_VISIBLE_DEVICES hides every GPU from a server that got none.
-        env["CUDA_VISIBLE_DEVICES"] = self.gpu_id if self.gpu_id is not None else ""
+        if self.gpu_id is None:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = "0" if self.gpu_renumbered else self.gpu_id
+        env["ORACULO_GPU"] = self.gpu_id or ""  # the card's id on the host, for reports
         return env
 
 
@@ -138,9 +144,18 @@ class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
                 raise
             home = os.path.join(self.home_base, self.os_user)
             subprocess.run(
-                ["useradd", "--create-home", "--home-dir", home, "--shell", "/bin/bash",
-                 "--user-group", self.os_user],
-                check=True, capture_output=True,
+                [
+                    "useradd",
+                    "--create-home",
+                    "--home-dir",
+                    home,
+                    "--shell",
+                    "/bin/bash",
+                    "--user-group",
+                    self.os_user,
+                ],
+                check=True,
+                capture_output=True,
             )
             entry = pwd.getpwnam(self.os_user)
             self.log.info("Created OS user %s (uid %d)", self.os_user, entry.pw_uid)
@@ -181,6 +196,8 @@ class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
 class OraculoDockerSpawner(GpuMixin, DockerSpawner):
     """One container per user from the Oráculo single-user image, GPU by device request."""
 
+    gpu_renumbered = True
+
     @default("image")
     def _default_image(self) -> str:
         return "oraculo/singleuser:latest"
@@ -203,13 +220,18 @@ class OraculoDockerSpawner(GpuMixin, DockerSpawner):
 
     async def create_object(self) -> Any:
         gpu = self.assign_gpu()
-        extra = dict(self.extra_host_config)
+        configured = getattr(self, "extra_host_config")  # noqa: B009 - untyped trait
+        if callable(configured):
+            configured = configured(self)
+        extra: dict[str, Any] = dict(configured)
         if gpu is not None:
-            extra["device_requests"] = [{
-                "Driver": "nvidia",
-                "DeviceIDs": [gpu],
-                "Capabilities": [["gpu"]],
-            }]
+            extra["device_requests"] = [
+                {
+                    "Driver": "nvidia",
+                    "DeviceIDs": [gpu],
+                    "Capabilities": [["gpu"]],
+                }
+            ]
         self.extra_host_config = extra
         try:
             return await super().create_object()

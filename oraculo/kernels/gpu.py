@@ -22,8 +22,11 @@ def _nvidia_smi(assigned: str | None) -> list[dict[str, Any]]:
     exe = shutil.which("nvidia-smi")
     if exe is None or assigned == "":
         return []
-    cmd = [exe, "--query-gpu=index,uuid,name,memory.total,memory.used,utilization.gpu",
-           "--format=csv,noheader,nounits"]
+    cmd = [
+        exe,
+        "--query-gpu=index,uuid,name,memory.total,memory.used,utilization.gpu",
+        "--format=csv,noheader,nounits",
+    ]
     if assigned:
         cmd.append(f"--id={assigned}")
     try:
@@ -33,11 +36,16 @@ def _nvidia_smi(assigned: str | None) -> list[dict[str, Any]]:
     devices = []
     for line in out.strip().splitlines():
         index, uuid, name, total, used, util = (f.strip() for f in line.split(","))
-        devices.append({
-            "index": int(index), "uuid": uuid, "name": name,
-            "memory_total_mib": int(total), "memory_used_mib": int(used),
-            "utilization_percent": int(util),
-        })
+        devices.append(
+            {
+                "index": int(index),
+                "uuid": uuid,
+                "name": name,
+                "memory_total_mib": int(total),
+                "memory_used_mib": int(used),
+                "utilization_percent": int(util),
+            }
+        )
     return devices
 
 

@@ -54,8 +54,9 @@ class OraculoAPIHandler(APIHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, OraculoError):
-            self.log.info("%s %s: %s %s", self.request.method, self.request.path, value.status,
-                          value.type)
+            self.log.info(
+                "%s %s: %s %s", self.request.method, self.request.path, value.status, value.type
+            )
             return
         super().log_exception(typ, value, tb)
 

@@ -44,8 +44,12 @@ class StatusService(LoggingConfigurable):
             return {"configured": True, "ok": False, "detail": f"unreachable: {type(e).__name__}"}
         ms = round((time.perf_counter() - start) * 1000, 1)
         if r.status_code != 200:
-            return {"configured": True, "ok": False, "detail": f"HTTP {r.status_code}",
-                    "latency_ms": ms}
+            return {
+                "configured": True,
+                "ok": False,
+                "detail": f"HTTP {r.status_code}",
+                "latency_ms": ms,
+            }
         return {"configured": True, "ok": True, "detail": "answering", "latency_ms": ms}
 
     async def status(self, user: str, kernels: list[dict[str, Any]]) -> dict[str, Any]:

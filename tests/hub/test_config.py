@@ -1,0 +1,99 @@
+"""OraculoHub turns a few operator settings into the whole JupyterHub configuration."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from traitlets import TraitError
+from traitlets.config import Config
+
+from oraculo.hub.config import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, OraculoHub
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> None:
+    for name in list(os.environ):
+        if name.startswith("ORACULO_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def build(**settings: object) -> Config:
+    c = Config()
+    for k, v in settings.items():
+        setattr(c.OraculoHub, k, v)
+    return OraculoHub(config=c).apply(c)
+
+
+def test_embedded_defaults(clean_env: None, tmp_path: os.PathLike[str]) -> None:
+    c = build()
+    data = os.path.join(str(tmp_path), ".data")
+    assert c.JupyterHub.bind_url == "http://127.0.0.1:8000"
+    assert c.JupyterHub.hub_ip == "127.0.0.1"
+    assert c.JupyterHub.db_url == f"sqlite:///{data}/jupyterhub.sqlite"
+    assert c.JupyterHub.authenticator_class == "oraculo-native"
+    assert c.JupyterHub.spawner_class == "oraculo-process"
+    assert c.Authenticator.admin_users == {"admin"}
+    assert c.NativeAuthenticator.open_signup is False
+    assert c.Spawner.default_url == "/lab"
+    assert c.Spawner.cmd == [sys.executable, "-m", "jupyterhub.singleuser"]
+    assert c.Spawner.server_token_scopes == SERVER_TOKEN_SCOPES
+    assert c.Spawner.environment["ORACULO_MODELS_URL"] == "http://127.0.0.1:8000/services/models/"
+    assert c.ConfigurableHTTPProxy.command[0].endswith("configurable-http-proxy")
+    assert os.stat(data).st_mode & 0o777 == 0o700
+
+
+def test_environment_overrides(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORACULO_PORT", "9000")
+    monkeypatch.setenv("ORACULO_SPAWNER", "docker")
+    monkeypatch.setenv("ORACULO_ADMIN_USERS", "ada, grace")
+    monkeypatch.setenv("ORACULO_DB_URL", "postgresql://hub@db/hub")
+    c = build()
+    assert c.JupyterHub.bind_url == "http://127.0.0.1:9000"
+    assert c.JupyterHub.spawner_class == "oraculo-docker"
+    assert c.Authenticator.admin_users == {"ada", "grace"}
+    assert c.JupyterHub.db_url == "postgresql://hub@db/hub"
+
+
+def test_config_beats_environment(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORACULO_SPAWNER", "docker")
+    assert build(spawner="system-users").JupyterHub.spawner_class == "oraculo-system-users"
+
+
+def test_unknown_spawner_is_refused(clean_env: None) -> None:
+    with pytest.raises(TraitError, match="must be one of"):
+        build(spawner="kubernetes-someday")
+
+
+def test_other_authenticators_pass_through(clean_env: None) -> None:
+    c = build(authenticator="github")
+    assert c.JupyterHub.authenticator_class == "github"
+    assert "template_paths" not in c.JupyterHub
+
+
+def test_roles_scopes_and_services(clean_env: None) -> None:
+    c = build()
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert "access:services!service=models" in roles["user"]["scopes"]
+    assert roles["oraculo-admin"]["users"] == ["admin"]
+    assert set(roles["oraculo-admin"]["scopes"]) == set(CUSTOM_SCOPES)
+    assert roles["idle-culler"]["services"] == ["idle-culler"]
+    assert c.JupyterHub.custom_scopes == CUSTOM_SCOPES
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert services["models"]["command"] == [sys.executable, "-m", "oraculo.models"]
+    assert services["models"]["environment"]["HF_HUB_OFFLINE"] == "1"
+    assert services["idle-culler"]["command"][-1] == "--timeout=3600"
+
+
+def test_switches_turn_services_off(clean_env: None) -> None:
+    c = build(models_service=False, cull_idle_timeout=0)
+    assert c.JupyterHub.services == []
+    assert "idle-culler" not in {r["name"] for r in c.JupyterHub.load_roles}
+
+
+def test_root_process_mode_allows_root(clean_env: None) -> None:
+    args = build().Spawner.args
+    assert ("--ServerApp.allow_root=True" in args) == (os.geteuid() == 0)
+    assert "--ServerApp.allow_root=True" not in build(spawner="system-users").Spawner.args

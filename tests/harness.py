@@ -62,6 +62,7 @@ class HubProcess:
 
     data_dir: Path
     spawner: str = "process"
+    config_file: Path = REPO / "jupyterhub_config.py"
     models: bool = False
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
@@ -99,7 +100,7 @@ class HubProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "jupyterhub"), "-f", str(REPO / "jupyterhub_config.py")],
+            [str(VENV_BIN / "jupyterhub"), "-f", str(self.config_file)],
             cwd=self.data_dir,
             env=self.environment(),
             stdout=log,

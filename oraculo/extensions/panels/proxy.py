@@ -73,8 +73,6 @@ def _environment() -> dict[str, str]:
         # Every script and style sheet from this server, never a CDN (the hub may be offline).
         "BOKEH_RESOURCES": "server",
         "BOKEH_MINIFIED": "true",
-        # Keep Panel's own settings out of the user's hands.
-        "PANEL_DISABLE_GLOBAL_CONFIG": "1",
     }
     env.update(server_connection())
     return _escape(env)
@@ -135,6 +133,7 @@ def setup_panels() -> dict[str, Any]:
             "title": "Workspace",
             "icon_path": str(STATIC_DIR / "workspace.svg"),
             "path_info": f"{PROXY_NAME}/workspace",
-            "category": "Oráculo",
+            # JupyterLab's launcher shows an entry's icon only in its kernel categories.
+            "category": "Notebook",
         },
     }

@@ -89,10 +89,13 @@ def server_connection() -> dict[str, str]:
     from jupyter_server.serverapp import ServerApp
 
     if not ServerApp.initialized():
-        return {}
+        # Not started as a ServerApp (never so far): JupyterHub still says where the server is.
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL", "")
+        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        return {"ORACULO_SERVER_URL": url, "ORACULO_SERVER_TOKEN": token} if url else {}
     app = ServerApp.instance()
     token = os.environ.get("JUPYTERHUB_API_TOKEN") or app.identity_provider.token or ""
-    env = {"ORACULO_SERVER_TOKEN": token, "ORACULO_SERVER_BASE_URL": app.base_url}
+    env = {"ORACULO_SERVER_TOKEN": token}
     if app.sock:
         env["ORACULO_SERVER_SOCKET"] = app.sock
         env["ORACULO_SERVER_URL"] = "http://localhost" + app.base_url

@@ -262,6 +262,8 @@ class WorkspacePanel(pn.viewable.Viewer):
             self.error = f"The status API answered HTTP {e.response.status_code}."
         except httpx.HTTPError as e:
             self.error = f"The status API did not answer ({type(e).__name__})."
+        except ValueError:
+            self.error = "The status API did not answer with JSON."
         else:
             self.status, self.error = status, ""
         self.updated = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")

@@ -163,7 +163,8 @@ def test_entry_point_registers_the_panel_server() -> None:
     eps = entry_points(group="jupyter_serverproxy_servers")
     (ep,) = [ep for ep in eps if ep.name == proxy.PROXY_NAME]
     config = ep.load()()
-    assert config["unix_socket"] is True
+    folder = Path(config["unix_socket"]).parent
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert config["absolute_url"] is True
     launcher = config["launcher_entry"]
     assert launcher["title"] == "Workspace"

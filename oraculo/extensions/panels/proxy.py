@@ -12,8 +12,11 @@ a new panel (chat, memory, voice, backstage) is one more file there and one more
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +123,20 @@ def _escape(value: Any) -> Any:
     return {k: _escape(v) for k, v in value.items()}
 
 
+def _socket_path() -> str:
+    # A fresh 0700 folder (mkdtemp), so no other local user can connect to the socket; short,
+    # since a socket path may not be longer than ~100 bytes. Removed when the server exits.
+    folder = tempfile.mkdtemp(prefix="oraculo-panels-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return os.path.join(folder, "socket")
+
+
 def setup_panels() -> dict[str, Any]:
     """The jupyter-server-proxy server entry (entry point ``jupyter_serverproxy_servers``)."""
     return {
         "command": _command,
         "environment": _environment,
-        "unix_socket": True,
+        "unix_socket": _socket_path(),
         # Panel is told its full public prefix, so it must see the full path too.
         "absolute_url": True,
         "request_headers_override": {h: "" for h in _CREDENTIAL_HEADERS},

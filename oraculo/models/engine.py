@@ -163,7 +163,8 @@ class BatchEngine:
         """Queue a sequence; raises QueueFull past ``max_waiting``."""
         seq = GenSequence(prompt_ids, params, sink)
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
+            # waiting beyond the free batch slots is what the bound limits
+            if len(self._waiting) + len(self._rows) >= self.max_batch_size + self.max_waiting:
                 raise QueueFull(f"{len(self._waiting)} requests already waiting")
             self._waiting.append(seq)
             self._cond.notify()

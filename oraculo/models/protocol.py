@@ -182,5 +182,23 @@ def parse_body(raw: bytes, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        param = _param_path(data, err["loc"])
         raise InvalidRequest(f"Invalid value for '{param}': {err['msg']}.", param=param) from None
+
+
+def _param_path(data: Any, loc: tuple[int | str, ...]) -> str | None:
+    """The part of a pydantic error location that exists in the request (drops union tags)."""
+    path: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and not path and isinstance(part, str):
+            path.append(part)  # a missing top-level field
+            break
+        else:
+            break
+        path.append(str(part))
+    return ".".join(path) or None

@@ -298,7 +298,9 @@ class OraculoHub(LoggingConfigurable):
         c.Spawner.start_timeout = 120
         c.Spawner.http_timeout = 90
         c.Spawner.server_token_scopes = SERVER_TOKEN_SCOPES
-        environment = {"ORACULO_MODELS_URL": f"{self.public_url}/services/models/"}
+        environment: dict[str, str] = {}
+        if self.models_service:
+            environment["ORACULO_MODELS_URL"] = f"{self.public_url}/services/models/"
         environment.update(self.extra_environment)
         c.Spawner.environment = environment
 

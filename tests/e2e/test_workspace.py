@@ -27,7 +27,11 @@ async def test_sign_in_spawn_execute_stop(hub_client: HubClient) -> None:
         assert status["user"] == user.name
         assert [k["id"] for k in status["kernels"]] == [kernel]
         assert status["gpu"] == {"assigned": "", "devices": []}
-        assert status["model_service"]["ok"] is False
+        assert status["model_service"] == {
+            "configured": False,
+            "ok": False,
+            "detail": "no model service configured",
+        }
         await user.stop_server()
     finally:
         await user.client.aclose()

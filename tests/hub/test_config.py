@@ -90,6 +90,7 @@ def test_roles_scopes_and_services(clean_env: None) -> None:
 def test_switches_turn_services_off(clean_env: None) -> None:
     c = build(models_service=False, cull_idle_timeout=0)
     assert c.JupyterHub.services == []
+    assert "ORACULO_MODELS_URL" not in c.Spawner.environment
     assert "idle-culler" not in {r["name"] for r in c.JupyterHub.load_roles}
 
 

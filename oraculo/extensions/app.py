@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Instance, Type, Unicode, default
+from traitlets import Dict, Instance, List, Unicode, default
 
-from oraculo.extensions.handlers.status import StatusHandler
-from oraculo.extensions.services.status import StatusService
+from oraculo.extensions.features import Feature
+
+#: Features loaded by default, as ``module:Class``.
+DEFAULT_FEATURES = [
+    "oraculo.extensions.features.status:StatusFeature",
+]
 
 
 class OraculoExtension(ExtensionApp):
     """Adds Oráculo's REST and WebSocket APIs to a Jupyter server.
 
-    Services hang off this object (``parent=self``) and are ``Type`` traits, so a deployment
-    can swap an implementation in configuration.
+    Each API belongs to a :class:`~oraculo.extensions.features.Feature`; features and their
+    services hang off this object (``parent=...``) and take their classes from ``Type`` traits,
+    so a deployment can swap an implementation in configuration.
     """
 
     name = "oraculo"
@@ -24,22 +31,21 @@ class OraculoExtension(ExtensionApp):
     owner = Unicode(help="The user this server belongs to (from JUPYTERHUB_USER).").tag(config=True)
     models_url = Unicode(
         help="""Base URL of the model service, ending in /. Defaults to ORACULO_MODELS_URL,
-        which the hub sets for every user server.""",
+        which the hub sets for every user server when it runs the model service.""",
     ).tag(config=True)
-
     default_kernel = Unicode(
         "oraculo",
         help="""Kernel new notebooks, the execute API and agents start by default: the
         sandboxed `oraculo` kernelspec. Empty keeps the server's own default.""",
     ).tag(config=True)
-
-    status_service_class = Type(
-        StatusService,
-        klass=StatusService,
-        config=True,
-        help="The service that reports the workspace's state.",
+    features = List(
+        Unicode(),
+        help="""Features to load, as `module:Class` of a Feature subclass. One that fails to
+        load is logged once and left out; the server keeps running.""",
+    ).tag(config=True)
+    loaded = Dict(
+        value_trait=Instance(Feature), help="The features that loaded, by name (read-only)."
     )
-    status_service = Instance(StatusService, allow_none=True)
 
     @default("owner")
     def _default_owner(self) -> str:
@@ -49,20 +55,37 @@ class OraculoExtension(ExtensionApp):
     def _default_models_url(self) -> str:
         return os.environ.get("ORACULO_MODELS_URL", "")
 
+    @default("features")
+    def _default_features(self) -> list[str]:
+        return list(DEFAULT_FEATURES)
+
+    def feature(self, name: str) -> Any:
+        """The loaded feature called ``name`` (KeyError when it did not load)."""
+        return self.loaded[name]
+
     def initialize_settings(self) -> None:
         assert self.serverapp is not None
         if self.default_kernel:
             self.serverapp.kernel_manager.default_kernel_name = self.default_kernel
-        self.status_service = self.status_service_class(
-            parent=self,
-            models_url=self.models_url,
-            models_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
-        )
+        loaded = {}
+        for spec in self.features:
+            try:
+                module, _, cls = spec.partition(":")
+                feature = getattr(importlib.import_module(module), cls)(parent=self)
+            except Exception:
+                self.log.exception("oraculo feature %s failed to load; going on without it", spec)
+                continue
+            loaded[feature.name] = feature
+        self.loaded = loaded
         self.settings["oraculo"] = self
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(
-            [
-                (r"/api/v1/status", StatusHandler),
-            ]
-        )
+        for feature in self.loaded.values():
+            self.handlers.extend(feature.handlers())
+
+    async def stop_extension(self) -> None:
+        for feature in self.loaded.values():
+            try:
+                await feature.stop()
+            except Exception:
+                self.log.exception("oraculo feature %s failed to stop cleanly", feature.name)

@@ -31,6 +31,10 @@ class OraculoAPIHandler(APIHandler):
         """The running :class:`~oraculo.extensions.app.OraculoExtension`."""
         return self.settings["oraculo"]
 
+    def feature(self, name: str) -> Any:
+        """The loaded feature called ``name``: its services do the work."""
+        return self.oraculo.feature(name)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")
         exc_info = kwargs.get("exc_info")

@@ -22,7 +22,7 @@ class StatusHandler(OraculoAPIHandler):
             }
             for k in self.kernel_manager.list_kernels()
         ]
-        status = await self.oraculo.status_service.status(self.oraculo.owner, kernels)
+        status = await self.feature("status").service.status(self.oraculo.owner, kernels)
         status["caller"] = self.current_user.username
         self.finish(status)
 

@@ -41,11 +41,13 @@ CUSTOM_SCOPES = {
     },
 }
 
-#: What a user's server token may do: the JupyterHub defaults plus reaching the model service.
+#: What a user's server token may do: the JupyterHub defaults, reaching the model service, and
+#: minting the user's narrow, expiring tokens (the kernel gets one of those, never this one).
 SERVER_TOKEN_SCOPES = [
     "users:activity!user",
     "access:servers!server",
     "access:services!service=models",
+    "tokens!user",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

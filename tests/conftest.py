@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import HubClient, HubProcess, User, new_user
+import httpx
+
+from tests.harness import HubClient, HubProcess, User, new_user, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -20,12 +22,25 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 async def hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HubProcess]:
-    """One hub for the session, in `process` spawner mode, without the model service."""
-    proc = await HubProcess(tmp_path_factory.mktemp("hub")).start()
+    """One hub for the session: `process` spawner, with the model service loaded."""
+    proc = await HubProcess(tmp_path_factory.mktemp("hub"), models=True).start()
+
+    async def models_loaded() -> bool:
+        async with httpx.AsyncClient(timeout=5) as c:
+            r = await c.get(f"{proc.url}/services/models/health")
+            return r.status_code == 200 and r.json().get("status") == "ok"
+
     try:
+        await wait_for(models_loaded, 180, "the hub's model service to load", 0.25)
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def models_hub(hub: HubProcess) -> HubProcess:
+    """The session hub, named for tests that need its model service."""
+    return hub
 
 
 @pytest.fixture(scope="session")

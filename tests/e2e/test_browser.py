@@ -94,6 +94,8 @@ async def test_sign_in_lab_and_workspace_panel(
         user = panel.locator("[data-testid=workspace-user-name]")
         assert (await user.inner_text()).strip() == name
         assert "none — CPU" in await panel.locator("[data-testid=workspace-gpu]").inner_text()
+        models = panel.locator("[data-testid=workspace-model-service]")
+        assert "answering" in await models.inner_text()
         await page.screenshot(path=str(artifacts / "e2e-workspace-panel.png"))
     finally:
         await context.close()

@@ -27,11 +27,7 @@ async def test_sign_in_spawn_execute_stop(hub_client: HubClient) -> None:
         assert status["user"] == user.name
         assert [k["id"] for k in status["kernels"]] == [kernel]
         assert status["gpu"] == {"assigned": "", "devices": []}
-        assert status["model_service"] == {
-            "configured": False,
-            "ok": False,
-            "detail": "no model service configured",
-        }
+        assert status["model_service"]["ok"] is True, status["model_service"]
         await user.stop_server()
     finally:
         await user.client.aclose()

@@ -1,0 +1,185 @@
+"""One LanceDB table with a unique key, a full-text index and a vector column.
+
+Shared by the memories (``memories``, keyed by ``key``) and the workspace index (``passages``,
+keyed by ``id``). It opens the database lazily and creates nothing on disk until the first write,
+so a server that never stores anything leaves no ``~/.oraculo`` behind. Callers serialise writes
+(each service holds its own ``asyncio.Lock``); LanceDB reads see the last committed version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+from lancedb.index import FTS, IvfHnswSq
+
+from oraculo.extensions.errors import Conflict
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a SQL string literal for a LanceDB filter (quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+class LanceStore:
+    """Upsert/get/delete by key, exact filters, and hybrid (vector + BM25) search."""
+
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        *,
+        key: str,
+        text_column: str,
+        log: logging.Logger | logging.LoggerAdapter[Any],
+        vector_index_rows: int = 0,
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.key = key
+        self.text_column = text_column
+        self.log = log
+        self.vector_index_rows = vector_index_rows
+        self._db: Any = None
+        self._table: Any = None
+        self._has_vector_index = False
+
+    async def _connect(self, create: bool) -> Any:
+        if self._db is None:
+            # Nothing on disk until the first write (a stat and a mkdir: not worth a thread).
+            if not create and not os.path.isdir(self.path):  # noqa: ASYNC240
+                return None
+            if create:
+                os.makedirs(self.path, mode=0o700, exist_ok=True)
+            self._db = await lancedb.connect_async(self.path)
+        return self._db
+
+    async def table(self, create_with: pa.Schema | None = None) -> Any:
+        """The open table; None when it does not exist and ``create_with`` is None."""
+        if self._table is not None:
+            return self._table
+        db = await self._connect(create=create_with is not None)
+        if db is None:
+            return None
+        names = (await db.list_tables()).tables
+        if self.name in names:
+            self._table = await db.open_table(self.name)
+            indices = await self._table.list_indices()
+            self._has_vector_index = any(i.columns == ["vector"] for i in indices)
+            if not any(i.columns == [self.text_column] for i in indices):
+                await self._table.create_index(self.text_column, config=FTS(), replace=True)
+        elif create_with is not None:
+            table = await db.create_table(self.name, schema=create_with)
+            await table.create_index(self.text_column, config=FTS(), replace=True)
+            self._table = table
+        return self._table
+
+    async def vector_dim(self) -> int | None:
+        table = await self.table()
+        if table is None:
+            return None
+        vtype = (await table.schema()).field("vector").type
+        return int(vtype.list_size)
+
+    async def upsert(self, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+        table = await self.table(create_with=schema)
+        dim = schema.field("vector").type.list_size
+        have = await self.vector_dim()
+        if have != dim:
+            raise Conflict(
+                f"The store at {self.path} holds {have}-dimensional vectors but the embedding "
+                f"model gives {dim}: the embedding model changed."
+            )
+        data = pa.Table.from_pylist(rows, schema=schema)
+        await (
+            table.merge_insert(self.key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(data)
+        )
+
+    async def add(self, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+        """Append rows whose keys are known to be new (faster than a merge)."""
+        table = await self.table(create_with=schema)
+        await table.add(pa.Table.from_pylist(rows, schema=schema))
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        rows = await self.where(f"{self.key} = {sql_string(key)}", limit=1)
+        return rows[0] if rows else None
+
+    async def where(
+        self, condition: str, exclude: list[str] | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        table = await self.table()
+        if table is None:
+            return []
+        query = table.query().where(condition)
+        if exclude:
+            names = [f.name for f in await table.schema() if f.name not in exclude]
+            query = query.select(names)
+        if limit is not None:
+            query = query.limit(limit)
+        result: list[dict[str, Any]] = (await query.to_arrow()).to_pylist()
+        return result
+
+    async def count(self, condition: str | None = None) -> int:
+        table = await self.table()
+        return 0 if table is None else int(await table.count_rows(condition))
+
+    async def delete(self, condition: str) -> None:
+        table = await self.table()
+        if table is not None:
+            await table.delete(condition)
+
+    async def hybrid(
+        self, vector: list[float], text: str, k: int, exclude: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The ``k`` best rows by reciprocal-rank fusion of vector and BM25 rankings.
+
+        Each row has ``_score`` (the fused relevance; higher is better).
+        """
+        table = await self.table()
+        if table is None:
+            return []
+        query = (
+            table.query().nearest_to(vector).distance_type("cosine").nearest_to_text(text).limit(k)
+        )
+        rows: list[dict[str, Any]] = (await query.to_arrow()).to_pylist()
+        drop = {*(exclude or []), "_distance", "_relevance_score"}
+        return [
+            {**{c: v for c, v in r.items() if c not in drop}, "_score": r["_relevance_score"]}
+            for r in rows
+        ]
+
+    async def nearest(self, vector: list[float], k: int) -> list[dict[str, Any]]:
+        """The ``k`` rows nearest ``vector`` (cosine); each with ``_distance``."""
+        table = await self.table()
+        if table is None:
+            return []
+        query = table.query().nearest_to(vector).distance_type("cosine").limit(k)
+        rows: list[dict[str, Any]] = (await query.to_arrow()).to_pylist()
+        return rows
+
+    async def optimize(self) -> None:
+        """Compact files, fold new rows into the indexes, and build the vector index once big."""
+        table = await self.table()
+        if table is None:
+            return
+        await table.optimize()
+        if (
+            self.vector_index_rows
+            and not self._has_vector_index
+            and await table.count_rows() >= self.vector_index_rows
+        ):
+            self.log.info("building the vector index of %s", self.name)
+            await table.create_index(
+                "vector", config=IvfHnswSq(distance_type="cosine"), replace=True
+            )
+            self._has_vector_index = True
+
+    async def close(self) -> None:
+        self._table = None
+        self._db = None

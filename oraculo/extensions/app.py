@@ -14,6 +14,7 @@ from oraculo.extensions.features import Feature
 #: Features loaded by default, as ``module:Class``.
 DEFAULT_FEATURES = [
     "oraculo.extensions.features.status:StatusFeature",
+    "oraculo.extensions.features.execute:ExecuteFeature",
     "oraculo.extensions.features.chat:ChatFeature",
     "oraculo.extensions.features.memory:MemoryFeature",
 ]

@@ -1,0 +1,233 @@
+"""``oraculo-sandbox``: the kernel provisioner that launches every ``oraculo`` kernel.
+
+Limits are applied by the launcher, not by the kernel's goodwill:
+
+- rlimits (memory, CPU time, file size, open files) are set in the child before ``exec``
+  (:class:`~oraculo.kernels.sandbox.ChildPlan`); a kernel running as root also drops
+  ``CAP_SYS_RESOURCE`` and friends, so it cannot raise them again.
+- processes: a ``pids`` cgroup per kernel where the server can make one (root, or a delegated
+  cgroup); otherwise ``RLIMIT_NPROC`` set to what the kernel's OS user already runs plus the
+  limit. What holds in each spawner mode:
+
+  ============== ============================== =========================================
+  spawner        kernel runs as                 process limit
+  ============== ============================== =========================================
+  process        the hub's account (often root)  pids cgroup (root); RLIMIT_NPROC otherwise
+  system-users   jupyter-<name>                  RLIMIT_NPROC (per OS user); cgroup if delegated
+  docker         the image's user                RLIMIT_NPROC in the container (+ --pids-limit)
+  ============== ============================== =========================================
+
+  Root is exempt from ``RLIMIT_NPROC``, so a root kernel without a cgroup has no process limit;
+  the provisioner logs that once per kernel.
+- the environment comes from :func:`~oraculo.kernels.limits.sandbox_env` (no hub token, cookie
+  secret or upstream key), plus the kernel's own narrow token (:mod:`oraculo.kernels.credentials`),
+  ``ORACULO_SERVER_URL`` and ``ORACULO_MODELS_URL``.
+
+Limits come from ``ORACULO_SANDBOX_LIMITS`` (set by the hub per group), else the kernelspec's
+``metadata.kernel_provisioner.config.limits``, else the defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import weakref
+from typing import Any
+
+import psutil
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Dict, Instance, Int, List, Unicode, default
+
+from oraculo.kernels.credentials import HubTokens, KernelToken, server_url
+from oraculo.kernels.limits import LIMITS_ENV, SandboxLimits, sandbox_env
+from oraculo.kernels.sandbox import ChildPlan, PidsCgroup, rlimit_plan
+
+#: The running sandbox provisioners, by kernel id (for usage reports and limit checks).
+_running: weakref.WeakValueDictionary[str, SandboxProvisioner] = weakref.WeakValueDictionary()
+_launches = itertools.count()
+
+
+def provisioner_for(kernel_id: str) -> SandboxProvisioner | None:
+    """The sandbox provisioner of a kernel of this server, if it has one."""
+    return _running.get(kernel_id)
+
+
+class SandboxProvisioner(LocalProvisioner):
+    """A :class:`LocalProvisioner` that launches the kernel inside the user's sandbox limits."""
+
+    limits_config = Dict(
+        help="""Limits from the kernelspec (metadata.kernel_provisioner.config.limits_config),
+        used where the hub sent none in ORACULO_SANDBOX_LIMITS.""",
+    ).tag(config=True)
+    env_allow = List(
+        Unicode(),
+        ["ORACULO_KERNEL_TOKEN"],
+        help="""Environment variables (fnmatch patterns) the kernel gets although their names
+        look like credentials (*TOKEN*, *SECRET*, *KEY*, *PASSWORD*). Hub and cookie secrets
+        are dropped whatever this says.""",
+    ).tag(config=True)
+    env_deny = List(
+        Unicode(),
+        help="More environment variables (fnmatch patterns) the kernel never gets.",
+    ).tag(config=True)
+    token_expires_in = Int(
+        24 * 3600,
+        help="""Seconds the kernel's own token (ORACULO_KERNEL_TOKEN) stays valid. A restart
+        mints a new one when less than an hour is left.""",
+    ).tag(config=True)
+    limits = Instance(SandboxLimits)
+
+    cgroup: PidsCgroup | None = None
+    kernel_token: KernelToken | None = None
+
+    @default("limits")
+    def _default_limits(self) -> SandboxLimits:
+        if os.environ.get(LIMITS_ENV, "").strip():
+            return SandboxLimits.from_environment()
+        return SandboxLimits.model_validate(self.limits_config)
+
+    # --- launch ------------------------------------------------------------------------------
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs = await super().pre_launch(**kwargs)
+        env = sandbox_env(kwargs.get("env") or {}, allow=self.env_allow, deny=self.env_deny)
+        env.update(await self._credentials())
+        kwargs["env"] = env
+        return kwargs
+
+    async def _credentials(self) -> dict[str, str]:
+        env = {"ORACULO_SERVER_URL": server_url()}
+        models = os.environ.get("ORACULO_MODELS_URL", "")
+        if models:
+            env["ORACULO_MODELS_URL"] = models
+        hub = HubTokens.from_environment()
+        if hub is None:
+            return env  # a plain jupyter server: the kernel gets no token
+        if self.kernel_token is None or not self.kernel_token.fresh(3600):
+            try:
+                self.kernel_token = await hub.mint(
+                    self.token_expires_in, note=f"oraculo kernel {self.kernel_id}"
+                )
+            except Exception as e:
+                # The kernel still starts; it just cannot call the server or the models.
+                self.log.warning("Could not mint a kernel token: %s", type(e).__name__)
+                return env
+        env["ORACULO_KERNEL_TOKEN"] = self.kernel_token.token
+        return env
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        limits = self.limits
+        plan = ChildPlan(rlimits=rlimit_plan(limits.rlimits()))
+        if limits.processes:
+            self._prepare_processes(plan, limits.processes)
+        plan.drop_capabilities = os.geteuid() == 0
+        kwargs["preexec_fn"] = plan
+        info = await super().launch_kernel(cmd, **kwargs)
+        if self.kernel_id:
+            _running[self.kernel_id] = self
+        return info
+
+    def _prepare_processes(self, plan: ChildPlan, limit: int) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        name = f"{self.kernel_id or 'kernel'}-{os.getpid()}-{next(_launches)}"
+        self.cgroup = PidsCgroup.create(name, limit)
+        if self.cgroup is not None:
+            plan.cgroup_procs = self.cgroup.procs_file
+            return
+        if os.geteuid() == 0:
+            self.log.warning(
+                "Kernel %s runs as root without a pids cgroup: its process limit cannot hold",
+                self.kernel_id,
+            )
+            return
+        # RLIMIT_NPROC counts every task of the real uid, so leave room for what runs already.
+        uid = os.getuid()
+        running = 0
+        for p in psutil.process_iter(["uids", "num_threads"]):
+            with contextlib.suppress(psutil.Error, TypeError):
+                if p.info["uids"].real == uid:
+                    running += p.info["num_threads"] or 1
+        plan.rlimits += rlimit_plan({"RLIMIT_NPROC": running + limit})
+
+    # --- stop --------------------------------------------------------------------------------
+
+    async def kill(self, restart: bool = False) -> None:
+        await super().kill(restart=restart)
+        if self.cgroup is not None:
+            # Also what left the kernel's process group (setsid, daemons).
+            self.cgroup.kill_all()
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart=restart)
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+        if not restart:
+            if self.kernel_id:
+                _running.pop(self.kernel_id, None)
+            token, self.kernel_token = self.kernel_token, None
+            hub = HubTokens.from_environment()
+            if token is not None and hub is not None:
+                try:
+                    await hub.revoke(token)
+                except Exception as e:
+                    self.log.warning("Could not revoke a kernel token: %s", type(e).__name__)
+
+    # --- reports -----------------------------------------------------------------------------
+
+    def processes(self) -> list[psutil.Process]:
+        """The kernel and every process it started (in its cgroup or below it)."""
+        procs: dict[int, psutil.Process] = {}
+        if self.cgroup is not None:
+            for pid in self.cgroup.pids():
+                with contextlib.suppress(psutil.Error):
+                    procs[pid] = psutil.Process(pid)
+        if self.pid:
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(self.pid)
+                procs[root.pid] = root
+                for child in root.children(recursive=True):
+                    procs[child.pid] = child
+        return list(procs.values())
+
+    def _processes_enforced_by(self) -> str:
+        if self.cgroup is not None:
+            return "cgroup"
+        return "none" if os.geteuid() == 0 else "rlimit"
+
+    def process_limit_hits(self) -> int:
+        """Forks refused by the process limit so far (0 without a cgroup)."""
+        return self.cgroup.limit_hits() if self.cgroup is not None else 0
+
+    def usage(self) -> dict[str, Any]:
+        """The kernel's memory, CPU and process use against its limits."""
+        limits = self.limits
+        rss = cpu = 0.0
+        kernel_cpu = 0.0
+        tasks = 0
+        for p in self.processes():
+            with contextlib.suppress(psutil.Error):
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    times = p.cpu_times()
+                    cpu += times.user + times.system
+                    tasks += p.num_threads()
+                    if p.pid == self.pid:
+                        kernel_cpu = times.user + times.system
+        return {
+            "pids": [p.pid for p in self.processes()],
+            "memory_bytes": int(rss),
+            "memory_limit_bytes": limits.memory_mb * 1024 * 1024 or None,
+            "cpu_seconds": round(kernel_cpu, 2),
+            "cpu_seconds_tree": round(cpu, 2),
+            "cpu_limit_seconds": limits.cpu_seconds or None,
+            "processes": self.cgroup.current() if self.cgroup is not None else tasks,
+            "processes_limit": limits.processes or None,
+            "processes_enforced_by": self._processes_enforced_by(),
+            "file_size_limit_bytes": limits.file_size_mb * 1024 * 1024 or None,
+            "open_files_limit": limits.open_files or None,
+            "wall_clock_limit_seconds": limits.wall_clock_seconds,
+        }

@@ -22,6 +22,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Unicode, default
 
 from oraculo.hub.gpus import shared_allocator
+from oraculo.hub.sandbox import sandbox_env
 
 
 class GpuMixin:
@@ -91,7 +92,7 @@ class OraculoProcessSpawner(GpuMixin, LocalProcessSpawner):
         return env
 
     def get_env(self) -> dict[str, str]:
-        return self.gpu_env(super().get_env())
+        return sandbox_env(self, self.gpu_env(super().get_env()))
 
     def move_certs(self, paths: dict[str, str]) -> dict[str, str]:
         return paths
@@ -175,7 +176,7 @@ class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
         return env
 
     def get_env(self) -> dict[str, str]:
-        return self.gpu_env(super().get_env())
+        return sandbox_env(self, self.gpu_env(super().get_env()))
 
     async def start(self) -> Any:
         self.ensure_os_user()
@@ -216,7 +217,7 @@ class OraculoDockerSpawner(GpuMixin, DockerSpawner):
         return "/home/jovyan"
 
     def get_env(self) -> dict[str, str]:
-        return self.gpu_env(super().get_env())
+        return sandbox_env(self, self.gpu_env(super().get_env()))
 
     async def create_object(self) -> Any:
         gpu = self.assign_gpu()

@@ -58,3 +58,23 @@ def describe() -> str:
         f"GPU {d['index']}: {d['name']} ({d['memory_used_mib']}/{d['memory_total_mib']} MiB used)"
         for d in info["devices"]
     )
+
+
+def process_gpu_memory() -> dict[int, int]:
+    """GPU memory (MiB) each process uses, by pid; empty without ``nvidia-smi``."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return {}
+    cmd = [exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    used: dict[int, int] = {}
+    for line in out.strip().splitlines():
+        try:
+            pid, mib = (int(f.strip()) for f in line.split(","))
+        except ValueError:
+            continue
+        used[pid] = used.get(pid, 0) + mib
+    return used

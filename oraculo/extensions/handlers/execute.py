@@ -63,7 +63,8 @@ class AuditHandler(OraculoAPIHandler):
         if self.get_query_argument("format", "") == "jsonl":
             self.set_header("Content-Type", "application/x-ndjson")
             self.set_header("Content-Disposition", 'attachment; filename="executions.jsonl"')
-            self.finish(audit.export())
+            # APIHandler.finish would relabel the body application/json.
+            web.RequestHandler.finish(self, audit.export())
             return
         try:
             limit = int(self.get_query_argument("limit", "1000"))

@@ -118,17 +118,77 @@ def _kernels_card(kernels: list[dict[str, Any]], now: dt.datetime) -> str:
             f"{_e(k.get('execution_state') or 'unknown')}</span></td>"
             f"<td>{_e(_ago(k.get('last_activity'), now))}</td>"
             f"<td>{_e(k.get('connections', 0))}</td>"
+            f"<td>{_resources(k.get('resources'))}</td>"
             f"<td><code>{_e(str(k.get('id', ''))[:8])}</code></td>"
             "</tr>"
             for k in kernels
         )
         body = (
             "<table><thead><tr><th>Kernel</th><th>State</th><th>Last activity</th>"
-            f"<th>Connections</th><th>Id</th></tr></thead><tbody>{rows}</tbody></table>"
+            "<th>Connections</th><th>Use / limit</th><th>Id</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
         )
     return (
         f'<section class="ows-card wide" data-testid="workspace-kernels">'
         f"<h2>Kernels ({len(kernels)})</h2>{body}</section>"
+    )
+
+
+def _mib(n: Any) -> str:
+    return f"{int(n) / 1048576:,.0f} MiB"
+
+
+def _meter(label: str, used: float, limit: float | None, text: str, testid: str) -> str:
+    """One line of a kernel's resource use: a bar against its limit (none: no bar)."""
+    bar = ""
+    if limit:
+        pct = max(0.0, min(100.0, 100.0 * used / limit))
+        color = "#e03131" if pct >= 90 else "#f08c00" if pct >= 70 else "#2f9e44"
+        bar = (
+            '<span style="display:inline-block;width:80px;height:6px;background:#e4e7eb;'
+            'border-radius:3px;margin-left:6px;vertical-align:middle">'
+            f'<span style="display:block;width:{pct:.0f}%;height:6px;background:{color};'
+            'border-radius:3px"></span></span>'
+        )
+    return (
+        f'<div class="ows-sub" style="margin:2px 0" data-testid="{testid}">'
+        f"{_e(label)}: {_e(text)}{bar}</div>"
+    )
+
+
+def _resources(res: dict[str, Any] | None) -> str:
+    """Memory, CPU, processes and GPU of a sandbox kernel against its limits."""
+    if not res:
+        return '<span class="ows-sub">not sandboxed</span>'
+    mem, mem_limit = res.get("memory_bytes") or 0, res.get("memory_limit_bytes")
+    cpu, cpu_limit = res.get("cpu_seconds") or 0, res.get("cpu_limit_seconds")
+    procs, procs_limit = res.get("processes") or 0, res.get("processes_limit")
+    gpu_mib = res.get("gpu_memory_mib") or 0
+    return "".join(
+        [
+            _meter(
+                "Memory",
+                mem,
+                mem_limit,
+                f"{_mib(mem)} / {_mib(mem_limit) + ' per process' if mem_limit else 'no limit'}",
+                "kernel-memory",
+            ),
+            _meter(
+                "CPU",
+                cpu,
+                cpu_limit,
+                f"{cpu:.1f} s / {f'{cpu_limit} s' if cpu_limit else 'no limit'}",
+                "kernel-cpu",
+            ),
+            _meter(
+                "Processes",
+                procs,
+                procs_limit,
+                f"{procs} / {procs_limit or 'no limit'}",
+                "kernel-processes",
+            ),
+            _meter("GPU", gpu_mib, None, f"{gpu_mib} MiB", "kernel-gpu"),
+        ]
     )
 
 

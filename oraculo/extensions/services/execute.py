@@ -368,15 +368,10 @@ class ExecuteService(LoggingConfigurable):
                     result.status = "error"
                     result.error = ExecutionError(name=type(e).__name__, value="Execution failed")
                 hits = (prov.process_limit_hits() if prov is not None else 0) - hits_before
-                if hits > 0 and result.error is not None and result.error.limit is None:
-                    result.error.limit = "processes"
-                elif hits > 0 and result.error is None:
-                    result.error = ExecutionError(
-                        name="ProcessLimit",
-                        value=f"{hits} process(es) refused by the limit of {self.limits.processes}",
-                        limit="processes",
-                    )
-                    result.status = "error"
+                if hits > 0:
+                    # What hit the limit may still be there, holding every slot: clear it out.
+                    restart = True
+                    self._process_limit(result, hits)
                 result.files = await self._files(result, cwd, before, out)
                 self._finish(result, out, start)
                 execution.done.set()
@@ -488,6 +483,20 @@ class ExecuteService(LoggingConfigurable):
             await km.provisioner.kill()
         result.timeout = TimeoutInfo(seconds=timeout, action="restarted")
         return True
+
+    def _process_limit(self, result: ExecutionResult, hits: int) -> None:
+        note = (
+            f"{hits} process(es) refused by the limit of {self.limits.processes}; "
+            "the kernel was restarted to clear the rest"
+        )
+        if result.timeout is not None:
+            result.timeout.action = "restarted"
+        if result.error is None:
+            result.status = "error"
+            result.error = ExecutionError(name="ProcessLimit", value=note, limit="processes")
+        elif result.error.limit in (None, "timeout"):
+            result.error.limit = "processes"
+            result.error.value += f" ({note})"
 
     async def _alive(self, kernel: _Kernel) -> bool:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from traitlets.config import LoggingConfigurable
 
 from oraculo import __version__
 from oraculo.kernels import gpu
+from oraculo.kernels.provisioner import provisioner_for
 
 
 class StatusService(LoggingConfigurable):
@@ -52,7 +54,22 @@ class StatusService(LoggingConfigurable):
             }
         return {"configured": True, "ok": True, "detail": "answering", "latency_ms": ms}
 
+    def kernel_resources(self, kernels: list[dict[str, Any]]) -> None:
+        """Add each sandbox kernel's memory, CPU, process and GPU use against its limits."""
+        by_pid: dict[int, int] | None = None
+        for kernel in kernels:
+            prov = provisioner_for(str(kernel.get("id", "")))
+            if prov is None:
+                kernel["resources"] = None  # not a sandbox kernel: nothing measured
+                continue
+            usage = prov.usage()
+            if by_pid is None:
+                by_pid = gpu.process_gpu_memory()
+            usage["gpu_memory_mib"] = sum(by_pid.get(pid, 0) for pid in usage.pop("pids"))
+            kernel["resources"] = usage
+
     async def status(self, user: str, kernels: list[dict[str, Any]]) -> dict[str, Any]:
+        await asyncio.to_thread(self.kernel_resources, kernels)
         return {
             "user": user,
             "version": __version__,

@@ -144,6 +144,37 @@ def _pids_hierarchy() -> tuple[Path, str] | None:
     return None
 
 
+def _prune(parent: Path) -> None:
+    """Remove empty cgroups left by servers that were killed before they could clean up.
+
+    Names end in ``-<server pid>-<n>``; a cgroup whose server is gone and that holds no process
+    is removed.
+    """
+    try:
+        children = [p for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return
+    for child in children:
+        try:
+            server_pid = int(child.name.rsplit("-", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if server_pid == os.getpid() or _alive(server_pid):
+            continue
+        with contextlib.suppress(OSError):
+            child.rmdir()  # fails while a process is still inside, as it should
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class PidsCgroup:
     """A ``pids`` cgroup of one kernel, under ``<this server's cgroup>/oraculo-kernels/``."""
 
@@ -157,7 +188,9 @@ class PidsCgroup:
         if found is None:
             return None
         mount, own = found
-        path = mount / own.lstrip("/") / "oraculo-kernels" / name
+        parent = mount / own.lstrip("/") / "oraculo-kernels"
+        _prune(parent)
+        path = parent / name
         try:
             path.mkdir(parents=True, exist_ok=True)
             (path / "pids.max").write_text(str(max_pids))

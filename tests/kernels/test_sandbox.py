@@ -1,0 +1,143 @@
+"""The sandbox below the API: limits from the hub's groups, the kernel's environment, and real
+kernels launched by the ``oraculo-sandbox`` provisioner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import TraitError
+from traitlets.config import Config
+
+from oraculo.hub.sandbox import SandboxConfig
+from oraculo.kernels.limits import LIMITS_ENV, SandboxLimits, sandbox_env
+
+
+def test_kernel_env_drops_credentials() -> None:
+    env = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/ana",
+        "JUPYTERHUB_API_TOKEN": "hub",
+        "JPY_API_TOKEN": "hub",
+        "JUPYTERHUB_COOKIE_SECRET": "c",
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": "/x",
+        "JUPYTERHUB_USER": "ana",
+        "OPENAI_API_KEY": "sk-upstream",
+        "AWS_SECRET_ACCESS_KEY": "aws",
+        "DB_PASSWORD": "pw",
+        "ORACULO_KERNEL_TOKEN": "narrow",
+        "ORACULO_SERVER_TOKEN": "server",
+        LIMITS_ENV: "{}",
+        "HF_HUB_OFFLINE": "1",
+    }
+    out = sandbox_env(env)
+    assert out == {
+        "PATH": "/usr/bin",
+        "HOME": "/home/ana",
+        "JUPYTERHUB_USER": "ana",
+        "ORACULO_KERNEL_TOKEN": "narrow",
+        "HF_HUB_OFFLINE": "1",
+    }
+    # An admin may let a key through, never the hub's credentials.
+    out = sandbox_env(env, allow=["OPENAI_API_KEY", "JUPYTERHUB_*"], deny=["HF_*"])
+    assert out["OPENAI_API_KEY"] == "sk-upstream"
+    assert "JUPYTERHUB_API_TOKEN" not in out and "HF_HUB_OFFLINE" not in out
+
+
+def test_limits_from_the_environment() -> None:
+    assert SandboxLimits.from_environment({}) == SandboxLimits()
+    limits = SandboxLimits.from_environment({LIMITS_ENV: '{"memory_mb": 512}'})
+    assert limits.memory_mb == 512 and limits.rlimits()["RLIMIT_DATA"] == 512 * 1024 * 1024
+    for bad in ['{"memory_mb": -1}', '{"memroy_mb": 1}', "not json"]:
+        with pytest.raises(ValueError):
+            SandboxLimits.from_environment({LIMITS_ENV: bad})
+
+
+def test_group_limits_merge_most_generous_wins() -> None:
+    c = Config()
+    c.SandboxConfig.default_limits = {"memory_mb": 1024, "processes": 64, "cpu_seconds": 600}
+    c.SandboxConfig.group_limits = {
+        "students": {"memory_mb": 512, "wall_clock_seconds": 120},
+        "gpu": {"memory_mb": 8192, "cpu_seconds": 0},
+        "big": {"memory_mb": 4096, "processes": 512},
+    }
+    config = SandboxConfig(config=c)
+    assert config.limits_for([]).memory_mb == 1024
+    students = config.limits_for(["students"])
+    assert (students.memory_mb, students.processes, students.wall_clock_seconds) == (512, 64, 120)
+    both = config.limits_for(["gpu", "big", "unknown"])
+    assert (both.memory_mb, both.processes, both.cpu_seconds) == (8192, 512, 0)
+    env = config.environment(["students"])
+    assert json.loads(env[LIMITS_ENV])["memory_mb"] == 512
+    with pytest.raises(TraitError):
+        SandboxConfig(config=Config({"SandboxConfig": {"group_limits": {"x": {"memory_mb": -5}}}}))
+
+
+def test_group_limits_from_oraculo_sandbox_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "ORACULO_SANDBOX_CONFIG",
+        json.dumps({"default": {"processes": 32}, "groups": {"t": {"processes": 128}}}),
+    )
+    config = SandboxConfig()
+    assert config.limits_for(["t"]).processes == 128 and config.limits_for([]).processes == 32
+
+
+# --- real kernels --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def kernel(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, Any]]:
+    monkeypatch.setenv(
+        LIMITS_ENV, json.dumps({"cpu_seconds": 1, "open_files": 64, "processes": 32})
+    )
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret-token")  # must not reach the kernel
+    monkeypatch.setenv("SOME_API_KEY", "upstream-key")
+    monkeypatch.delenv("JUPYTERHUB_API_URL", raising=False)
+    km = AsyncKernelManager(kernel_name="oraculo")
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+
+
+async def run(kc: Any, code: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"stdout": "", "error": None}
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream":
+            out["stdout"] += msg["content"]["text"]
+        elif msg["msg_type"] == "error":
+            out["error"] = msg["content"]["ename"] + ": " + msg["content"]["evalue"]
+
+    await kc.execute_interactive(code, timeout=30, output_hook=hook)
+    return out
+
+
+async def test_provisioner_env_and_limits(kernel: tuple[Any, Any]) -> None:
+    km, kc = kernel
+    assert type(km.provisioner).__name__ == "SandboxProvisioner"
+    out = await run(kc, "import os, json\nprint(json.dumps(dict(os.environ)))")
+    env = json.loads(out["stdout"])
+    assert "JUPYTERHUB_API_TOKEN" not in env and "SOME_API_KEY" not in env
+    assert "ORACULO_KERNEL_TOKEN" not in env  # no hub to mint one from: none, and no error
+    assert "hub-secret-token" not in out["stdout"]
+    out = await run(kc, "fs = [open('/dev/null') for _ in range(100)]")
+    assert out["error"] is not None and "Too many open files" in out["error"]
+
+
+async def test_cpu_time_limit_ends_the_kernel(kernel: tuple[Any, Any]) -> None:
+    km, kc = kernel
+    kc.execute("while True: pass")
+    # One CPU second, then SIGXCPU from the kernel (the OS), not from anyone's goodwill.
+    code = await asyncio.to_thread(km.provisioner.process.wait, 60)
+    assert code == -signal.SIGXCPU

@@ -184,6 +184,15 @@ async def test_timeouts_hold_within_half_a_second(users: dict[str, User]) -> Non
             assert after["error"]["name"] == "NameError"  # ...not a restart
 
 
+async def test_a_kernel_that_dies_is_reported_and_restarted(users: dict[str, User]) -> None:
+    ana = users["ana"]
+    out = await run(ana, code="import os\nos._exit(3)")
+    assert out["status"] == "error" and out["error"]["name"] == "KernelDied", out
+    assert "exit 3" in out["error"]["value"]
+    out = await run(ana, code="'back'")
+    assert out["status"] == "ok" and out["results"] == [{"text/plain": "'back'"}]
+
+
 async def test_detach_then_reattach(users: dict[str, User]) -> None:
     ana = users["ana"]
     r = await ana.api(

@@ -304,6 +304,9 @@ class ExecuteService(LoggingConfigurable):
         if session is None:
             async with self._assistant_lock:
                 if self._assistant is None or self._assistant not in km:
+                    old = self._kernels.pop(self._assistant or "", None)
+                    if old is not None:
+                        self._drop_client(old)
                     self._assistant = await km.start_kernel(kernel_name=self.kernel_name, path="")
                 return str(self._assistant)
         kernel_id = None
@@ -479,7 +482,9 @@ class ExecuteService(LoggingConfigurable):
             if kind == "stream":
                 out.stream(content.get("name", "stdout"), content.get("text", ""))
         # No answer: kill the kernel and everything it started, now; restart after answering.
+        # The server's auto-restarter stays out of it, or it would start a second kernel.
         with contextlib.suppress(Exception):
+            km.stop_restarter()
             await km.provisioner.kill()
         result.timeout = TimeoutInfo(seconds=timeout, action="restarted")
         return True
@@ -505,6 +510,8 @@ class ExecuteService(LoggingConfigurable):
             return False
 
     def _died(self, kernel: _Kernel, result: ExecutionResult) -> None:
+        with contextlib.suppress(KeyError):
+            self.kernel_manager.get_kernel(kernel.id).stop_restarter()  # ours restarts it
         prov = provisioner_for(kernel.id)
         code = prov.process.poll() if prov is not None and prov.process is not None else None
         limit = {-signal.SIGXCPU: "cpu_time", -signal.SIGXFSZ: "file_size"}.get(code or 0)

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import pytest
 from playwright.async_api import Browser, Request, Response, async_playwright
 
+from oraculo.extensions.panels.proxy import APPS_DIR, TILES
 from tests.harness import PASSWORD, HubClient, HubProcess
 
 pytestmark = pytest.mark.browser
@@ -86,6 +87,10 @@ async def test_sign_in_lab_and_workspace_panel(
 
         tile = page.locator('.jp-LauncherCard[title="Workspace"]')
         await tile.wait_for(timeout=60_000)
+        # One tile per panel app, all served by the one panel server.
+        for app, title in TILES.items():
+            if (APPS_DIR / f"{app}.py").exists():
+                await page.locator(f'.jp-LauncherCard[title="{title}"]').wait_for(timeout=5_000)
         await tile.click()
         panel = page.frame_locator("iframe").first
         await panel.locator("[data-testid=oraculo-workspace][data-state=ok]").wait_for(

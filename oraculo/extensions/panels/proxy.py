@@ -13,6 +13,7 @@ a new panel (chat, memory, voice, backstage) is one more file there and one more
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import sys
@@ -123,31 +124,78 @@ def _escape(value: Any) -> Any:
     return {k: _escape(v) for k, v in value.items()}
 
 
+#: Launcher tiles, one per panel app (``apps/<name>.py``), in launcher order.
+TILES = {
+    "workspace": "Workspace",
+    "chat": "Chat",
+    "memory": "Memory",
+    "voice": "Voice",
+    "backstage": "Backstage",
+}
+
+
+@functools.cache
 def _socket_path() -> str:
     # A fresh 0700 folder (mkdtemp), so no other local user can connect to the socket; short,
     # since a socket path may not be longer than ~100 bytes. Removed when the server exits.
+    # Cached: every tile's entry points at the one panel server.
     folder = tempfile.mkdtemp(prefix="oraculo-panels-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return os.path.join(folder, "socket")
 
 
-def setup_panels() -> dict[str, Any]:
-    """The jupyter-server-proxy server entry (entry point ``jupyter_serverproxy_servers``)."""
+def _launcher_entry(app: str) -> dict[str, Any]:
+    icon = STATIC_DIR / f"{app}.svg"
     return {
-        "command": _command,
-        "environment": _environment,
+        "enabled": (APPS_DIR / f"{app}.py").exists(),
+        "title": TILES[app],
+        "icon_path": str(icon if icon.exists() else STATIC_DIR / "workspace.svg"),
+        "path_info": f"{PROXY_NAME}/{app}",
+        # JupyterLab's launcher shows an entry's icon only in its kernel categories.
+        "category": "Notebook",
+    }
+
+
+def _common() -> dict[str, Any]:
+    return {
         "unix_socket": _socket_path(),
         # Panel is told its full public prefix, so it must see the full path too.
         "absolute_url": True,
         "request_headers_override": {h: "" for h in _CREDENTIAL_HEADERS},
-        "timeout": START_TIMEOUT,
         "new_browser_tab": False,
-        "launcher_entry": {
-            "enabled": True,
-            "title": "Workspace",
-            "icon_path": str(STATIC_DIR / "workspace.svg"),
-            "path_info": f"{PROXY_NAME}/workspace",
-            # JupyterLab's launcher shows an entry's icon only in its kernel categories.
-            "category": "Notebook",
-        },
     }
+
+
+def setup_panels() -> dict[str, Any]:
+    """The jupyter-server-proxy server entry (entry point ``jupyter_serverproxy_servers``) that
+    starts the panel server; its launcher tile opens the Workspace panel."""
+    return {
+        **_common(),
+        "command": _command,
+        "environment": _environment,
+        "timeout": START_TIMEOUT,
+        "launcher_entry": _launcher_entry("workspace"),
+    }
+
+
+def _tile(app: str) -> dict[str, Any]:
+    """A launcher tile for one more panel. jupyter-server-proxy gives each entry one tile, so
+    each other panel has an entry of its own that starts nothing: its tile opens the panel on
+    the one server that ``setup_panels`` starts (``path_info`` below ``oraculo-panels/``)."""
+    return {**_common(), "launcher_entry": _launcher_entry(app)}
+
+
+def setup_chat_tile() -> dict[str, Any]:
+    return _tile("chat")
+
+
+def setup_memory_tile() -> dict[str, Any]:
+    return _tile("memory")
+
+
+def setup_voice_tile() -> dict[str, Any]:
+    return _tile("voice")
+
+
+def setup_backstage_tile() -> dict[str, Any]:
+    return _tile("backstage")

@@ -141,3 +141,94 @@ async def test_cpu_time_limit_ends_the_kernel(kernel: tuple[Any, Any]) -> None:
     # One CPU second, then SIGXCPU from the kernel (the OS), not from anyone's goodwill.
     code = await asyncio.to_thread(km.provisioner.process.wait, 60)
     assert code == -signal.SIGXCPU
+
+
+# --- a kernel under an unprivileged OS user (as in the system-users and docker modes) ------
+
+AS_USER = r"""
+import asyncio, json, os, sys
+from jupyter_client.manager import AsyncKernelManager
+from oraculo.kernels.sandbox import protect_process
+
+CODE = '''
+import json, os, resource, signal, time
+out = {"nproc": resource.getrlimit(resource.RLIMIT_NPROC)[0]}
+try:
+    open(f"/proc/{os.getppid()}/environ").read()
+    out["parent_env"] = "readable"
+except OSError as e:
+    out["parent_env"] = type(e).__name__
+children = []
+try:
+    for _ in range(200):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        children.append(pid)
+    out["forks"] = "unlimited"
+except BlockingIOError:
+    out["forks"] = len(children)
+finally:
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+print(json.dumps(out))
+'''
+
+async def main():
+    protect_process()
+    km = AsyncKernelManager(kernel_name="oraculo")
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    out = []
+    await kc.execute_interactive(
+        CODE, timeout=60,
+        output_hook=lambda m: out.append(m["content"].get("text", ""))
+        if m["msg_type"] == "stream" else None,
+    )
+    kc.stop_channels()
+    await km.shutdown_kernel(now=True)
+    sys.stdout.write("".join(out))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.root
+def test_unprivileged_kernel_limits_processes_and_cannot_read_the_server(
+    tmp_path: Any,
+) -> None:
+    """As a non-root OS user: RLIMIT_NPROC holds the process limit, and the server's
+    environment (where the hub token is) is out of the kernel's reach."""
+    import os
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run as another OS user")
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    env = {
+        "HOME": str(home),
+        "PATH": os.environ.get("PATH", ""),
+        LIMITS_ENV: json.dumps({"processes": 24}),
+        "JUPYTERHUB_API_TOKEN": "hub-secret-token",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", AS_USER],
+        user=65534,
+        group=65534,
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["parent_env"] == "PermissionError"
+    assert isinstance(out["forks"], int) and 0 < out["forks"] <= 24, out

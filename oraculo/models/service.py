@@ -40,6 +40,12 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
             registry=self.registry,
         )
+        self.audio_seconds = Counter(
+            "oraculo_models_audio_seconds",
+            "Seconds of audio transcribed or spoken",
+            ["model"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "oraculo_models_request_duration_seconds",
             "Request duration",
@@ -119,6 +125,7 @@ class ModelService:
         latency_ms: float,
         ttft_ms: float | None,
         error_type: str | None,
+        audio_seconds: float | None = None,
     ) -> None:
         """Meter one finished request (from ``on_finish``; the store write runs in a thread)."""
         if endpoint:
@@ -129,6 +136,8 @@ class ModelService:
             self.metrics.tokens.labels(model, "completion").inc(completion_tokens)
             if ttft_ms is not None:
                 self.metrics.ttft.labels(model).observe(ttft_ms / 1000)
+            if audio_seconds:
+                self.metrics.audio_seconds.labels(model).inc(audio_seconds)
         if identity is None or endpoint in ("", "models", "usage"):
             return
         self.log.info(
@@ -152,6 +161,7 @@ class ModelService:
             latency_ms=round(latency_ms, 1),
             ttft_ms=None if ttft_ms is None else round(ttft_ms, 1),
             error_type=error_type,
+            audio_seconds=None if audio_seconds is None else round(audio_seconds, 3),
         )
         task = asyncio.get_running_loop().create_task(self._record(event))
         self._tasks.add(task)

@@ -97,12 +97,16 @@ class Backend(LoggingConfigurable):
 
 def _builtin() -> dict[str, type[Backend]]:
     from .local import SentenceTransformersBackend, TransformersChatBackend
+    from .piper import PiperBackend
     from .upstream import UpstreamBackend
+    from .whisper import WhisperBackend
 
     return {
         "transformers": TransformersChatBackend,
         "sentence-transformers": SentenceTransformersBackend,
         "upstream": UpstreamBackend,
+        "whisper": WhisperBackend,
+        "piper": PiperBackend,
     }
 
 

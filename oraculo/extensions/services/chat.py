@@ -197,6 +197,7 @@ class ChatService(LoggingConfigurable):
             "finish_reason": finish_reason,
             "citations": prep.assembled.citations,
             "memories": [m.get("key") for m in prep.assembled.memories],
+            "context": prep.assembled.context,
         }
         try:
             if prep.is_new:

@@ -100,7 +100,7 @@ class ContextService(LoggingConfigurable):
     )
     notebook_cells = Int(8, config=True, help="Most recent notebook cells sent on request.")
     retrieval_timeout = Float(
-        3.0,
+        8.0,
         config=True,
         help="Seconds memory, RAG and kernel lookups may take before chat goes on without them.",
     )
@@ -119,30 +119,36 @@ class ContextService(LoggingConfigurable):
 
     # --- sources ------------------------------------------------------------------------------
 
-    async def _guard(self, what: str, aw: Awaitable[Any]) -> Any:
-        """Await a source; a slow or failing one is logged and skipped (chat goes on)."""
+    async def _guard(self, what: str, aw: Awaitable[Any], skipped: list[str]) -> Any:
+        """Await a source; a slow or failing one is logged, noted and skipped (chat goes on)."""
         try:
             return await asyncio.wait_for(aw, self.retrieval_timeout)
         except (NotFound, BadRequest):
             raise
         except TimeoutError:
             self.log.warning("chat context: %s took longer than %ss", what, self.retrieval_timeout)
-        except Exception:
+            skipped.append(f"{what}: timed out")
+        except Exception as e:
             self.log.exception("chat context: %s failed; going on without it", what)
+            skipped.append(f"{what}: {type(e).__name__}")
         return None
 
-    async def _memories(self, query: str) -> list[dict[str, Any]]:
+    async def _memories(self, query: str, skipped: list[str]) -> list[dict[str, Any]]:
         feature = self._memory()
         if feature is None or not query:
             return []
-        hits = await self._guard("memory search", feature.memories.search(query, self.memories_k))
+        hits = await self._guard(
+            "memory search", feature.memories.search(query, self.memories_k), skipped
+        )
         return [_as_dict(h) for h in hits or []]
 
-    async def _passages(self, query: str) -> list[dict[str, Any]]:
+    async def _passages(self, query: str, skipped: list[str]) -> list[dict[str, Any]]:
         feature = self._memory()
         if feature is None or not query or getattr(feature, "index", None) is None:
             return []
-        hits = await self._guard("workspace search", feature.index.search(query, self.passages_k))
+        hits = await self._guard(
+            "workspace search", feature.index.search(query, self.passages_k), skipped
+        )
         passages = [_as_dict(h) for h in hits or []]
         passages = [p for p in passages if float(p.get("score") or 0) >= self.min_passage_score]
         return sorted(passages, key=lambda p: -float(p.get("score") or 0))
@@ -173,11 +179,11 @@ class ContextService(LoggingConfigurable):
             )
         return cells[-self.notebook_cells :]
 
-    async def _kernel(self, kernel_id: str) -> list[dict[str, Any]] | None:
+    async def _kernel(self, kernel_id: str, skipped: list[str]) -> list[dict[str, Any]] | None:
         if self._kernel_summary is None:
             return None
         result: list[dict[str, Any]] | None = await self._guard(
-            "kernel variables", self._kernel_summary(kernel_id)
+            "kernel variables", self._kernel_summary(kernel_id), skipped
         )
         return result
 
@@ -195,8 +201,6 @@ class ContextService(LoggingConfigurable):
         variables: list[dict[str, Any]] | None = None,
     ) -> Assembled:
         """Fit system prompt, context and history into the model's window (module docstring)."""
-        from oraculo.kernels.chat_magics import render_variables
-
         window = context_length or self.fallback_context_length
         reserve = min(max_tokens or self.reply_tokens, window // 2)
         budget = window - reserve - self.safety_margin
@@ -220,11 +224,12 @@ class ContextService(LoggingConfigurable):
             )
         left = budget - fixed
 
+        skipped: list[str] = []
         memories, passages, cells, kernel_vars = await asyncio.gather(
-            self._memories(query),
-            self._passages(query),
+            self._memories(query, skipped),
+            self._passages(query, skipped),
             self._notebook(notebook) if notebook else _nothing(),
-            self._kernel(kernel) if kernel else _nothing(),
+            self._kernel(kernel, skipped) if kernel else _nothing(),
         )
 
         context_left = int(left * self.context_share)
@@ -241,13 +246,13 @@ class ContextService(LoggingConfigurable):
 
         all_vars = [*(variables or []), *(kernel_vars or [])]
         if all_vars:
+            from oraculo.kernels.chat_magics import render_variables  # imports IPython
+
             lines = render_variables(all_vars).splitlines()
             kept = [ln for ln in lines if take(ln)]
             if kept:
                 sections.append("## Variables in the user's kernel\n" + "\n".join(kept))
                 info["variables"] = len(kept)
-        if kernel and kernel_vars is None:
-            info["kernel_unavailable"] = True
 
         if cells:
             kept_cells: list[str] = []
@@ -299,6 +304,8 @@ class ContextService(LoggingConfigurable):
         if passage_texts:
             sections.append("## Passages from the user's workspace\n" + "\n\n".join(passage_texts))
 
+        if skipped:
+            info["skipped"] = skipped
         system = "\n\n".join([base_system, *sections])
         used = estimate_tokens(system) + 4 + sum(message_tokens(m) for m in new_turn)
         history_left = budget - used

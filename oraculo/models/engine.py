@@ -174,6 +174,8 @@ class BatchEngine:
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
+        # OpenMP thread counts are per thread: apply the process-wide setting to this one
+        torch.set_num_threads(torch.get_num_threads())
         while True:
             with self._cond:
                 while not self._stopping and not self._waiting and not self._rows:

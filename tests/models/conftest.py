@@ -37,7 +37,6 @@ ALICE, BOB, ADMIN, LIMITED, STUDENT1, STUDENT2, GATEWAY = KEYS
 #: Small bounds so that queue and limit behaviour is reachable with a few requests on 2 cores.
 CONFIG: dict[str, Any] = {
     "ModelServiceApp": {
-        "torch_threads": 2,
         "models": [
             {
                 "name": "smollm2-135m-instruct",

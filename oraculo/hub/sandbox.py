@@ -26,7 +26,11 @@ from typing import Any
 from traitlets import Dict, TraitError, default, validate
 from traitlets.config import LoggingConfigurable
 
-from oraculo.kernels.limits import LIMITS_ENV, SandboxLimits
+from oraculo.kernels.limits import LIMITS_ENV, NPROC_ENV, SandboxLimits
+
+#: A container's pids limit: this many kernels at their process limit, plus the server's share.
+CONTAINER_PROCESS_FACTOR = 4
+CONTAINER_PROCESS_BASE = 256
 
 
 def _check(value: dict[str, Any], where: str) -> dict[str, Any]:
@@ -97,8 +101,33 @@ def _generous(key: str, a: Any, b: Any) -> Any:
     return max(a, b)
 
 
+def _in_container(spawner: Any) -> bool:
+    try:
+        from dockerspawner import DockerSpawner
+    except ImportError:
+        return False
+    return isinstance(spawner, DockerSpawner)
+
+
+def _groups(spawner: Any) -> list[str]:
+    return [g.name for g in getattr(spawner.user, "groups", [])]
+
+
 def sandbox_env(spawner: Any, env: dict[str, str]) -> dict[str, str]:
     """The spawner hook: add the user's sandbox limits to ``env``."""
-    groups = [g.name for g in getattr(spawner.user, "groups", [])]
-    env.update(SandboxConfig(parent=spawner).environment(groups))
+    env.update(SandboxConfig(parent=spawner).environment(_groups(spawner)))
+    if _in_container(spawner):
+        # A container: its OS user's uid is shared with every other container's on the host,
+        # so RLIMIT_NPROC would count their processes too. The container's pids cgroup
+        # (docker_host_config) holds the process limit instead.
+        env[NPROC_ENV] = "0"
     return env
+
+
+def docker_host_config(spawner: Any) -> dict[str, Any]:
+    """The spawner hook for containers: a pids limit for the whole container (its server,
+    kernels and terminals), room for ``CONTAINER_PROCESS_FACTOR`` kernels at their limit."""
+    limits = SandboxConfig(parent=spawner).limits_for(_groups(spawner))
+    if not limits.processes:
+        return {}
+    return {"pids_limit": limits.processes * CONTAINER_PROCESS_FACTOR + CONTAINER_PROCESS_BASE}

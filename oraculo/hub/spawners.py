@@ -22,7 +22,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Unicode, default
 
 from oraculo.hub.gpus import shared_allocator
-from oraculo.hub.sandbox import sandbox_env
+from oraculo.hub.sandbox import docker_host_config, sandbox_env
 
 
 class GpuMixin:
@@ -224,7 +224,7 @@ class OraculoDockerSpawner(GpuMixin, DockerSpawner):
         configured = getattr(self, "extra_host_config")  # noqa: B009 - untyped trait
         if callable(configured):
             configured = configured(self)
-        extra: dict[str, Any] = dict(configured)
+        extra: dict[str, Any] = {**docker_host_config(self), **dict(configured)}
         if gpu is not None:
             extra["device_requests"] = [
                 {

@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 #: Environment variable a user server reads its limits from (JSON of :class:`SandboxLimits`).
 LIMITS_ENV = "ORACULO_SANDBOX_LIMITS"
+#: "0" where RLIMIT_NPROC must not stand in for a pids cgroup (containers: their uid is shared).
+NPROC_ENV = "ORACULO_SANDBOX_RLIMIT_NPROC"
 
 MIB = 1024 * 1024
 
@@ -100,6 +102,7 @@ ALWAYS_DENIED = (
     "CONFIGPROXY_AUTH_TOKEN",
     "ORACULO_SERVER_TOKEN",
     "ORACULO_SANDBOX_LIMITS",
+    "ORACULO_SANDBOX_RLIMIT_NPROC",
 )
 
 #: Patterns that look like credentials; dropped unless allowlisted.

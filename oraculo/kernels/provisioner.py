@@ -14,7 +14,7 @@ Limits are applied by the launcher, not by the kernel's goodwill:
   ============== ============================== =========================================
   process        the hub's account (often root)  pids cgroup (root); RLIMIT_NPROC otherwise
   system-users   jupyter-<name>                  RLIMIT_NPROC (per OS user); cgroup if delegated
-  docker         the image's user                RLIMIT_NPROC in the container (+ --pids-limit)
+  docker         the image's user                the container's pids limit (set by the hub)
   ============== ============================== =========================================
 
   Root is exempt from ``RLIMIT_NPROC``, so a root kernel without a cgroup has no process limit;
@@ -38,10 +38,10 @@ from typing import Any
 import psutil
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Dict, Instance, Int, List, Unicode, default
+from traitlets import Bool, Dict, Instance, Int, List, Unicode, default
 
 from oraculo.kernels.credentials import HubTokens, KernelToken, server_url
-from oraculo.kernels.limits import LIMITS_ENV, SandboxLimits, sandbox_env
+from oraculo.kernels.limits import LIMITS_ENV, NPROC_ENV, SandboxLimits, sandbox_env
 from oraculo.kernels.sandbox import ChildPlan, PidsCgroup, rlimit_plan
 
 #: The running sandbox provisioners, by kernel id (for usage reports and limit checks).
@@ -77,7 +77,17 @@ class SandboxProvisioner(LocalProvisioner):
         help="""Seconds the kernel's own token (ORACULO_KERNEL_TOKEN) stays valid. A restart
         mints a new one when less than an hour is left.""",
     ).tag(config=True)
+    rlimit_nproc = Bool(
+        help="""Where no pids cgroup can be made, hold the process limit with RLIMIT_NPROC
+        (relative to what the kernel's OS user already runs). Off in containers, whose uid is
+        shared with other containers on the host (the container's pids limit holds there).
+        Default: ORACULO_SANDBOX_RLIMIT_NPROC != 0.""",
+    ).tag(config=True)
     limits = Instance(SandboxLimits)
+
+    @default("rlimit_nproc")
+    def _default_rlimit_nproc(self) -> bool:
+        return os.environ.get(NPROC_ENV, "1") != "0"
 
     cgroup: PidsCgroup | None = None
     kernel_token: KernelToken | None = None
@@ -137,11 +147,12 @@ class SandboxProvisioner(LocalProvisioner):
         if self.cgroup is not None:
             plan.cgroup_procs = self.cgroup.procs_file
             return
-        if os.geteuid() == 0:
-            self.log.warning(
-                "Kernel %s runs as root without a pids cgroup: its process limit cannot hold",
-                self.kernel_id,
-            )
+        if os.geteuid() == 0 or not self.rlimit_nproc:
+            if os.geteuid() == 0:
+                self.log.warning(
+                    "Kernel %s runs as root without a pids cgroup: its process limit cannot hold",
+                    self.kernel_id,
+                )
             return
         # RLIMIT_NPROC counts every task of the real uid, so leave room for what runs already.
         uid = os.getuid()
@@ -196,6 +207,8 @@ class SandboxProvisioner(LocalProvisioner):
     def _processes_enforced_by(self) -> str:
         if self.cgroup is not None:
             return "cgroup"
+        if not self.rlimit_nproc:
+            return "container"
         return "none" if os.geteuid() == 0 else "rlimit"
 
     def process_limit_hits(self) -> int:

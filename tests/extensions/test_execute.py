@@ -429,3 +429,24 @@ async def test_audit_log_records_who_ran_what(users: dict[str, User]) -> None:
     assert r.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in r.text.splitlines()]
     assert any(rec["execution_id"] == out["execution_id"] for rec in lines)
+
+
+def test_workspace_panel_shows_use_against_limits() -> None:
+    from oraculo.extensions.panels.workspace import render_status
+
+    kernel = {"id": "k1", "name": "oraculo", "execution_state": "idle", "connections": 1}
+    resources = {
+        "memory_bytes": 700 * MIB,
+        "memory_limit_bytes": 768 * MIB,
+        "cpu_seconds": 1.5,
+        "cpu_limit_seconds": None,
+        "processes": 12,
+        "processes_limit": 64,
+        "gpu_memory_mib": 0,
+    }
+    page = render_status({"user": "ana", "kernels": [{**kernel, "resources": resources}]})
+    assert "700 MiB / 768 MiB per process" in page
+    assert "1.5 s / no limit" in page and "12 / 64" in page
+    assert 'data-testid="kernel-gpu"' in page
+    assert "#e03131" in page  # memory at 91 %: the bar turns red
+    assert "not sandboxed" in render_status({"kernels": [{**kernel, "resources": None}]})

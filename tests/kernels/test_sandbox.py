@@ -232,3 +232,24 @@ def test_unprivileged_kernel_limits_processes_and_cannot_read_the_server(
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["parent_env"] == "PermissionError"
     assert isinstance(out["forks"], int) and 0 < out["forks"] <= 24, out
+
+
+def test_spawner_hooks_hand_limits_to_the_server() -> None:
+    from types import SimpleNamespace
+
+    from oraculo.hub.sandbox import docker_host_config, sandbox_env
+    from oraculo.hub.spawners import OraculoDockerSpawner, OraculoProcessSpawner
+    from oraculo.kernels.limits import NPROC_ENV
+
+    c = Config()
+    c.SandboxConfig.default_limits = {"processes": 50}
+    c.SandboxConfig.group_limits = {"big": {"processes": 100, "memory_mb": 9000}}
+    user = SimpleNamespace(name="ana", groups=[SimpleNamespace(name="big")])
+    local = OraculoProcessSpawner(config=c, _deprecated_db_session=None)
+    local.user = user  # type: ignore[assignment]
+    env = sandbox_env(local, {})
+    assert json.loads(env[LIMITS_ENV])["memory_mb"] == 9000 and NPROC_ENV not in env
+    docker = OraculoDockerSpawner(config=c, _deprecated_db_session=None)
+    docker.user = user  # type: ignore[assignment]
+    assert sandbox_env(docker, {})[NPROC_ENV] == "0"
+    assert docker_host_config(docker) == {"pids_limit": 100 * 4 + 256}

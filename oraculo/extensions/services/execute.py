@@ -152,6 +152,7 @@ class _Execution:
         self.result = result
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.size = 0  # characters held, once done
 
 
 def _now() -> str:
@@ -184,6 +185,11 @@ class ExecuteService(LoggingConfigurable):
     ).tag(config=True)
     keep_results = Int(
         500, help="Finished executions remembered for GET /api/v1/execute/{id}."
+    ).tag(config=True)
+    keep_chars = Int(
+        200_000_000,
+        help="""Total size (characters of output and results) of the finished executions
+        remembered; the oldest are forgotten first.""",
     ).tag(config=True)
     outputs_dir = Unicode(
         "oraculo-outputs",
@@ -377,7 +383,9 @@ class ExecuteService(LoggingConfigurable):
                     self._process_limit(result, hits)
                 result.files = await self._files(result, cwd, before, out)
                 self._finish(result, out, start)
+                execution.size = len(result.output) * 2 + out.result_chars
                 execution.done.set()
+                self._forget()
                 if restart:
                     await self._restart(kernel)
         except asyncio.CancelledError:
@@ -602,11 +610,17 @@ class ExecuteService(LoggingConfigurable):
 
     def _remember(self, execution: _Execution) -> None:
         self._executions[execution.result.execution_id] = execution
-        while len(self._executions) > self.keep_results:
-            oldest_id, oldest = next(iter(self._executions.items()))
-            if not oldest.done.is_set():
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the oldest finished executions past ``keep_results`` or ``keep_chars``."""
+        held = sum(e.size for e in self._executions.values())
+        for eid, execution in list(self._executions.items()):
+            if len(self._executions) <= self.keep_results and held <= self.keep_chars:
                 break
-            del self._executions[oldest_id]
+            if execution.done.is_set():
+                held -= execution.size
+                del self._executions[eid]
 
 
 def _limit_of(name: str, value: str) -> str | None:

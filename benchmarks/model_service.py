@@ -57,6 +57,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return str(torch.cuda.get_device_name(0))
+    return f"CPU x{os.cpu_count()}"
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -76,8 +84,10 @@ def baseline(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     spec = ModelSpec.model_validate(DEFAULT_MODELS[0])
     path, gguf = spec.local_path(), spec.gguf_file
-    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32)
+    tok: Any = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, gguf_file=gguf, dtype=getattr(torch, args.dtype)
+    )
     device = "cuda" if args.device == "cuda" else "cpu"
     model.to(device).eval()  # type: ignore[arg-type]
     n = args.baseline_requests
@@ -171,6 +181,7 @@ class Service:
             "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
             "aliases": ["smollm2"],
             "device": args.device,
+            "dtype": args.dtype,
             "max_batch_size": max(args.streams),
             "max_waiting": max(args.streams),
         }
@@ -313,6 +324,7 @@ async def main() -> None:
     p.add_argument("--baseline-requests", type=int, default=8)
     p.add_argument("--threads", type=int, default=default_torch_threads())
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
@@ -337,6 +349,8 @@ async def main() -> None:
     base = rows[0]["agg_tok_s"] if not args.skip_baseline else rows[-len(args.streams)]["agg_tok_s"]
     meta = {
         "device": args.device,
+        "device_name": device_name(args.device),
+        "dtype": args.dtype,
         "threads": args.threads,
         "max_tokens": args.max_tokens,
         "cpu_count": os.cpu_count(),

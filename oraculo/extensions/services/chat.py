@@ -10,6 +10,7 @@ chunk of a stream).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -19,7 +20,12 @@ from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.services.context import Assembled, ContextService
 from oraculo.extensions.services.conversations import ConversationStore, new_id
-from oraculo.extensions.services.modelclient import ChatStream, ModelClient, ModelInfo
+from oraculo.extensions.services.modelclient import (
+    ChatStream,
+    ModelClient,
+    ModelInfo,
+    ModelServiceError,
+)
 
 # --- wire models ------------------------------------------------------------------------------
 
@@ -100,6 +106,20 @@ class ConversationUpdate(_Strict):
 
 # --- service ----------------------------------------------------------------------------------
 
+_PROMPT_TOKENS = re.compile(r"\((\d+) in the messages")
+
+
+def refit_scale(error: ModelServiceError, estimate: int) -> float | None:
+    """How much to scale the token estimate after ``context_length_exceeded`` (None: other
+    errors). The model service says how many tokens the messages really took; without that, 2.
+    """
+    if error.type != "context_length_exceeded" or estimate <= 0:
+        return None
+    found = _PROMPT_TOKENS.search(error.message)
+    real = int(found.group(1)) if found else 2 * estimate
+    return max(1.1, 1.05 * real / estimate)
+
+
 _SAMPLING = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed")
 
 
@@ -143,7 +163,7 @@ class ChatService(LoggingConfigurable):
         self.context = context
         self.conversations = conversations
 
-    async def prepare(self, req: ChatRequest) -> PreparedChat:
+    async def prepare(self, req: ChatRequest, scale: float = 1.0) -> PreparedChat:
         model = await self.models.resolve(req.model)
         history: list[dict[str, Any]] = []
         cid, is_new = req.conversation_id, False
@@ -162,6 +182,7 @@ class ChatService(LoggingConfigurable):
             notebook=ctx.notebook,
             kernel=ctx.kernel,
             variables=ctx.variables,
+            scale=scale,
         )
         body: dict[str, Any] = {"model": model.id, "messages": assembled.messages}
         for key in _SAMPLING:
@@ -175,7 +196,11 @@ class ChatService(LoggingConfigurable):
     async def complete(self, req: ChatRequest) -> dict[str, Any]:
         """A whole reply: OpenAI's ``chat.completion`` plus ``oraculo``."""
         prep = await self.prepare(req)
-        body = await self.models.complete(prep.body)
+        try:
+            body = await self.models.complete(prep.body)
+        except ModelServiceError as e:
+            prep = await self._refit(req, prep, e)
+            body = await self.models.complete(prep.body)
         choice = (body.get("choices") or [{}])[0]
         text = str((choice.get("message") or {}).get("content") or "")
         await self.save(prep, text, str(choice.get("finish_reason") or "stop"))
@@ -185,8 +210,23 @@ class ChatService(LoggingConfigurable):
     async def open_stream(self, req: ChatRequest) -> StreamingReply:
         """Start a streamed reply; errors until the model service answers 200 raise here."""
         prep = await self.prepare(req)
-        upstream = await self.models.open_stream(prep.body)
+        try:
+            upstream = await self.models.open_stream(prep.body)
+        except ModelServiceError as e:
+            prep = await self._refit(req, prep, e)
+            upstream = await self.models.open_stream(prep.body)
         return StreamingReply(self, prep, upstream)
+
+    async def _refit(
+        self, req: ChatRequest, prep: PreparedChat, error: ModelServiceError
+    ) -> PreparedChat:
+        """The prompt was longer than our estimate said: assemble it again, once, scaled by
+        the real count the model service reported. Any other error goes to the client."""
+        scale = refit_scale(error, prep.assembled.prompt_tokens_estimate)
+        if scale is None:
+            raise error
+        self.log.info("chat: prompt estimate short by %.2fx; re-fitting", scale)
+        return await self.prepare(req, scale)
 
     async def save(self, prep: PreparedChat, reply: str, finish_reason: str) -> None:
         """Store the new turn and the reply; a failure is logged, the reply still goes out."""

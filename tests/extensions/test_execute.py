@@ -431,6 +431,15 @@ async def test_audit_log_records_who_ran_what(users: dict[str, User]) -> None:
     assert any(rec["execution_id"] == out["execution_id"] for rec in lines)
 
 
+async def test_metrics_count_executions_and_limit_hits(users: dict[str, User]) -> None:
+    ana = users["ana"]
+    await run(ana, code="1")
+    r = await ana.api("GET", f"/user/{ana.name}/metrics")
+    assert r.status_code == 200
+    assert 'oraculo_execute_seconds_count{origin="api",status="ok"}' in r.text
+    assert 'oraculo_sandbox_limit_hits_total{limit="timeout"}' in r.text
+
+
 def test_workspace_panel_shows_use_against_limits() -> None:
     from oraculo.extensions.panels.workspace import render_status
 

@@ -37,6 +37,7 @@ import time
 import uuid
 from typing import Any, Literal
 
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 from traitlets import Any as AnyTrait
 from traitlets import Bool, Float, Instance, Int, Unicode, default
@@ -50,6 +51,17 @@ from oraculo.kernels.limits import SandboxLimits
 from oraculo.kernels.provisioner import provisioner_for
 
 LANGUAGES = ("python", "bash")
+
+#: Execute latency and outcomes, at the server's /metrics (Prometheus).
+EXECUTE_SECONDS = Histogram(
+    "oraculo_execute_seconds",
+    "Time from an execute request to its answer, by outcome and origin.",
+    ["status", "origin"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+SANDBOX_LIMIT_HITS = Counter(
+    "oraculo_sandbox_limit_hits", "Executions ended by a sandbox limit, by limit.", ["limit"]
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -591,6 +603,10 @@ class ExecuteService(LoggingConfigurable):
         result.finished_at = _now()
         result.duration_seconds = round(time.monotonic() - start, 4)
         error = result.error
+        origin = result.origin.split(":", 1)[0]  # agent:<name> -> agent: bounded label values
+        EXECUTE_SECONDS.labels(result.status, origin).observe(result.duration_seconds)
+        if error is not None and error.limit:
+            SANDBOX_LIMIT_HITS.labels(error.limit).inc()
         self.audit.append(
             {
                 "event": "finished",

@@ -8,8 +8,9 @@ Search: the memories table is filled with **synthetic** rows (random unit 384-d 
 drawn from a 5,000-word vocabulary) through the same :class:`LanceStore` the service uses, then
 ``MemoryService.search``'s store query (vector + BM25, reciprocal-rank fusion) runs with
 precomputed query vectors, so the numbers are the store's, not the embedding model's. The time
-to embed one query through the model service is measured separately. At the service's
-``vector_index_rows`` (50k) the table gets its IVF-HNSW-SQ vector index, as the service builds it.
+to embed one query through the model service is measured separately. From the service's
+``vector_index_rows`` (10k) up, the table gets its IVF-SQ vector index, as the service builds it
+(at its next compaction); ``optimize_s`` includes building it.
 
 Indexing: a copy of this repository's ``oraculo/`` package and test fixtures is indexed with real
 embeddings from the model service (an embedding-only one this script starts, unless given one),

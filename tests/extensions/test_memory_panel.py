@@ -144,7 +144,7 @@ async def test_memory_panel_in_browser(server: Server, artifacts: Path) -> None:
                 await expect(
                     page.locator("[data-testid=oraculo-memory][data-state=ok]")
                 ).to_be_visible(timeout=60_000)
-                await expect(page.get_by_test_id("memory-count")).to_have_text("1 memories")
+                await expect(page.get_by_test_id("memory-count")).to_have_text("1 memory")
                 table = page.locator(".oraculo-memory-table")
                 await expect(table).to_contain_text("Maria")
 
@@ -175,7 +175,7 @@ async def test_memory_panel_in_browser(server: Server, artifacts: Path) -> None:
                 # Search, select the hit, edit it.
                 await page.locator(".oraculo-memory-search input").fill("which plotting library?")
                 await page.locator(".oraculo-memory-search-button button").click()
-                await expect(message).to_contain_text("match", timeout=30_000)
+                await expect(message).to_contain_text("Best matches", timeout=30_000)
                 await table.get_by_text("Altair", exact=False).first.click()
                 await expect(page.locator(".oraculo-memory-key input")).to_have_value("chart style")
                 await page.locator(".oraculo-memory-value textarea").fill(

@@ -174,6 +174,8 @@ class MemoryPanel(pn.viewable.Viewer):
             show_index=False,
             pagination="local",
             page_size=15,
+            layout="fit_columns",
+            widths={"key": 200, "scope": 90, "updated_at": 140, "score": 80},
             sizing_mode="stretch_width",
             css_classes=["oraculo-memory-table"],
         )
@@ -245,7 +247,7 @@ class MemoryPanel(pn.viewable.Viewer):
     # --- rendering ---------------------------------------------------------------------------
 
     def _root_html(self, total: int | None = None) -> str:
-        count = "" if total is None else f"{total} memories"
+        count = "" if total is None else f"{total} {'memory' if total == 1 else 'memories'}"
         return (
             f'<div class="om" data-testid="{TEST_ID}" data-state="{self.state}">'
             f'<span class="om-sub" data-testid="memory-count">{_e(count)}</span></div>'
@@ -274,6 +276,7 @@ class MemoryPanel(pn.viewable.Viewer):
             self._say(str(e), ok=False)
             return
         self.searching = ""
+        self.table.selection = []
         self.table.value = _frame(page["items"])
         self.state = "ok"
         self._root.object = self._root_html(page["total"])
@@ -323,8 +326,9 @@ class MemoryPanel(pn.viewable.Viewer):
             self._say(f"Search failed: {e}", ok=False)
             return
         self.searching = q
+        self.table.selection = []
         self.table.value = _frame(hits, score=True)
-        self._say(f"{len(hits)} memories match “{q}”, best first.")
+        self._say(f"Best matches for “{q}” ({len(hits)}), most relevant first.")
 
     async def _on_enter(self, event: Any) -> None:
         await self._on_search(event)

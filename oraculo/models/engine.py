@@ -116,6 +116,8 @@ class BatchEngine:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        # fast tokenizers are not safe to use from two threads at once; encoders share this lock
+        self.tokenizer_lock = threading.Lock()
         self.device = next(model.parameters()).device
         self.eos_token_ids = frozenset(eos_token_ids)
         self.context_length = context_length
@@ -318,7 +320,8 @@ class BatchEngine:
             self._finish(seq, "stop")
             return
         seq.generated.append(token)
-        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        with self.tokenizer_lock:
+            text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
         for stop in seq.params.stop:
             at = text.find(stop)
             if at >= 0:

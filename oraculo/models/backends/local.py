@@ -102,10 +102,12 @@ class TransformersChatBackend(Backend):
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in request.messages
         ]
+        assert self.engine is not None
         try:
-            ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
+            with self.engine.tokenizer_lock:
+                ids = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
         except Exception as e:  # the template itself rejects some role orders
             raise InvalidRequest(
                 f"messages do not fit this model's chat template: {e}", param="messages"
@@ -146,7 +148,8 @@ class TransformersChatBackend(Backend):
 
     async def start_chat(self, request: ChatCompletionRequest) -> ChatStream:
         assert self.engine is not None, "backend not loaded"
-        prompt = self.encode_prompt(request)
+        # off the event loop: a long prompt takes a while to tokenize
+        prompt = await asyncio.to_thread(self.encode_prompt, request)
         params = self.sampling(request, len(prompt))
         stream = ChatStream(prompt_tokens=len(prompt))
 

@@ -413,9 +413,10 @@ class ExecuteService(LoggingConfigurable):
         """Send the code and collect its messages; True when the kernel must be restarted."""
         result = execution.result
         client = await self._client(kernel)
-        with contextlib.suppress(queue.Empty):
-            while True:  # what came for others while nobody listened
-                await client.get_iopub_msg(timeout=0)
+        for channel in (client.get_iopub_msg, client.get_shell_msg):
+            with contextlib.suppress(queue.Empty):
+                while True:  # what came while nobody listened: others' output, old replies
+                    await channel(timeout=0)
         if result.language == "bash":
             code = "%%bash\n" + code
         msg_id = client.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)

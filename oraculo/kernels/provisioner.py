@@ -108,10 +108,13 @@ class SandboxProvisioner(LocalProvisioner):
         return kwargs
 
     async def _credentials(self) -> dict[str, str]:
-        env = {"ORACULO_SERVER_URL": server_url()}
-        models = os.environ.get("ORACULO_MODELS_URL", "")
-        if models:
-            env["ORACULO_MODELS_URL"] = models
+        env = {}
+        for name, value in (
+            ("ORACULO_SERVER_URL", server_url()),
+            ("ORACULO_MODELS_URL", os.environ.get("ORACULO_MODELS_URL", "")),
+        ):
+            if value:
+                env[name] = value
         hub = HubTokens.from_environment()
         if hub is None:
             return env  # a plain jupyter server: the kernel gets no token

@@ -17,6 +17,7 @@ DEFAULT_FEATURES = [
     "oraculo.extensions.features.execute:ExecuteFeature",
     "oraculo.extensions.features.chat:ChatFeature",
     "oraculo.extensions.features.memory:MemoryFeature",
+    "oraculo.extensions.features.voice:VoiceFeature",
 ]
 
 

@@ -181,6 +181,7 @@ class SpeechHandler(AudioHandler):
 
                 pcm = b"".join([chunk async for chunk in speech])
                 self._check(speech)
+                self.audio_seconds = speech.seconds
                 self.set_header("Content-Type", "audio/wav")
                 self.finish(wav_bytes(pcm, speech.sample_rate))
                 return
@@ -194,6 +195,7 @@ class SpeechHandler(AudioHandler):
                 await self.flush()
             if not started:
                 self._check(speech)
+            self.audio_seconds = speech.seconds  # before finish(): on_finish meters it
             self.finish()
         except StreamClosedError:
             speech.cancel()

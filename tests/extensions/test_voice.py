@@ -196,10 +196,10 @@ async def test_partials_final_reply_and_spoken_sentences(
 async def test_long_speech_is_cut_at_the_cap(
     ws: ClientConnection, speech: dict[str, np.ndarray]
 ) -> None:
-    # ~14 s of speech with no pause long enough to end it: a forced final at the 12 s cap
+    # ~20 s of speech with no pause long enough to end it: a forced final at the 12 s cap
     gap = silence(0.2)
-    audio = np.concatenate([np.concatenate([speech[s], gap]) for s in SENTENCES])
-    assert len(audio) / 16000 > 13
+    audio = np.concatenate([np.concatenate([speech[s], gap]) for s in SENTENCES * 2])
+    assert len(audio) / 16000 > 14
     await send_audio(ws, np.concatenate([audio, silence(1.0)]))
 
     def forced(ev: dict[str, Any], _: list[dict[str, Any]]) -> bool:

@@ -92,7 +92,7 @@ async def bench_search(size: int, folder: Path, queries: int, rng: np.random.Gen
         return out
 
     async def hybrid(v: list[float], t: str) -> Any:
-        return await store.hybrid(v, t, 5, exclude=["vector", "text", "created_at"])
+        return await store.hybrid(v, t, 5, exclude=["text", "created_at"])
 
     async def vector(v: list[float], t: str) -> Any:
         return await store.nearest(v, 5)

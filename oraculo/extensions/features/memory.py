@@ -23,8 +23,10 @@ In-process API (stable; what chat, ``%memory`` and agents call)::
     memory.index.trigger()                               # start a run in the background
 
 ``Memory``: key, value, scope, created_at, updated_at. ``MemoryHit``: key, value, scope, score,
-updated_at. ``Passage``: path, cell (0-based or None), start_line, end_line (1-based, inclusive,
-within the cell or PDF page), text, score, kind, cell_id, page. All are pydantic models.
+updated_at, similarity. ``Passage``: path, cell (0-based or None), start_line, end_line (1-based,
+inclusive, within the cell or PDF page), text, score, kind, cell_id, page, similarity. All are
+pydantic models. ``score`` is a rank fusion (orders results, ~0.016-0.033); ``similarity`` is
+the cosine similarity of query and result embeddings (-1..1), the one to threshold on.
 
 Errors are :mod:`oraculo.extensions.errors`: ``BadRequest`` (400) for invalid keys, values,
 scopes or queries; ``Conflict`` (409) when the store is full or was built with another embedding

@@ -50,13 +50,20 @@ class Memory(BaseModel):
 
 
 class MemoryHit(BaseModel):
-    """A memory found by :meth:`MemoryService.search`; higher ``score`` ranks first."""
+    """A memory found by :meth:`MemoryService.search`; higher ``score`` ranks first.
+
+    ``score`` is the reciprocal-rank fusion of the semantic and full-text rankings (about
+    0.016-0.033: it orders, it does not measure); ``similarity`` is the cosine similarity of
+    the query's and the memory's embeddings (-1..1; all-MiniLM-L6-v2 gives ~0.5+ for related
+    texts, ~0 for unrelated), to threshold on.
+    """
 
     key: str
     value: str
     scope: str | None = None
     score: float
     updated_at: dt.datetime
+    similarity: float = 0.0
 
 
 class MemoryService(LoggingConfigurable):
@@ -210,7 +217,7 @@ class MemoryService(LoggingConfigurable):
         if await self.store.table() is None:
             return []
         (vector,) = await self.embeddings.embed([q])
-        rows = await self.store.hybrid(vector, q, k, exclude=["vector", "text", "created_at"])
+        rows = await self.store.hybrid(vector, q, k, exclude=["text", "created_at"])
         return [
             MemoryHit(
                 key=r["key"],
@@ -218,6 +225,7 @@ class MemoryService(LoggingConfigurable):
                 scope=r["scope"],
                 score=r["_score"],
                 updated_at=r["updated_at"],
+                similarity=r["_similarity"],
             )
             for r in rows
         ]

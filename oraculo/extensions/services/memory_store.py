@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import lancedb
+import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, IvfSq
 
@@ -139,20 +140,37 @@ class LanceStore:
     ) -> list[dict[str, Any]]:
         """The ``k`` best rows by reciprocal-rank fusion of vector and BM25 rankings.
 
-        Each row has ``_score`` (the fused relevance; higher is better).
+        Each row has ``_score`` (the fused relevance; higher is better) and ``_similarity`` (the
+        cosine similarity of ``vector`` and the row's: an absolute measure, unlike the rank-based
+        score, that a caller may threshold). Each ranking is taken deeper than ``k`` so that a
+        row ranked well by only one of them still fuses fairly.
         """
         table = await self.table()
         if table is None:
             return []
         query = (
-            table.query().nearest_to(vector).distance_type("cosine").nearest_to_text(text).limit(k)
+            table.query()
+            .nearest_to(vector)
+            .distance_type("cosine")
+            .nearest_to_text(text)
+            .limit(max(4 * k, 20))
         )
-        rows: list[dict[str, Any]] = (await query.to_arrow()).to_pylist()
-        drop = {*(exclude or []), "_distance", "_relevance_score"}
-        return [
-            {**{c: v for c, v in r.items() if c not in drop}, "_score": r["_relevance_score"]}
-            for r in rows
-        ]
+        rows: list[dict[str, Any]] = (await query.to_arrow()).to_pylist()[:k]
+        drop = {*(exclude or []), "vector", "_distance", "_relevance_score"}
+        q = np.asarray(vector, dtype=np.float32)
+        q_norm = float(np.linalg.norm(q)) or 1.0
+        out = []
+        for r in rows:
+            v = np.asarray(r["vector"], dtype=np.float32)
+            similarity = float(q @ v) / (q_norm * (float(np.linalg.norm(v)) or 1.0))
+            out.append(
+                {
+                    **{c: val for c, val in r.items() if c not in drop},
+                    "_score": r["_relevance_score"],
+                    "_similarity": round(similarity, 4),
+                }
+            )
+        return out
 
     async def nearest(self, vector: list[float], k: int) -> list[dict[str, Any]]:
         """The ``k`` rows nearest ``vector`` (cosine); each with ``_distance``."""

@@ -52,7 +52,8 @@ class Passage(BaseModel):
     ``cell`` is the notebook cell index (0-based; ``cell_id`` its nbformat id) or None;
     ``start_line``/``end_line`` are 1-based and inclusive, within the cell for notebooks and
     within the page for PDFs (``page``, 1-based). ``kind``: markdown, code, output, text, table
-    or pdf. Higher ``score`` ranks first.
+    or pdf. Higher ``score`` (rank fusion, ~0.016-0.033) ranks first; ``similarity`` is the
+    cosine similarity of query and passage embeddings (-1..1), to threshold on.
     """
 
     path: str
@@ -64,6 +65,7 @@ class Passage(BaseModel):
     kind: str = "text"
     cell_id: str | None = None
     page: int | None = None
+    similarity: float = 0.0
 
 
 class WorkspaceIndex(LoggingConfigurable):
@@ -194,7 +196,11 @@ class WorkspaceIndex(LoggingConfigurable):
         (vector,) = await self.embeddings.embed([q])
         rows = await self.store.hybrid(vector, q, k)
         return [
-            Passage(**{f: r[f] for f in Passage.model_fields if f != "score"}, score=r["_score"])
+            Passage(
+                **{f: r[f] for f in Passage.model_fields if f not in ("score", "similarity")},
+                score=r["_score"],
+                similarity=r["_similarity"],
+            )
             for r in rows
         ]
 

@@ -43,6 +43,8 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # grammar state (oraculo.models.constrained.TokenConstraint): masks logits, follows tokens
+    constraint: Any = None
 
 
 @dataclasses.dataclass
@@ -297,6 +299,9 @@ class BatchEngine:
                 self._accept(seq, tok)
 
     def _sample(self, logits: torch.Tensor, seqs: Sequence[GenSequence]) -> torch.Tensor:
+        for i, seq in enumerate(seqs):
+            if seq.params.constraint is not None and not seq.done:
+                seq.params.constraint.mask(logits[i])
         tokens = logits.argmax(-1).cpu()
         for i, seq in enumerate(seqs):
             p = seq.params
@@ -318,6 +323,9 @@ class BatchEngine:
         self.stats.tokens_generated += 1
         if token in self.eos_token_ids:
             self._finish(seq, "stop")
+            return
+        if seq.params.constraint is not None and not seq.params.constraint.advance(token):
+            self._finish(seq, "error", error="the grammar refused a sampled token")
             return
         seq.generated.append(token)
         with self.tokenizer_lock:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from . import constrained
 from .errors import (
     Forbidden,
     InternalError,
@@ -182,10 +183,10 @@ class ChatCompletionsHandler(BaseHandler):
         if stream.finish_reason == "cancelled":
             return
         usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
+        text = "".join(parts)
+        message, finish = constrained.final_message(req, text, stream.finish_reason or "stop")
         self.write_json(
-            completion_body(
-                cid, self.model_name, "".join(parts), stream.finish_reason or "stop", usage, created
-            )
+            completion_body(cid, self.model_name, text, finish, usage, created, message=message)
         )
 
     async def _stream_sse(
@@ -201,20 +202,32 @@ class ChatCompletionsHandler(BaseHandler):
             self.write(f"data: {data}\n\n")
             await self.flush()
 
+        # a reply that may call tools is sent whole at the end, once its calls have parsed
+        held: list[str] | None = [] if constrained.wants_tool_calls(req) else None
         try:
             await send(chunk_body(cid, model, created, delta={"role": "assistant", "content": ""}))
             async for text in stream:
                 if self.ttft_ms is None:
                     self.ttft_ms = (time.monotonic() - self.started) * 1000
-                await send(chunk_body(cid, model, created, delta={"content": text}))
+                if held is not None:
+                    held.append(text)
+                else:
+                    await send(chunk_body(cid, model, created, delta={"content": text}))
             self._account(stream)
             if stream.error is not None:
                 self.error_type = stream.error.code or stream.error.type
                 await send(stream.error.to_json())
             elif stream.finish_reason != "cancelled":
-                await send(
-                    chunk_body(cid, model, created, delta={}, finish_reason=stream.finish_reason)
-                )
+                finish = stream.finish_reason
+                if held is not None:
+                    message, finish = constrained.final_message(
+                        req, "".join(held), finish or "stop"
+                    )
+                    delta = {k: v for k, v in message.items() if k != "role" and v is not None}
+                    for i, call in enumerate(delta.get("tool_calls", [])):
+                        call["index"] = i
+                    await send(chunk_body(cid, model, created, delta=delta))
+                await send(chunk_body(cid, model, created, delta={}, finish_reason=finish))
                 if req.include_usage:
                     usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
                     await send(chunk_body(cid, model, created, usage=usage))

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .constrained import ResponseFormat, ToolCall, ToolChoice, ToolDefinition
 from .errors import InvalidRequest
 
 MAX_STOP = 4
@@ -31,6 +32,8 @@ class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: which call this answers
 
     def text(self) -> str:
         if self.content is None:
@@ -57,6 +60,11 @@ class ChatCompletionRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # constrained decoding (oraculo.models.constrained)
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("stop")
     @classmethod
@@ -119,7 +127,13 @@ def new_id(prefix: str) -> str:
 
 
 def completion_body(
-    cid: str, model: str, text: str, finish_reason: str, usage: Usage, created: int | None = None
+    cid: str,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: Usage,
+    created: int | None = None,
+    message: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": cid,
@@ -129,7 +143,7 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message or {"role": "assistant", "content": text},
                 "finish_reason": finish_reason,
                 "logprobs": None,
             }

@@ -7,10 +7,12 @@ present and ``device`` is ``auto``."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .. import constrained
 from ..engine import BatchEngine, EngineEvent, QueueFull, SamplingParams
 from ..errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from ..protocol import ChatCompletionRequest
@@ -61,6 +63,7 @@ class TransformersChatBackend(Backend):
         if self.tokenizer.eos_token_id is not None:
             eos_ids.add(self.tokenizer.eos_token_id)
         self._ctx = ctx
+        self.grammars = constrained.Grammars(self.tokenizer, int(model.config.vocab_size))
         self.engine = BatchEngine(
             model,
             self.tokenizer,
@@ -98,10 +101,7 @@ class TransformersChatBackend(Backend):
         return info
 
     def encode_prompt(self, request: ChatCompletionRequest) -> list[int]:
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in request.messages
-        ]
+        messages = constrained.chat_messages(request)
         assert self.engine is not None
         try:
             with self.engine.tokenizer_lock:
@@ -148,9 +148,13 @@ class TransformersChatBackend(Backend):
 
     async def start_chat(self, request: ChatCompletionRequest) -> ChatStream:
         assert self.engine is not None, "backend not loaded"
+        constrained.validate(request)
         # off the event loop: a long prompt takes a while to tokenize
         prompt = await asyncio.to_thread(self.encode_prompt, request)
         params = self.sampling(request, len(prompt))
+        constraint = await asyncio.to_thread(self.grammars.constraint, request)
+        if constraint is not None:
+            params = dataclasses.replace(params, constraint=constraint)
         stream = ChatStream(prompt_tokens=len(prompt))
 
         def sink(ev: EngineEvent) -> None:

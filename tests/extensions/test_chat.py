@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import nbformat
@@ -20,30 +21,14 @@ import openai
 import pytest
 from nbclient import NotebookClient
 
-from tests.harness import HubClient, HubProcess, User, new_user, wait_for
+from tests.harness import PASSWORD, HubClient, HubProcess, User, new_user, wait_for
 
 CHAT = "api/v1/chat"
 
 
 @pytest.fixture(scope="module")
-async def models_hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HubProcess]:
-    """A hub that runs the model service (the session ``hub`` does not)."""
-    hub = await HubProcess(tmp_path_factory.mktemp("chat-hub"), models=True).start()
-
-    async def loaded() -> bool:
-        async with httpx.AsyncClient(timeout=5) as c:
-            r = await c.get(f"{hub.url}/services/models/health")
-            return r.status_code == 200 and r.json()["status"] == "ok"
-
-    try:
-        await wait_for(loaded, 180, "the hub's model service to load", 0.25)
-        yield hub
-    finally:
-        hub.stop()
-
-
-@pytest.fixture(scope="module")
 async def ana(models_hub: HubProcess) -> AsyncIterator[User]:
+    """A user of the session hub (which runs the model service) with a server of her own."""
     client = HubClient(models_hub)
     user = await new_user(client, "ana")
     await user.spawn()
@@ -319,6 +304,9 @@ async def test_chat_magic_in_a_notebook(ana: User, tmp_path: Path) -> None:
         nbformat.v4.new_code_cell("%%chat --max-tokens 8\nWhat is in the trips dataframe?"),
         nbformat.v4.new_code_cell("%%chat --max-tokens 4 --temperature 0\nAnd its shape?"),
         nbformat.v4.new_code_cell("%%chat --model gpt-17\nhi"),
+        nbformat.v4.new_code_cell("%memory add favourite_colour teal, like the lake"),
+        nbformat.v4.new_code_cell("%memory search which colour?"),
+        nbformat.v4.new_code_cell("%memory"),
     ]
     env = {
         "ORACULO_SERVER_URL": f"{ana.client.hub.url}/user/{ana.name}/",
@@ -354,3 +342,149 @@ async def test_chat_magic_in_a_notebook(ana: User, tmp_path: Path) -> None:
     assert len(convs) == 1 and convs[0]["message_count"] == 4
     err = "".join(o.get("text", "") for o in nb.cells[3].outputs if o.output_type == "stream")
     assert "HTTP 404" in err and "gpt-17" in err
+
+    def text(i: int) -> str:
+        return "".join(o.get("text", "") for o in nb.cells[i].outputs if o.output_type == "stream")
+
+    r = await ana.api("GET", url(ana, "api/v1/chat/models"))
+    if r.json()["features"]["memory"]:
+        assert text(4) == "Remembered favourite_colour.\n"
+        assert "favourite_colour: teal, like the lake" in text(5)
+        assert "favourite_colour: teal, like the lake" in text(6)
+    else:
+        assert "HTTP 404" in text(4)
+
+
+# --- memory and workspace passages (the memory feature) ---------------------------------------
+
+VOLCANO = (
+    "# Field notes\n\nThe Quilotoa expedition measured the crater lake at 3,914 metres.\n"
+    "The lake is green because of dissolved minerals.\n"
+)
+
+
+async def indexed(user: User) -> None:
+    """Put a note in the user's workspace and wait until the RAG index finds it."""
+    r = await user.api("GET", url(user, "api/v1/chat/models"))
+    if not r.json()["features"]["memory"]:
+        pytest.skip("the memory feature is not loaded")
+    r = await user.api(
+        "PUT",
+        url(user, "api/contents/notes"),
+        json={"type": "directory"},
+    )
+    r = await user.api(
+        "PUT",
+        url(user, "api/contents/notes/quilotoa.md"),
+        json={"type": "file", "format": "text", "content": VOLCANO},
+    )
+    assert r.status_code in (200, 201), r.text
+
+    r = await user.api("POST", url(user, "api/v1/memory/index"))
+    assert r.status_code == 202, r.text
+
+    async def found() -> bool:
+        r = await user.api("GET", url(user, "api/v1/memory/index"), params={"q": "Quilotoa lake"})
+        return r.status_code == 200 and any(
+            p["path"] == "notes/quilotoa.md" for p in r.json()["passages"]
+        )
+
+    await wait_for(found, 90, "the workspace index to find the note", 0.5)
+
+
+async def test_reply_cites_workspace_passages_and_memories(ana: User) -> None:
+    await indexed(ana)
+    r = await ana.api(
+        "POST", url(ana, "api/v1/memory"), json={"key": "units", "value": "Use metres, never feet."}
+    )
+    assert r.status_code in (200, 201), r.text
+    events = await sse(ana, ask("How deep is the Quilotoa crater lake?"))
+    final = next(d for _, d in events if d != "[DONE]" and d["choices"][0]["finish_reason"])
+    extra = final["oraculo"]
+    cited = [c for c in extra["citations"] if c["path"] == "notes/quilotoa.md"]
+    assert cited and cited[0]["index"] >= 1 and cited[0]["start_line"] >= 1
+    assert {"path", "cell", "start_line", "end_line", "score"} <= set(cited[0])
+    assert "units" in [m["key"] for m in extra["memories"]], extra
+    # The stored reply keeps its citations.
+    r = await ana.api("GET", url(ana, f"api/v1/chat/conversations/{extra['conversation_id']}"))
+    assert r.json()["messages"][-1]["oraculo"]["citations"] == extra["citations"]
+
+
+# --- the Chat panel in a browser --------------------------------------------------------------
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.browser
+async def test_chat_panel_streams_a_reply_with_citations(ana: User, artifacts: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    await indexed(ana)
+    r = await ana.api(
+        "POST",
+        url(ana, "api/v1/memory"),
+        json={"key": "expedition", "value": "The user leads the Quilotoa expedition."},
+    )
+    assert r.status_code in (200, 201), r.text
+    hub = ana.client.hub
+    seen: list[str] = []
+    bad: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1300, "height": 850})
+            page.on("request", lambda r: seen.append(r.url))
+            page.on("websocket", lambda ws: seen.append(ws.url))
+            page.on("console", lambda m: print("console:", m.type, m.text[:300]))
+            page.on(
+                "response", lambda r: bad.append(f"{r.status} {r.url}") if r.status >= 400 else None
+            )
+            await page.goto(f"{hub.url}/hub/login?next=/user/{ana.name}/oraculo-panels/chat")
+            await page.fill("#username_input", ana.name)
+            await page.fill("#password_input", PASSWORD)
+            await page.click("#login_submit")
+            status = page.locator("[data-testid=oraculo-chat]")
+            await expect(status).to_have_attribute("data-state", "idle", timeout=90_000)
+
+            states: list[str | None] = []
+
+            async def settled() -> bool:
+                # Every state the page shows, in order, until the reply is done.
+                state = await status.get_attribute("data-state")
+                if not states or states[-1] != state:
+                    states.append(state)
+                return state in ("done", "error")
+
+            box = page.locator("textarea").first
+            await box.fill("Describe the Quilotoa crater lake in three sentences.")
+            await box.press("Enter")
+            await wait_for(settled, 120, "the reply", 0.02)
+            assert states[-2:] == ["streaming", "done"], (states, await status.inner_text())
+            cites = page.get_by_test_id("chat-citations")
+            await expect(cites).to_contain_text("notes/quilotoa.md")
+            state = await status.inner_text()
+            assert "memory expedition" in await cites.inner_text(), state
+            select = page.locator(".chat-conversations select")
+            await expect(select).to_contain_text("Describe the Quilotoa crater lake")
+            await page.screenshot(path=str(artifacts / "chat-panel.png"), full_page=True)
+
+            # Stop: the reply stops streaming and the panel says so.
+            await box.fill("Write a very long story about a robot who learns to paint.")
+            await box.press("Enter")
+            await expect(status).to_have_attribute("data-state", "streaming", timeout=30_000)
+            await page.get_by_role("button", name="Stop").click()
+            await expect(status).to_have_attribute("data-state", "stopped", timeout=10_000)
+        finally:
+            await browser.close()
+    outside = sorted({u for u in seen if urlparse(u.removeprefix("blob:")).hostname != "127.0.0.1"})
+    assert not [u for u in outside if not u.startswith("data:")], outside
+    assert not bad, bad

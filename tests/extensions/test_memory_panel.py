@@ -47,28 +47,30 @@ class Server:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"token {self.token}"}
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
-@pytest.fixture(scope="module")
-async def server(
-    models_hub: HubProcess, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Server]:
-    client = HubClient(models_hub)
-    user = await new_user(client)  # only its token, to reach the model service
-    tmp = tmp_path_factory.mktemp("memory-panel")
+
+async def start_server(tmp: Path, extra_env: dict[str, str]) -> Server:
+    """A plain ``jupyter server`` (token auth) whose home and root are ``tmp/home``."""
     root = tmp / "home"
-    root.mkdir()
-    (root / "notes.md").write_text("# Notes\n\nThe quarterly review is on Thursday.\n")
+    root.mkdir(exist_ok=True)
     port, token = free_port(), secrets.token_hex(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "JUPYTER_"))}
+    env.pop("ORACULO_MODELS_URL", None)
     env.update(
         {
             "HOME": str(root),
             "USER": "memoryowner",
-            "ORACULO_MODELS_URL": f"{models_hub.url}/services/models/",
-            "ORACULO_MODELS_TOKEN": user.token,
             "JUPYTER_CONFIG_DIR": str(tmp / "config"),
             "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
             "JUPYTER_DATA_DIR": str(tmp / "data"),
+            **extra_env,
         }
     )
     log = tmp / "server.log"
@@ -94,14 +96,30 @@ async def server(
 
     try:
         await wait_for(ready, 60, "the jupyter server")
+    except BaseException:
+        srv.stop()
+        raise
+    return srv
+
+
+@pytest.fixture(scope="module")
+async def server(
+    models_hub: HubProcess, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Server]:
+    client = HubClient(models_hub)
+    user = await new_user(client)  # only its token, to reach the model service
+    tmp = tmp_path_factory.mktemp("memory-panel")
+    (tmp / "home").mkdir()
+    (tmp / "home" / "notes.md").write_text("# Notes\n\nThe quarterly review is on Thursday.\n")
+    env = {
+        "ORACULO_MODELS_URL": f"{models_hub.url}/services/models/",
+        "ORACULO_MODELS_TOKEN": user.token,
+    }
+    srv = await start_server(tmp, env)
+    try:
         yield srv
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        srv.stop()
         await user.client.aclose()
         await client.aclose()
 

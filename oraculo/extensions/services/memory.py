@@ -214,9 +214,10 @@ class MemoryService(LoggingConfigurable):
             raise BadRequest("q is longer than 4096 characters")
         if not 1 <= k <= 100:
             raise BadRequest("k must be between 1 and 100")
+        # Embed first: without a model service this is a clear 503 even on an empty store.
+        (vector,) = await self.embeddings.embed([q])
         if await self.store.table() is None:
             return []
-        (vector,) = await self.embeddings.embed([q])
         rows = await self.store.hybrid(vector, q, k, exclude=["text", "created_at"])
         return [
             MemoryHit(

@@ -18,6 +18,7 @@ DEFAULT_FEATURES = [
     "oraculo.extensions.features.chat:ChatFeature",
     "oraculo.extensions.features.memory:MemoryFeature",
     "oraculo.extensions.features.voice:VoiceFeature",
+    "oraculo.extensions.features.agents:AgentsFeature",
 ]
 
 

@@ -1,0 +1,226 @@
+"""Agents end to end: agent notebooks in alice's home, runs on the bundled model through the
+session hub, tools run in her sandbox kernel; events over SSE; bounds, cancel, errors, isolation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nbformat
+from nbformat import v4
+
+from tests.harness import User, wait_for
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+ENVELOPE = {"message", "reason", "type"}
+
+
+def agent_notebook(name: str, instructions: str, tools: list[str], **meta: Any) -> dict[str, Any]:
+    cells = [v4.new_markdown_cell(instructions)] + [v4.new_code_cell(src) for src in tools]
+    agent = {"name": name, "max_steps": 3, "temperature": 0.0, **meta}
+    return dict(v4.new_notebook(cells=cells, metadata={"oraculo": {"agent": agent}}))
+
+
+PLANNER = agent_notebook(
+    "planner", "You plan. Say in one short sentence which label the worker should record.", []
+)
+WORKER = agent_notebook(
+    "recorder",
+    "You record labels with the record tool, then answer with what you recorded.",
+    [
+        '''def record(label: "Literal['alpha', 'beta']") -> str:
+    """Record a label in the kernel's list agent_labels.
+
+    Args:
+        label: the label to record
+    """
+    global agent_labels
+    agent_labels = [*globals().get("agent_labels", []), label]
+    return f"recorded {label}; {len(agent_labels)} so far"'''
+    ],
+    require_tool=True,
+)
+BREAKER = agent_notebook(
+    "breaker",
+    "Call explode.",
+    [
+        '''def explode(reason: "Literal['now']") -> str:
+    """Always fails."""
+    raise ValueError("boom: " + reason)'''
+    ],
+    require_tool=True,
+    max_steps=2,
+)
+
+
+async def put_notebook(user: User, path: str, nb: dict[str, Any]) -> None:
+    r = await user.api(
+        "PUT",
+        f"/user/{user.name}/api/contents/{path}",
+        json={"type": "notebook", "format": "json", "content": nb},
+    )
+    assert r.status_code in (200, 201), r.text
+
+
+async def api(user: User, method: str, path: str, **kw: Any) -> httpx.Response:
+    return await user.api(method, f"/user/{user.name}/api/v1/agents{path}", timeout=60, **kw)
+
+
+async def setup_agents(user: User) -> None:
+    for folder in ("agents", "team"):
+        r = await user.api(
+            "PUT", f"/user/{user.name}/api/contents/{folder}", json={"type": "directory"}
+        )
+        assert r.status_code in (200, 201), r.text
+    for name, nb in (("planner", PLANNER), ("recorder", WORKER), ("breaker", BREAKER)):
+        await put_notebook(user, f"agents/{name}.ipynb", nb)
+
+
+async def follow(user: User, run_id: str, timeout: float = 200) -> list[dict[str, Any]]:
+    """The run's events over SSE, until it finishes."""
+    events: list[dict[str, Any]] = []
+    url = f"/user/{user.name}/api/v1/agents/runs/{run_id}/events"
+    async with user.client.http.stream(
+        "GET", url, headers=user.auth, timeout=httpx.Timeout(timeout)
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    assert events and events[-1]["type"] == "run_finished", events[-3:]
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    return events
+
+
+async def start(user: User, **body: Any) -> dict[str, Any]:
+    r = await api(user, "POST", "/runs", json=body)
+    assert r.status_code == 201, r.text
+    run: dict[str, Any] = r.json()
+    assert r.headers["location"].endswith(f"/api/v1/agents/runs/{run['id']}")
+    return run
+
+
+async def test_catalogue_lists_agent_notebooks(alice: User, mallory: User) -> None:
+    await setup_agents(alice)
+    team = nbformat.read(NOTEBOOKS / "team_data_cleaner_agent.ipynb", as_version=4)
+    await put_notebook(alice, "team/data_cleaner.ipynb", dict(team))
+    r = await api(alice, "GET", "")
+    assert r.status_code == 200, r.text
+    agents = {a["name"]: a for a in r.json()["agents"]}
+    assert {"planner", "recorder", "breaker"} <= set(agents)
+    assert agents["recorder"]["tools"] == ["record"]
+    assert agents["recorder"]["owner"] and agents["recorder"]["version"]
+    assert agents["recorder"]["path"] == "agents/recorder.ipynb"
+    # the team's example notebook is found anywhere under the home
+    cleaner = agents["data-cleaner"]
+    assert cleaner["tools"] == ["profile", "drop_missing"] and cleaner["version"] == "1"
+    assert cleaner["path"] == "team/data_cleaner.ipynb" and not cleaner["shared"]
+    r = await api(alice, "GET", "/recorder")
+    tool = r.json()["tools"][0]
+    assert tool["parameters"] == {
+        "type": "object",
+        "properties": {"label": {"enum": ["alpha", "beta"], "description": "the label to record"}},
+        "required": ["label"],
+    }
+    assert "def record" in tool["source"]
+    # errors: unknown agent, bad run request; mallory's token is refused on alice's server
+    r = await api(alice, "GET", "/nobody")
+    assert r.status_code == 404 and set(r.json()) == ENVELOPE
+    r = await api(alice, "POST", "/runs", json={"goal": "", "agents": ["planner"]})
+    assert r.status_code == 400 and set(r.json()) == ENVELOPE
+    r = await api(alice, "POST", "/runs", json={"goal": "x", "agents": ["nobody"]})
+    assert r.status_code == 404 and set(r.json()) == ENVELOPE
+    r = await mallory.api("GET", f"/user/{alice.name}/api/v1/agents")
+    assert r.status_code in (403, 404)
+
+
+async def test_multi_agent_run_calls_a_notebook_tool_in_the_kernel(alice: User) -> None:
+    await setup_agents(alice)
+    run = await start(alice, goal="Record the label alpha.", agents=["planner", "recorder"])
+    events = await follow(alice, run["id"])
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "run_started" and "tool_call" in kinds and "tool_result" in kinds
+    # typed messages: goal to the planner, the planner's answer to the recorder
+    inputs = [(e["from"], e["to"]) for e in events if e.get("kind") == "input"]
+    assert inputs[:2] == [("user", "planner"), ("planner", "recorder")]
+    call = next(e for e in events if e["type"] == "tool_call")
+    result = next(e for e in events if e["type"] == "tool_result")
+    assert call["agent"] == "recorder" and call["tool"] == "record"
+    assert "def record" in call["code"] and result["error"] is None
+    assert "recorded" in result["content"]
+    final = events[-1]
+    assert final["status"] in ("succeeded", "bounded"), final
+    # the tool's effect is in the kernel the notebook and /api/v1/execute share
+    r = await alice.api(
+        "POST",
+        f"/user/{alice.name}/api/v1/execute",
+        json={"code": "print(sorted(set(agent_labels)))"},
+        timeout=60,
+    )
+    assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+    assert call["arguments"]["label"] in r.json()["stdout"]
+    # audited with the agent as origin
+    r = await alice.api(
+        "GET", f"/user/{alice.name}/api/v1/execute/audit?execution_id={result['execution_id']}"
+    )
+    assert r.status_code == 200, r.text
+    assert "agent:recorder" in r.text
+    # the run: listed, with tokens and time per agent; exported as a notebook
+    r = await api(alice, "GET", f"/runs/{run['id']}")
+    body = r.json()
+    assert body["per_agent"]["recorder"]["tool_calls"] >= 1
+    assert body["per_agent"]["planner"]["tokens"] > 0
+    r = await api(alice, "GET", f"/runs/{run['id']}/notebook")
+    nb = nbformat.reads(r.text, as_version=4)
+    nbformat.validate(nb)
+    assert any(c.cell_type == "code" and "def record" in c.source for c in nb.cells)
+    r = await api(alice, "GET", "/runs")
+    assert run["id"] in [x["id"] for x in r.json()["runs"]]
+
+
+async def test_a_tool_that_raises(alice: User) -> None:
+    await setup_agents(alice)
+    run = await start(alice, goal="Explode.", agents=["breaker"])
+    events = await follow(alice, run["id"])
+    result = next(e for e in events if e["type"] == "tool_result")
+    assert result["error"]["name"] == "ValueError" and "boom" in result["error"]["value"]
+    assert result["content"].startswith("Error: ValueError")
+    assert events[-1]["status"] in ("succeeded", "bounded")  # the run goes on after the error
+
+
+async def test_step_bound(alice: User) -> None:
+    await setup_agents(alice)
+    run = await start(alice, goal="Record beta.", agents=["planner", "recorder"], max_steps=1)
+    events = await follow(alice, run["id"])
+    final = events[-1]
+    assert final["status"] == "bounded" and "step bound of 1" in final["reason"]
+    assert sum(1 for e in events if e.get("kind") == "reply") == 1
+
+
+async def test_cancel_and_other_users(alice: User, mallory: User) -> None:
+    await setup_agents(alice)
+    run = await start(alice, goal="Record alpha twice.", agents=["planner", "recorder"])
+    # mallory: refused on alice's server; on her own, alice's run does not exist
+    for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/events")):
+        r = await mallory.api(method, f"/user/{alice.name}/api/v1/agents/runs/{run['id']}{path}")
+        assert r.status_code in (403, 404), r.text
+        r = await api(mallory, method, f"/runs/{run['id']}{path}")
+        assert r.status_code == 404 and set(r.json()) == ENVELOPE
+    r = await api(mallory, "GET", "/runs")
+    assert run["id"] not in [x["id"] for x in r.json()["runs"]]
+    r = await api(alice, "POST", f"/runs/{run['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    events = await follow(alice, run["id"])
+    assert events[-1]["status"] == "cancelled"
+    r = await api(alice, "POST", f"/runs/{run['id']}/cancel")  # idempotent
+    assert r.json()["status"] == "cancelled"
+
+    async def listed_cancelled() -> bool:
+        r = await api(alice, "GET", "/runs")
+        return any(x["id"] == run["id"] and x["status"] == "cancelled" for x in r.json()["runs"])
+
+    await wait_for(listed_cancelled, 10, "the cancelled run in the list")

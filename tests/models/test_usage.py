@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ async def usage(http: httpx.AsyncClient, key: str, **params: Any) -> dict[str, A
 
 
 async def test_requests_are_metered(server: ModelServer, http: httpx.AsyncClient) -> None:
+    since = time.time()
     async with openai.AsyncOpenAI(base_url=server.v1, api_key=BOB, max_retries=0) as bob:
         r = await bob.chat.completions.create(
             model="smollm2",
@@ -35,7 +37,7 @@ async def test_requests_are_metered(server: ModelServer, http: httpx.AsyncClient
     assert bad.status_code == 400
 
     async def rows() -> list[dict[str, Any]] | None:
-        data = (await usage(http, BOB))["data"]
+        data = (await usage(http, BOB, since=since))["data"]
         return data if len(data) >= 3 else None
 
     data = await wait_for(rows, 10, "usage rows for bob")

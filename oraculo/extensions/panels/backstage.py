@@ -1,0 +1,344 @@
+"""The Backstage panel: a live view of agent runs.
+
+Pick a run (or start one: a goal and a chain of agents from the catalogue) and watch it: the
+agents as nodes (waiting, working, done) with their steps, tokens, tool calls and time; the
+messages between them and each tool call's code and output as they happen; a finished run can be
+downloaded as a notebook. Like the other panels it is a client of the server's public API
+(``api/v1/agents``), reached with ``ORACULO_SERVER_URL``/``_TOKEN``/``_SOCKET``.
+
+Test hooks: ``data-testid`` ``oraculo-backstage`` (root; ``data-state`` = the shown run's status,
+or ``idle``/``error``), ``backstage-node`` (``data-agent``, ``data-status``), ``backstage-event``
+(``data-type``), ``backstage-message``; widgets carry CSS classes ``oraculo-backstage-{runs,goal,
+agents,start,cancel,export}``.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+from typing import Any, cast
+
+import httpx
+import panel as pn
+import param
+
+TEST_ID = "oraculo-backstage"
+
+CSS = """
+.ob { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2933; }
+.ob-graph { display: flex; align-items: stretch; gap: 8px; flex-wrap: wrap; margin: 8px 0; }
+.ob-node { border: 2px solid #cbd2d9; border-radius: 10px; padding: 8px 12px; min-width: 150px;
+           background: #fff; }
+.ob-node[data-status=working] { border-color: #1971c2; background: #e7f5ff; }
+.ob-node[data-status=done] { border-color: #2b8a3e; background: #ebfbee; }
+.ob-node b { display: block; font-size: 14px; }
+.ob-node span { font-size: 12px; color: #52606d; }
+.ob-arrow { align-self: center; color: #9aa5b1; font-size: 20px; }
+.ob-ev { border-left: 3px solid #cbd2d9; padding: 4px 10px; margin: 6px 0; font-size: 13px; }
+.ob-ev[data-type=tool_call] { border-color: #e67700; }
+.ob-ev[data-type=tool_result] { border-color: #2b8a3e; }
+.ob-ev[data-type=run_finished] { border-color: #1971c2; font-weight: 600; }
+.ob-ev pre { background: #f5f7fa; padding: 6px 8px; border-radius: 6px; white-space: pre-wrap;
+             margin: 4px 0; font-size: 12px; max-height: 240px; overflow: auto; }
+.ob-err { color: #c92a2a; }
+.ob-sub { font-size: 12px; color: #616e7c; }
+"""
+
+
+class AgentsAPIError(Exception):
+    """The server answered with an error; ``message`` is its envelope's message."""
+
+
+class AgentsClient:
+    """Calls ``api/v1/agents`` with the server's own credential."""
+
+    def __init__(
+        self, server_url: str, token: str = "", unix_socket: str = "", timeout: float = 30.0
+    ) -> None:
+        self.base = server_url.rstrip("/") + "/api/v1/agents"
+        self.token = token
+        self.unix_socket = unix_socket
+        self.timeout = timeout
+
+    @classmethod
+    def from_environment(cls) -> AgentsClient:
+        url = os.environ.get("ORACULO_SERVER_URL", "")
+        if not url:
+            raise RuntimeError("ORACULO_SERVER_URL is not set: start panels through the server")
+        return cls(
+            url,
+            token=os.environ.get("ORACULO_SERVER_TOKEN", ""),
+            unix_socket=os.environ.get("ORACULO_SERVER_SOCKET", ""),
+        )
+
+    async def request(self, method: str, path: str = "", **kw: Any) -> Any:
+        headers = {"Authorization": f"token {self.token}"} if self.token else {}
+        transport = httpx.AsyncHTTPTransport(uds=self.unix_socket) if self.unix_socket else None
+        try:
+            async with httpx.AsyncClient(
+                timeout=self.timeout, transport=transport, verify=False, trust_env=False
+            ) as client:
+                r = await client.request(method, self.base + path, headers=headers, **kw)
+        except httpx.HTTPError as e:
+            raise AgentsAPIError(f"The server did not answer ({type(e).__name__}).") from e
+        if r.status_code >= 400:
+            try:
+                message = str(r.json()["message"])
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {r.status_code}"
+            raise AgentsAPIError(message)
+        return r.json() if r.content else None
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def render_graph(run: dict[str, Any]) -> str:
+    """The run's agents as nodes in chain order, with what each has spent."""
+    names: list[str] = run.get("agents", [])
+    current = run.get("current")
+    done_upto = names.index(current) if current in names else len(names)
+    parts = []
+    for i, name in enumerate(names):
+        status = "working" if name == current else ("done" if i < done_upto else "waiting")
+        st = run.get("per_agent", {}).get(name, {})
+        parts.append(
+            f'<div class="ob-node" data-testid="backstage-node" data-agent="{_e(name)}" '
+            f'data-status="{status}"><b>{_e(name)}</b>'
+            f"<span>{status} · {st.get('steps', 0)} steps · {st.get('tokens', 0)} tokens · "
+            f"{st.get('tool_calls', 0)} tool calls · {st.get('seconds', 0.0):.1f} s</span></div>"
+        )
+    return '<div class="ob ob-graph">' + '<div class="ob-arrow">→</div>'.join(parts) + "</div>"
+
+
+def render_event(ev: dict[str, Any]) -> str:
+    """One event as HTML (every value escaped)."""
+    kind = ev.get("type", "")
+    head = f'<div class="ob ob-ev" data-testid="backstage-event" data-type="{_e(kind)}">'
+    when = f'<span class="ob-sub">{_e(ev.get("time", "")[11:19])}</span> '
+    if kind == "message":
+        body = _e(ev.get("content") or "")
+        for call in ev.get("tool_calls") or []:
+            fn = call.get("function", {})
+            body += f"<br>→ <code>{_e(fn.get('name'))}({_e(fn.get('arguments'))})</code>"
+        extra = ""
+        if ev.get("tokens") is not None:
+            extra = (
+                f' <span class="ob-sub">{ev["tokens"]} tokens · {ev.get("seconds", 0):.1f} s</span>'
+            )
+        return (
+            f'{head}{when}<b data-testid="backstage-message">{_e(ev.get("from"))} → '
+            f"{_e(ev.get('to'))}</b>{extra}<div>{body}</div></div>"
+        )
+    if kind == "tool_call":
+        return (
+            f"{head}{when}<b>{_e(ev.get('agent'))}</b> runs <code>{_e(ev.get('tool'))}</code> "
+            f"in the kernel<pre>{_e(ev.get('code', ''))}</pre></div>"
+        )
+    if kind == "tool_result":
+        err = ev.get("error")
+        text = ev.get("content", "")
+        out = f"<pre>{_e(ev.get('output'))}</pre>" if ev.get("output") else ""
+        cls = ' class="ob-err"' if err else ""
+        return (
+            f"{head}{when}<b>{_e(ev.get('tool'))}</b> → {_e(ev.get('agent'))} "
+            f'<span class="ob-sub">{ev.get("seconds", 0):.1f} s</span>{out}'
+            f"<div{cls}>{_e(text)}</div></div>"
+        )
+    if kind == "run_finished":
+        return (
+            f"{head}{when}Run {_e(ev.get('status'))} {_e(ev.get('reason', ''))}"
+            f"<div>{_e(ev.get('answer', ''))}</div></div>"
+        )
+    if kind == "run_started":
+        return f"{head}{when}Run started: {_e(ev.get('goal'))}</div>"
+    return f"{head}{when}{_e(kind)}</div>"
+
+
+class BackstagePanel(pn.viewable.Viewer):
+    """Lists runs, starts one, and follows the chosen run live."""
+
+    period = param.Integer(default=1000, bounds=(200, None), doc="Milliseconds between polls.")
+    run_id = param.String(default="", doc="The run shown.")
+    status = param.String(default="idle", doc="The shown run's status, idle or error.")
+
+    def __init__(self, client: AgentsClient, **params: Any) -> None:
+        super().__init__(**params)
+        self._client = client
+        self._events: list[dict[str, Any]] = []
+        self._run: dict[str, Any] = {}
+        self._follow_latest = True  # until the user picks a run, show the newest one
+        self._picking = False
+        self.runs = pn.widgets.Select(
+            name="Run", options={}, css_classes=["oraculo-backstage-runs"], width=420
+        )
+        self.runs.param.watch(self._on_pick, "value")
+        self.goal = pn.widgets.TextInput(
+            name="Goal",
+            placeholder="What should the agents do?",
+            css_classes=["oraculo-backstage-goal"],
+        )
+        self.agents = pn.widgets.MultiChoice(
+            name="Agents, in order", options=[], css_classes=["oraculo-backstage-agents"]
+        )
+        self.start_button = pn.widgets.Button(
+            name="Start run", button_type="primary", css_classes=["oraculo-backstage-start"]
+        )
+        self.start_button.on_click(self._on_start)
+        self.cancel = pn.widgets.Button(
+            name="Cancel", button_type="danger", css_classes=["oraculo-backstage-cancel"]
+        )
+        self.cancel.on_click(self._on_cancel)
+        self.export = pn.widgets.FileDownload(
+            callback=self._notebook_bytes,
+            filename="run.ipynb",
+            label="Export as notebook",
+            css_classes=["oraculo-backstage-export"],
+            disabled=True,
+        )
+        self.header = pn.pane.HTML(self._header(""), sizing_mode="stretch_width", stylesheets=[CSS])
+        self.graph = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self.timeline = pn.Column(sizing_mode="stretch_width")
+
+    def _header(self, error: str) -> str:
+        state = "error" if error else self.status
+        msg = f'<span class="ob-err">{_e(error)}</span>' if error else ""
+        summary = ""
+        if self._run:
+            r = self._run
+            summary = (
+                f"{_e(r.get('goal', ''))} · {_e(r.get('status'))} · {r.get('steps', 0)} steps · "
+                f"{r.get('tokens', 0)} tokens"
+            )
+        return (
+            f'<div class="ob" data-testid="{TEST_ID}" data-state="{_e(state)}" '
+            f'data-run="{_e(self.run_id)}"><h3 style="margin:0">Backstage</h3>'
+            f'<div class="ob-sub">{summary}</div>{msg}</div>'
+        )
+
+    async def load(self) -> None:
+        try:
+            agents = await self._client.request("GET")
+            runs = await self._client.request("GET", "/runs")
+        except AgentsAPIError as e:
+            self.header.object = self._header(str(e))
+            return
+        self.agents.options = [a["name"] for a in agents["agents"]]
+        wanted = pn.state.session_args.get("run", [b""])[0].decode()
+        if wanted:
+            self._follow_latest = False
+            self.run_id = wanted
+        self._set_runs(runs["runs"])
+        await self.poll()
+
+    def _set_runs(self, runs: list[dict[str, Any]]) -> None:
+        options = {f"{r['status']} · {r['goal'][:50]} · {r['id'][:8]}": r["id"] for r in runs}
+        self._picking = True
+        try:
+            self.runs.options = options
+            if runs and (self._follow_latest or not self.run_id):
+                self.runs.value = runs[0]["id"]
+            elif self.run_id in options.values():
+                self.runs.value = self.run_id
+        finally:
+            self._picking = False
+
+    def _on_pick(self, event: Any) -> None:
+        if not self._picking:
+            self._follow_latest = False
+        if event.new and event.new != self.run_id:
+            self.run_id = event.new
+            self._events = []
+            self.timeline.objects = []
+            pn.state.execute(self.poll)
+
+    async def _on_start(self, _: Any) -> None:
+        try:
+            run = await self._client.request(
+                "POST", "/runs", json={"goal": self.goal.value, "agents": list(self.agents.value)}
+            )
+            runs = await self._client.request("GET", "/runs")
+        except AgentsAPIError as e:
+            self.header.object = self._header(str(e))
+            return
+        self._follow_latest = True
+        self._set_runs([r for r in runs["runs"] if r["id"] == run["id"]] + runs["runs"])
+
+    async def _on_cancel(self, _: Any) -> None:
+        if self.run_id:
+            try:
+                await self._client.request("POST", f"/runs/{self.run_id}/cancel")
+            except AgentsAPIError as e:
+                self.header.object = self._header(str(e))
+            await self.poll()
+
+    async def poll(self) -> None:
+        """Refresh the list of runs; fetch the shown run and add its new events."""
+        try:
+            self._set_runs((await self._client.request("GET", "/runs"))["runs"])
+        except AgentsAPIError as e:
+            self.header.object = self._header(str(e))
+            return
+        if not self.run_id:
+            return
+        try:
+            run = await self._client.request("GET", f"/runs/{self.run_id}")
+        except AgentsAPIError as e:
+            self.header.object = self._header(str(e))
+            return
+        if run["id"] != self.run_id:
+            return
+        events = run.pop("events")
+        self._run = run
+        self.status = run["status"]
+        new = events[len(self._events) :]
+        self._events = events
+        if new:
+            self.timeline.extend(
+                [
+                    pn.pane.HTML(render_event(ev), sizing_mode="stretch_width", stylesheets=[CSS])
+                    for ev in new
+                ]
+            )
+        self.graph.object = render_graph(run)
+        self.header.object = self._header("")
+        self.export.disabled = run["status"] == "running"
+        self.export.filename = f"run-{self.run_id[:8]}.ipynb"
+
+    def _notebook_bytes(self) -> io.BytesIO:
+        # FileDownload's callback is synchronous: read the export with a blocking client
+        headers = {"Authorization": f"token {self._client.token}"} if self._client.token else {}
+        transport = (
+            httpx.HTTPTransport(uds=self._client.unix_socket) if self._client.unix_socket else None
+        )
+        with httpx.Client(timeout=30, transport=transport, verify=False, trust_env=False) as c:
+            r = c.get(f"{self._client.base}/runs/{self.run_id}/notebook", headers=headers)
+        return io.BytesIO(r.content if r.status_code == 200 else json.dumps({}).encode())
+
+    def start(self) -> None:
+        pn.state.onload(self.load)
+        pn.state.add_periodic_callback(cast(Any, self.poll), period=self.period)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        controls = pn.Row(self.goal, self.agents, self.start_button, sizing_mode="stretch_width")
+        return pn.Column(
+            self.header,
+            controls,
+            pn.Row(self.runs, self.cancel, self.export),
+            self.graph,
+            self.timeline,
+            sizing_mode="stretch_width",
+        )
+
+
+def create_app() -> BackstagePanel:
+    """The Backstage page, talking to the server that started this process."""
+    if pn.state.curdoc is not None:
+        rel = pn.state.rel_path or "."
+        pn.state.curdoc.template_variables["app_favicon"] = f"{rel}/oraculo/workspace.svg"
+    panel = BackstagePanel(AgentsClient.from_environment())
+    panel.start()
+    return panel

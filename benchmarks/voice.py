@@ -119,8 +119,8 @@ async def session(user: User, questions: list[np.ndarray], rounds: int, offset: 
                     if isinstance(msg, bytes) and not got.done():
                         got.set_result(time.perf_counter())
                         await ws.send(json.dumps({"type": "cancel"}))
-                    elif isinstance(msg, str) and json.loads(msg)["type"] == "reply_end":
-                        if got.done():
+                    elif isinstance(msg, str) and got.done():
+                        if json.loads(msg)["type"] in ("reply_end", "cancelled"):
                             return
 
             reader = asyncio.ensure_future(read(got))

@@ -209,6 +209,21 @@ async def test_long_speech_is_cut_at_the_cap(
     assert next(e for e in events if e["type"] == "final")["forced"] is True
 
 
+async def test_push_to_talk_ends_at_commit_not_at_a_pause(
+    ws: ClientConnection, speech: dict[str, np.ndarray]
+) -> None:
+    await ws.send(json.dumps({"type": "start", "mode": "push_to_talk"}))
+    said = SENTENCES[2]
+    # a pause that would end the utterance hands-free, then more speech, then the release
+    await send_audio(ws, np.concatenate([speech[said], silence(1.2), speech[said]]))
+    await ws.send(json.dumps({"type": "commit"}))
+    events = await events_until(ws, lambda ev, _: ev["type"] == "final")
+    final = events[-1]
+    assert final["forced"] is True
+    assert wer(words(said) * 2, words(final["text"])) <= 0.2, final["text"]
+    await ws.send(json.dumps({"type": "cancel"}))
+
+
 async def test_barge_in_stops_the_reply(
     ws: ClientConnection, models_hub: HubProcess, alice: User, speech: dict[str, np.ndarray]
 ) -> None:
@@ -327,3 +342,21 @@ async def test_voice_panel_in_browser(
     assert any(u.endswith("/api/v1/voice") for u in seen), seen
     for url in seen:
         assert urlparse(url.removeprefix("blob:")).hostname == "127.0.0.1", url
+
+
+def test_sentences_are_cut_as_the_text_streams() -> None:
+    from oraculo.extensions.services.voice import SentenceSplitter, speakable
+
+    s = SentenceSplitter(first_clause_chars=24)
+    out: list[str] = []
+    for piece in [
+        "The capital of France",
+        " is Paris, a city on the Seine",
+        ". It is",
+        " lovely!",
+        " Ok",
+    ]:
+        out += s.feed(piece)
+    out += s.flush()
+    assert out == ["The capital of France is Paris,", "a city on the Seine.", "It is lovely!", "Ok"]
+    assert speakable("**Paris** is `nice`.\n```python\nprint(1)\n```") == "Paris is nice ."

@@ -71,7 +71,7 @@ def speakable(text: str) -> str:
 class SentenceSplitter:
     """Cuts streamed text into sentences; the first may end at a clause to start speaking early."""
 
-    def __init__(self, first_clause_chars: int = 40) -> None:
+    def __init__(self, first_clause_chars: int = 24) -> None:
         self.buf = ""
         self.first = True
         self.first_clause_chars = first_clause_chars
@@ -136,6 +136,7 @@ class VoiceService(LoggingConfigurable):
         self.chat = chat
         self._vad: Any = None
         self._client: httpx.AsyncClient | None = None
+        self._stt_inflight = 0
 
     def vad(self) -> Any:
         if self._vad is None:
@@ -162,7 +163,20 @@ class VoiceService(LoggingConfigurable):
             await self._client.aclose()
             self._client = None
 
-    async def transcribe(self, audio: np.ndarray, beam_size: int) -> str:
+    async def transcribe(
+        self, audio: np.ndarray, beam_size: int, partial: bool = False
+    ) -> str | None:
+        """The text of ``audio``; a partial is skipped (None) while this server has another
+        transcription in flight, so that partials never queue ahead of someone's final."""
+        if partial and self._stt_inflight:
+            return None
+        self._stt_inflight += 1
+        try:
+            return await self._transcribe(audio, beam_size)
+        finally:
+            self._stt_inflight -= 1
+
+    async def _transcribe(self, audio: np.ndarray, beam_size: int) -> str:
         files = {"file": ("speech.wav", wav16k(audio), "audio/wav")}
         data = {"model": self.stt_model, "language": "en", "beam_size": str(beam_size)}
         try:
@@ -285,7 +299,8 @@ class VoiceSession:
                 keep = max(1, self.svc.preroll_ms * SAMPLE_RATE // 1000 // WINDOW)
                 self._preroll = self._preroll[-keep:]
                 self._onset = self._onset + 1 if p >= self.svc.vad_threshold else 0
-                if self._onset >= min_speech:
+                # push-to-talk: the held button, not the VAD, says the user is speaking
+                if self._onset >= min_speech or self.mode == "push_to_talk":
                     self._start_utterance()
                 continue
             self._utt.append(win)
@@ -298,11 +313,13 @@ class VoiceSession:
             else:
                 self._silence += WINDOW
             ms = self._silence * 1000 // SAMPLE_RATE
+            if self.mode == "push_to_talk":
+                ms = 0  # the utterance ends at `commit` (or the cap), not at a pause
             if ms >= self.svc.endpoint_silence_ms:
                 self._finalise(forced=False)
             elif self._utt_len >= self.svc.max_utterance_s * SAMPLE_RATE:
                 self._finalise(forced=True)
-            elif ms >= self.svc.speculate_silence_ms and self._candidate is None:
+            elif self._candidate is None and ms >= self.svc.speculate_silence_ms:
                 self._candidate = (self._utt_id, self._spawn(self._stt(self._utterance(), 5)))
             elif (
                 self._silence == 0
@@ -375,11 +392,11 @@ class VoiceSession:
         self._turn = self._spawn(self._take_turn(self._utt_id, stt, forced))
 
     async def _stt(self, audio: np.ndarray, beam: int) -> str:
-        return await self.svc.transcribe(audio, beam)
+        return await self.svc.transcribe(audio, beam) or ""
 
     async def _send_partial(self, utt: int, audio: np.ndarray) -> None:
         try:
-            text = await self._stt(audio, 1)
+            text = await self.svc.transcribe(audio, 1, partial=True)
         except OraculoError as e:
             self.send({"type": "error", "error": e.to_json()})
             return
@@ -418,11 +435,13 @@ class VoiceSession:
             conversation_id=self.conversation_id,
             max_tokens=self.svc.max_reply_tokens,
         )
-        reply = await self.svc.chat().open_stream(req)
+        parts: list[str] = []
+        cancelled, reply, tts = True, None, None
         speaker: asyncio.Queue[str | None] = asyncio.Queue()
-        tts = asyncio.ensure_future(self._speak_all(utt, speaker))
-        splitter, parts, cancelled = SentenceSplitter(), [], True
         try:
+            reply = await self.svc.chat().open_stream(req)
+            tts = asyncio.ensure_future(self._speak_all(utt, speaker))
+            splitter = SentenceSplitter()
             async for chunk in reply:
                 extra = chunk.get("oraculo") or {}
                 if extra.get("conversation_id"):
@@ -437,13 +456,12 @@ class VoiceSession:
             for sentence in splitter.flush():
                 speaker.put_nowait(sentence)
             speaker.put_nowait(None)
-            cancelled = False
             await tts
+            cancelled = False
         finally:
-            if cancelled:
-                reply.cancel()
+            # nothing awaited here: this may run in a cancelled task
+            if tts is not None and not tts.done():
                 tts.cancel()
-            await reply.close()
             self.send(
                 {
                     "type": "reply_end",
@@ -453,6 +471,10 @@ class VoiceSession:
                     "cancelled": cancelled,
                 }
             )
+            if reply is not None:
+                if cancelled:
+                    reply.cancel()
+                self._spawn(reply.close())  # stores the turn (what was said, if cut short)
 
     async def _speak_all(self, utt: int, sentences: asyncio.Queue[str | None]) -> None:
         n = 0

@@ -5,6 +5,7 @@ session hub, tools run in her sandbox kernel; events over SSE; bounds, cancel, e
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -14,7 +15,7 @@ import nbformat
 import pytest
 from nbformat import v4
 
-from tests.harness import PASSWORD, User, wait_for
+from tests.harness import ADMIN_PASSWORD, PASSWORD, HubClient, User, wait_for
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ENVELOPE = {"message", "reason", "type"}
@@ -318,3 +319,65 @@ async def test_backstage_follows_a_live_run(alice: User, artifacts: Path) -> Non
     outside = sorted({u for u in seen if urlparse(u.removeprefix("blob:")).hostname != "127.0.0.1"})
     assert not [u for u in outside if not u.startswith("data:")], outside
     assert not bad, bad
+
+
+async def _execute_notebook(nb: Any, env: dict[str, str], extension: bool = False) -> None:
+    from nbclient import NotebookClient
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # what the kernel provisioner gives every oraculo kernel
+    try:
+        args = ["--IPKernelApp.extensions=oraculo.kernels.ipython"] if extension else []
+        client = NotebookClient(
+            nb, kernel_name="python3", extra_arguments=args, timeout=180, allow_errors=False
+        )
+        await client.async_execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _stream(cell: Any) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+async def test_example_notebooks_run(alice: User) -> None:
+    hub = alice.client.hub
+    # the team's agent notebook: its own try-it cells use the tools by hand
+    team = nbformat.read(NOTEBOOKS / "team_data_cleaner_agent.ipynb", as_version=4)
+    await _execute_notebook(team, {})
+    assert "dropped 2 of 4 rows" in _stream(team.cells[-1])
+    # the analyst's: %%chat about a polars dataframe, through alice's server and the model
+    analyst = nbformat.read(NOTEBOOKS / "analyst_chat_with_polars.ipynb", as_version=4)
+    token = await alice.client.token(alice.name, scopes=[f"access:servers!server={alice.name}/"])
+    env = {"ORACULO_SERVER_URL": f"{hub.url}/user/{alice.name}/", "ORACULO_KERNEL_TOKEN": token}
+    await _execute_notebook(analyst, env, extension=True)
+    chat = [c for c in analyst.cells if c.cell_type == "code" and "%%chat" in c.source]
+    for cell in chat:
+        reply, _, footer = _stream(cell).rpartition("\n\n— ")
+        assert reply.strip() and "variables: sales" in footer, _stream(cell)
+    # the educator's: a cohort group with its students and policy, through the hub's API
+    admin = HubClient(hub)
+    try:
+        await admin.login("admin", ADMIN_PASSWORD)
+        env = {
+            "JUPYTERHUB_API_URL": f"{hub.url}/hub/api",
+            "ORACULO_ADMIN_TOKEN": await admin.token("admin"),
+            "COHORT": "cohort-test",
+            "STUDENTS": "stu-ada,stu-linus",
+        }
+        educator = nbformat.read(NOTEBOOKS / "educator_cohort_setup.ipynb", as_version=4)
+        await _execute_notebook(educator, env)
+        r = await admin.http.get(
+            f"{hub.url}/hub/api/groups/cohort-test",
+            headers={"Authorization": f"token {env['ORACULO_ADMIN_TOKEN']}"},
+        )
+        group = r.json()
+        assert sorted(group["users"]) == ["stu-ada", "stu-linus"]
+        assert group["properties"]["oraculo_policy"]["sandbox"]["memory_mb"] == 2048
+        assert "c.SandboxConfig.group_limits" in _stream(educator.cells[-1])
+    finally:
+        await admin.aclose()

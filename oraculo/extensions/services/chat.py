@@ -63,6 +63,8 @@ class ChatContextRequest(_Strict):
     kernel: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     #: A variables summary the client made itself (the ``%%chat`` magic does, in the kernel).
     variables: Annotated[list[dict[str, Any]], Field(max_length=200)] | None = None
+    #: Search the user's memories and workspace files (false: send neither, cite nothing).
+    workspace: bool = True
 
 
 class ChatRequest(_Strict):
@@ -182,6 +184,7 @@ class ChatService(LoggingConfigurable):
             notebook=ctx.notebook,
             kernel=ctx.kernel,
             variables=ctx.variables,
+            workspace=ctx.workspace,
             scale=scale,
         )
         body: dict[str, Any] = {"model": model.id, "messages": assembled.messages}

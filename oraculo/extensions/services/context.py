@@ -217,6 +217,7 @@ class ContextService(LoggingConfigurable):
         notebook: str | None = None,
         kernel: str | None = None,
         variables: list[dict[str, Any]] | None = None,
+        workspace: bool = True,
         scale: float = 1.0,
     ) -> Assembled:
         """Fit system prompt, context and history into the model's window (module docstring).
@@ -249,8 +250,8 @@ class ContextService(LoggingConfigurable):
 
         skipped: list[str] = []
         memories, passages, cells, kernel_vars = await asyncio.gather(
-            self._memories(query, skipped),
-            self._passages(query, skipped),
+            self._memories(query if workspace else "", skipped),
+            self._passages(query if workspace else "", skipped),
             self._notebook(notebook) if notebook else _nothing(),
             self._kernel(kernel, skipped) if kernel else _nothing(),
         )

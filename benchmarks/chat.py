@@ -1,0 +1,189 @@
+"""Chat time to first token through the whole stack against the model service called directly.
+
+One run starts a real hub with the model service (``tests.harness.HubProcess``), signs up a user,
+spawns their server, and then alternates, request by request, between:
+
+- ``stack``: ``POST /user/<name>/api/v1/chat`` through the hub's proxy: the extension resolves
+  the model, loads/stores the conversation, assembles the context (memories and workspace
+  passages when the memory feature is loaded: an embeddings call), and forwards to the model
+  service through the proxy;
+- ``stack, no retrieval``: the same with ``context: {"workspace": false}`` (no memory or
+  workspace search): what the extra hop and the extension cost by themselves;
+- ``direct (proxy)``: ``POST /services/models/v1/chat/completions`` through the hub's proxy with
+  the user's token, with the messages the stack sends (system prompt + question);
+- ``direct (port)``: the same request to the model service's own port, no proxy.
+
+Time to first token is measured at the client, from sending the request to the first chunk
+that carries text. All share the same prompt, ``max_tokens`` and greedy decoding, so the
+difference is what the stack adds. Requests alternate so that machine noise hits all alike.
+
+Usage::
+
+    .venv/bin/python benchmarks/chat.py                  # 30 rounds
+    .venv/bin/python benchmarks/chat.py --rounds 60 --no-store
+
+Writes a markdown table to stdout and JSON to ``benchmarks/results/chat-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from oraculo.extensions.services.context import DEFAULT_SYSTEM_PROMPT  # noqa: E402
+from tests.harness import HubClient, HubProcess, free_port, new_user, wait_for  # noqa: E402
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name a prime number larger than ten.",
+    "What colour is the sky on a clear day?",
+    "How many legs does a spider have?",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def ttft(client: httpx.AsyncClient, url: str, body: dict[str, Any], auth: str) -> float:
+    start = time.perf_counter()
+    async with client.stream(
+        "POST", url, json={**body, "stream": True}, headers={"Authorization": auth}
+    ) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status_code} {(await r.aread())[:300]!r}")
+        first: float | None = None
+        async for line in r.aiter_lines():
+            if first is None and line.startswith("data:") and line[5:].strip() != "[DONE]":
+                chunk = json.loads(line[5:])
+                if any((c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
+                    first = time.perf_counter() - start
+    if first is None:
+        raise RuntimeError(f"{url}: no text in the reply")
+    return first * 1000
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    models_port = free_port()
+    with tempfile.TemporaryDirectory(prefix="oraculo-bench-chat-") as tmp:
+        hub = HubProcess(Path(tmp), models=True, env={"ORACULO_MODELS_PORT": str(models_port)})
+        await hub.start()
+        try:
+
+            async def loaded() -> bool:
+                async with httpx.AsyncClient(timeout=5) as c:
+                    r = await c.get(f"{hub.url}/services/models/health")
+                    return r.status_code == 200 and r.json()["status"] == "ok"
+
+            await wait_for(loaded, 300, "the model service", 0.25)
+            hub_client = HubClient(hub)
+            user = await new_user(hub_client, "bench")
+            await user.spawn()
+            auth = f"token {user.token}"
+            stack = f"{hub.url}/user/{user.name}/api/v1/chat"
+            via_proxy = f"{hub.url}/services/models/v1/chat/completions"
+            direct = f"http://127.0.0.1:{models_port}/services/models/v1/chat/completions"
+            results: dict[str, list[float]] = {
+                "stack": [],
+                "stack, no retrieval": [],
+                "direct (proxy)": [],
+                "direct (port)": [],
+            }
+            async with httpx.AsyncClient(timeout=120) as client:
+                for i in range(args.warmup + args.rounds):
+                    q = QUESTIONS[i % len(QUESTIONS)]
+                    common = {"max_tokens": args.max_tokens, "temperature": 0}
+                    stack_body = {
+                        "messages": [{"role": "user", "content": q}],
+                        "store": not args.no_store,
+                        **common,
+                    }
+                    model_body = {
+                        "model": "smollm2-135m-instruct",
+                        "messages": [
+                            {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                            {"role": "user", "content": q},
+                        ],
+                        **common,
+                    }
+                    bare_body = {**stack_body, "context": {"workspace": False}}
+                    order = [
+                        ("stack", stack, stack_body),
+                        ("stack, no retrieval", stack, bare_body),
+                        ("direct (proxy)", via_proxy, model_body),
+                        ("direct (port)", direct, model_body),
+                    ]
+                    order = order[i % 4 :] + order[: i % 4]  # rotate who goes first
+                    for name, url, body in order:
+                        ms = await ttft(client, url, body, auth)
+                        if i >= args.warmup:
+                            results[name].append(ms)
+            await user.client.aclose()
+            await hub_client.aclose()
+        finally:
+            hub.stop()
+    summary = {
+        name: {
+            "n": len(v),
+            "p50_ms": round(statistics.median(v), 1),
+            "p90_ms": round(pct(v, 0.9), 1),
+            "mean_ms": round(statistics.fmean(v), 1),
+        }
+        for name, v in results.items()
+    }
+    paired = [s - d for s, d in zip(results["stack"], results["direct (proxy)"], strict=True)]
+    paired_port = [s - d for s, d in zip(results["stack"], results["direct (port)"], strict=True)]
+    paired_bare = [
+        s - d
+        for s, d in zip(results["stack, no retrieval"], results["direct (proxy)"], strict=True)
+    ]
+    return {
+        "rounds": args.rounds,
+        "max_tokens": args.max_tokens,
+        "store": not args.no_store,
+        "summary": summary,
+        "added_vs_proxy_p50_ms": round(statistics.median(paired), 1),
+        "added_vs_port_p50_ms": round(statistics.median(paired_port), 1),
+        "added_no_retrieval_vs_proxy_p50_ms": round(statistics.median(paired_bare), 1),
+        "raw_ms": {k: [round(x, 1) for x in v] for k, v in results.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--no-store", action="store_true", help="send store=false (no sqlite)")
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    print(f"\nChat time to first token, {args.rounds} rounds (ms, at the client)\n")
+    print("| path | p50 | p90 | mean |\n| --- | --- | --- | --- |")
+    for name, s in result["summary"].items():
+        print(f"| {name} | {s['p50_ms']} | {s['p90_ms']} | {s['mean_ms']} |")
+    print(
+        f"\nstack adds (paired median): {result['added_vs_proxy_p50_ms']} ms over the model "
+        f"service through the proxy, {result['added_vs_port_p50_ms']} ms over its own port; "
+        f"without retrieval, {result['added_no_retrieval_vs_proxy_p50_ms']} ms over the proxy"
+    )
+    out = REPO / "benchmarks" / "results" / f"chat-{int(time.time())}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

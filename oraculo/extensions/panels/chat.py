@@ -7,9 +7,9 @@ come from ``api/v1/chat/models`` and ``api/v1/chat/conversations``; "Run" on a c
 it to ``api/v1/execute`` and is shown only when the server has the execute feature.
 
 Stable hooks for tests: ``[data-testid=oraculo-chat]`` (``data-state`` loading, idle,
-streaming, done, stopped or error), ``chat-citations``, ``chat-error``, ``chat-run-output``; the widgets carry
-the CSS classes ``chat-model``, ``chat-conversations``, ``chat-new``, ``chat-rename``,
-``chat-delete`` and ``chat-run``.
+streaming, done, stopped or error), ``chat-citations``, ``chat-error``, ``chat-run-output``;
+the widgets carry the CSS classes ``chat-model``, ``chat-conversations``, ``chat-new``,
+``chat-rename``, ``chat-delete`` and ``chat-run``.
 """
 
 from __future__ import annotations

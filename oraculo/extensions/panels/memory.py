@@ -288,9 +288,9 @@ class MemoryPanel(pn.viewable.Viewer):
             self._index.object = render_index_status(None, str(e))
 
     async def _on_save(self, event: Any) -> None:
-        key, value = self.key.value or "", self.value.value or ""
+        key, value = _text(self.key), _text(self.value)
         try:
-            saved = await self._client.save(key, value, (self.scope.value or "").strip() or None)
+            saved = await self._client.save(key, value, _text(self.scope).strip() or None)
         except MemoryAPIError as e:
             self._say(f"Not saved: {e}", ok=False)
             return
@@ -298,7 +298,7 @@ class MemoryPanel(pn.viewable.Viewer):
         await self._reshow()
 
     async def _on_delete(self, event: Any) -> None:
-        key = self.key.value
+        key = _text(self.key)
         if not key:
             self._say("Select a memory (or type its key) to delete it.", ok=False)
             return
@@ -316,7 +316,7 @@ class MemoryPanel(pn.viewable.Viewer):
         self.table.selection = []
 
     async def _on_search(self, event: Any) -> None:
-        q = (self.query.value or "").strip()
+        q = _text(self.query).strip()
         if not q:
             await self.load()
             return
@@ -334,7 +334,7 @@ class MemoryPanel(pn.viewable.Viewer):
         await self._on_search(event)
 
     async def _on_clear(self, event: Any) -> None:
-        self.query.value = ""
+        _set(self.query, "")
         self._say("")
         await self.load()
 
@@ -348,17 +348,18 @@ class MemoryPanel(pn.viewable.Viewer):
         if not event.new:
             return
         row = self.table.value.iloc[event.new[0]]
-        self.key.value = str(row["key"])
-        self.value.value = str(row["value"])
+        _set(self.key, str(row["key"]))
+        _set(self.value, str(row["value"]))
         scope = row.get("scope")
-        self.scope.value = "" if scope is None or pd.isna(scope) else str(scope)
+        _set(self.scope, "" if scope is None or pd.isna(scope) else str(scope))
 
     def _clear_form(self) -> None:
-        self.key.value = self.value.value = self.scope.value = ""
+        for widget in (self.key, self.value, self.scope):
+            _set(widget, "")
 
     async def _reshow(self) -> None:
         if self.searching:
-            self.query.value = self.searching
+            _set(self.query, self.searching)
             await self._on_search(None)
         else:
             await self.load()
@@ -371,6 +372,18 @@ class MemoryPanel(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         return self._layout
+
+
+def _text(widget: Any) -> str:
+    """What the input holds now: ``value_input`` follows every keystroke, while ``value`` only
+    changes on blur or Enter, which a click on Save can overtake."""
+    live = widget.value_input
+    return str(live if live is not None else widget.value or "")
+
+
+def _set(widget: Any, text: str) -> None:
+    widget.value = text
+    widget.value_input = text
 
 
 def _frame(items: list[dict[str, Any]], score: bool = False) -> pd.DataFrame:

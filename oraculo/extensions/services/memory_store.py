@@ -8,6 +8,7 @@ so a server that never stores anything leaves no ``~/.oraculo`` behind. Callers 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
@@ -18,6 +19,9 @@ import pyarrow as pa
 from lancedb.index import FTS, IvfSq
 
 from oraculo.extensions.errors import Conflict
+
+#: Reciprocal-rank fusion constant (as in LanceDB's RRFReranker and the RRF paper).
+RRF_K = 60
 
 
 def sql_string(value: str) -> str:
@@ -148,25 +152,37 @@ class LanceStore:
         table = await self.table()
         if table is None:
             return []
-        query = (
-            table.query()
-            .nearest_to(vector)
-            .distance_type("cosine")
-            .nearest_to_text(text)
-            .limit(max(4 * k, 20))
+        depth = max(4 * k, 20)
+        # The two rankings run concurrently and are fused here (reciprocal rank, K=60, as
+        # LanceDB's RRFReranker): measured faster than LanceDB's own hybrid query, and the
+        # vector ranking's distances give the similarities directly.
+        by_vector, by_text = await asyncio.gather(
+            table.query().nearest_to(vector).distance_type("cosine").limit(depth).to_arrow(),
+            table.query().nearest_to_text(text).limit(depth).to_arrow(),
         )
-        rows: list[dict[str, Any]] = (await query.to_arrow()).to_pylist()[:k]
-        drop = {*(exclude or []), "vector", "_distance", "_relevance_score"}
+        rows: dict[Any, dict[str, Any]] = {}
+        scores: dict[Any, float] = {}
+        for ranking in (by_vector.to_pylist(), by_text.to_pylist()):
+            for rank, row in enumerate(ranking, start=1):
+                key = row[self.key]
+                scores[key] = scores.get(key, 0.0) + 1.0 / (RRF_K + rank)
+                rows.setdefault(key, row)
+        best = sorted(scores, key=lambda key: -scores[key])[:k]
         q = np.asarray(vector, dtype=np.float32)
         q_norm = float(np.linalg.norm(q)) or 1.0
+        drop = {*(exclude or []), "vector", "_distance", "_score"}
         out = []
-        for r in rows:
-            v = np.asarray(r["vector"], dtype=np.float32)
-            similarity = float(q @ v) / (q_norm * (float(np.linalg.norm(v)) or 1.0))
+        for key in best:
+            row = rows[key]
+            if row.get("_distance") is not None:
+                similarity = 1.0 - float(row["_distance"])
+            else:
+                v = np.asarray(row["vector"], dtype=np.float32)
+                similarity = float(q @ v) / (q_norm * (float(np.linalg.norm(v)) or 1.0))
             out.append(
                 {
-                    **{c: val for c, val in r.items() if c not in drop},
-                    "_score": r["_relevance_score"],
+                    **{c: val for c, val in row.items() if c not in drop},
+                    "_score": scores[key],
                     "_similarity": round(similarity, 4),
                 }
             )

@@ -15,6 +15,9 @@ to embed one query through the model service is measured separately. From the se
 Indexing: a copy of this repository's ``oraculo/`` package and test fixtures is indexed with real
 embeddings from the model service (an embedding-only one this script starts, unless given one),
 then indexed again unchanged (the incremental no-op), then with 10 % of files touched.
+
+Prints one JSON line per measurement and writes them all to
+``benchmarks/results/memory-<time>.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -225,8 +228,10 @@ async def main() -> None:
                 if proc is not None:
                     proc.terminate()
                     proc.wait(30)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"memory-{int(time.time())}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -381,3 +381,30 @@ async def test_example_notebooks_run(alice: User) -> None:
         assert "c.SandboxConfig.group_limits" in _stream(educator.cells[-1])
     finally:
         await admin.aclose()
+
+
+async def test_an_agent_as_a_chat_model(alice: User) -> None:
+    await setup_agents(alice)
+    url = f"/user/{alice.name}/api/v1/chat"
+    body = {"model": "agent:planner", "messages": [{"role": "user", "content": "Plan a picnic."}]}
+    r = await alice.api("POST", url, json=body, timeout=200)
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    assert reply["object"] == "chat.completion" and reply["model"] == "agent:planner"
+    assert reply["choices"][0]["message"]["content"]
+    run_id = reply["oraculo"]["agent_run"]["id"]
+    r = await api(alice, "GET", f"/runs/{run_id}")
+    assert r.json()["agents"] == ["planner"] and r.json()["status"] == "succeeded"
+    # streamed: chunks in OpenAI's shape, ending with a finish reason
+    chunks = []
+    async with alice.client.http.stream(
+        "POST", url, headers=alice.auth, json={**body, "stream": True}, timeout=200
+    ) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:]))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    r = await alice.api("POST", url, json={**body, "model": "agent:nobody"})
+    assert r.status_code == 404 and set(r.json()) == ENVELOPE

@@ -198,6 +198,9 @@ class ChatService(LoggingConfigurable):
 
     async def complete(self, req: ChatRequest) -> dict[str, Any]:
         """A whole reply: OpenAI's ``chat.completion`` plus ``oraculo``."""
+        agent = await self._agent_reply(req)
+        if agent is not None:
+            return dict(await agent.body())
         prep = await self.prepare(req)
         try:
             body = await self.models.complete(prep.body)
@@ -212,6 +215,9 @@ class ChatService(LoggingConfigurable):
 
     async def open_stream(self, req: ChatRequest) -> StreamingReply:
         """Start a streamed reply; errors until the model service answers 200 raise here."""
+        agent = await self._agent_reply(req)
+        if agent is not None:
+            return agent  # the same interface: chunks, cancel(), close()
         prep = await self.prepare(req)
         try:
             upstream = await self.models.open_stream(prep.body)
@@ -219,6 +225,19 @@ class ChatService(LoggingConfigurable):
             prep = await self._refit(req, prep, e)
             upstream = await self.models.open_stream(prep.body)
         return StreamingReply(self, prep, upstream)
+
+    async def _agent_reply(self, req: ChatRequest) -> Any:
+        """``model: "agent:<name>"``: a run of that agent answers (agents feature), else None."""
+        if not (req.model or "").startswith("agent:"):
+            return None
+        from oraculo.extensions.errors import NotFound
+        from oraculo.extensions.services.agents import chat_reply
+
+        feature = self.parent.extension.loaded.get("agents") if self.parent is not None else None
+        if feature is None:
+            raise NotFound(f"The model '{req.model}' does not exist.", reason="Unknown model")
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        return await chat_reply(feature.service, req.model or "", messages, feature.service.user)
 
     async def _refit(
         self, req: ChatRequest, prep: PreparedChat, error: ModelServiceError

@@ -23,6 +23,7 @@ import httpx
 import psutil
 import pytest
 
+from oraculo.extensions.services.embeddings import EmbeddingClient
 from oraculo.extensions.services.rag import WorkspaceIndex
 from oraculo.extensions.services.rag_files import chunk_file, split_lines
 from tests.harness import HubClient, HubProcess, User, new_user, wait_for
@@ -235,7 +236,7 @@ async def test_user_id_of_someone_else_is_403(memo: User, mallory: User) -> None
 
 async def test_another_users_token_is_refused_everywhere(memo: User, mallory: User) -> None:
     await call(memo, "POST", MEMORY, json={"key": "secret", "value": "the vault code is 4711"})
-    attempts = [
+    attempts: list[tuple[str, str, Any]] = [
         ("GET", MEMORY, {}),
         ("GET", MEMORY, {"params": {"key": "secret"}}),
         ("GET", MEMORY, {"params": {"q": "vault"}}),
@@ -480,7 +481,7 @@ def test_the_walk_skips_what_it_should(tmp_path: Path) -> None:
     shared.mkdir()
     (shared / "course.md").write_bytes(b"ok")
     index = WorkspaceIndex(
-        None, root=str(root), extra_paths=[str(shared)], path=str(tmp_path / "store"),
+        EmbeddingClient(), root=str(root), extra_paths=[str(shared)], path=str(tmp_path / "store"),
         max_file_bytes=1000,
     )  # fmt: skip
     found, too_many = index._scan()

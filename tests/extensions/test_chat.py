@@ -305,7 +305,7 @@ async def test_chat_magic_in_a_notebook(ana: User, tmp_path: Path) -> None:
         nbformat.v4.new_code_cell("%%chat --max-tokens 4 --temperature 0\nAnd its shape?"),
         nbformat.v4.new_code_cell("%%chat --model gpt-17\nhi"),
         nbformat.v4.new_code_cell("%memory add favourite_colour teal, like the lake"),
-        nbformat.v4.new_code_cell("%memory search which colour?"),
+        nbformat.v4.new_code_cell("%memory search favourite colour"),
         nbformat.v4.new_code_cell("%memory"),
     ]
     env = {

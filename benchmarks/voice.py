@@ -51,6 +51,8 @@ QUESTIONS = [
     "How many legs does a spider have?",
 ]
 FRAME = 1600  # samples: 100 ms at 16 kHz
+#: The server's own split of each turn (``timing_ms`` of the first audio event).
+BREAKDOWN: list[dict[str, float]] = []
 
 
 def pct(values: list[float], q: float) -> float:
@@ -102,6 +104,7 @@ async def session(user: User, questions: list[np.ndarray], rounds: int, offset: 
 
     url = user.server_url.replace("http://", "ws://") + "api/v1/voice"
     out: list[float] = []
+    breakdown: list[dict[str, float]] = []
     async with connect(url, additional_headers=user.auth, max_size=None) as ws:
         assert json.loads(await ws.recv())["type"] == "ready"
         for i in range(rounds):
@@ -116,6 +119,8 @@ async def session(user: User, questions: list[np.ndarray], rounds: int, offset: 
             async def read(got: asyncio.Future[float]) -> None:
                 while True:
                     msg = await ws.recv()
+                    if isinstance(msg, str) and '"timing_ms"' in msg:
+                        breakdown.append(json.loads(msg)["timing_ms"])
                     if isinstance(msg, bytes) and not got.done():
                         got.set_result(time.perf_counter())
                         await ws.send(json.dumps({"type": "cancel"}))
@@ -137,6 +142,7 @@ async def session(user: User, questions: list[np.ndarray], rounds: int, offset: 
             await asyncio.wait_for(reader, 120)
             assert ended is not None
             out.append(first - ended)
+    BREAKDOWN.extend(breakdown)
     return out
 
 
@@ -169,7 +175,12 @@ async def main(rounds: int, sessions: list[int]) -> dict[str, Any]:
             await client.aclose()
         finally:
             hub.stop()
-    return {"rounds": rounds, **factors, "latency": {str(k): v for k, v in latency.items()}}
+    return {
+        "rounds": rounds,
+        **factors,
+        "latency": {str(k): v for k, v in latency.items()},
+        "server_breakdown_ms": BREAKDOWN,
+    }
 
 
 def report(result: dict[str, Any]) -> str:
@@ -182,6 +193,14 @@ def report(result: dict[str, Any]) -> str:
             f"| end of speech → first reply audio byte, {n} session(s) | "
             f"{statistics.median(v):.2f} s | {pct(v, 0.95):.2f} s | {len(v)} |"
         )
+    parts = result.get("server_breakdown_ms") or []
+    for key in ("to_final", "to_first_token", "to_first_audio"):
+        v = [p[key] for p in parts if key in p]
+        if v:
+            lines.append(
+                f"| server: {key.replace('_', ' ')} (ms, after the previous step) | "
+                f"{statistics.median(v):.0f} | {pct(v, 0.95):.0f} | {len(v)} |"
+            )
     return "\n".join(lines)
 
 

@@ -26,7 +26,8 @@ Server → client (text frames are JSON with a ``type``):
 - ``reply`` ``{utterance, delta}``: the assistant's text as it streams;
 - ``audio`` ``{utterance, sentence, text, format: "pcm_s16le", sample_rate, bytes}``, immediately
   followed by **one binary frame** holding that sentence's speech (mono s16le PCM at
-  ``sample_rate``);
+  ``sample_rate``); the first of a reply also has ``timing_ms`` ``{to_final, to_first_token,
+  to_first_audio}``, the server's split of the time since the end of the utterance;
 - ``reply_end`` ``{utterance, text, conversation_id, cancelled}``;
 - ``barge_in`` / ``cancelled`` ``{utterance}``: stop playing what was sent;
 - ``error`` ``{utterance?, error: {message, reason, type}}``; the connection stays open

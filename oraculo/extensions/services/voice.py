@@ -238,6 +238,7 @@ class VoiceSession:
         self._turn: asyncio.Task[None] | None = None
         self._replying_task: asyncio.Task[None] | None = None
         self._playing_until = 0.0
+        self._timing: dict[str, float] = {}
         self._worker = asyncio.ensure_future(self._run())
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -389,6 +390,7 @@ class VoiceSession:
             self._partial.cancel()
         self._stop_reply("barge_in")
         stt = candidate[1] if candidate else self._spawn(self._stt(audio, 5))
+        self._timing = {"endpoint": time.monotonic()}
         self._turn = self._spawn(self._take_turn(self._utt_id, stt, forced))
 
     async def _stt(self, audio: np.ndarray, beam: int) -> str:
@@ -408,6 +410,7 @@ class VoiceSession:
     async def _take_turn(self, utt: int, stt: asyncio.Task[str], forced: bool) -> None:
         try:
             text = await stt
+            self._timing["final"] = time.monotonic()
         except OraculoError as e:
             self.send({"type": "error", "utterance": utt, "error": e.to_json()})
             return
@@ -449,6 +452,7 @@ class VoiceSession:
                 for choice in chunk.get("choices") or []:
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
+                        self._timing.setdefault("first_token", time.monotonic())
                         parts.append(delta)
                         self.send({"type": "reply", "utterance": utt, "delta": delta})
                         for sentence in splitter.feed(delta):
@@ -476,6 +480,17 @@ class VoiceSession:
                     reply.cancel()
                 self._spawn(reply.close())  # stores the turn (what was said, if cut short)
 
+    def _timings(self) -> dict[str, int]:
+        """Where the time went from the end of the utterance to this first audio (ms)."""
+        t, now = self._timing, time.monotonic()
+        out, last = {}, t.get("endpoint", now)
+        for name in ("final", "first_token"):
+            if name in t:
+                out[f"to_{name}"] = round((t[name] - last) * 1000)
+                last = t[name]
+        out["to_first_audio"] = round((now - last) * 1000)
+        return out
+
     async def _speak_all(self, utt: int, sentences: asyncio.Queue[str | None]) -> None:
         n = 0
         while (sentence := await sentences.get()) is not None:
@@ -494,6 +509,8 @@ class VoiceSession:
                 "sample_rate": rate,
                 "bytes": len(pcm),
             }
+            if n == 0:
+                header["timing_ms"] = self._timings()
             self.send(header)
             self.send(pcm)
             n += 1

@@ -408,6 +408,11 @@ async def test_reply_cites_workspace_passages_and_memories(ana: User) -> None:
     # The stored reply keeps its citations.
     r = await ana.api("GET", url(ana, f"api/v1/chat/conversations/{extra['conversation_id']}"))
     assert r.json()["messages"][-1]["oraculo"]["citations"] == extra["citations"]
+    # Opting out of the workspace: nothing retrieved, nothing cited.
+    body = ask("How deep is the Quilotoa crater lake?", context={"workspace": False})
+    r = await ana.api("POST", url(ana, CHAT), json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["oraculo"]["citations"] == [] and r.json()["oraculo"]["memories"] == []
 
 
 # --- the Chat panel in a browser --------------------------------------------------------------

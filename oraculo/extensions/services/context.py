@@ -29,6 +29,7 @@ import inspect
 import math
 import re
 import textwrap
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,9 @@ class ContextService(LoggingConfigurable):
         feature = self._memory()
         if feature is None or not query or getattr(feature, "index", None) is None:
             return []
+        status = feature.index.status()
+        if status.get("state") == "idle" and status.get("chunks") == 0:
+            return []  # indexed, and nothing there: no query embedding to pay for
         hits = await self._guard(
             "workspace search", feature.index.search(query, self.passages_k), skipped
         )
@@ -249,6 +253,7 @@ class ContextService(LoggingConfigurable):
         left = budget - fixed
 
         skipped: list[str] = []
+        started = time.perf_counter()
         memories, passages, cells, kernel_vars = await asyncio.gather(
             self._memories(query if workspace else "", skipped),
             self._passages(query if workspace else "", skipped),
@@ -258,7 +263,8 @@ class ContextService(LoggingConfigurable):
 
         context_left = int(left * self.context_share)
         sections: list[str] = []
-        info: dict[str, Any] = {}
+        # how long the lookups (memories, passages, notebook, kernel) took together
+        info: dict[str, Any] = {"lookup_ms": round((time.perf_counter() - started) * 1000, 1)}
 
         def take(text: str) -> bool:
             nonlocal context_left

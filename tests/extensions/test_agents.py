@@ -408,3 +408,52 @@ async def test_an_agent_as_a_chat_model(alice: User) -> None:
     assert text and chunks[-1]["choices"][0]["finish_reason"] == "stop"
     r = await alice.api("POST", url, json={**body, "model": "agent:nobody"})
     assert r.status_code == 404 and set(r.json()) == ENVELOPE
+
+
+async def test_catalogue_own_and_shared_folders(tmp_path: Path) -> None:
+    """The catalogue in process: own agents anywhere under the root, shared ones from the
+    group folders, own names first; tools' schemas from signatures and docstrings."""
+    from oraculo.extensions.services.agents import AgentsService
+    from oraculo.extensions.services.modelclient import ModelClient
+
+    home, shared = tmp_path / "home", tmp_path / "shared" / "team-a"
+    (home / "agents").mkdir(parents=True)
+    (home / "projects" / "q3").mkdir(parents=True)
+    shared.mkdir(parents=True)
+    nbformat.write(nbformat.from_dict(WORKER), home / "agents" / "recorder.ipynb")
+    nbformat.write(nbformat.from_dict(PLANNER), home / "projects" / "q3" / "planner.ipynb")
+    nbformat.write(nbformat.from_dict(PLANNER), shared / "planner.ipynb")  # own one wins
+    team = nbformat.read(NOTEBOOKS / "team_data_cleaner_agent.ipynb", as_version=4)
+    nbformat.write(team, shared / "cleaner.ipynb")
+    nbformat.write(v4.new_notebook(), home / "not_an_agent.ipynb")
+    svc = AgentsService(
+        root_dir=str(home),
+        user="ana",
+        models=ModelClient(),
+        execute=lambda: None,
+        shared_dirs=[str(tmp_path / "shared")],
+        runs_dir=str(tmp_path / "runs"),
+    )
+    agents = {a["name"]: a for a in await svc.list_agents()}
+    assert set(agents) == {"recorder", "planner", "data-cleaner"}
+    assert (
+        agents["planner"]["path"] == "projects/q3/planner.ipynb" and not agents["planner"]["shared"]
+    )
+    cleaner = agents["data-cleaner"]
+    assert cleaner["shared"] and cleaner["path"] == str(shared / "cleaner.ipynb")
+    assert cleaner["owner"] and cleaner["version"] == "1" and len(cleaner["sha256"]) == 16
+    spec = await svc.agent("data-cleaner")
+    assert [t.name for t in spec.tools] == ["profile", "drop_missing"]
+    assert spec.tools[1].parameters == {
+        "type": "object",
+        "properties": {
+            "how": {
+                "enum": ["any", "all"],
+                "default": "any",
+                "description": '"any" drops a row with any missing value, "all" only rows '
+                "missing everything",
+            }
+        },
+    }
+    assert spec.setup == ["import polars as pl"] and spec.require_tool
+    assert "careful data-cleaning assistant" in spec.instructions

@@ -221,6 +221,8 @@ class AgentsService(LoggingConfigurable):
                 run.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await run.task
+            if not run.state.done:  # cancelled before its task ever ran
+                await run.emit("run_finished", status="cancelled", reason="cancelled", answer="")
         return run.state.summary()
 
     async def follow(

@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import re
+import socket
 import time
 import wave
 from collections.abc import AsyncIterator
@@ -260,6 +261,35 @@ async def test_an_oversized_frame_closes_the_connection(ws: ClientConnection) ->
         while True:
             await asyncio.wait_for(ws.recv(), 30)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+async def test_a_client_that_does_not_read_is_cut_off_and_holds_up_no_other(
+    alice: User,
+) -> None:
+    # a small receive buffer and no reading: the server's per-session queue fills, not its memory
+    sock = socket.create_connection(("127.0.0.1", urlparse(alice.server_url).port or 80))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow = await ws_connect(voice_url(alice), additional_headers=alice.auth, sock=sock, max_queue=1)
+    ping = json.dumps({"type": "ping"})
+    try:
+        async with ws_connect(voice_url(alice), additional_headers=alice.auth) as other:
+            assert json.loads(await other.recv())["type"] == "ready"
+            for _ in range(4000):
+                await slow.send(ping)
+            # the other session is answered at once, while the slow one is still unread
+            await other.send(ping)
+            assert json.loads(await asyncio.wait_for(other.recv(), 10))["type"] == "pong"
+
+            async def closed() -> int:
+                while True:
+                    try:
+                        await asyncio.wait_for(slow.recv(), 30)
+                    except websockets.ConnectionClosed as e:
+                        return e.rcvd.code if e.rcvd else 0
+
+            assert await closed() == 1008
+    finally:
+        await slow.close()
 
 
 async def test_a_close_mid_utterance_leaves_the_server_well(

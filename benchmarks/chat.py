@@ -3,6 +3,8 @@
 One run starts a real hub with the model service (``tests.harness.HubProcess``), signs up a user,
 spawns their server, and then alternates, request by request, between:
 
+The user's workspace holds one note (indexed) and one memory, so retrieval does real work.
+
 - ``stack``: ``POST /user/<name>/api/v1/chat`` through the hub's proxy: the extension resolves
   the model, loads/stores the conversation, assembles the context (memories and workspace
   passages when the memory feature is loaded: an embeddings call), and forwards to the model
@@ -43,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from oraculo.extensions.services.context import DEFAULT_SYSTEM_PROMPT  # noqa: E402
-from tests.harness import HubClient, HubProcess, free_port, new_user, wait_for  # noqa: E402
+from tests.harness import HubClient, HubProcess, User, free_port, new_user, wait_for  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -58,7 +60,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def ttft(client: httpx.AsyncClient, url: str, body: dict[str, Any], auth: str) -> float:
+async def ttft(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], auth: str, extra: dict[str, Any]
+) -> float:
     start = time.perf_counter()
     async with client.stream(
         "POST", url, json={**body, "stream": True}, headers={"Authorization": auth}
@@ -67,13 +71,39 @@ async def ttft(client: httpx.AsyncClient, url: str, body: dict[str, Any], auth: 
             raise RuntimeError(f"{url}: HTTP {r.status_code} {(await r.aread())[:300]!r}")
         first: float | None = None
         async for line in r.aiter_lines():
-            if first is None and line.startswith("data:") and line[5:].strip() != "[DONE]":
+            if line.startswith("data:") and line[5:].strip() != "[DONE]":
                 chunk = json.loads(line[5:])
-                if any((c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
+                extra.update(chunk.get("oraculo") or {})
+                if first is None and any(
+                    (c.get("delta") or {}).get("content") for c in chunk.get("choices", [])
+                ):
                     first = time.perf_counter() - start
     if first is None:
         raise RuntimeError(f"{url}: no text in the reply")
     return first * 1000
+
+
+async def seed(user: User) -> None:
+    """A note in the workspace (indexed) and a memory, so that retrieval has work to do."""
+    base = f"/user/{user.name}/"
+    note = "# Travel\n\nParis is the capital of France; the Louvre is on the right bank.\n"
+    r = await user.api(
+        "PUT",
+        base + "api/contents/travel.md",
+        json={"type": "file", "format": "text", "content": note},
+    )
+    assert r.status_code in (200, 201), r.text
+    r = await user.api("POST", base + "api/v1/memory", json={"key": "tone", "value": "Be terse."})
+    if r.status_code == 404:
+        return  # no memory feature: retrieval is skipped anyway
+    assert r.status_code in (200, 201), r.text
+    await user.api("POST", base + "api/v1/memory/index")
+
+    async def indexed() -> bool:
+        r = await user.api("GET", base + "api/v1/memory/index", params={"q": "capital"})
+        return r.status_code == 200 and bool(r.json()["passages"])
+
+    await wait_for(indexed, 120, "the workspace index", 0.5)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,9 +123,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             user = await new_user(hub_client, "bench")
             await user.spawn()
             auth = f"token {user.token}"
+            await seed(user)
             stack = f"{hub.url}/user/{user.name}/api/v1/chat"
             via_proxy = f"{hub.url}/services/models/v1/chat/completions"
             direct = f"http://127.0.0.1:{models_port}/services/models/v1/chat/completions"
+            lookups: list[float] = []
+            prompt: list[float] = []
             results: dict[str, list[float]] = {
                 "stack": [],
                 "stack, no retrieval": [],
@@ -128,9 +161,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     ]
                     order = order[i % 4 :] + order[: i % 4]  # rotate who goes first
                     for name, url, body in order:
-                        ms = await ttft(client, url, body, auth)
+                        extra: dict[str, Any] = {}
+                        ms = await ttft(client, url, body, auth, extra)
                         if i >= args.warmup:
                             results[name].append(ms)
+                            if name == "stack":
+                                lookups.append(extra["context"]["lookup_ms"])
+                                prompt.append(extra["prompt_tokens_estimate"])
             await user.client.aclose()
             await hub_client.aclose()
         finally:
@@ -157,6 +194,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summary,
         "added_vs_proxy_p50_ms": round(statistics.median(paired), 1),
         "added_vs_port_p50_ms": round(statistics.median(paired_port), 1),
+        "stack_lookup_p50_ms": round(statistics.median(lookups), 1),
+        "stack_prompt_tokens_estimate_p50": statistics.median(prompt),
         "added_no_retrieval_vs_proxy_p50_ms": round(statistics.median(paired_bare), 1),
         "raw_ms": {k: [round(x, 1) for x in v] for k, v in results.items()},
     }
@@ -177,7 +216,9 @@ def main() -> None:
     print(
         f"\nstack adds (paired median): {result['added_vs_proxy_p50_ms']} ms over the model "
         f"service through the proxy, {result['added_vs_port_p50_ms']} ms over its own port; "
-        f"without retrieval, {result['added_no_retrieval_vs_proxy_p50_ms']} ms over the proxy"
+        f"without retrieval, {result['added_no_retrieval_vs_proxy_p50_ms']} ms over the proxy\n"
+        f"retrieval (memories + passages, in the server) p50 {result['stack_lookup_p50_ms']} ms; "
+        f"the stack's prompt is ~{result['stack_prompt_tokens_estimate_p50']} estimated tokens"
     )
     out = REPO / "benchmarks" / "results" / f"chat-{int(time.time())}.json"
     out.parent.mkdir(exist_ok=True)

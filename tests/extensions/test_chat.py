@@ -449,7 +449,6 @@ async def test_chat_panel_streams_a_reply_with_citations(ana: User, artifacts: P
             page = await browser.new_page(viewport={"width": 1300, "height": 850})
             page.on("request", lambda r: seen.append(r.url))
             page.on("websocket", lambda ws: seen.append(ws.url))
-            page.on("console", lambda m: print("console:", m.type, m.text[:300]))
             page.on(
                 "response", lambda r: bad.append(f"{r.status} {r.url}") if r.status >= 400 else None
             )

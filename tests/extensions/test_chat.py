@@ -492,3 +492,17 @@ async def test_chat_panel_streams_a_reply_with_citations(ana: User, artifacts: P
     outside = sorted({u for u in seen if urlparse(u.removeprefix("blob:")).hostname != "127.0.0.1"})
     assert not [u for u in outside if not u.startswith("data:")], outside
     assert not bad, bad
+
+
+async def test_chat_magic_in_the_users_own_kernel(ana: User) -> None:
+    """In a kernel of ana's server the provisioner's env vars are enough: no setup at all."""
+    kernel = await ana.start_kernel()  # the default: the oraculo kernelspec
+    out = await ana.execute(
+        kernel,
+        "import numpy as np\nmatrix = np.eye(3)\n",
+    )
+    assert out["error"] is None, out
+    out = await ana.execute(kernel, "%%chat --max-tokens 4 --new\nWhat is matrix?", timeout=120)
+    assert out["error"] is None and out["stderr"] == "", out
+    reply, _, footer = out["stdout"].rpartition("\n\n— ")
+    assert reply.strip() and "smollm2-135m-instruct" in footer and "variables: matrix" in footer

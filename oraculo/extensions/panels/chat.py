@@ -419,7 +419,7 @@ def create_app() -> ChatPanel:
         js_files={"oraculo_offline_icons": "data:text/javascript," + quote(_OFFLINE_ICONS_JS)}
     )
     if pn.state.curdoc is not None:
-        pn.state.curdoc.template_variables["app_favicon"] = static_url("workspace.svg")
+        pn.state.curdoc.template_variables["app_favicon"] = static_url("chat.svg")
     panel = ChatPanel(ChatClient.from_environment())
     panel.start()
     return panel

@@ -21,8 +21,15 @@ c.Authenticator.allow_all = True
 c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = os.path.join(data, "users", "{username}")
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
-extensions = ["jupyterlab", "jupyter_lsp", "jupyter_server_proxy", "jupyter_server_terminals",
-              "notebook_shim", "oraculo.extensions", "panel.io.jupyter_server_extension"]
+extensions = [
+    "jupyterlab",
+    "jupyter_lsp",
+    "jupyter_server_proxy",
+    "jupyter_server_terminals",
+    "notebook_shim",
+    "oraculo.extensions",
+    "panel.io.jupyter_server_extension",
+]
 c.Spawner.args = [
     "--ServerApp.allow_root=True",
     "--ServerApp.jpserver_extensions=" + repr(dict.fromkeys(extensions, False)),

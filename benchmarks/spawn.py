@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.harness import REPO, HubClient, HubProcess, User, new_user
+from tests.harness import REPO, HubClient, HubProcess, User
 
 BASELINE_CONFIG = REPO / "benchmarks" / "baseline_jupyterhub_config.py"
 
@@ -61,8 +61,11 @@ async def measure(label: str, hub: HubProcess, runs: int, baseline: bool) -> dic
             if i:
                 results["ready"].append(ready)
                 results["execute"].append(execute)
-            print(f"  {label:9s} run {i}{' (warm-up)' if not i else ''}: "
-                  f"ready {ready:.2f} s, first execute {execute:.2f} s", flush=True)
+            print(
+                f"  {label:9s} run {i}{' (warm-up)' if not i else ''}: "
+                f"ready {ready:.2f} s, first execute {execute:.2f} s",
+                flush=True,
+            )
     finally:
         await client.aclose()
         hub.stop()
@@ -80,8 +83,10 @@ async def main() -> None:
     os.environ.setdefault("BASELINE_PASSWORD", secrets.token_urlsafe(12))
     with tempfile.TemporaryDirectory() as tmp:
         base = await measure(
-            "baseline", HubProcess(Path(tmp) / "baseline", config_file=BASELINE_CONFIG),
-            args.runs, baseline=True,
+            "baseline",
+            HubProcess(Path(tmp) / "baseline", config_file=BASELINE_CONFIG),
+            args.runs,
+            baseline=True,
         )
         ours = await measure("oraculo", HubProcess(Path(tmp) / "oraculo"), args.runs, False)
     print(f"\nmedian of {args.runs} runs on {os.cpu_count()} cores")

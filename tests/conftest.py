@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 import httpx
+import pytest
 
 from tests.harness import HubClient, HubProcess, User, new_user, wait_for
 

@@ -239,6 +239,7 @@ class VoiceSession:
         self._replying_task: asyncio.Task[None] | None = None
         self._playing_until = 0.0
         self._timing: dict[str, float] = {}
+        self._last_final: asyncio.Future[None] | None = None
         self._worker = asyncio.ensure_future(self._run())
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -408,13 +409,22 @@ class VoiceSession:
     # --- the reply ----------------------------------------------------------------------------
 
     async def _take_turn(self, utt: int, stt: asyncio.Task[str], forced: bool) -> None:
+        # finals go out in utterance order, though a short utterance's transcription may
+        # finish before a long one's that started earlier
+        before, mine = self._last_final, asyncio.get_running_loop().create_future()
+        self._last_final = mine
         try:
-            text = await stt
+            try:
+                text = await stt
+            except OraculoError as e:
+                self.send({"type": "error", "utterance": utt, "error": e.to_json()})
+                return
             self._timing["final"] = time.monotonic()
-        except OraculoError as e:
-            self.send({"type": "error", "utterance": utt, "error": e.to_json()})
-            return
-        self.send({"type": "final", "utterance": utt, "text": text, "forced": forced})
+            if before is not None:
+                await before
+            self.send({"type": "final", "utterance": utt, "text": text, "forced": forced})
+        finally:
+            mine.set_result(None)
         if not any(c.isalnum() for c in text) or utt != self._utt_id or self._in_speech:
             return  # nothing said, or the user has gone on speaking: no reply to this one
         self._replying_task = asyncio.ensure_future(self._reply(utt, text))

@@ -30,6 +30,13 @@ def agent_notebook(name: str, instructions: str, tools: list[str], **meta: Any) 
 PLANNER = agent_notebook(
     "planner", "You plan. Say in one short sentence which label the worker should record.", []
 )
+#: A lead that declares its handoff: a run of the lead alone goes on to the recorder.
+LEAD = agent_notebook(
+    "lead",
+    "You lead. Say in one short sentence which label the recorder should record.",
+    [],
+    handoff="recorder",
+)
 WORKER = agent_notebook(
     "recorder",
     "You record labels with the record tool, then answer with what you recorded.",
@@ -45,6 +52,7 @@ WORKER = agent_notebook(
     return f"recorded {label}; {len(agent_labels)} so far"'''
     ],
     require_tool=True,
+    max_steps=2,
 )
 BREAKER = agent_notebook(
     "breaker",
@@ -78,7 +86,8 @@ async def setup_agents(user: User) -> None:
             "PUT", f"/user/{user.name}/api/contents/{folder}", json={"type": "directory"}
         )
         assert r.status_code in (200, 201), r.text
-    for name, nb in (("planner", PLANNER), ("recorder", WORKER), ("breaker", BREAKER)):
+    agents = {"planner": PLANNER, "lead": LEAD, "recorder": WORKER, "breaker": BREAKER}
+    for name, nb in agents.items():
         await put_notebook(user, f"agents/{name}.ipynb", nb)
 
 
@@ -143,13 +152,14 @@ async def test_catalogue_lists_agent_notebooks(alice: User, mallory: User) -> No
 
 async def test_multi_agent_run_calls_a_notebook_tool_in_the_kernel(alice: User) -> None:
     await setup_agents(alice)
-    run = await start(alice, goal="Record the label alpha.", agents=["planner", "recorder"])
+    run = await start(alice, goal="Record the label alpha.", agents=["lead"])
+    assert run["agents"] == ["lead", "recorder"]  # the lead's declared handoff
     events = await follow(alice, run["id"])
     kinds = [e["type"] for e in events]
     assert kinds[0] == "run_started" and "tool_call" in kinds and "tool_result" in kinds
     # typed messages: goal to the planner, the planner's answer to the recorder
     inputs = [(e["from"], e["to"]) for e in events if e.get("kind") == "input"]
-    assert inputs[:2] == [("user", "planner"), ("planner", "recorder")]
+    assert inputs[:2] == [("user", "lead"), ("lead", "recorder")]
     call = next(e for e in events if e["type"] == "tool_call")
     result = next(e for e in events if e["type"] == "tool_result")
     assert call["agent"] == "recorder" and call["tool"] == "record"
@@ -176,7 +186,7 @@ async def test_multi_agent_run_calls_a_notebook_tool_in_the_kernel(alice: User) 
     r = await api(alice, "GET", f"/runs/{run['id']}")
     body = r.json()
     assert body["per_agent"]["recorder"]["tool_calls"] >= 1
-    assert body["per_agent"]["planner"]["tokens"] > 0
+    assert body["per_agent"]["lead"]["tokens"] > 0
     r = await api(alice, "GET", f"/runs/{run['id']}/notebook")
     nb = nbformat.reads(r.text, as_version=4)
     nbformat.validate(nb)

@@ -1,14 +1,14 @@
 """The agents service: the catalogue of agent notebooks, and runs of a goal with agents.
 
-A run is a chain of agents (planner → workers → reviewer, in the order the request lists them):
-the first gets the goal, each next one the goal and its predecessor's answer, and the last one's
-answer is the run's. Each agent works in steps; a step is one call to the model service with the
-agent's tools plus ``final_answer`` and ``tool_choice: "required"`` (so, with the model service's
-constrained decoding, every step is a valid tool call, even from the bundled 135M model). A tool
-call runs in the user's sandbox kernel through the execute service (origin ``agent:<name>``): the
-tool's definition is executed first, then the function is called with the JSON arguments, so the
-call shares state with the notebook, obeys the kernel's limits and is audited. ``final_answer``
-hands over to the next agent.
+A run is a chain of agents (planner → workers → reviewer, in the order the request lists them, then
+the ``handoff`` each last agent's notebook declares): the first gets the goal, each next one the
+goal and its predecessor's answer, and the last one's answer is the run's. Each agent works in
+steps; a step is one call to the model service with the agent's tools plus ``final_answer`` and
+``tool_choice: "required"`` (so, with the model service's constrained decoding, every step is a
+valid tool call, even from the bundled 135M model). A tool call runs in the user's sandbox kernel
+through the execute service (origin ``agent:<name>``): the tool's definition is executed first,
+then the function is called with the JSON arguments, so the call shares state with the notebook,
+obeys the kernel's limits and is audited. ``final_answer`` hands over to the next agent.
 
 Runs are bounded (steps, tokens, wall clock: the run's bounds, each agent's own ``max_steps``),
 can be cancelled, and are event-sourced (:mod:`oraculo.extensions.services.agents_runs`) under
@@ -174,6 +174,11 @@ class AgentsService(LoggingConfigurable):
         if len(active) >= self.max_active_runs:
             raise Conflict(f"{len(active)} runs are going already; wait or cancel one")
         specs = [await self.agent(name) for name in req.agents]
+        # the last agent's declared handoffs extend the chain (no agent twice, at most 8)
+        while specs[-1].handoff and len(specs) < 8:
+            if specs[-1].handoff in {s.name for s in specs}:
+                break
+            specs.append(await self.agent(specs[-1].handoff))
         run_id = uuid.uuid4().hex
         run = _Run(RunState(id=run_id), EventLog(Path(self.runs_dir), run_id))
         self._runs[run_id] = run

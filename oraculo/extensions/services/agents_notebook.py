@@ -3,7 +3,11 @@
 An agent notebook carries ``metadata.oraculo.agent``::
 
     {"name": "cleaner", "model": "smollm2", "description": "...", "version": "1",
-     "max_steps": 6, "max_tokens": 2000, "timeout": 120, "temperature": 0.2}
+     "max_steps": 6, "max_tokens": 2000, "timeout": 120, "temperature": 0.2,
+     "require_tool": true, "handoff": "reviewer"}
+
+``require_tool``: the agent's first step must call one of its tools; ``handoff``: the agent that
+gets this one's answer next (so a notebook can declare its part of a team's graph).
 
 Its markdown cells are the agent's instructions (in order); each top-level function in its code
 cells whose name does not start with ``_`` is a tool: the signature's annotations and defaults
@@ -74,6 +78,7 @@ class AgentSpec(BaseModel):
     timeout: float = Field(300, gt=0)
     temperature: float = Field(0.2, ge=0, le=2)
     require_tool: bool = False  # the first step must call a tool (not final_answer)
+    handoff: str | None = None  # the agent that takes over this one's answer (a declared graph)
     instructions: str = ""
     tools: list[ToolSpec] = []
     setup: list[str] = []  # code cells' top-level imports, run before the first tool call
@@ -100,6 +105,7 @@ class AgentSpec(BaseModel):
                 "max_steps",
                 "max_tokens",
                 "timeout",
+                "handoff",
             }
         ) | {"tools": [t.name for t in self.tools]}
 

@@ -20,6 +20,7 @@ full regex index per schema, seconds for a tool set).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import uuid
@@ -302,6 +303,7 @@ class TokenConstraint:
         self.matcher = xgr.GrammarMatcher(compiled)
         self.bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         self.vocab_size = vocab_size
+        self._backend: Any = ""  # one of xgrammar's backend names, picked at the first mask
 
     def mask(self, logits: torch.Tensor) -> None:
         """Set the logits of every token the grammar forbids next to -inf, in place.
@@ -309,7 +311,11 @@ class TokenConstraint:
         ``logits`` is one row ``[V]`` (a view into the batch's logits) on any device."""
         self.matcher.fill_next_token_bitmask(self.bitmask)
         row = logits[None, : self.vocab_size]
-        self._xgr.apply_token_bitmask_inplace(row, self.bitmask.to(logits.device))
+        if not self._backend:
+            self._backend = _mask_backend(logits.device.type)
+        self._xgr.apply_token_bitmask_inplace(
+            row, self.bitmask.to(logits.device), backend=self._backend
+        )
         if logits.shape[0] > self.vocab_size:  # padded embedding rows are never valid
             logits[self.vocab_size :] = float("-inf")
 
@@ -320,6 +326,16 @@ class TokenConstraint:
     @property
     def finished(self) -> bool:
         return bool(self.matcher.is_terminated())
+
+
+def _mask_backend(device_type: str) -> str:
+    """xgrammar's kernel for a device: its C++ one on CPU; on CUDA its Triton kernel where
+    Triton is installed (it comes with CUDA builds of torch), else plain torch ops."""
+    if device_type == "cpu":
+        return "cpu"
+    if device_type == "cuda" and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "torch_native"
 
 
 class Grammars:

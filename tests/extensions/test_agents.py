@@ -187,6 +187,15 @@ async def test_multi_agent_run_calls_a_notebook_tool_in_the_kernel(alice: User) 
     body = r.json()
     assert body["per_agent"]["recorder"]["tool_calls"] >= 1
     assert body["per_agent"]["lead"]["tokens"] > 0
+    # the typed messages: goal, replies with tool calls, tool results, handover
+    r = await api(alice, "GET", f"/runs/{run['id']}/messages")
+    msgs = r.json()["messages"]
+    assert (msgs[0]["from"], msgs[0]["to"], msgs[0]["kind"]) == ("user", "lead", "input")
+    calls = [m for m in msgs if m["kind"] == "reply" and m["from"] == "recorder"]
+    assert calls[0]["tool_calls"][0]["function"]["name"] == "record"
+    tool = next(m for m in msgs if m["kind"] == "tool")
+    assert tool["from"] == "tool:record" and tool["to"] == "recorder"
+    assert tool["tool_call_id"] == calls[0]["tool_calls"][0]["id"]
     r = await api(alice, "GET", f"/runs/{run['id']}/notebook")
     nb = nbformat.reads(r.text, as_version=4)
     nbformat.validate(nb)
@@ -218,7 +227,13 @@ async def test_cancel_and_other_users(alice: User, mallory: User) -> None:
     await setup_agents(alice)
     run = await start(alice, goal="Record alpha twice.", agents=["planner", "recorder"])
     # mallory: refused on alice's server; on her own, alice's run does not exist
-    for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/events")):
+    for method, path in (
+        ("GET", ""),
+        ("POST", "/cancel"),
+        ("GET", "/events"),
+        ("GET", "/messages"),
+        ("GET", "/notebook"),
+    ):
         r = await mallory.api(method, f"/user/{alice.name}/api/v1/agents/runs/{run['id']}{path}")
         assert r.status_code in (403, 404), r.text
         r = await api(mallory, method, f"/runs/{run['id']}{path}")

@@ -18,6 +18,7 @@ from oraculo.extensions.handlers.agents import (
     RunCancelHandler,
     RunEventsHandler,
     RunHandler,
+    RunMessagesHandler,
     RunNotebookHandler,
     RunsHandler,
 )
@@ -65,6 +66,7 @@ class AgentsFeature(Feature):
             (r"/api/v1/agents/runs", RunsHandler),
             (rf"/api/v1/agents/runs/{_RUN}", RunHandler),
             (rf"/api/v1/agents/runs/{_RUN}/events", RunEventsHandler),
+            (rf"/api/v1/agents/runs/{_RUN}/messages", RunMessagesHandler),
             (rf"/api/v1/agents/runs/{_RUN}/cancel", RunCancelHandler),
             (rf"/api/v1/agents/runs/{_RUN}/notebook", RunNotebookHandler),
             (r"/api/v1/agents/([A-Za-z0-9_.-]{1,64})", AgentHandler),

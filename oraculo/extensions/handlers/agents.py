@@ -76,6 +76,15 @@ class RunHandler(_AgentsHandler):
         self.finish(self.agents.get(run_id, self.user))
 
 
+class RunMessagesHandler(_AgentsHandler):
+    """``GET /api/v1/agents/runs/{id}/messages``: the typed messages between the agents."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, run_id: str) -> None:
+        self.finish({"messages": self.agents.messages(run_id, self.user)})
+
+
 class RunCancelHandler(_AgentsHandler):
     """``POST /api/v1/agents/runs/{id}/cancel``."""
 

@@ -38,6 +38,7 @@ from oraculo.extensions.services.agents_runs import (
     RunState,
     export_notebook,
     make_event,
+    messages,
 )
 from oraculo.extensions.services.modelclient import ModelClient
 
@@ -214,6 +215,10 @@ class AgentsService(LoggingConfigurable):
     def get(self, run_id: str, user: str) -> dict[str, Any]:
         run = self._own(run_id, user)
         return {**run.state.summary(), "events": run.state.events}
+
+    def messages(self, run_id: str, user: str) -> list[dict[str, Any]]:
+        """The run's typed messages (from, to, content, tool calls, tool results)."""
+        return messages(self._own(run_id, user).state)
 
     def export(self, run_id: str, user: str) -> dict[str, Any]:
         return export_notebook(self._own(run_id, user).state)

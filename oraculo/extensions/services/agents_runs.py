@@ -26,7 +26,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from oraculo.extensions.services.agents_notebook import AgentSpec
 
@@ -140,6 +142,53 @@ class RunState:
             "per_agent": {k: vars(v) for k, v in self.stats.items()},
             "events": len(self.events),
         }
+
+
+class AgentMessage(BaseModel):
+    """One typed message of a run: the goal or an answer handed over (``input``), an agent's
+    reply with its tool calls (``reply``), or a tool's result back to the agent (``tool``)."""
+
+    seq: int
+    time: str
+    kind: Literal["input", "reply", "tool"]
+    sender: str = Field(serialization_alias="from")
+    to: str
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] = []
+    tool_call_id: str | None = None
+    error: dict[str, Any] | None = None
+
+
+def messages(state: RunState) -> list[dict[str, Any]]:
+    """The run's messages between the user, the agents and their tools, in order."""
+    out: list[AgentMessage] = []
+    for ev in state.events:
+        if ev["type"] == "message":
+            out.append(
+                AgentMessage(
+                    seq=ev["seq"],
+                    time=ev["time"],
+                    kind=ev["kind"],
+                    sender=ev["from"],
+                    to=ev["to"],
+                    content=ev.get("content"),
+                    tool_calls=ev.get("tool_calls") or [],
+                )
+            )
+        elif ev["type"] == "tool_result":
+            out.append(
+                AgentMessage(
+                    seq=ev["seq"],
+                    time=ev["time"],
+                    kind="tool",
+                    sender=f"tool:{ev['tool']}",
+                    to=ev["agent"],
+                    content=ev["content"],
+                    tool_call_id=ev["call_id"],
+                    error=ev.get("error"),
+                )
+            )
+    return [m.model_dump(by_alias=True) for m in out]
 
 
 class EventLog:

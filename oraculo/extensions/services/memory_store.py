@@ -13,10 +13,8 @@ import logging
 import os
 from typing import Any
 
-import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, IvfSq
 
 from oraculo.extensions.errors import Conflict
 
@@ -27,6 +25,18 @@ RRF_K = 60
 def sql_string(value: str) -> str:
     """``value`` as a SQL string literal for a LanceDB filter (quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def _fts() -> Any:
+    from lancedb.index import FTS
+
+    return FTS()
+
+
+def _ivf_sq() -> Any:
+    from lancedb.index import IvfSq
+
+    return IvfSq(distance_type="cosine")
 
 
 class LanceStore:
@@ -59,6 +69,10 @@ class LanceStore:
                 return None
             if create:
                 os.makedirs(self.path, mode=0o700, exist_ok=True)
+            # Imported here: lancedb takes ~1 s to import, and every user server start would
+            # pay for it before the hub sees the server ready.
+            import lancedb
+
             self._db = await lancedb.connect_async(self.path)
         return self._db
 
@@ -75,10 +89,10 @@ class LanceStore:
             indices = await self._table.list_indices()
             self._has_vector_index = any(i.columns == ["vector"] for i in indices)
             if not any(i.columns == [self.text_column] for i in indices):
-                await self._table.create_index(self.text_column, config=FTS(), replace=True)
+                await self._table.create_index(self.text_column, config=_fts(), replace=True)
         elif create_with is not None:
             table = await db.create_table(self.name, schema=create_with)
-            await table.create_index(self.text_column, config=FTS(), replace=True)
+            await table.create_index(self.text_column, config=_fts(), replace=True)
             self._table = table
         return self._table
 
@@ -211,7 +225,7 @@ class LanceStore:
             self.log.info("building the vector index of %s", self.name)
             # IVF with 8-bit scalar quantization: at 100k rows it builds in ~5 s on 2 busy cores
             # and answers in ~5 ms; IVF-PQ and IVF-HNSW-SQ took 170-430 s to build here.
-            await table.create_index("vector", config=IvfSq(distance_type="cosine"), replace=True)
+            await table.create_index("vector", config=_ivf_sq(), replace=True)
             self._has_vector_index = True
 
     async def close(self) -> None:

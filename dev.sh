@@ -21,7 +21,10 @@ setup_python() {
   fi
   local stamp="$VENV/.oraculo-installed"
   local want
-  want=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -d' ' -f1)
+  # Everything pip installs from here: dependencies, and the config files and kernelspec that
+  # the editable install copies into the venv.
+  want=$(cat pyproject.toml requirements/*.txt jupyter-config/*.json jupyter-config/*/*.json \
+    oraculo/kernels/kernelspec/*/kernel.json | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages (pinned by requirements/constraints.txt)"
     "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,test]" 2>&1 \

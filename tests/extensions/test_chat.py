@@ -366,8 +366,7 @@ VOLCANO = (
 async def indexed(user: User) -> None:
     """Put a note in the user's workspace and wait until the RAG index finds it."""
     r = await user.api("GET", url(user, "api/v1/chat/models"))
-    if not r.json()["features"]["memory"]:
-        pytest.skip("the memory feature is not loaded")
+    assert r.json()["features"]["memory"], "the memory feature did not load"
     r = await user.api(
         "PUT",
         url(user, "api/contents/notes"),

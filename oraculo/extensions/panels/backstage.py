@@ -17,12 +17,13 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
 from typing import Any, cast
 
 import httpx
 import panel as pn
 import param
+
+from oraculo.extensions.panels.client import ServerAPIError, ServerClient
 
 TEST_ID = "oraculo-backstage"
 
@@ -47,49 +48,15 @@ CSS = """
 """
 
 
-class AgentsAPIError(Exception):
+class AgentsAPIError(ServerAPIError):
     """The server answered with an error; ``message`` is its envelope's message."""
 
 
-class AgentsClient:
+class AgentsClient(ServerClient):
     """Calls ``api/v1/agents`` with the server's own credential."""
 
-    def __init__(
-        self, server_url: str, token: str = "", unix_socket: str = "", timeout: float = 30.0
-    ) -> None:
-        self.base = server_url.rstrip("/") + "/api/v1/agents"
-        self.token = token
-        self.unix_socket = unix_socket
-        self.timeout = timeout
-
-    @classmethod
-    def from_environment(cls) -> AgentsClient:
-        url = os.environ.get("ORACULO_SERVER_URL", "")
-        if not url:
-            raise RuntimeError("ORACULO_SERVER_URL is not set: start panels through the server")
-        return cls(
-            url,
-            token=os.environ.get("ORACULO_SERVER_TOKEN", ""),
-            unix_socket=os.environ.get("ORACULO_SERVER_SOCKET", ""),
-        )
-
-    async def request(self, method: str, path: str = "", **kw: Any) -> Any:
-        headers = {"Authorization": f"token {self.token}"} if self.token else {}
-        transport = httpx.AsyncHTTPTransport(uds=self.unix_socket) if self.unix_socket else None
-        try:
-            async with httpx.AsyncClient(
-                timeout=self.timeout, transport=transport, verify=False, trust_env=False
-            ) as client:
-                r = await client.request(method, self.base + path, headers=headers, **kw)
-        except httpx.HTTPError as e:
-            raise AgentsAPIError(f"The server did not answer ({type(e).__name__}).") from e
-        if r.status_code >= 400:
-            try:
-                message = str(r.json()["message"])
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {r.status_code}"
-            raise AgentsAPIError(message)
-        return r.json() if r.content else None
+    path = "api/v1/agents"
+    error = AgentsAPIError
 
 
 def _e(value: Any) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +25,8 @@ from urllib.parse import quote
 import httpx
 import panel as pn
 import param
+
+from oraculo.extensions.panels.client import ServerAPIError, ServerClient
 
 TEST_ID = "oraculo-chat"
 ASSISTANT = "Oráculo"
@@ -64,49 +65,23 @@ _MESSAGE_PARAMS = {"show_reaction_icons": False, "show_copy_icon": False}
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
 
 
-class ChatClient:
+class ChatAPIError(ServerAPIError):
+    """The server refused or failed; the message is safe to show."""
+
+
+class ChatClient(ServerClient):
     """The chat API of this user's server, with the server's own credential."""
 
-    def __init__(
-        self, server_url: str, token: str = "", unix_socket: str = "", timeout: float = 300.0
-    ) -> None:
-        self.base = server_url.rstrip("/") + "/"
-        self.token = token
-        self.unix_socket = unix_socket
-        self.timeout = timeout
+    timeout = 300.0
 
-    @classmethod
-    def from_environment(cls) -> ChatClient:
-        url = os.environ.get("ORACULO_SERVER_URL", "")
-        if not url:
-            raise RuntimeError("ORACULO_SERVER_URL is not set: start panels through the server")
-        return cls(
-            url,
-            token=os.environ.get("ORACULO_SERVER_TOKEN", ""),
-            unix_socket=os.environ.get("ORACULO_SERVER_SOCKET", ""),
-        )
+    error = ChatAPIError
 
-    def _client(self) -> httpx.AsyncClient:
-        transport = httpx.AsyncHTTPTransport(uds=self.unix_socket) if self.unix_socket else None
-        return httpx.AsyncClient(
-            base_url=self.base,
-            headers={"Authorization": f"token {self.token}"} if self.token else {},
-            timeout=httpx.Timeout(self.timeout, connect=10.0),
-            transport=transport,
-            verify=False,  # loopback: the server's certificate is for its public name
-            trust_env=False,
-        )
-
-    async def request(self, method: str, path: str, **kw: Any) -> Any:
-        async with self._client() as c:
-            r = await c.request(method, path, **kw)
-        if r.status_code >= 400:
-            raise ChatAPIError(_message(r.status_code, r.content))
-        return r.json() if r.content else None
+    def error_message(self, status: int, content: bytes) -> str:
+        return _message(status, content)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yield ``(text delta, oraculo extra)`` for each chunk of a streamed reply."""
-        async with self._client() as c, c.stream("POST", "api/v1/chat", json=body) as r:
+        async with self.connect() as c, c.stream("POST", self.base + "api/v1/chat", json=body) as r:
             if r.status_code != 200:
                 raise ChatAPIError(_message(r.status_code, await r.aread()))
             event = ""
@@ -126,10 +101,6 @@ class ChatClient:
                     (ch.get("delta") or {}).get("content") or "" for ch in chunk.get("choices", [])
                 )
                 yield text, chunk.get("oraculo") or {}
-
-
-class ChatAPIError(Exception):
-    """The server refused or failed; the message is safe to show."""
 
 
 def _message(status: int, content: bytes) -> str:

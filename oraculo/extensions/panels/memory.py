@@ -16,13 +16,13 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import html
-import os
 from typing import Any, cast
 
-import httpx
 import pandas as pd
 import panel as pn
 import param
+
+from oraculo.extensions.panels.client import ServerAPIError, ServerClient
 
 TEST_ID = "oraculo-memory"
 COLUMNS = ["key", "value", "scope", "updated_at"]
@@ -41,49 +41,15 @@ CSS = """
 """
 
 
-class MemoryAPIError(Exception):
+class MemoryAPIError(ServerAPIError):
     """The server answered with an error; ``message`` is its envelope's message."""
 
 
-class MemoryClient:
+class MemoryClient(ServerClient):
     """Calls ``api/v1/memory`` and ``api/v1/memory/index`` with the server's own credential."""
 
-    def __init__(
-        self, server_url: str, token: str = "", unix_socket: str = "", timeout: float = 30.0
-    ) -> None:
-        self.base = server_url.rstrip("/") + "/api/v1/memory"
-        self.token = token
-        self.unix_socket = unix_socket
-        self.timeout = timeout
-
-    @classmethod
-    def from_environment(cls) -> MemoryClient:
-        url = os.environ.get("ORACULO_SERVER_URL", "")
-        if not url:
-            raise RuntimeError("ORACULO_SERVER_URL is not set: start panels through the server")
-        return cls(
-            url,
-            token=os.environ.get("ORACULO_SERVER_TOKEN", ""),
-            unix_socket=os.environ.get("ORACULO_SERVER_SOCKET", ""),
-        )
-
-    async def request(self, method: str, path: str = "", **kw: Any) -> Any:
-        headers = {"Authorization": f"token {self.token}"} if self.token else {}
-        transport = httpx.AsyncHTTPTransport(uds=self.unix_socket) if self.unix_socket else None
-        try:
-            async with httpx.AsyncClient(
-                timeout=self.timeout, transport=transport, verify=False, trust_env=False
-            ) as client:
-                r = await client.request(method, self.base + path, headers=headers, **kw)
-        except httpx.HTTPError as e:
-            raise MemoryAPIError(f"The server did not answer ({type(e).__name__}).") from e
-        if r.status_code >= 400:
-            try:
-                message = str(r.json()["message"])
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {r.status_code}"
-            raise MemoryAPIError(message)
-        return r.json() if r.content else None
+    path = "api/v1/memory"
+    error = MemoryAPIError
 
     async def list(self, limit: int = 500) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", params={"limit": limit})

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import os
 from typing import Any, cast
 
 import httpx
 import panel as pn
 import param
+
+from oraculo.extensions.panels.client import ServerClient
 
 #: ``data-testid`` of the panel's root element; its ``data-state`` is ``loading``, ``ok`` or
 #: ``error``. Browser tests wait on ``[data-testid=oraculo-workspace][data-state=ok]``.
@@ -46,38 +47,16 @@ CSS = """
 """
 
 
-class StatusClient:
+class StatusClient(ServerClient):
     """Reads ``GET <server>/api/v1/status`` with the server's own credential."""
 
-    def __init__(
-        self, server_url: str, token: str = "", unix_socket: str = "", timeout: float = 5.0
-    ) -> None:
-        self.url = server_url.rstrip("/") + "/api/v1/status"
-        self.token = token
-        self.unix_socket = unix_socket
-        self.timeout = timeout
-
-    @classmethod
-    def from_environment(cls) -> StatusClient:
-        """As configured by jupyter-server-proxy (``ORACULO_SERVER_*``, set in ``proxy.py``)."""
-        url = os.environ.get("ORACULO_SERVER_URL", "")
-        if not url:
-            raise RuntimeError("ORACULO_SERVER_URL is not set: start panels through the server")
-        return cls(
-            url,
-            token=os.environ.get("ORACULO_SERVER_TOKEN", ""),
-            unix_socket=os.environ.get("ORACULO_SERVER_SOCKET", ""),
-        )
+    path = "api/v1/status"
+    timeout = 5.0
 
     async def fetch(self) -> dict[str, Any]:
         """The status document; raises :class:`httpx.HTTPError` when the server does not answer."""
-        headers = {"Authorization": f"token {self.token}"} if self.token else {}
-        transport = httpx.AsyncHTTPTransport(uds=self.unix_socket) if self.unix_socket else None
-        # The server's certificate (if any) is for its public name, not for loopback.
-        async with httpx.AsyncClient(
-            timeout=self.timeout, transport=transport, verify=False, trust_env=False
-        ) as client:
-            r = await client.get(self.url, headers=headers)
+        async with self.connect() as client:
+            r = await client.get(self.base)
             r.raise_for_status()
             data: dict[str, Any] = r.json()
             return data

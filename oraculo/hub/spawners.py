@@ -43,6 +43,28 @@ class GpuMixin:
         shared_allocator(self).release(self._server_key())  # type: ignore[arg-type]
         self.gpu_id = None
 
+    def prepare(self) -> None:
+        """Make what the server needs before it starts (a home, an OS account)."""
+
+    async def start(self) -> Any:
+        self.prepare()
+        self.assign_gpu()
+        try:
+            return await super().start()  # type: ignore[misc]
+        except BaseException:
+            self.release_gpu()
+            raise
+
+    async def stop(self, now: bool = False) -> None:
+        try:
+            await super().stop(now=now)  # type: ignore[misc]
+        finally:
+            self.release_gpu()
+
+    def get_env(self) -> dict[str, str]:
+        env: dict[str, str] = super().get_env()  # type: ignore[misc]
+        return sandbox_env(self, self.gpu_env(env))
+
     def gpu_env(self, env: dict[str, str]) -> dict[str, str]:
         # An explicit empty CUDA_VISIBLE_DEVICES hides every GPU from a server that got none.
         if self.gpu_id is None:
@@ -91,27 +113,12 @@ class OraculoProcessSpawner(GpuMixin, LocalProcessSpawner):
         env["SHELL"] = "/bin/bash"
         return env
 
-    def get_env(self) -> dict[str, str]:
-        return sandbox_env(self, self.gpu_env(super().get_env()))
-
     def move_certs(self, paths: dict[str, str]) -> dict[str, str]:
         return paths
 
-    async def start(self) -> Any:
-        self.assign_gpu()
+    def prepare(self) -> None:
         os.makedirs(self.home_dir, 0o700, exist_ok=True)
         os.chmod(self.home_dir, 0o700)
-        try:
-            return await super().start()
-        except BaseException:
-            self.release_gpu()
-            raise
-
-    async def stop(self, now: bool = False) -> None:
-        try:
-            await super().stop(now=now)
-        finally:
-            self.release_gpu()
 
 
 class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
@@ -175,23 +182,8 @@ class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
         env["SHELL"] = entry.pw_shell or "/bin/bash"
         return env
 
-    def get_env(self) -> dict[str, str]:
-        return sandbox_env(self, self.gpu_env(super().get_env()))
-
-    async def start(self) -> Any:
+    def prepare(self) -> None:
         self.ensure_os_user()
-        self.assign_gpu()
-        try:
-            return await super().start()
-        except BaseException:
-            self.release_gpu()
-            raise
-
-    async def stop(self, now: bool = False) -> None:
-        try:
-            await super().stop(now=now)
-        finally:
-            self.release_gpu()
 
 
 class OraculoDockerSpawner(GpuMixin, DockerSpawner):
@@ -216,11 +208,8 @@ class OraculoDockerSpawner(GpuMixin, DockerSpawner):
     def _default_notebook_dir(self) -> str:
         return "/home/jovyan"
 
-    def get_env(self) -> dict[str, str]:
-        return sandbox_env(self, self.gpu_env(super().get_env()))
-
     async def create_object(self) -> Any:
-        gpu = self.assign_gpu()
+        gpu = self.assign_gpu()  # the card start() took (the same one again)
         configured = getattr(self, "extra_host_config")  # noqa: B009 - untyped trait
         if callable(configured):
             configured = configured(self)
@@ -234,14 +223,4 @@ class OraculoDockerSpawner(GpuMixin, DockerSpawner):
                 }
             ]
         self.extra_host_config = extra
-        try:
-            return await super().create_object()
-        except BaseException:
-            self.release_gpu()
-            raise
-
-    async def stop(self, now: bool = False) -> None:
-        try:
-            await super().stop(now=now)
-        finally:
-            self.release_gpu()
+        return await super().create_object()

@@ -249,7 +249,7 @@ class OraculoHub(LoggingConfigurable):
                     "command": [
                         sys.executable,
                         "-m",
-                        "jupyterhub_idle_culler",
+                        "oraculo.hub.culler",
                         f"--timeout={self.cull_idle_timeout}",
                     ],
                 }

@@ -84,7 +84,13 @@ def test_roles_scopes_and_services(clean_env: None) -> None:
     services = {s["name"]: s for s in c.JupyterHub.services}
     assert services["models"]["command"] == [sys.executable, "-m", "oraculo.models"]
     assert services["models"]["environment"]["HF_HUB_OFFLINE"] == "1"
-    assert services["idle-culler"]["command"][-1] == "--timeout=3600"
+    # Through our entry point, which restores SIGINT so the hub's shutdown need not wait on it.
+    assert services["idle-culler"]["command"] == [
+        sys.executable,
+        "-m",
+        "oraculo.hub.culler",
+        "--timeout=3600",
+    ]
 
 
 def test_switches_turn_services_off(clean_env: None) -> None:

@@ -25,7 +25,6 @@ import json
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,33 +33,13 @@ import psutil
 import websockets
 from jupyter_client.asynchronous import AsyncKernelClient
 
-from tests.harness import REPO, HubClient, HubProcess, new_user
+from tests.harness import REPO, HubClient, HubProcess, execute_request, new_user
 
 RESULTS = REPO / "benchmarks" / "results"
 
 
 def _request(code: str) -> tuple[str, str]:
-    msg_id = uuid.uuid4().hex
-    msg = {
-        "header": {
-            "msg_id": msg_id,
-            "username": "bench",
-            "session": uuid.uuid4().hex,
-            "msg_type": "execute_request",
-            "version": "5.3",
-        },
-        "parent_header": {},
-        "metadata": {},
-        "channel": "shell",
-        "content": {
-            "code": code,
-            "silent": False,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": False,
-            "stop_on_error": True,
-        },
-    }
+    msg_id, msg = execute_request(code, username="bench")
     return msg_id, json.dumps(msg)
 
 

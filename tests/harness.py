@@ -30,6 +30,17 @@ import websockets
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PASSWORD = "correct-horse-battery-9"
+#: How the browser tests start Debian's chromium: headless, and quiet on a closed network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ADMIN_PASSWORD = "admin-horse-battery-staple-42"
 
 
@@ -268,14 +279,13 @@ class User:
         return await execute_over_ws(self.kernel_ws_url(kernel_id), self.auth, code, timeout)
 
 
-async def execute_over_ws(
-    url: str, headers: dict[str, str], code: str, timeout: float = 60
-) -> dict[str, Any]:
+def execute_request(code: str, username: str = "test") -> tuple[str, dict[str, Any]]:
+    """A kernel ``execute_request`` message for the websocket, and its msg_id."""
     msg_id = uuid.uuid4().hex
     request = {
         "header": {
             "msg_id": msg_id,
-            "username": "test",
+            "username": username,
             "session": uuid.uuid4().hex,
             "msg_type": "execute_request",
             "version": "5.3",
@@ -292,6 +302,13 @@ async def execute_over_ws(
             "stop_on_error": True,
         },
     }
+    return msg_id, request
+
+
+async def execute_over_ws(
+    url: str, headers: dict[str, str], code: str, timeout: float = 60
+) -> dict[str, Any]:
+    msg_id, request = execute_request(code)
     out: dict[str, Any] = {"stdout": "", "stderr": "", "results": [], "error": None}
     async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
         await ws.send(json.dumps(request))

@@ -15,20 +15,9 @@ import pytest
 from playwright.async_api import Browser, Request, Response, async_playwright
 
 from oraculo.extensions.panels.proxy import APPS_DIR, TILES
-from tests.harness import PASSWORD, HubClient, HubProcess
+from tests.harness import CHROMIUM_ARGS, PASSWORD, HubClient, HubProcess
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="session")

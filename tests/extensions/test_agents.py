@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbformat import v4
 
-from tests.harness import ADMIN_PASSWORD, PASSWORD, HubClient, User, wait_for
+from tests.harness import ADMIN_PASSWORD, CHROMIUM_ARGS, PASSWORD, HubClient, User, wait_for
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ENVELOPE = {"message", "reason", "type"}
@@ -272,18 +272,6 @@ async def test_a_run_resumes_after_a_server_restart(alice: User) -> None:
     assert "resumed" in kinds, kinds
     assert body["status"] in ("succeeded", "bounded"), body["reason"]
     assert kinds.count("run_started") == 1 and kinds[-1] == "run_finished"
-
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.mark.browser

@@ -21,7 +21,7 @@ import openai
 import pytest
 from nbclient import NotebookClient
 
-from tests.harness import PASSWORD, HubClient, HubProcess, User, new_user, wait_for
+from tests.harness import CHROMIUM_ARGS, PASSWORD, HubClient, HubProcess, User, new_user, wait_for
 
 CHAT = "api/v1/chat"
 
@@ -415,17 +415,6 @@ async def test_reply_cites_workspace_passages_and_memories(ana: User) -> None:
 
 
 # --- the Chat panel in a browser --------------------------------------------------------------
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.mark.browser

@@ -20,19 +20,9 @@ import pytest
 
 from oraculo.extensions.panels import proxy
 from oraculo.extensions.panels.memory import render_index_status
-from tests.harness import HubClient, HubProcess, free_port, new_user, wait_for
+from tests.harness import CHROMIUM_ARGS, HubClient, HubProcess, free_port, new_user, wait_for
 
 MEMORY_PAGE = f"/{proxy.PROXY_NAME}/memory"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 class Server:

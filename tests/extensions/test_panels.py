@@ -31,20 +31,10 @@ from websockets.typing import Origin, Subprotocol
 
 from oraculo.extensions.panels import proxy
 from oraculo.extensions.panels.workspace import render_status
-from tests.harness import free_port, wait_for
+from tests.harness import CHROMIUM_ARGS, free_port, wait_for
 
 OWNER = "panelowner"
 WORKSPACE = f"/{proxy.PROXY_NAME}/workspace"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @dataclass

@@ -24,7 +24,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.harness import PASSWORD, HubProcess, User
+from tests.harness import CHROMIUM_ARGS, PASSWORD, HubProcess, User
 
 SENTENCES = [
     "The weather today is warm and sunny.",
@@ -34,16 +34,6 @@ SENTENCES = [
     "The train leaves the station at noon.",
 ]
 FRAME = 3200  # 100 ms of 16 kHz s16le
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def voice_url(user: User) -> str:

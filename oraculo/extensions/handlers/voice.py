@@ -55,8 +55,11 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from oraculo.extensions.errors import BadRequest, PayloadTooLarge
 
-#: Largest frame accepted (64 KiB: 2 s of audio).
+#: Largest frame accepted (64 KiB: 2 s of audio); a larger one is answered with a close (1009).
 MAX_MESSAGE_SIZE = 64 * 1024
+#: Largest frame read at all: tornado drops the TCP connection past this without a close frame,
+#: so frames between the two limits get the orderly close a client can read.
+HARD_MESSAGE_SIZE = 1024 * 1024
 #: Messages waiting for a slow client before it is disconnected.
 MAX_QUEUED = 256
 
@@ -76,7 +79,7 @@ class VoiceHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     @property
     def max_message_size(self) -> int:
-        return MAX_MESSAGE_SIZE
+        return HARD_MESSAGE_SIZE
 
     async def pre_get(self) -> None:
         user = self.current_user
@@ -132,6 +135,9 @@ class VoiceHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     def on_message(self, message: str | bytes) -> None:
         if self.session is None:
+            return
+        if len(message) > MAX_MESSAGE_SIZE:
+            self._shutdown(1009, f"frames are at most {MAX_MESSAGE_SIZE} bytes")
             return
         if isinstance(message, bytes):
             try:

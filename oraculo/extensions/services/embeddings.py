@@ -9,8 +9,10 @@ Unavailable` (503, with a ``retry_after`` hint) and nothing is stored without it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+from collections import OrderedDict
 
 import httpx
 from traitlets import Float, Integer, Unicode, default
@@ -65,7 +67,15 @@ class EmbeddingClient(LoggingConfigurable):
     def _default_token(self) -> str:
         return os.environ.get("ORACULO_MODELS_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
+    query_cache_size = Integer(
+        256,
+        config=True,
+        help="""Query vectors kept (least recently used out). A chat turn searches memories and
+        the workspace with the same query: it is embedded once.""",
+    )
+
     _client: httpx.AsyncClient | None = None
+    _queries: OrderedDict[str, asyncio.Future[list[float]]]
     #: The model's context in tokens, once the service has told us (context_length_exceeded).
     _context: int | None = None
 
@@ -91,6 +101,31 @@ class EmbeddingClient(LoggingConfigurable):
         for i in range(0, len(texts), self.batch_size):
             vectors.extend(await self._request(texts[i : i + self.batch_size]))
         return vectors
+
+    async def embed_query(self, text: str) -> list[float]:
+        """The vector of one search query: concurrent and recent identical queries share one
+        request. A failed request is not cached."""
+        if not hasattr(self, "_queries"):
+            self._queries = OrderedDict()
+        key = f"{self.model}\0{text}"
+        future = self._queries.get(key)
+        if future is not None:
+            self._queries.move_to_end(key)
+            return list(await asyncio.shield(future))
+        future = asyncio.ensure_future(self._embed_one(text))
+        self._queries[key] = future
+        while len(self._queries) > max(self.query_cache_size, 1):
+            self._queries.popitem(last=False)
+        try:
+            return list(await asyncio.shield(future))
+        except BaseException:
+            if self._queries.get(key) is future:
+                del self._queries[key]
+            raise
+
+    async def _embed_one(self, text: str) -> list[float]:
+        (vector,) = await self.embed([text])
+        return vector
 
     def _limit(self) -> int:
         return (

@@ -215,7 +215,7 @@ class MemoryService(LoggingConfigurable):
         if not 1 <= k <= 100:
             raise BadRequest("k must be between 1 and 100")
         # Embed first: without a model service this is a clear 503 even on an empty store.
-        (vector,) = await self.embeddings.embed([q])
+        vector = await self.embeddings.embed_query(q)
         if await self.store.table() is None:
             return []
         rows = await self.store.hybrid(vector, q, k, exclude=["text", "created_at"])

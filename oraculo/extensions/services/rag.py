@@ -192,7 +192,7 @@ class WorkspaceIndex(LoggingConfigurable):
         if not 1 <= k <= 100:
             raise BadRequest("k must be between 1 and 100")
         # Embed first: without a model service this is a clear 503 even on an empty store.
-        (vector,) = await self.embeddings.embed([q])
+        vector = await self.embeddings.embed_query(q)
         if await self.store.table() is None:
             return []
         rows = await self.store.hybrid(vector, q, k)

@@ -487,3 +487,26 @@ def test_the_walk_skips_what_it_should(tmp_path: Path) -> None:
     found, too_many = index._scan()
     assert sorted(found) == sorted(["a.md", str(shared / "course.md"), "sub/b.py"])
     assert not too_many
+
+
+async def test_a_query_is_embedded_once(memo: User, models_hub: HubProcess) -> None:
+    """Chat searches memories and the workspace with the same query: one embeddings request."""
+    sent: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        sent.append(json.loads(request.content)["input"][0])
+
+    client = EmbeddingClient(models_url=f"{models_hub.url}/services/models/", token=memo.token)
+    client._http().event_hooks["request"].append(count)
+    try:
+        a, b = await asyncio.gather(
+            client.embed_query("where is the bravo server"),
+            client.embed_query("where is the bravo server"),
+        )
+        again = await client.embed_query("where is the bravo server")
+        other = await client.embed_query("charlie function")
+    finally:
+        await client.close()
+    assert a == b == again and len(a) == 384
+    assert other != a
+    assert sent == ["where is the bravo server", "charlie function"]

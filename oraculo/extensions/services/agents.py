@@ -105,7 +105,8 @@ class AgentsService(LoggingConfigurable):
         Unicode(),
         config=True,
         help="""Shared folders (absolute) of the user's groups, whose agent notebooks the user may
-        run. Default: ORACULO_SHARED_AGENT_DIRS (os.pathsep-separated).""",
+        run. Default: the folders in ORACULO_SHARED_AGENT_DIRS, then those in
+        ORACULO_SHARED_DIRS (the hub's group folders); both os.pathsep-separated.""",
     )
     runs_dir = Unicode(
         config=True, help="Where run logs are kept. Default: ~/.oraculo/agents/runs."
@@ -122,8 +123,12 @@ class AgentsService(LoggingConfigurable):
 
     @default("shared_dirs")
     def _default_shared_dirs(self) -> list[str]:
-        raw = os.environ.get("ORACULO_SHARED_AGENT_DIRS", "")
-        return [p for p in raw.split(os.pathsep) if p]
+        folders: list[str] = []
+        for name in ("ORACULO_SHARED_AGENT_DIRS", "ORACULO_SHARED_DIRS"):
+            for folder in os.environ.get(name, "").split(os.pathsep):
+                if folder and folder not in folders:
+                    folders.append(folder)
+        return folders
 
     @default("runs_dir")
     def _default_runs_dir(self) -> str:

@@ -79,7 +79,9 @@ class WorkspaceIndex(LoggingConfigurable):
         Unicode(),
         config=True,
         help="""More folders to index, e.g. a hub group's shared folder
-        (/srv/oraculo/shared/cohort-a). Their passages carry absolute paths.""",
+        (/srv/oraculo/groups/cohort-a). Their passages carry absolute paths. Default:
+        ORACULO_SHARED_DIRS (os.pathsep-separated), which the hub sets to the folders of the
+        user's groups.""",
     )
     path = Unicode(
         config=True,
@@ -118,6 +120,11 @@ class WorkspaceIndex(LoggingConfigurable):
     @default("root")
     def _default_root(self) -> str:
         return os.path.expanduser("~")
+
+    @default("extra_paths")
+    def _default_extra_paths(self) -> list[str]:
+        raw = os.environ.get("ORACULO_SHARED_DIRS", "")
+        return [p for p in raw.split(os.pathsep) if p]
 
     @default("path")
     def _default_path(self) -> str:

@@ -121,6 +121,18 @@ class OraculoHub(LoggingConfigurable):
         help="""Stop user servers idle for this many seconds (jupyterhub-idle-culler as a hub
         service). 0 turns culling off. Default ORACULO_CULL_IDLE_TIMEOUT or 3600.""",
     )
+    group_folders = Bool(
+        config=True,
+        help="""Give each hub group a shared folder (<groups_dir>/<group>) that its members'
+        servers index and take agents from, linked as ~/shared/<group>. Default on
+        (ORACULO_GROUP_FOLDERS=0 turns it off).""",
+    )
+    groups_dir = Unicode(
+        config=True,
+        help="""Where the group folders live. Default ORACULO_GROUPS_DIR, else
+        /srv/oraculo/groups with the system-users spawner (data_dir is private to the hub)
+        and <data_dir>/groups with the others.""",
+    )
     singleuser_extra_args = List(
         Unicode(), config=True, help="Extra command-line arguments for every user server."
     )
@@ -178,6 +190,20 @@ class OraculoHub(LoggingConfigurable):
     @default("cull_idle_timeout")
     def _default_cull_idle_timeout(self) -> int:
         return _env_int("ORACULO_CULL_IDLE_TIMEOUT", 3600)
+
+    @default("group_folders")
+    def _default_group_folders(self) -> bool:
+        return os.environ.get("ORACULO_GROUP_FOLDERS", "1") != "0"
+
+    @default("groups_dir")
+    def _default_groups_dir(self) -> str:
+        explicit = os.environ.get("ORACULO_GROUPS_DIR")
+        if explicit:
+            return os.path.abspath(explicit)
+        if self.spawner == "system-users":
+            # Other OS accounts must traverse every folder above it; data_dir is 0700.
+            return "/srv/oraculo/groups"
+        return os.path.join(self.data_dir, "groups")
 
     @validate("spawner")
     def _validate_spawner(self, proposal: Any) -> str:
@@ -305,6 +331,8 @@ class OraculoHub(LoggingConfigurable):
             environment["ORACULO_MODELS_URL"] = f"{self.public_url}/services/models/"
         environment.update(self.extra_environment)
         c.Spawner.environment = environment
+        c.GroupFolders.enabled = self.group_folders
+        c.GroupFolders.root = self.groups_dir
 
         c.JupyterHub.custom_scopes = CUSTOM_SCOPES
         c.JupyterHub.load_roles = self.roles()

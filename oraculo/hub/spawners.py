@@ -7,7 +7,8 @@
 - ``docker``: one container per user from the image built in ``deploy/docker``, with a GPU
   passed through by device request.
 
-Every spawner gets one GPU per server from the hub's :class:`~oraculo.hub.gpus.GpuAllocator`.
+Every spawner gets one GPU per server from the hub's :class:`~oraculo.hub.gpus.GpuAllocator`,
+and the shared folders of the user's hub groups (:mod:`oraculo.hub.groups`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Unicode, default
 
 from oraculo.hub.gpus import shared_allocator
+from oraculo.hub.groups import SHARED_DIRS_ENV, GroupFolders, reachable_by_others, user_groups
 from oraculo.hub.sandbox import docker_host_config, sandbox_env
 
 
 class GpuMixin:
-    """Gives each server the GPU the hub-wide allocator picks, and frees it on stop."""
+    """Gives each server the GPU the hub-wide allocator picks, and frees it on stop, and the
+    shared folders of the user's hub groups."""
 
     gpu_id: str | None = None
+    #: The user's group folders, made by :meth:`prepare_group_folders` at this start.
+    group_dirs: list[str] = []
     #: True where the runtime exposes only the assigned card, renumbered from 0 (containers).
     gpu_renumbered = False
 
@@ -46,8 +51,19 @@ class GpuMixin:
     def prepare(self) -> None:
         """Make what the server needs before it starts (a home, an OS account)."""
 
+    def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
+        """Make the user's group folders (and whatever grants access to them); their paths."""
+        return list(folders.ensure_folders(groups))
+
+    def _group_folders(self) -> list[str]:
+        folders = GroupFolders(parent=self)
+        if not folders.enabled:
+            return []
+        return self.prepare_group_folders(folders, user_groups(self))
+
     async def start(self) -> Any:
         self.prepare()
+        self.group_dirs = self._group_folders()
         self.assign_gpu()
         try:
             return await super().start()  # type: ignore[misc]
@@ -63,6 +79,8 @@ class GpuMixin:
 
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()  # type: ignore[misc]
+        if self.group_dirs:
+            env[SHARED_DIRS_ENV] = os.pathsep.join(self.group_dirs)
         return sandbox_env(self, self.gpu_env(env))
 
     def gpu_env(self, env: dict[str, str]) -> dict[str, str]:
@@ -119,6 +137,12 @@ class OraculoProcessSpawner(GpuMixin, LocalProcessSpawner):
     def prepare(self) -> None:
         os.makedirs(self.home_dir, 0o700, exist_ok=True)
         os.chmod(self.home_dir, 0o700)
+
+    def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
+        # One OS account for everyone: the folders are made and linked, not protected.
+        paths = list(folders.ensure_folders(groups))
+        folders.link_into_home(self.home_dir, paths, (os.getuid(), os.getgid()))
+        return paths
 
 
 class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
@@ -185,11 +209,29 @@ class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
     def prepare(self) -> None:
         self.ensure_os_user()
 
+    def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
+        # Before the server starts: LocalProcessSpawner reads the account's supplementary
+        # groups (os.getgrouplist) when it builds the process's preexec function.
+        paths = list(folders.ensure_folders(groups, os_groups=True))
+        folders.sync_membership(self.os_user, groups)
+        entry = pwd.getpwnam(self.os_user)
+        folders.link_into_home(entry.pw_dir, paths, (entry.pw_uid, entry.pw_gid))
+        if paths and not reachable_by_others(folders.root):
+            self.log.warning(
+                "Group folders under %s are out of reach of OS accounts: a folder above it "
+                "lacks o+x",
+                folders.root,
+            )
+        return paths
+
 
 class OraculoDockerSpawner(GpuMixin, DockerSpawner):
     """One container per user from the Oráculo single-user image, GPU by device request."""
 
     gpu_renumbered = True
+    #: The OS groups of the user's group folders (as root), added to the container's user.
+    group_gids: list[int] = []
+    _configured_host_config: Any = None
 
     @default("image")
     def _default_image(self) -> str:
@@ -208,12 +250,32 @@ class OraculoDockerSpawner(GpuMixin, DockerSpawner):
     def _default_notebook_dir(self) -> str:
         return "/home/jovyan"
 
+    def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
+        # Only the user's own group folders are mounted. As root the folders get OS groups,
+        # whose gids the container's user is given (group_add) so it may write there.
+        made = folders.ensure_folders(groups, os_groups=os.geteuid() == 0)
+        self.group_gids = sorted({gid for gid in made.values() if gid >= 0})
+        return list(made)
+
+    @property
+    def volume_binds(self) -> dict[str, dict[str, str]]:
+        binds: dict[str, dict[str, str]] = super().volume_binds
+        for path in self.group_dirs:  # at the same path, so ORACULO_SHARED_DIRS holds inside
+            binds[path] = {"bind": path, "mode": "rw"}
+        return binds
+
     async def create_object(self) -> Any:
         gpu = self.assign_gpu()  # the card start() took (the same one again)
-        configured = getattr(self, "extra_host_config")  # noqa: B009 - untyped trait
+        if self._configured_host_config is None:
+            # What the operator configured, kept apart from what this start adds to it, so
+            # a later start drops a GPU or a group the user no longer has.
+            self._configured_host_config = getattr(self, "extra_host_config")  # noqa: B009 - untyped
+        configured = self._configured_host_config
         if callable(configured):
             configured = configured(self)
         extra: dict[str, Any] = {**docker_host_config(self), **dict(configured)}
+        if self.group_gids:
+            extra["group_add"] = [*extra.get("group_add", []), *map(str, self.group_gids)]
         if gpu is not None:
             extra["device_requests"] = [
                 {

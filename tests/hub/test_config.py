@@ -104,3 +104,18 @@ def test_root_process_mode_allows_root(clean_env: None) -> None:
     args = build().Spawner.args
     assert ("--ServerApp.allow_root=True" in args) == (os.geteuid() == 0)
     assert "--ServerApp.allow_root=True" not in build(spawner="system-users").Spawner.args
+
+
+def test_group_folders(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    c = build()
+    assert c.GroupFolders.enabled is True
+    assert c.GroupFolders.root == os.path.join(str(tmp_path), ".data", "groups")
+    # Other accounts cannot reach into data_dir (0700), so system users' folders live apart.
+    assert build(spawner="system-users").GroupFolders.root == "/srv/oraculo/groups"
+    assert build(groups_dir="/data/shared").GroupFolders.root == "/data/shared"
+    monkeypatch.setenv("ORACULO_GROUPS_DIR", "/mnt/groups")
+    monkeypatch.setenv("ORACULO_GROUP_FOLDERS", "0")
+    c = build(spawner="system-users")
+    assert (c.GroupFolders.root, c.GroupFolders.enabled) == ("/mnt/groups", False)

@@ -1,0 +1,258 @@
+"""Shared folders per hub group: names, links in homes, Docker mounts, and real OS permissions.
+
+The system-users tests run a real hub as root: the members' servers start as OS accounts of
+their own and their kernels read and write the folder; a non-member's kernel is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from oraculo.hub.groups import MAX_SLUG, SHARED_DIRS_ENV, GroupFolders, group_slug
+from tests.harness import ADMIN_PASSWORD, HubClient, HubProcess, User, new_user
+from tests.hub.fakes import FakeDockerAPI, make_spawner
+
+SLUG_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def test_names_that_fit_are_kept() -> None:
+    for name in ("cohort", "team_a-2025", "a" * MAX_SLUG, "0day"):
+        assert group_slug(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "..", "/etc", "Cohort A", "-rf", "a" * 40, "", "año", "x/../../y"]
+)
+def test_other_names_are_mapped_inside_the_root(name: str, tmp_path: Path) -> None:
+    slug = group_slug(name)
+    assert set(slug) <= SLUG_CHARS and slug[0].isalnum() and 0 < len(slug) <= MAX_SLUG
+    assert GroupFolders(root=str(tmp_path)).folder(name).parent == tmp_path
+
+
+def test_mapped_names_do_not_collide() -> None:
+    names = ["Cohort A", "cohort-a", "cohort a", "COHORT-A", "../cohort-a", "a" * 30, "a" * 31]
+    assert len({group_slug(n) for n in names}) == len(names)
+
+
+def test_the_user_server_reads_the_hubs_folders(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from oraculo.extensions.services.agents import AgentsService
+    from oraculo.extensions.services.embeddings import EmbeddingClient
+    from oraculo.extensions.services.modelclient import ModelClient
+    from oraculo.extensions.services.rag import WorkspaceIndex
+
+    monkeypatch.setenv(SHARED_DIRS_ENV, os.pathsep.join(["/g/cohort", "/g/team"]))
+    monkeypatch.setenv("ORACULO_SHARED_AGENT_DIRS", os.pathsep.join(["/agents", "/g/team"]))
+    index = WorkspaceIndex(EmbeddingClient(), root=str(tmp_path), path=str(tmp_path / "store"))
+    assert index.extra_paths == ["/g/cohort", "/g/team"]
+    agents = AgentsService(
+        root_dir=str(tmp_path), user="ana", models=ModelClient(), execute=lambda: None
+    )
+    assert agents.shared_dirs == ["/agents", "/g/team", "/g/cohort"]
+
+
+# --- links in the user's home -------------------------------------------------------------------
+
+
+def test_home_links_never_replace_the_users_own(tmp_path: Path) -> None:
+    folders = GroupFolders(root=str(tmp_path / "groups"))
+    made = list(folders.ensure_folders(["cohort", "team", "mine"]))
+    home = tmp_path / "home"
+    (home / "shared").mkdir(parents=True)
+    (home / "shared" / "mine").write_text("the user's own file")
+    (home / "shared" / "elsewhere").symlink_to("/tmp")
+    owner = (os.getuid(), os.getgid())
+
+    folders.link_into_home(str(home), made, owner)
+    assert os.readlink(home / "shared" / "cohort") == str(tmp_path / "groups" / "cohort")
+    assert os.readlink(home / "shared" / "team") == str(tmp_path / "groups" / "team")
+    assert (home / "shared" / "mine").read_text() == "the user's own file"
+
+    # Left "team": its link goes, the user's own link stays.
+    folders.link_into_home(str(home), made[:1], owner)
+    assert sorted(p.name for p in (home / "shared").iterdir()) == ["cohort", "elsewhere", "mine"]
+
+
+def test_a_home_link_folder_that_is_a_link_is_not_followed(tmp_path: Path) -> None:
+    folders = GroupFolders(root=str(tmp_path / "groups"))
+    made = list(folders.ensure_folders(["cohort"]))
+    home, decoy = tmp_path / "home", tmp_path / "decoy"
+    home.mkdir()
+    decoy.mkdir()
+    (home / "shared").symlink_to(decoy)
+    folders.link_into_home(str(home), made, (os.getuid(), os.getgid()))
+    assert list(decoy.iterdir()) == []
+
+
+# --- docker: only the user's groups are mounted ---------------------------------------------
+
+
+@pytest.fixture
+def group_names() -> Iterator[list[str]]:
+    """Unique hub group names; their OS groups (made when running as root) go afterwards."""
+    tag = uuid.uuid4().hex[:6]
+    names = [f"cohort-{tag}", f"../team-{tag}"]
+    yield names
+    for name in names:
+        subprocess.run(["groupdel", f"oraculo-{group_slug(name)}"], capture_output=True)
+
+
+async def test_docker_mounts_the_users_group_folders(
+    fake_docker: FakeDockerAPI, group_names: list[str], tmp_path: Path
+) -> None:
+    config = Config()
+    config.GpuAllocator.gpu_ids = []
+    config.GroupFolders.root = str(tmp_path / "groups")
+    spawner = make_spawner("ada", config, groups=tuple(group_names))
+    await spawner.start()
+    [create] = [kw for call, _, kw in fake_docker.calls if call == "create_container"]
+    paths = [str(tmp_path / "groups" / group_slug(n)) for n in sorted(group_names)]
+    binds = create["host_config"]["Binds"]
+    assert binds == ["oraculo-home-ada:/home/jovyan:rw", *(f"{p}:{p}:rw" for p in paths)]
+    assert create["environment"][SHARED_DIRS_ENV] == os.pathsep.join(paths)
+    if os.geteuid() == 0:
+        gids = [str(grp.getgrnam(f"oraculo-{group_slug(n)}").gr_gid) for n in group_names]
+        assert sorted(create["host_config"]["GroupAdd"]) == sorted(gids)
+        assert stat.S_IMODE(os.stat(paths[0]).st_mode) == 0o2770
+
+    # Out of both groups: the next container mounts neither and joins no group.
+    await spawner.stop()
+    spawner.user.groups = []
+    await spawner.start()
+    [_, again] = [kw for call, _, kw in fake_docker.calls if call == "create_container"]
+    assert again["host_config"]["Binds"] == ["oraculo-home-ada:/home/jovyan:rw"]
+    assert "GroupAdd" not in again["host_config"]
+    assert SHARED_DIRS_ENV not in again["environment"]
+
+
+# --- system-users: real OS accounts, real permissions -------------------------------------------
+
+
+class Cohort:
+    """A system-users hub with three users: ana and ben are in hub group ``group``, eve not."""
+
+    def __init__(self, hub: HubProcess, admin: User, group: str, users: list[User]) -> None:
+        self.hub, self.admin, self.group = hub, admin, group
+        self.ana, self.ben, self.eve = users
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.hub.env["ORACULO_GROUPS_DIR"]) / self.group
+
+    async def read(self, user: User, path: Path) -> dict[str, object]:
+        kernel = await user.start_kernel()
+        return await user.execute(kernel, f"print(open({str(path)!r}).read(), end='')")
+
+
+@pytest.fixture(scope="module")
+async def cohort(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cohort]:
+    tag = uuid.uuid4().hex[:6]
+    groups_dir = Path(f"/tmp/oraculo-groups-{tag}")  # /tmp lets other accounts traverse
+    hub = HubProcess(
+        tmp_path_factory.mktemp("hub-groups"),
+        spawner="system-users",
+        env={"ORACULO_GROUPS_DIR": str(groups_dir)},
+    )
+    await hub.start()
+    group = f"cohort-{tag}"
+    names = [f"g{tag}{n}" for n in ("a", "b", "e")]
+    admin_client = HubClient(hub)
+    people: list[User] = []
+    try:
+        await admin_client.login("admin", ADMIN_PASSWORD)
+        admin = User("admin", await admin_client.token("admin"), admin_client)
+        signup = HubClient(hub)
+        for name in names:
+            people.append(await new_user(signup, name))
+        await signup.aclose()
+        r = await admin.api("POST", f"/hub/api/groups/{group}", json={"users": names[:2]})
+        assert r.status_code == 201, r.text
+        await asyncio.gather(*(person.spawn() for person in people))
+        yield Cohort(hub, admin, group, people)
+    finally:
+        for person in people:
+            await person.client.aclose()
+        await admin_client.aclose()
+        hub.stop()
+        for name in names:
+            subprocess.run(["userdel", "--remove", f"jupyter-{name}"], capture_output=True)
+        subprocess.run(["groupdel", f"oraculo-{group}"], capture_output=True)
+        shutil.rmtree(groups_dir, ignore_errors=True)
+
+
+@pytest.mark.root
+async def test_members_share_the_folder_and_others_are_refused(cohort: Cohort) -> None:
+    folder, ana = cohort.folder, cohort.ana
+    st = folder.stat()
+    os_group = grp.getgrnam(f"oraculo-{cohort.group}")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, os_group.gr_gid, 0o2770)
+
+    # ana finds the folder in her home and writes there.
+    kernel = await ana.start_kernel()
+    code = (
+        "import os, pathlib\n"
+        f"p = pathlib.Path.home() / 'shared' / {cohort.group!r} / 'notes.md'\n"
+        "p.write_text('week 1: lists')\n"
+        "print(os.path.realpath(p))"
+    )
+    out = await ana.execute(kernel, code)
+    assert out["error"] is None, out
+    note = folder / "notes.md"
+    assert out["stdout"].strip() == str(note)
+    assert note.stat().st_gid == os_group.gr_gid  # setgid: the file stays the group's
+
+    # ben, in the group too, reads it; eve, who is not, is refused.
+    assert (await cohort.read(cohort.ben, note))["stdout"] == "week 1: lists"
+    out = await cohort.read(cohort.eve, note)
+    assert out["error"] is not None and out["error"]["name"] == "PermissionError", out
+    assert "Errno 13" in str(out["error"]["value"])
+    eve_home = Path(pwd.getpwnam(f"jupyter-{cohort.eve.name}").pw_dir)
+    assert not (eve_home / "shared").exists()
+
+
+@pytest.mark.root
+async def test_the_workspace_index_lists_the_group_folder(cohort: Cohort) -> None:
+    r = await cohort.ana.api("GET", f"/user/{cohort.ana.name}/api/v1/memory/index")
+    assert r.status_code == 200, r.text
+    assert r.json()["extra_paths"] == [str(cohort.folder)]
+    r = await cohort.eve.api("GET", f"/user/{cohort.eve.name}/api/v1/memory/index")
+    assert r.json()["extra_paths"] == []
+
+
+@pytest.mark.root
+async def test_leaving_the_group_takes_access_away_at_the_next_start(cohort: Cohort) -> None:
+    ben = cohort.ben
+    note = cohort.folder / "leaving.md"
+    note.write_text("members only")
+    os.chown(note, 0, grp.getgrnam(f"oraculo-{cohort.group}").gr_gid)
+    os.chmod(note, 0o640)
+    assert (await cohort.read(ben, note))["stdout"] == "members only"
+
+    url = f"/hub/api/groups/{cohort.group}/users"
+    r = await cohort.admin.api("DELETE", url, json={"users": [ben.name]})
+    assert r.status_code == 200, r.text
+    await ben.stop_server()
+    await ben.spawn()
+
+    out = await cohort.read(ben, note)
+    assert out["error"] is not None and out["error"]["name"] == "PermissionError", out
+    os_user = f"jupyter-{ben.name}"
+    assert os_user not in grp.getgrnam(f"oraculo-{cohort.group}").gr_mem
+    home = Path(pwd.getpwnam(os_user).pw_dir)
+    assert not os.path.lexists(home / "shared" / cohort.group)

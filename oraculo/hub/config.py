@@ -283,7 +283,9 @@ class OraculoHub(LoggingConfigurable):
         return services
 
     def singleuser_args(self) -> list[str]:
-        args = list(self.singleuser_extra_args)
+        # Extensions come with the environment or image: JupyterLab's PyPI extension manager
+        # would pip-install into it (the shared one, in process mode) from the internet.
+        args = ["--LabApp.extension_manager=readonly", *self.singleuser_extra_args]
         if self.spawner == "process" and os.geteuid() == 0:
             # Every server runs as the hub's account; as root, Jupyter must be told it may.
             args.append("--ServerApp.allow_root=True")
@@ -320,7 +322,10 @@ class OraculoHub(LoggingConfigurable):
             c.NativeAuthenticator.seconds_before_next_try = 60
 
         c.JupyterHub.spawner_class = SPAWNERS[self.spawner]
-        c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+        if self.spawner == "docker":  # the image's command, in the image's Python
+            c.DockerSpawner.cmd = []
+        else:
+            c.Spawner.cmd = [sys.executable, "-m", "oraculo.singleuser"]
         c.Spawner.args = self.singleuser_args()
         c.Spawner.default_url = "/lab"
         c.Spawner.start_timeout = 120

@@ -6,7 +6,9 @@ config) with the calls that would go over the socket answered locally and record
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -15,6 +17,14 @@ from jupyterhub.objects import Hub, Server
 from traitlets.config import Config
 
 from oraculo.hub.spawners import OraculoDockerSpawner
+
+
+def dockerfile_cmd() -> list[str]:
+    """The ``CMD`` that deploy/docker/Dockerfile declares (exec form), as the image reports it."""
+    dockerfile = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "Dockerfile"
+    line = next(x for x in dockerfile.read_text().splitlines() if x.startswith("CMD "))
+    cmd: list[str] = json.loads(line[4:])
+    return cmd
 
 
 class FakeDockerAPI(docker.APIClient):
@@ -27,8 +37,7 @@ class FakeDockerAPI(docker.APIClient):
 
     def inspect_image(self, image: str) -> dict[str, Any]:
         self.calls.append(("inspect_image", (image,), {}))
-        # What deploy/docker/Dockerfile declares.
-        return {"Id": "sha256:feed", "Config": {"Cmd": ["jupyterhub-singleuser"]}}
+        return {"Id": "sha256:feed", "Config": {"Cmd": dockerfile_cmd()}}
 
     def inspect_container(self, container: str) -> dict[str, Any]:
         self.calls.append(("inspect_container", (container,), {}))

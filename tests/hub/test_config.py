@@ -38,7 +38,8 @@ def test_embedded_defaults(clean_env: None, tmp_path: os.PathLike[str]) -> None:
     assert c.Authenticator.admin_users == {"admin"}
     assert c.NativeAuthenticator.open_signup is False
     assert c.Spawner.default_url == "/lab"
-    assert c.Spawner.cmd == [sys.executable, "-m", "jupyterhub.singleuser"]
+    assert c.Spawner.cmd == [sys.executable, "-m", "oraculo.singleuser"]
+    assert c.Spawner.args[0] == "--LabApp.extension_manager=readonly"
     assert c.Spawner.server_token_scopes == SERVER_TOKEN_SCOPES
     assert c.Spawner.environment["ORACULO_MODELS_URL"] == "http://127.0.0.1:8000/services/models/"
     assert c.ConfigurableHTTPProxy.command[0].endswith("configurable-http-proxy")
@@ -53,6 +54,8 @@ def test_environment_overrides(clean_env: None, monkeypatch: pytest.MonkeyPatch)
     c = build()
     assert c.JupyterHub.bind_url == "http://127.0.0.1:9000"
     assert c.JupyterHub.spawner_class == "oraculo-docker"
+    # the image's own command and Python, never the hub's interpreter path
+    assert c.DockerSpawner.cmd == [] and "cmd" not in c.Spawner
     assert c.Authenticator.admin_users == {"ada", "grace"}
     assert c.JupyterHub.db_url == "postgresql://hub@db/hub"
 

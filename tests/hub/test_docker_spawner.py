@@ -23,7 +23,7 @@ async def test_container_gets_image_home_volume_and_gpu(fake_docker: FakeDockerA
     assert [kw["name"] for kw in creates] == ["jupyter-ada", "jupyter-grace", "jupyter-linus"]
     ada = creates[0]
     assert ada["image"] == "oraculo/singleuser:latest"
-    assert ada["command"][0] == "jupyterhub-singleuser"
+    assert ada["command"][:3] == ["python", "-m", "oraculo.singleuser"]
     assert ada["environment"]["JUPYTERHUB_USER"] == "ada"
     assert ada["environment"]["JUPYTERHUB_API_TOKEN"] == "token-ada"
     host = ada["host_config"]

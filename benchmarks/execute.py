@@ -93,7 +93,7 @@ def server_url(user: str) -> str:
     """The user's server on loopback, from JUPYTERHUB_SERVICE_URL in its environment."""
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "jupyterhub.singleuser" not in cmd:
+        if "oraculo.singleuser" not in cmd:
             continue
         try:
             env = p.environ()

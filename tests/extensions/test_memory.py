@@ -296,7 +296,7 @@ def server_process(hub: HubProcess, name: str) -> psutil.Process:
     assert hub.proc is not None
     for p in psutil.Process(hub.proc.pid).children(recursive=True):
         try:
-            if "jupyterhub.singleuser" in " ".join(p.cmdline()):
+            if "oraculo.singleuser" in " ".join(p.cmdline()):
                 if p.environ().get("JUPYTERHUB_USER") == name:
                     return p
         except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -23,10 +23,8 @@ import datetime as dt
 import os
 import re
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel
 from traitlets import Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -34,6 +32,9 @@ from traitlets.config import LoggingConfigurable
 from oraculo.extensions.errors import BadRequest, Conflict
 from oraculo.extensions.services.embeddings import EmbeddingClient
 from oraculo.extensions.services.memory_store import LanceStore, sql_string
+
+if TYPE_CHECKING:  # loaded with the first store use, not at server start
+    import pyarrow as pa
 
 TABLE = "memories"
 SCOPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
@@ -198,6 +199,8 @@ class MemoryService(LoggingConfigurable):
         order = await table.query().select(["key", "updated_at"]).to_arrow()
         if order.num_rows == 0 or offset >= order.num_rows:
             return []
+        import pyarrow.compute as pc
+
         idx = pc.sort_indices(order, [("updated_at", "descending"), ("key", "ascending")])
         keys = order["key"].take(idx).slice(offset, limit).to_pylist()
         rows = await self.store.where(
@@ -251,6 +254,8 @@ def embed_text(key: str, value: str) -> str:
 
 
 def schema(dim: int) -> pa.Schema:
+    import pyarrow as pa
+
     return pa.schema(
         [
             pa.field("key", pa.string(), nullable=False),

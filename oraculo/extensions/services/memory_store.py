@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
+if TYPE_CHECKING:  # numpy and pyarrow load with the first store use, not at server start
+    import pyarrow as pa
 
 from oraculo.extensions.errors import Conflict
 
@@ -112,6 +112,8 @@ class LanceStore:
                 f"The store at {self.path} holds {have}-dimensional vectors but the embedding "
                 f"model gives {dim}: the embedding model changed."
             )
+        import pyarrow as pa
+
         data = pa.Table.from_pylist(rows, schema=schema)
         await (
             table.merge_insert(self.key)
@@ -123,6 +125,8 @@ class LanceStore:
     async def add(self, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
         """Append rows whose keys are known to be new (faster than a merge)."""
         table = await self.table(create_with=schema)
+        import pyarrow as pa
+
         await table.add(pa.Table.from_pylist(rows, schema=schema))
 
     async def get(self, key: str) -> dict[str, Any] | None:
@@ -182,6 +186,8 @@ class LanceStore:
                 scores[key] = scores.get(key, 0.0) + 1.0 / (RRF_K + rank)
                 rows.setdefault(key, row)
         best = sorted(scores, key=lambda key: -scores[key])[:k]
+        import numpy as np
+
         q = np.asarray(vector, dtype=np.float32)
         q_norm = float(np.linalg.norm(q)) or 1.0
         drop = {*(exclude or []), "vector", "_distance", "_score"}

@@ -29,9 +29,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from pydantic import BaseModel
 from traitlets import Bool, Float, Integer, List, Set, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -39,6 +38,9 @@ from traitlets.config import LoggingConfigurable
 from oraculo.extensions.errors import BadRequest, OraculoError
 from oraculo.extensions.services.embeddings import EmbeddingClient
 from oraculo.extensions.services.memory_store import LanceStore, sql_string
+
+if TYPE_CHECKING:  # loaded with the first store use, not at server start
+    import pyarrow as pa
 from oraculo.extensions.services.rag_files import SUFFIXES, Chunk, Unreadable, chunk_file
 
 TABLE = "passages"
@@ -450,6 +452,8 @@ class WorkspaceIndex(LoggingConfigurable):
 
 
 def schema(dim: int) -> pa.Schema:
+    import pyarrow as pa
+
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),

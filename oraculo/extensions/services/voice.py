@@ -30,14 +30,16 @@ import time
 import uuid
 import wave
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import numpy as np
 from traitlets import Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.errors import OraculoError, Unavailable
+
+if TYPE_CHECKING:  # numpy loads with the first voice session, not at every server start
+    import numpy as np
 
 SAMPLE_RATE = 16_000
 WINDOW = 512  # samples per Silero VAD window (32 ms at 16 kHz)
@@ -50,10 +52,14 @@ Send = Callable[[dict[str, Any] | bytes], bool]
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:
+    import numpy as np
+
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def wav16k(audio: np.ndarray) -> bytes:
+    import numpy as np
+
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -216,6 +222,8 @@ class VoiceSession:
     """One conversation: VAD, utterances, transcripts, replies, barge-in."""
 
     def __init__(self, service: VoiceService, send: Send) -> None:
+        import numpy as np
+
         self.svc = service
         self.send = send
         self.id = uuid.uuid4().hex
@@ -271,6 +279,8 @@ class VoiceSession:
     # --- processing ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        import numpy as np
+
         while True:
             item = await self._inbox.get()
             if item is None:
@@ -289,6 +299,8 @@ class VoiceSession:
                 await self._windows(audio[:whole])
 
     async def _windows(self, audio: np.ndarray) -> None:
+        import numpy as np
+
         ctx = self._history[-WINDOW * 16 :]
         probs = await asyncio.to_thread(self._speech_probs, np.concatenate([ctx, audio]))
         probs = probs[len(ctx) // WINDOW :]
@@ -332,10 +344,14 @@ class VoiceSession:
                 self._partial = self._spawn(self._send_partial(self._utt_id, self._utterance()))
 
     def _speech_probs(self, audio: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         out = self.svc.vad()(audio)
         return np.asarray(out).reshape(-1)
 
     def _utterance(self) -> np.ndarray:
+        import numpy as np
+
         return np.concatenate(self._utt) if self._utt else np.zeros(0, np.float32)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:

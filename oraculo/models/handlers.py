@@ -120,9 +120,14 @@ class HealthHandler(BaseHandler):
 
 
 class MetricsHandler(BaseHandler):
-    auth_required = False
+    """Prometheus metrics, for operators: like JupyterHub's own ``/hub/metrics``, they need a
+    token, here one that may read everyone's usage (admins; a scraper's service token with
+    ``custom:oraculo:usage:read-all``)."""
 
     def get(self) -> None:
+        assert self.identity is not None
+        if not self.identity.can_read_all_usage:
+            raise Forbidden("Metrics are for operators: the token lacks the usage read-all scope.")
         body, content_type = self.service.metrics.render()
         self.set_header("Content-Type", content_type)
         self.finish(body)

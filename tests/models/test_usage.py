@@ -86,3 +86,17 @@ async def test_admin_sees_everyone(http: httpx.AsyncClient) -> None:
     assert everyone["user"] is None
     only_bob = await usage(http, ADMIN, user="bob")
     assert {d["user"] for d in only_bob["data"]} == {"bob"}
+
+
+async def test_metrics_are_for_operators(http: httpx.AsyncClient) -> None:
+    r = await http.post(
+        "/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "x"}, headers=bearer(ALICE)
+    )
+    assert r.status_code == 200, r.text
+    assert_envelope(await http.get("/metrics"), 401)
+    assert_envelope(await http.get("/metrics", headers=bearer(ALICE)), 403)
+    r = await http.get("/metrics", headers=bearer(ADMIN))
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/plain")
+    assert 'oraculo_models_requests_total{endpoint="embeddings"' in r.text
+    assert "alice" not in r.text  # no user names as labels

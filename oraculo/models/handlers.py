@@ -189,7 +189,7 @@ class ChatCompletionsHandler(BaseHandler):
             return
         usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
         text = "".join(parts)
-        message, finish = constrained.final_message(req, text, stream.finish_reason or "stop")
+        message, finish = _final_message(req, stream, text)
         self.write_json(
             completion_body(cid, self.model_name, text, finish, usage, created, message=message)
         )
@@ -225,9 +225,7 @@ class ChatCompletionsHandler(BaseHandler):
             elif stream.finish_reason != "cancelled":
                 finish = stream.finish_reason
                 if held is not None:
-                    message, finish = constrained.final_message(
-                        req, "".join(held), finish or "stop"
-                    )
+                    message, finish = _final_message(req, stream, "".join(held))
                     delta = {k: v for k, v in message.items() if k != "role" and v is not None}
                     for i, call in enumerate(delta.get("tool_calls", [])):
                         call["index"] = i
@@ -253,6 +251,18 @@ class ChatCompletionsHandler(BaseHandler):
         self._gone = True
         if self._stream is not None:
             self._stream.cancel()
+
+
+def _final_message(
+    req: ChatCompletionRequest, stream: ChatStream, text: str
+) -> tuple[dict[str, Any], str]:
+    """The assistant message and finish reason: tool calls an upstream sent as such, else what
+    the text holds (a local model's calls are text that :mod:`.constrained` parses)."""
+    finish = stream.finish_reason or "stop"
+    if stream.tool_calls:
+        message = {"role": "assistant", "content": text or None, "tool_calls": stream.tool_calls}
+        return message, "tool_calls" if finish == "stop" else finish
+    return constrained.final_message(req, text, finish)
 
 
 class EmbeddingsHandler(BaseHandler):

@@ -29,6 +29,9 @@ class ChatStream:
         self.completion_tokens = 0
         self.finish_reason: str | None = None
         self.error: ModelServiceError | None = None
+        #: Tool calls a backend received whole (an upstream's), OpenAI's message shape; set
+        #: before ``finish``. Local models write theirs as text that the handler parses.
+        self.tool_calls: list[dict[str, Any]] | None = None
         self._cancel_cb: Any = None
 
     # producer side (thread-safe)

@@ -97,6 +97,7 @@ class UpstreamBackend(Backend):
     async def _pump(self, resp: httpx.Response, stream: ChatStream) -> None:
         finish, prompt, completion = "stop", 0, 0
         error: ModelServiceError | None = None
+        calls: dict[int, dict[str, Any]] = {}  # streamed tool calls, joined by index
         try:
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
@@ -113,9 +114,12 @@ class UpstreamBackend(Backend):
                     prompt = int(chunk["usage"].get("prompt_tokens", 0))
                     completion = int(chunk["usage"].get("completion_tokens", 0))
                 for choice in chunk.get("choices", []):
-                    text = (choice.get("delta") or {}).get("content")
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content")
                     if text:
                         stream.put(text)
+                    for part in delta.get("tool_calls") or []:
+                        _join_tool_call(calls, part)
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
         except asyncio.CancelledError:
@@ -125,6 +129,8 @@ class UpstreamBackend(Backend):
         finally:
             with contextlib.suppress(Exception):
                 await resp.aclose()
+            if calls and error is None:
+                stream.tool_calls = [calls[i] for i in sorted(calls)]
             stream.finish(finish, prompt, completion, error)
 
     async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
@@ -141,3 +147,17 @@ class UpstreamBackend(Backend):
         body = resp.json()
         data = sorted(body["data"], key=lambda d: d["index"])
         return [d["embedding"] for d in data], int(body.get("usage", {}).get("prompt_tokens", 0))
+
+
+def _join_tool_call(calls: dict[int, dict[str, Any]], part: dict[str, Any]) -> None:
+    """Add one streamed ``tool_calls`` delta: the first part of a call carries its id, type and
+    name; later parts carry pieces of its ``arguments`` string."""
+    index = int(part.get("index", len(calls)))
+    call = calls.setdefault(
+        index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    call["id"] = part.get("id") or call["id"]
+    call["type"] = part.get("type") or call["type"]
+    function = part.get("function") or {}
+    call["function"]["name"] += function.get("name") or ""
+    call["function"]["arguments"] += function.get("arguments") or ""

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import ADMIN_PASSWORD, HubClient, HubProcess, User, new_user
+from tests.harness import ADMIN_PASSWORD, HubClient, HubProcess, User, new_user, wait_for
 
 MIB = 1024 * 1024
 LIMITS = {
@@ -142,6 +142,7 @@ async def test_another_users_token_is_refused_everywhere(users: dict[str, User])
     calls = [
         ("POST", base, {"code": "print(secret)"}),
         ("GET", f"{base}/{done['execution_id']}", None),
+        ("DELETE", f"{base}/{done['execution_id']}", None),
         ("GET", f"{base}/audit", None),
         ("GET", f"{base}/audit?format=jsonl", None),
     ]
@@ -210,6 +211,40 @@ async def test_detach_then_reattach(users: dict[str, User]) -> None:
     done = (await ana.api("GET", f"{location}?wait=30")).json()
     assert done["status"] == "ok" and done["stdout"] == "done\n"
     assert (await ana.api("GET", location)).json() == done
+
+
+async def test_cancel_a_running_and_a_queued_execution(users: dict[str, User]) -> None:
+    ana = users["ana"]
+    base = f"/user/{ana.name}/api/v1/execute"
+    await run(ana, code="kept = 'still here'\nran = []")
+    long = await run(ana, 202, code="import time\ntime.sleep(60)", detach=True, timeout=30)
+    queued = await run(ana, 202, code="ran.append('queued')", detach=True)
+
+    async def started() -> bool:  # the kernel is busy with the first
+        r = await ana.api("GET", f"{base}/audit", params={"execution_id": long["execution_id"]})
+        return bool(r.json()["records"])
+
+    await wait_for(started, 10, "the long execution to start")
+    r = await ana.api("DELETE", f"{base}/{queued['execution_id']}")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled" and r.json()["error"]["name"] == "Cancelled"
+    r = await ana.api("DELETE", f"{base}/{long['execution_id']}", timeout=30)
+    assert r.status_code == 200, r.text
+    stopped = r.json()
+    assert stopped["status"] == "cancelled", stopped
+    assert stopped["error"] == {
+        "name": "Cancelled", "value": f"Cancelled by {ana.name}", "traceback": [], "limit": None,
+    }  # fmt: skip
+    assert stopped["finished_at"] is not None  # stopped, 60 s of sleep cut short
+    # interrupted, not restarted: the kernel's state is kept; the queued code never ran
+    out = await run(ana, code="kept, ran")
+    assert out["results"][0]["text/plain"] == "('still here', [])"
+    again = await ana.api("DELETE", f"{base}/{long['execution_id']}")  # answered as it is
+    assert again.json()["status"] == "cancelled"
+    assert_envelope(await ana.api("DELETE", f"{base}/{'0' * 32}"), 404, "not_found")
+    records = (await ana.api("GET", f"{base}/audit")).json()["records"]
+    finished = {r["execution_id"]: r for r in records if r["event"] == "finished"}
+    assert finished[long["execution_id"]]["status"] == "cancelled"
 
 
 async def test_executions_on_one_kernel_run_in_order(users: dict[str, User]) -> None:

@@ -36,7 +36,8 @@ class ExecuteHandler(OraculoAPIHandler):
 
 
 class ExecutionHandler(OraculoAPIHandler):
-    """``GET /api/v1/execute/{id}[?wait=seconds]``: an execution's result (so far)."""
+    """``GET /api/v1/execute/{id}[?wait=seconds]``: an execution's result (so far);
+    ``DELETE /api/v1/execute/{id}``: cancel it, answered with its result once it has stopped."""
 
     @web.authenticated
     @authorized
@@ -50,6 +51,13 @@ class ExecutionHandler(OraculoAPIHandler):
             result = await service.wait(execution_id, min(wait, MAX_WAIT))
         else:
             result = service.get(execution_id)
+        self.finish(result.model_dump(mode="json"))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, execution_id: str) -> None:
+        service = self.feature("execute").service
+        result = await service.cancel(execution_id, actor=self.current_user.username)
         self.finish(result.model_dump(mode="json"))
 
 

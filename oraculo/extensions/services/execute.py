@@ -15,11 +15,14 @@ Other features call it in process (chat "run" blocks, agents' tool calls)::
     )                              # -> ExecutionResult (pydantic)
     result = service.get(execution_id)            # the result so far (NotFound if unknown)
     result = await service.wait(execution_id, 5)  # ...or once done, waiting up to 5 s
+    result = await service.cancel(execution_id, actor="alice")  # stop it (status "cancelled")
 
 Executions on one kernel run one at a time, in the order they arrive. A timeout is enforced from
 the moment the kernel starts the code: the kernel is interrupted and, if it has not answered
 ``interrupt_grace`` seconds later, killed (with every process it started) and restarted in the
-background; the answer says which happened.
+background; the answer says which happened. Cancelling stops code the same way (interrupt, then
+kill) or takes it off the kernel's queue before it starts; a caller that awaits ``execute`` and
+is itself cancelled (an agent run being cancelled) cancels its execution.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class ExecutionResult(BaseModel):
     """What ``POST /api/v1/execute`` and ``GET /api/v1/execute/{id}`` answer."""
 
     execution_id: str
-    status: Literal["running", "ok", "error", "timeout"]
+    status: Literal["running", "ok", "error", "timeout", "cancelled"]
     language: str
     session: str  # the kernel id
     origin: str
@@ -165,6 +168,9 @@ class _Execution:
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.size = 0  # characters held, once done
+        self.started = False  # the kernel has been sent the code
+        self.ended = False  # ...and is done with it: too late to cancel
+        self.cancelled_by: str | None = None
 
 
 def _now() -> str:
@@ -289,8 +295,38 @@ class ExecuteService(LoggingConfigurable):
         execution.task = asyncio.create_task(self._run(execution, code, timeout))
         if detach:
             return result.model_copy()
-        await asyncio.shield(execution.done.wait())
+        try:
+            await asyncio.shield(execution.done.wait())
+        except asyncio.CancelledError:  # whoever waited is gone (a cancelled agent run)
+            self._request_cancel(execution, actor or origin)
+            raise
         return result.model_copy()
+
+    async def cancel(self, execution_id: str, actor: str) -> ExecutionResult:
+        """Stop an execution: off the queue if it has not started, else interrupted (killed
+        and restarted if it ignores the interrupt). Answers its result once it has stopped;
+        a finished execution is answered as it is."""
+        execution = self._executions.get(execution_id)
+        if execution is None:
+            raise NotFound(f"No execution {execution_id!r}")
+        if not execution.done.is_set():
+            self._request_cancel(execution, actor)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(execution.done.wait()), self.interrupt_grace + 5
+                )
+        return execution.result.model_copy()
+
+    def _request_cancel(self, execution: _Execution, actor: str) -> None:
+        if execution.done.is_set() or execution.ended or execution.cancelled_by is not None:
+            return
+        execution.cancelled_by = actor
+        result = execution.result
+        result.status = "cancelled"
+        result.error = ExecutionError(name="Cancelled", value=f"Cancelled by {actor}")
+        if not execution.started and execution.task is not None:
+            execution.task.cancel()  # still waiting for the kernel: it never runs
+        # else: the running loop sees ``cancelled_by`` within half a second and interrupts
 
     def get(self, execution_id: str) -> ExecutionResult:
         execution = self._executions.get(execution_id)
@@ -384,6 +420,7 @@ class ExecuteService(LoggingConfigurable):
                 hits_before = prov.process_limit_hits() if prov is not None else 0
                 try:
                     restart = await self._execute(kernel, execution, code, timeout, out)
+                    execution.ended = True
                 except Exception as e:
                     self.log.exception("execution %s failed", result.execution_id)
                     result.status = "error"
@@ -419,10 +456,15 @@ class ExecuteService(LoggingConfigurable):
                     await channel(timeout=0)
         if result.language == "bash":
             code = "%%bash\n" + code
+        if execution.cancelled_by is not None:
+            return False
+        execution.started = True
         msg_id = client.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)
         deadline: float | None = None
         queued_until = time.monotonic() + self.limits.wall_clock_seconds
         while True:
+            if execution.cancelled_by is not None:
+                return await self._interrupt(kernel, client, msg_id, out) == "restarted"
             now = time.monotonic()
             limit_at = deadline if deadline is not None else queued_until
             if now >= limit_at:
@@ -479,11 +521,20 @@ class ExecuteService(LoggingConfigurable):
         out: _Output,
     ) -> bool:
         """Interrupt; if the kernel does not go idle within the grace, kill it. True: restart."""
-        km = self.kernel_manager.get_kernel(kernel.id)
         result.status = "timeout"
         result.error = ExecutionError(
             name="TimeoutError", value=f"Execution exceeded {timeout:g} s", limit="timeout"
         )
+        action = await self._interrupt(kernel, client, msg_id, out)
+        result.timeout = TimeoutInfo(seconds=timeout, action=action)
+        return action == "restarted"
+
+    async def _interrupt(
+        self, kernel: _Kernel, client: Any, msg_id: str, out: _Output
+    ) -> Literal["interrupted", "restarted"]:
+        """Interrupt the running code; if the kernel does not go idle within the grace, kill it
+        (it is restarted once the execution has answered)."""
+        km = self.kernel_manager.get_kernel(kernel.id)
         with contextlib.suppress(Exception):
             done = km.interrupt_kernel()
             if inspect.isawaitable(done):
@@ -498,8 +549,7 @@ class ExecuteService(LoggingConfigurable):
                 continue
             kind, content = msg["msg_type"], msg["content"]
             if kind == "status" and content.get("execution_state") == "idle":
-                result.timeout = TimeoutInfo(seconds=timeout, action="interrupted")
-                return False
+                return "interrupted"
             if kind == "stream":
                 out.stream(content.get("name", "stdout"), content.get("text", ""))
         # No answer: kill the kernel and everything it started, now; restart after answering.
@@ -507,8 +557,7 @@ class ExecuteService(LoggingConfigurable):
         with contextlib.suppress(Exception):
             km.stop_restarter()
             await km.provisioner.kill()
-        result.timeout = TimeoutInfo(seconds=timeout, action="restarted")
-        return True
+        return "restarted"
 
     def _process_limit(self, result: ExecutionResult, hits: int) -> None:
         note = (

@@ -254,6 +254,45 @@ async def test_cancel_and_other_users(alice: User, mallory: User) -> None:
     await wait_for(listed_cancelled, 10, "the cancelled run in the list")
 
 
+SLEEPER = agent_notebook(
+    "sleeper",
+    "Call nap.",
+    [
+        '''def nap(how: "Literal['long']") -> str:
+    """Sleep for two minutes."""
+    import time
+    time.sleep(120)
+    return "rested"'''
+    ],
+    require_tool=True,
+    max_steps=1,
+)
+
+
+async def test_cancel_stops_the_tool_running_in_the_kernel(alice: User) -> None:
+    await setup_agents(alice)
+    await put_notebook(alice, "agents/sleeper.ipynb", SLEEPER)
+    run = await start(alice, goal="Take a nap.", agents=["sleeper"])
+
+    async def audited(event: str) -> dict[str, Any] | None:
+        r = await alice.api("GET", f"/user/{alice.name}/api/v1/execute/audit")
+        for rec in r.json()["records"]:
+            if rec["event"] == event and rec["origin"] == "agent:sleeper":
+                return dict(rec)
+        return None
+
+    await wait_for(lambda: audited("started"), 120, "the agent's tool to start in the kernel")
+    r = await api(alice, "POST", f"/runs/{run['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    # the nap is interrupted in the kernel, not left to run out its two minutes
+    finished = await wait_for(lambda: audited("finished"), 20, "the tool's execution to stop")
+    assert finished["status"] == "cancelled", finished
+    r = await alice.api(
+        "POST", f"/user/{alice.name}/api/v1/execute", json={"code": "1 + 1"}, timeout=30
+    )
+    assert r.json()["results"] == [{"text/plain": "2"}], r.text
+
+
 async def test_a_run_resumes_after_a_server_restart(alice: User) -> None:
     await setup_agents(alice)
     run = await start(alice, goal="Record beta.", agents=["planner", "recorder"])

@@ -5,12 +5,16 @@
 2. The service (``python -m oraculo.models``, standalone, started here on a free port) at 1, 4,
    16 and 32 concurrent streaming clients (``--streams``): aggregate completion tokens/s, time to
    first token p50/p95, per-stream tokens/s (median over requests, from first token to last).
+   ``--engines`` starts one service per engine scheduling (prefill chunk budget / prefix cache
+   tokens; ``0/0`` is the original all-at-once prefill) and measures them in turn at each level,
+   so that the comparison shares the machine's state of the moment.
 3. Optional: llama.cpp single-stream on the same GGUF, when ``llama_cpp`` is importable.
 
 Usage::
 
-    .venv/bin/python benchmarks/model_service.py                   # CPU, 1/4/16/32 streams
-    .venv/bin/python benchmarks/model_service.py --device cuda --streams 1,16,64
+    .venv/bin/python -m benchmarks.model_service                   # CPU, 1/4/16/32 streams
+    .venv/bin/python -m benchmarks.model_service --device cuda --streams 1,16,64
+    .venv/bin/python -m benchmarks.model_service --skip-baseline --engines 0/0,128/0,128/2048
 
 Writes a markdown table to stdout and JSON to ``benchmarks/results/model_service-<time>.json``.
 """
@@ -49,6 +53,16 @@ PROMPTS = [
     "List the planets of the solar system and one fact about each.",
 ]
 KEY = "bench-key-0123456789"
+#: Starts the service with the engine's scheduling defaults replaced: a model declaration has no
+#: field for them (yet), and the comparison needs both schedulings in one run.
+SERVICE_WITH_ENGINE = """
+import sys
+from oraculo.models.app import main
+from oraculo.models.engine import BatchEngine
+BatchEngine.default_prefill_chunk_tokens = int(sys.argv[1])
+BatchEngine.default_prefix_cache_tokens = int(sys.argv[2])
+main(sys.argv[3:])
+"""
 
 
 def free_port() -> int:
@@ -171,8 +185,14 @@ def llama_cpp_single(args: argparse.Namespace) -> dict[str, Any] | None:
 class Service:
     """The model service as a subprocess, chat model only, sized for the largest stream count."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, workdir: Path, engine: tuple[int, int] | None = None
+    ) -> None:
+        self.engine = engine
         self.port = free_port()
+        workdir = workdir / str(self.port)
+        workdir.mkdir()
+        self.log_path = workdir / "service.log"
         self.url = f"http://127.0.0.1:{self.port}"
         chat = {
             "name": "smollm2-135m-instruct",
@@ -194,12 +214,14 @@ class Service:
             "ORACULO_DATA_DIR": str(workdir / "data"),
         }
         env.pop("JUPYTERHUB_API_TOKEN", None)
-        self.log = open(workdir / "service.log", "wb")
+        self.log = open(self.log_path, "wb")
+        start = ["-m", "oraculo.models"]
+        if engine is not None:
+            start = ["-c", SERVICE_WITH_ENGINE, str(engine[0]), str(engine[1])]
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "oraculo.models",
+                *start,
                 "--port",
                 str(self.port),
                 "--ip",
@@ -218,7 +240,8 @@ class Service:
         async with httpx.AsyncClient(timeout=5) as c:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("model service exited; see its log")
+                    tail = self.log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"model service exited:\n{tail}")
                 try:
                     if (await c.get(f"{self.url}/health")).json()["status"] == "ok":
                         return
@@ -268,7 +291,14 @@ async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> 
     }
 
 
-async def run_level(url: str, streams: int, per_stream: int, max_tokens: int) -> dict[str, Any]:
+async def run_level(
+    url: str,
+    streams: int,
+    per_stream: int,
+    max_tokens: int,
+    mode: str = "oraculo.models",
+    tag: str = "Question",
+) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=streams + 4)
     async with httpx.AsyncClient(
         base_url=url, timeout=600, limits=limits, headers={"Authorization": f"Bearer {KEY}"}
@@ -276,7 +306,13 @@ async def run_level(url: str, streams: int, per_stream: int, max_tokens: int) ->
 
         async def client(i: int) -> list[dict[str, float]]:
             return [
-                await one_request(http, PROMPTS[(i + j) % len(PROMPTS)], max_tokens)
+                # numbered, so that no two requests send the same prompt (a prefix cache would
+                # otherwise skip all but one token of a repeat); they still share the system prompt
+                await one_request(
+                    http,
+                    f"{tag} {j * streams + i}: {PROMPTS[(i + j) % len(PROMPTS)]}",
+                    max_tokens,
+                )
                 for j in range(per_stream)
             ]
 
@@ -288,7 +324,7 @@ async def run_level(url: str, streams: int, per_stream: int, max_tokens: int) ->
     ttfts = [r["ttft"] for r in results]
     rates = [r["stream_tok_s"] for r in results if r["stream_tok_s"] == r["stream_tok_s"]]
     return {
-        "mode": "oraculo.models (HTTP, SSE)",
+        "mode": f"{mode} (HTTP, SSE)",
         "streams": streams,
         "requests": len(results),
         "tokens": tokens,
@@ -326,8 +362,17 @@ async def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument(
+        "--engines",
+        default="",
+        help="engine schedulings to compare, comma separated, each PREFILL_CHUNK/PREFIX_CACHE\n"
+        "tokens (0/0: the original all-at-once prefill); default: the engine's defaults only",
+    )
     args = p.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
+    engines: list[tuple[int, int] | None] = [None]
+    if args.engines:
+        engines = [(int(e.split("/")[0]), int(e.split("/")[1])) for e in args.engines.split(",")]
 
     rows: list[dict[str, Any]] = []
     if not args.skip_baseline:
@@ -336,23 +381,36 @@ async def main() -> None:
     ref = llama_cpp_single(args)
     if ref:
         rows.append(ref)
+    first_service_row = len(rows)
     with tempfile.TemporaryDirectory() as tmp:
-        svc = Service(args, Path(tmp))
+        services: list[Service] = []
         try:
-            await svc.wait_ready()
-            await run_level(svc.url, 1, 1, 8)  # warm-up
+            for engine in engines:
+                services.append(Service(args, Path(tmp), engine))
+            for svc in services:
+                await svc.wait_ready()
+                await run_level(svc.url, 1, 1, 8, tag="Warm-up")
             for n in args.streams:
-                print(f"service: {n} streams ...", file=sys.stderr)
-                rows.append(await run_level(svc.url, n, args.requests_per_stream, args.max_tokens))
+                # each level on every engine in turn: they share the machine's noise
+                for svc in services:
+                    mode = "oraculo.models"
+                    if svc.engine is not None:
+                        mode += f" chunk={svc.engine[0]} prefix={svc.engine[1]}"
+                    print(f"{mode}: {n} streams ...", file=sys.stderr)
+                    rows.append(
+                        await run_level(svc.url, n, args.requests_per_stream, args.max_tokens, mode)
+                    )
         finally:
-            svc.stop()
-    base = rows[0]["agg_tok_s"] if not args.skip_baseline else rows[-len(args.streams)]["agg_tok_s"]
+            for svc in services:
+                svc.stop()
+    base = rows[0]["agg_tok_s"] if not args.skip_baseline else rows[first_service_row]["agg_tok_s"]
     meta = {
         "device": args.device,
         "device_name": device_name(args.device),
         "dtype": args.dtype,
         "threads": args.threads,
         "max_tokens": args.max_tokens,
+        "engines": args.engines,
         "cpu_count": os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

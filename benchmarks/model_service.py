@@ -53,16 +53,6 @@ PROMPTS = [
     "List the planets of the solar system and one fact about each.",
 ]
 KEY = "bench-key-0123456789"
-#: Starts the service with the engine's scheduling defaults replaced: a model declaration has no
-#: field for them (yet), and the comparison needs both schedulings in one run.
-SERVICE_WITH_ENGINE = """
-import sys
-from oraculo.models.app import main
-from oraculo.models.engine import BatchEngine
-BatchEngine.default_prefill_chunk_tokens = int(sys.argv[1])
-BatchEngine.default_prefix_cache_tokens = int(sys.argv[2])
-main(sys.argv[3:])
-"""
 
 
 def free_port() -> int:
@@ -205,6 +195,8 @@ class Service:
             "max_batch_size": max(args.streams),
             "max_waiting": max(args.streams),
         }
+        if engine is not None:
+            chat["prefill_chunk_tokens"], chat["prefix_cache_tokens"] = engine
         config = {"ModelServiceApp": {"models": [chat], "torch_threads": args.threads}}
         (workdir / "config.json").write_text(json.dumps(config))
         (workdir / "keys.json").write_text(json.dumps({KEY: {"name": "bench"}}))
@@ -215,13 +207,11 @@ class Service:
         }
         env.pop("JUPYTERHUB_API_TOKEN", None)
         self.log = open(self.log_path, "wb")
-        start = ["-m", "oraculo.models"]
-        if engine is not None:
-            start = ["-c", SERVICE_WITH_ENGINE, str(engine[0]), str(engine[1])]
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                *start,
+                "-m",
+                "oraculo.models",
                 "--port",
                 str(self.port),
                 "--ip",

@@ -45,6 +45,15 @@ class ModelSpec(BaseModel):
     max_batch_size: int = Field(16, ge=1, description="sequences decoded together (concurrency)")
     max_waiting: int = Field(64, ge=0, description="requests queued beyond the batch; more → 503")
     max_prefill_tokens: int = Field(4096, ge=1)
+    prefill_chunk_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="prompt tokens prefilled per engine iteration, interleaved with decoding "
+        "(None: 128 on CPU, 512 on CUDA; 0: each arrival group prefilled whole)",
+    )
+    prefix_cache_tokens: int | None = Field(
+        None, ge=0, description="KV cache of recent prompts kept for reuse (None: 2048; 0: off)"
+    )
     max_output_tokens: int | None = Field(None, description="largest max_tokens accepted")
     default_max_tokens: int = 512
     default_temperature: float = 1.0

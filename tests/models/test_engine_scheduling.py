@@ -173,3 +173,20 @@ def test_cancelling_a_prompt_halfway_through_its_prefill_frees_its_slot(
     assert run.end(0).completion_tokens == 0
     assert run.engine.stats.sequences_cancelled == 1
     assert run.engine.running == 0 and run.engine.queue_depth == 0
+
+
+def test_a_model_declaration_sets_the_scheduling() -> None:
+    """``prefill_chunk_tokens`` and ``prefix_cache_tokens`` in a model's declaration reach its
+    engine; unset, the engine's defaults for the device apply; negative values are refused."""
+    off = {"prefill_chunk_tokens": 0, "prefix_cache_tokens": 0}
+    for extra, chunk, cached in [({}, 128, True), (off, 0, False)]:
+        backend = TransformersChatBackend(spec=ModelSpec.model_validate({**SPEC, **extra}))
+        backend.load()
+        assert backend.engine is not None
+        try:
+            assert backend.engine.prefill_chunk_tokens == chunk
+            assert (backend.engine._prefixes is not None) is cached
+        finally:
+            backend.engine.stop()
+    with pytest.raises(ValueError, match="prefill_chunk_tokens"):
+        ModelSpec.model_validate({**SPEC, "prefill_chunk_tokens": -1})

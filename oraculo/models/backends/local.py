@@ -98,6 +98,8 @@ class TransformersChatBackend(Backend):
             max_batch_size=spec.max_batch_size,
             max_waiting=spec.max_waiting,
             max_prefill_tokens=spec.max_prefill_tokens,
+            prefill_chunk_tokens=spec.prefill_chunk_tokens,
+            prefix_cache_tokens=spec.prefix_cache_tokens,
             name=spec.name,
         )
         self.engine.start()

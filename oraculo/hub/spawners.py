@@ -13,6 +13,8 @@ and the shared folders of the user's hub groups (:mod:`oraculo.hub.groups`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import pwd
 import subprocess
@@ -66,10 +68,36 @@ class GpuMixin:
         self.group_dirs = self._group_folders()
         self.assign_gpu()
         try:
-            return await super().start()  # type: ignore[misc]
+            address = await super().start()  # type: ignore[misc]
         except BaseException:
             self.release_gpu()
             raise
+        if isinstance(self, LocalProcessSpawner):
+            await self._until_listening(*address)
+        return address
+
+    async def _until_listening(self, ip: str, port: int) -> None:
+        """Return once the new server accepts connections (checked every 50 ms), or has exited.
+
+        The hub checks a started server with an exponential backoff (0.2 s, 0.4 s, 0.8 s, 1.6 s,
+        jittered): a server ready after 1.2 s was noticed anywhere up to ~2.5 s later. Its
+        first check now finds the server there. Bounded by ``http_timeout`` (at most 30 s),
+        after which the hub's own wait goes on as before."""
+        assert isinstance(self, LocalProcessSpawner)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self.http_timeout, 30)
+        while loop.time() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return  # it died: the hub's checks report that
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
 
     async def stop(self, now: bool = False) -> None:
         try:

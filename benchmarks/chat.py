@@ -137,30 +137,41 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             async with httpx.AsyncClient(timeout=120) as client:
                 for i in range(args.warmup + args.rounds):
-                    q = QUESTIONS[i % len(QUESTIONS)]
-                    common = {"max_tokens": args.max_tokens, "temperature": 0}
-                    stack_body = {
-                        "messages": [{"role": "user", "content": q}],
-                        "store": not args.no_store,
-                        **common,
-                    }
-                    model_body = {
-                        "model": "smollm2-135m-instruct",
-                        "messages": [
-                            {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
-                            {"role": "user", "content": q},
-                        ],
-                        **common,
-                    }
-                    bare_body = {**stack_body, "context": {"workspace": False}}
+                    # every request asks something no earlier one did: no cache (the model's
+                    # prefix cache, the query embedding cache) answers it from a repeat
+                    def bodies(q: str) -> dict[str, dict[str, Any]]:
+                        common = {"max_tokens": args.max_tokens, "temperature": 0}
+                        stack_body = {
+                            "messages": [{"role": "user", "content": q}],
+                            "store": not args.no_store,
+                            **common,
+                        }
+                        return {
+                            "stack": stack_body,
+                            "stack, no retrieval": {**stack_body, "context": {"workspace": False}},
+                            "model": {
+                                "model": "smollm2-135m-instruct",
+                                "messages": [
+                                    {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                                    {"role": "user", "content": q},
+                                ],
+                                **common,
+                            },
+                        }
+
+                    base_q = QUESTIONS[i % len(QUESTIONS)]
                     order = [
-                        ("stack", stack, stack_body),
-                        ("stack, no retrieval", stack, bare_body),
-                        ("direct (proxy)", via_proxy, model_body),
-                        ("direct (port)", direct, model_body),
+                        ("stack", stack, "stack"),
+                        ("stack, no retrieval", stack, "stack, no retrieval"),
+                        ("direct (proxy)", via_proxy, "model"),
+                        ("direct (port)", direct, "model"),
                     ]
                     order = order[i % 4 :] + order[: i % 4]  # rotate who goes first
-                    for name, url, body in order:
+                    requests = [
+                        (name, url, bodies(f"{base_q} (request {i}.{k})")[kind])
+                        for k, (name, url, kind) in enumerate(order)
+                    ]
+                    for name, url, body in requests:
                         extra: dict[str, Any] = {}
                         ms = await ttft(client, url, body, auth, extra)
                         if i >= args.warmup:

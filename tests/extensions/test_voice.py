@@ -384,4 +384,12 @@ def test_sentences_are_cut_as_the_text_streams() -> None:
         out += s.feed(piece)
     out += s.flush()
     assert out == ["The capital of France is Paris,", "a city on the Seine.", "It is lovely!", "Ok"]
+    # a long first sentence without a clause: cut at a word boundary once 40 characters came,
+    # never inside the word still streaming
+    s = SentenceSplitter(first_clause_chars=24, first_words_chars=40)
+    out = []
+    text = "The quick brown fox jumps over the lazy dogs and keeps running. Then it"
+    for piece in text.split(" "):
+        out += s.feed(piece + " ")
+    assert out == ["The quick brown fox jumps over the lazy", "dogs and keeps running."]
     assert speakable("**Paris** is `nice`.\n```python\nprint(1)\n```") == "Paris is nice ."

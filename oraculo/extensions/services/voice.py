@@ -46,6 +46,7 @@ WINDOW = 512  # samples per Silero VAD window (32 ms at 16 kHz)
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n+")
 _CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
+_SPACE = re.compile(r"\s+")
 _MARKUP = re.compile(r"```.*?(```|$)|[*_#`>|]+", re.S)
 
 Send = Callable[[dict[str, Any] | bytes], bool]
@@ -75,12 +76,15 @@ def speakable(text: str) -> str:
 
 
 class SentenceSplitter:
-    """Cuts streamed text into sentences; the first may end at a clause to start speaking early."""
+    """Cuts streamed text into sentences. The first may end early, so that speaking starts
+    soon: at a clause (``,;:``) once it has ``first_clause_chars``, or at a word boundary once
+    ``first_words_chars`` have come without any."""
 
-    def __init__(self, first_clause_chars: int = 24) -> None:
+    def __init__(self, first_clause_chars: int = 24, first_words_chars: int = 40) -> None:
         self.buf = ""
         self.first = True
         self.first_clause_chars = first_clause_chars
+        self.first_words_chars = first_words_chars
 
     def feed(self, text: str) -> list[str]:
         self.buf += text
@@ -89,6 +93,12 @@ class SentenceSplitter:
             m = _SENTENCE_END.search(self.buf)
             if m is None and self.first:
                 m = _CLAUSE_END.search(self.buf, self.first_clause_chars)
+            if m is None and self.first and len(self.buf) >= self.first_words_chars:
+                # after the last whole word: a word still streaming stays for the next chunk
+                ended = self.buf[-1:].isspace()
+                cut = len(self.buf.rstrip()) if ended else self.buf.rfind(" ")
+                if cut >= self.first_clause_chars:
+                    m = _SPACE.search(self.buf, cut)
             if m is None:
                 break
             sentence, self.buf = self.buf[: m.start()], self.buf[m.end() :]

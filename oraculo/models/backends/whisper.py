@@ -6,8 +6,10 @@ model name such as ``"tiny.en"`` would make faster-whisper reach for the network
 
 Audio arrives as the bytes of a file (what browsers record: WebM/Opus, Ogg, WAV) and is decoded
 from memory by ``faster_whisper.decode_audio`` (PyAV's bundled FFmpeg, no system ffmpeg). Any
-other container, or bytes that do not decode, is a 400. Calls run one at a time per worker on a
-dedicated pool; more than ``max_waiting`` waiting is a 503, as for the other local models.
+other container, or bytes that do not decode, is a 400. Two calls run at once (two CTranslate2
+workers on a pool of two threads): a voice session's final transcript never waits for a partial
+that was still running when its speaker stopped. More than ``max_waiting`` waiting is a 503, as
+for the other local models.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 from ..errors import InvalidRequest, Overloaded
 from . import Backend
 
+#: Transcriptions run at once (each with its own CTranslate2 worker).
+STT_WORKERS = 2
 #: Sample rate Whisper works at.
 SAMPLE_RATE = 16_000
 
@@ -142,12 +146,12 @@ class WhisperBackend(Backend):
             device_index=index,
             compute_type=compute_type,
             cpu_threads=threads,
-            num_workers=1,
+            num_workers=STT_WORKERS,
             local_files_only=True,
         )
         self.device, self.compute_type = device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"stt-{self.spec.name}")
+        self._pool = ThreadPoolExecutor(STT_WORKERS, thread_name_prefix=f"stt-{self.spec.name}")
         self._pending = 0
         self.log.info("loaded %s from %s (%s, %s)", self.spec.name, path, device, compute_type)
 

@@ -227,7 +227,7 @@ async def test_cancel_a_running_and_a_queued_execution(users: dict[str, User]) -
         r = await ana.api("GET", f"{base}/audit", params={"execution_id": long["execution_id"]})
         return bool(r.json()["records"])
 
-    await wait_for(started, 10, "the long execution to start")
+    await wait_for(started, 30, "the long execution to start")
     r = await ana.api("DELETE", f"{base}/{queued['execution_id']}")
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "cancelled" and r.json()["error"]["name"] == "Cancelled"

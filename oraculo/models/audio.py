@@ -41,27 +41,7 @@ class SpeechRequest(_Strict):
     instructions: str | None = None  # OpenAI's; a Piper voice has no way to follow it
 
 
-class AudioHandler(BaseHandler):
-    """Meters audio seconds besides tokens."""
-
-    audio_seconds: float | None = None
-
-    def on_finish(self) -> None:
-        self.service.observe(
-            identity=self.identity,
-            endpoint=self.endpoint,
-            model=self.model_name,
-            status=self.get_status(),
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            latency_ms=(time.monotonic() - self.started) * 1000,
-            ttft_ms=self.ttft_ms,
-            error_type=self.error_type,
-            audio_seconds=self.audio_seconds,
-        )
-
-
-class TranscriptionsHandler(AudioHandler):
+class TranscriptionsHandler(BaseHandler):
     endpoint = "audio.transcriptions"
 
     def _field(self, name: str) -> str | None:
@@ -156,7 +136,7 @@ def _subtitles(t: Transcription, vtt: bool) -> str:
     return "\n".join(lines)
 
 
-class SpeechHandler(AudioHandler):
+class SpeechHandler(BaseHandler):
     endpoint = "audio.speech"
 
     async def post(self) -> None:

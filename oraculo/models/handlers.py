@@ -45,6 +45,8 @@ class BaseHandler(web.RequestHandler):
 
     auth_required = True
     endpoint = ""
+    #: Seconds of audio heard or spoken (the audio endpoints meter these besides tokens).
+    audio_seconds: float | None = None
 
     def initialize(self, service: ModelService) -> None:
         self.service = service
@@ -109,6 +111,7 @@ class BaseHandler(web.RequestHandler):
             latency_ms=(time.monotonic() - self.started) * 1000,
             ttft_ms=self.ttft_ms,
             error_type=self.error_type,
+            audio_seconds=self.audio_seconds,
         )
 
 

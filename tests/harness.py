@@ -9,6 +9,7 @@ public proxy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -18,10 +19,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import psutil
@@ -340,3 +342,48 @@ async def new_user(client: HubClient, name: str | None = None) -> User:
     await session.login(name)
     token = await session.token(name)
     return User(name=name, token=token, client=session)
+
+
+@dataclass
+class PanelPage:
+    """A Chromium page signed in through the hub's login form, with what it fetched."""
+
+    page: Any
+    #: Every request and websocket URL the page opened.
+    seen: list[str] = field(default_factory=list)
+    #: ``"<status> <url>"`` of every response with a status of 400 or more.
+    bad: list[str] = field(default_factory=list)
+
+    def offsite(self) -> list[str]:
+        """URLs the page fetched from anywhere but 127.0.0.1 (``data:`` aside)."""
+        hosts = {u: urlparse(u.removeprefix("blob:")).hostname for u in self.seen}
+        return sorted(u for u, h in hosts.items() if h != "127.0.0.1" and not u.startswith("data:"))
+
+
+@contextlib.asynccontextmanager
+async def signed_in_panel(
+    user: User, panel: str, viewport: dict[str, int]
+) -> AsyncIterator[PanelPage]:
+    """Chromium signed in as ``user`` on the login page, sent on to ``oraculo-panels/<panel>``."""
+    from playwright.async_api import async_playwright
+
+    hub = user.client.hub
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            out = PanelPage(await browser.new_page(viewport=viewport))
+            out.page.on("request", lambda r: out.seen.append(r.url))
+            out.page.on("websocket", lambda ws: out.seen.append(ws.url))
+            out.page.on(
+                "response",
+                lambda r: out.bad.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+            )
+            await out.page.goto(
+                f"{hub.url}/hub/login?next=/user/{user.name}/oraculo-panels/{panel}"
+            )
+            await out.page.fill("#username_input", user.name)
+            await out.page.fill("#password_input", PASSWORD)
+            await out.page.click("#login_submit")
+            yield out
+        finally:
+            await browser.close()

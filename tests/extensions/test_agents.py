@@ -8,14 +8,13 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import nbformat
 import pytest
 from nbformat import v4
 
-from tests.harness import ADMIN_PASSWORD, CHROMIUM_ARGS, PASSWORD, HubClient, User, wait_for
+from tests.harness import ADMIN_PASSWORD, HubClient, User, signed_in_panel, wait_for
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ENVELOPE = {"message", "reason", "type"}
@@ -315,62 +314,45 @@ async def test_a_run_resumes_after_a_server_restart(alice: User) -> None:
 
 @pytest.mark.browser
 async def test_backstage_follows_a_live_run(alice: User, artifacts: Path) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     await setup_agents(alice)
-    hub = alice.client.hub
-    seen: list[str] = []
-    bad: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1300, "height": 900})
-            page.on("request", lambda r: seen.append(r.url))
-            page.on("websocket", lambda ws: seen.append(ws.url))
-            page.on(
-                "response", lambda r: bad.append(f"{r.status} {r.url}") if r.status >= 400 else None
-            )
-            await page.goto(f"{hub.url}/hub/login?next=/user/{alice.name}/oraculo-panels/backstage")
-            await page.fill("#username_input", alice.name)
-            await page.fill("#password_input", PASSWORD)
-            await page.click("#login_submit")
-            root = page.get_by_test_id("oraculo-backstage")
-            await expect(root).to_be_visible(timeout=90_000)
-            # a run started now (here through the API) is picked up and followed live
-            run = await start(alice, goal="Record the label beta.", agents=["planner", "recorder"])
-            await expect(root).to_have_attribute("data-run", run["id"], timeout=30_000)
-            states: list[str | None] = []
+    async with signed_in_panel(alice, "backstage", {"width": 1300, "height": 900}) as panel:
+        page = panel.page
+        root = page.get_by_test_id("oraculo-backstage")
+        await expect(root).to_be_visible(timeout=90_000)
+        # a run started now (here through the API) is picked up and followed live
+        run = await start(alice, goal="Record the label beta.", agents=["planner", "recorder"])
+        await expect(root).to_have_attribute("data-run", run["id"], timeout=30_000)
+        states: list[str | None] = []
 
-            async def finished() -> bool:
-                state = await root.get_attribute("data-state")
-                if not states or states[-1] != state:
-                    states.append(state)
-                return state in ("succeeded", "bounded", "failed", "cancelled")
+        async def finished() -> bool:
+            state = await root.get_attribute("data-state")
+            if not states or states[-1] != state:
+                states.append(state)
+            return state in ("succeeded", "bounded", "failed", "cancelled")
 
-            await wait_for(finished, 200, "the run to finish in Backstage", 0.05)
-            assert "running" in states and states[-1] in ("succeeded", "bounded"), states
-            nodes = page.get_by_test_id("backstage-node")
-            await expect(nodes).to_have_count(2)
-            await expect(nodes.nth(0)).to_have_attribute("data-agent", "planner")
-            await expect(nodes.nth(1)).to_contain_text("tokens")
-            calls = page.locator("[data-testid=backstage-event][data-type=tool_call]")
-            await expect(calls.first).to_contain_text("def record")
-            results = page.locator("[data-testid=backstage-event][data-type=tool_result]")
-            await expect(results.first).to_contain_text("recorded")
-            await expect(page.get_by_test_id("backstage-message").first).to_contain_text(
-                "user → planner"
-            )
-            await page.screenshot(path=str(artifacts / "backstage-panel.png"), full_page=True)
-            async with page.expect_download() as info:
-                await page.locator(".oraculo-backstage-export button").click()
-            download = await info.value
-            nb = nbformat.reads(Path(await download.path()).read_text(), as_version=4)
-            assert any("def record" in c.source for c in nb.cells if c.cell_type == "code")
-        finally:
-            await browser.close()
-    outside = sorted({u for u in seen if urlparse(u.removeprefix("blob:")).hostname != "127.0.0.1"})
-    assert not [u for u in outside if not u.startswith("data:")], outside
-    assert not bad, bad
+        await wait_for(finished, 200, "the run to finish in Backstage", 0.05)
+        assert "running" in states and states[-1] in ("succeeded", "bounded"), states
+        nodes = page.get_by_test_id("backstage-node")
+        await expect(nodes).to_have_count(2)
+        await expect(nodes.nth(0)).to_have_attribute("data-agent", "planner")
+        await expect(nodes.nth(1)).to_contain_text("tokens")
+        calls = page.locator("[data-testid=backstage-event][data-type=tool_call]")
+        await expect(calls.first).to_contain_text("def record")
+        results = page.locator("[data-testid=backstage-event][data-type=tool_result]")
+        await expect(results.first).to_contain_text("recorded")
+        await expect(page.get_by_test_id("backstage-message").first).to_contain_text(
+            "user → planner"
+        )
+        await page.screenshot(path=str(artifacts / "backstage-panel.png"), full_page=True)
+        async with page.expect_download() as info:
+            await page.locator(".oraculo-backstage-export button").click()
+        download = await info.value
+        nb = nbformat.reads(Path(await download.path()).read_text(), as_version=4)
+        assert any("def record" in c.source for c in nb.cells if c.cell_type == "code")
+    assert not panel.offsite(), panel.offsite()
+    assert not panel.bad, panel.bad
 
 
 async def _execute_notebook(nb: Any, env: dict[str, str], extension: bool = False) -> None:

@@ -13,7 +13,6 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import nbformat
@@ -21,7 +20,7 @@ import openai
 import pytest
 from nbclient import NotebookClient
 
-from tests.harness import CHROMIUM_ARGS, PASSWORD, HubClient, HubProcess, User, new_user, wait_for
+from tests.harness import HubClient, HubProcess, User, new_user, signed_in_panel, wait_for
 
 CHAT = "api/v1/chat"
 
@@ -419,7 +418,7 @@ async def test_reply_cites_workspace_passages_and_memories(ana: User) -> None:
 
 @pytest.mark.browser
 async def test_chat_panel_streams_a_reply_with_citations(ana: User, artifacts: Path) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     await indexed(ana)
     r = await ana.api(
@@ -428,58 +427,41 @@ async def test_chat_panel_streams_a_reply_with_citations(ana: User, artifacts: P
         json={"key": "expedition", "value": "The user leads the Quilotoa expedition."},
     )
     assert r.status_code in (200, 201), r.text
-    hub = ana.client.hub
-    seen: list[str] = []
-    bad: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1300, "height": 850})
-            page.on("request", lambda r: seen.append(r.url))
-            page.on("websocket", lambda ws: seen.append(ws.url))
-            page.on(
-                "response", lambda r: bad.append(f"{r.status} {r.url}") if r.status >= 400 else None
-            )
-            await page.goto(f"{hub.url}/hub/login?next=/user/{ana.name}/oraculo-panels/chat")
-            await page.fill("#username_input", ana.name)
-            await page.fill("#password_input", PASSWORD)
-            await page.click("#login_submit")
-            status = page.locator("[data-testid=oraculo-chat]")
-            await expect(status).to_have_attribute("data-state", "idle", timeout=90_000)
+    async with signed_in_panel(ana, "chat", {"width": 1300, "height": 850}) as panel:
+        page = panel.page
+        status = page.locator("[data-testid=oraculo-chat]")
+        await expect(status).to_have_attribute("data-state", "idle", timeout=90_000)
 
-            states: list[str | None] = []
+        states: list[str | None] = []
 
-            async def settled() -> bool:
-                # Every state the page shows, in order, until the reply is done.
-                state = await status.get_attribute("data-state")
-                if not states or states[-1] != state:
-                    states.append(state)
-                return state in ("done", "error")
+        async def settled() -> bool:
+            # Every state the page shows, in order, until the reply is done.
+            state = await status.get_attribute("data-state")
+            if not states or states[-1] != state:
+                states.append(state)
+            return state in ("done", "error")
 
-            box = page.locator("textarea").first
-            await box.fill("Describe the Quilotoa crater lake in three sentences.")
-            await box.press("Enter")
-            await wait_for(settled, 120, "the reply", 0.02)
-            assert states[-2:] == ["streaming", "done"], (states, await status.inner_text())
-            cites = page.get_by_test_id("chat-citations")
-            await expect(cites).to_contain_text("notes/quilotoa.md")
-            state = await status.inner_text()
-            assert "memory expedition" in await cites.inner_text(), state
-            select = page.locator(".chat-conversations select")
-            await expect(select).to_contain_text("Describe the Quilotoa crater lake")
-            await page.screenshot(path=str(artifacts / "chat-panel.png"), full_page=True)
+        box = page.locator("textarea").first
+        await box.fill("Describe the Quilotoa crater lake in three sentences.")
+        await box.press("Enter")
+        await wait_for(settled, 120, "the reply", 0.02)
+        assert states[-2:] == ["streaming", "done"], (states, await status.inner_text())
+        cites = page.get_by_test_id("chat-citations")
+        await expect(cites).to_contain_text("notes/quilotoa.md")
+        state = await status.inner_text()
+        assert "memory expedition" in await cites.inner_text(), state
+        select = page.locator(".chat-conversations select")
+        await expect(select).to_contain_text("Describe the Quilotoa crater lake")
+        await page.screenshot(path=str(artifacts / "chat-panel.png"), full_page=True)
 
-            # Stop: the reply stops streaming and the panel says so.
-            await box.fill("Write a very long story about a robot who learns to paint.")
-            await box.press("Enter")
-            await expect(status).to_have_attribute("data-state", "streaming", timeout=30_000)
-            await page.get_by_role("button", name="Stop").click()
-            await expect(status).to_have_attribute("data-state", "stopped", timeout=10_000)
-        finally:
-            await browser.close()
-    outside = sorted({u for u in seen if urlparse(u.removeprefix("blob:")).hostname != "127.0.0.1"})
-    assert not [u for u in outside if not u.startswith("data:")], outside
-    assert not bad, bad
+        # Stop: the reply stops streaming and the panel says so.
+        await box.fill("Write a very long story about a robot who learns to paint.")
+        await box.press("Enter")
+        await expect(status).to_have_attribute("data-state", "streaming", timeout=30_000)
+        await page.get_by_role("button", name="Stop").click()
+        await expect(status).to_have_attribute("data-state", "stopped", timeout=10_000)
+    assert not panel.offsite(), panel.offsite()
+    assert not panel.bad, panel.bad
 
 
 async def test_chat_magic_in_the_users_own_kernel(ana: User) -> None:

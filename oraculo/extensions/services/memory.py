@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import datetime as dt
-import os
 import re
 import unicodedata
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.errors import BadRequest, Conflict
 from oraculo.extensions.services.embeddings import EmbeddingClient
-from oraculo.extensions.services.memory_store import LanceStore, sql_string
+from oraculo.extensions.services.memory_store import LanceStore, default_path, sql_string
 
 if TYPE_CHECKING:  # loaded with the first store use, not at server start
     import pyarrow as pa
@@ -96,7 +95,7 @@ class MemoryService(LoggingConfigurable):
 
     @default("path")
     def _default_path(self) -> str:
-        return os.path.join(os.path.expanduser("~"), ".oraculo", "memory")
+        return default_path()
 
     def __init__(self, embeddings: EmbeddingClient, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -22,6 +22,11 @@ from oraculo.extensions.errors import Conflict
 RRF_K = 60
 
 
+def default_path() -> str:
+    """The one LanceDB folder that memories and the workspace index share: ~/.oraculo/memory."""
+    return os.path.join(os.path.expanduser("~"), ".oraculo", "memory")
+
+
 def sql_string(value: str) -> str:
     """``value`` as a SQL string literal for a LanceDB filter (quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"

@@ -37,7 +37,7 @@ from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.errors import BadRequest, OraculoError
 from oraculo.extensions.services.embeddings import EmbeddingClient
-from oraculo.extensions.services.memory_store import LanceStore, sql_string
+from oraculo.extensions.services.memory_store import LanceStore, default_path, sql_string
 
 if TYPE_CHECKING:  # loaded with the first store use, not at server start
     import pyarrow as pa
@@ -130,7 +130,7 @@ class WorkspaceIndex(LoggingConfigurable):
 
     @default("path")
     def _default_path(self) -> str:
-        return os.path.join(os.path.expanduser("~"), ".oraculo", "memory")
+        return default_path()
 
     def __init__(self, embeddings: EmbeddingClient, **kwargs: Any) -> None:
         super().__init__(**kwargs)

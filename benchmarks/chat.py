@@ -44,7 +44,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from oraculo.extensions.services.context import DEFAULT_SYSTEM_PROMPT  # noqa: E402
+from oraculo.extensions.chat.context import DEFAULT_SYSTEM_PROMPT  # noqa: E402
 from tests.harness import HubClient, HubProcess, User, free_port, new_user, wait_for  # noqa: E402
 
 QUESTIONS = [

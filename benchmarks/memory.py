@@ -38,9 +38,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from oraculo.extensions.services.embeddings import EmbeddingClient
-from oraculo.extensions.services.memory import MemoryService, schema
-from oraculo.extensions.services.rag import WorkspaceIndex
+from oraculo.extensions.base.embeddings import EmbeddingClient
+from oraculo.extensions.memory.rag import WorkspaceIndex
+from oraculo.extensions.memory.service import MemoryService, schema
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 384

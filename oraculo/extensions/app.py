@@ -9,23 +9,23 @@ from typing import Any
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Dict, Instance, List, Unicode, default
 
-from oraculo.extensions.features import Feature
+from oraculo.extensions.base.feature import Feature
 
 #: Features loaded by default, as ``module:Class``.
 DEFAULT_FEATURES = [
-    "oraculo.extensions.features.status:StatusFeature",
-    "oraculo.extensions.features.execute:ExecuteFeature",
-    "oraculo.extensions.features.chat:ChatFeature",
-    "oraculo.extensions.features.memory:MemoryFeature",
-    "oraculo.extensions.features.voice:VoiceFeature",
-    "oraculo.extensions.features.agents:AgentsFeature",
+    "oraculo.extensions.status.feature:StatusFeature",
+    "oraculo.extensions.execute.feature:ExecuteFeature",
+    "oraculo.extensions.chat.feature:ChatFeature",
+    "oraculo.extensions.memory.feature:MemoryFeature",
+    "oraculo.extensions.voice.feature:VoiceFeature",
+    "oraculo.extensions.agents.feature:AgentsFeature",
 ]
 
 
 class OraculoExtension(ExtensionApp):
     """Adds Oráculo's REST and WebSocket APIs to a Jupyter server.
 
-    Each API belongs to a :class:`~oraculo.extensions.features.Feature`; features and their
+    Each API belongs to a :class:`~oraculo.extensions.base.feature.Feature`; features and their
     services hang off this object (``parent=...``) and take their classes from ``Type`` traits,
     so a deployment can swap an implementation in configuration.
     """

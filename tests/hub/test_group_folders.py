@@ -52,10 +52,10 @@ def test_mapped_names_do_not_collide() -> None:
 def test_the_user_server_reads_the_hubs_folders(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from oraculo.extensions.services.agents import AgentsService
-    from oraculo.extensions.services.embeddings import EmbeddingClient
-    from oraculo.extensions.services.modelclient import ModelClient
-    from oraculo.extensions.services.rag import WorkspaceIndex
+    from oraculo.extensions.agents.service import AgentsService
+    from oraculo.extensions.base.embeddings import EmbeddingClient
+    from oraculo.extensions.base.modelclient import ModelClient
+    from oraculo.extensions.memory.rag import WorkspaceIndex
 
     monkeypatch.setenv(SHARED_DIRS_ENV, os.pathsep.join(["/g/cohort", "/g/team"]))
     monkeypatch.setenv("ORACULO_SHARED_AGENT_DIRS", os.pathsep.join(["/agents", "/g/team"]))

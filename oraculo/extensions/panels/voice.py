@@ -1,7 +1,7 @@
 """The Voice panel: talk to the assistant with the browser's microphone.
 
 The page's script is a client of the server's public ``WS api/v1/voice`` (protocol in
-:mod:`oraculo.extensions.handlers.voice`), opened from the browser on the page's own origin, so
+:mod:`oraculo.extensions.voice.handlers`), opened from the browser on the page's own origin, so
 the user's own Jupyter/JupyterHub credentials (the cookie) authorise it, like JupyterLab's kernel
 websockets; nothing goes through the Panel process. The microphone is captured at 16 kHz mono
 (``AudioContext({sampleRate: 16000})``, with the browser's echo cancellation, so that the reply

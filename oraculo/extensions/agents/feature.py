@@ -1,0 +1,77 @@
+"""The agents feature: ``/api/v1/agents`` (catalogue and runs) and the agents service.
+
+Runs call the model service with this server's hub token (like chat) and run tools through the
+execute feature's service. Runs left going by a previous server resume at start.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from traitlets import Instance, Type
+
+from oraculo.extensions.agents.handlers import (
+    AgentHandler,
+    AgentsHandler,
+    RunCancelHandler,
+    RunEventsHandler,
+    RunHandler,
+    RunMessagesHandler,
+    RunNotebookHandler,
+    RunsHandler,
+)
+from oraculo.extensions.agents.service import AgentsService
+from oraculo.extensions.base.feature import Feature
+from oraculo.extensions.base.modelclient import ModelClient
+
+_RUN = r"([0-9a-f]{32})"
+
+
+class AgentsFeature(Feature):
+    """Agent notebooks, multi-agent runs and their events."""
+
+    name = "agents"
+
+    service_class = Type(
+        AgentsService, klass=AgentsService, config=True, help="The service that runs agents."
+    )
+    service = Instance(AgentsService)
+    models = Instance(ModelClient)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        ext = self.extension
+        app = ext.serverapp
+        self.models = ModelClient(
+            parent=self,
+            models_url=ext.models_url,
+            token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+        )
+        self.service = self.service_class(
+            parent=self,
+            root_dir=app.root_dir,
+            user=os.environ.get("JUPYTERHUB_USER", ""),
+            models=self.models,
+            execute=lambda: getattr(ext.loaded.get("execute"), "service", None),
+        )
+        # runs left going by the last server resume once the server's loop runs
+        io_loop = getattr(app, "io_loop", None)
+        if io_loop is not None:
+            io_loop.add_callback(self.service.resume_all)
+
+    def handlers(self) -> list[tuple[str, Any]]:
+        return [
+            (r"/api/v1/agents", AgentsHandler),
+            (r"/api/v1/agents/runs", RunsHandler),
+            (rf"/api/v1/agents/runs/{_RUN}", RunHandler),
+            (rf"/api/v1/agents/runs/{_RUN}/events", RunEventsHandler),
+            (rf"/api/v1/agents/runs/{_RUN}/messages", RunMessagesHandler),
+            (rf"/api/v1/agents/runs/{_RUN}/cancel", RunCancelHandler),
+            (rf"/api/v1/agents/runs/{_RUN}/notebook", RunNotebookHandler),
+            (r"/api/v1/agents/([A-Za-z0-9_.-]{1,64})", AgentHandler),
+        ]
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        await self.models.aclose()

@@ -1,0 +1,277 @@
+"""Agent notebooks: an agent is a notebook, and the catalogue of the agents a user can run.
+
+An agent notebook carries ``metadata.oraculo.agent``::
+
+    {"name": "cleaner", "model": "smollm2", "description": "...", "version": "1",
+     "max_steps": 6, "max_tokens": 2000, "timeout": 120, "temperature": 0.2,
+     "require_tool": true, "handoff": "reviewer"}
+
+``require_tool``: the agent's first step must call one of its tools; ``handoff``: the agent that
+gets this one's answer next (so a notebook can declare its part of a team's graph).
+
+Its markdown cells are the agent's instructions (in order); each top-level function in its code
+cells whose name does not start with ``_`` is a tool: the signature's annotations and defaults
+give the JSON schema of the arguments, the docstring's first paragraph the description. The
+notebook is parsed with :mod:`ast` only: nothing in it runs in the server. Tool code runs in the
+user's sandbox kernel when an agent calls it (see :mod:`oraculo.extensions.agents.service`).
+
+The catalogue lists the user's own agents (``~/agents/*.ipynb`` and, more generally, notebooks
+with that metadata in the configured folders) and the shared ones (each group's shared folder),
+with owner and version (the metadata's ``version`` and a hash of the file).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import pwd
+import re
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from pydantic import BaseModel, Field
+
+from oraculo.extensions.base.errors import BadRequest
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_JSON_TYPES = {
+    "str": "string",
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "list": "array",
+    "dict": "object",
+}
+
+
+class ToolSpec(BaseModel):
+    """One tool: a function defined in the agent notebook."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any]
+    source: str  # the function's definition, as written
+    cell: int  # index of the code cell that defines it
+
+    def openai(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+class AgentSpec(BaseModel):
+    """An agent, as its notebook defines it."""
+
+    name: str
+    description: str = ""
+    model: str | None = None
+    role: str = "worker"
+    max_steps: int = Field(6, ge=1, le=100)
+    max_tokens: int = Field(4000, ge=1)
+    timeout: float = Field(300, gt=0)
+    temperature: float = Field(0.2, ge=0, le=2)
+    require_tool: bool = False  # the first step must call a tool (not final_answer)
+    handoff: str | None = None  # the agent that takes over this one's answer (a declared graph)
+    instructions: str = ""
+    tools: list[ToolSpec] = []
+    setup: list[str] = []  # code cells' top-level imports, run before the first tool call
+    path: str = ""
+    owner: str = ""
+    shared: bool = False
+    version: str = ""
+    sha256: str = ""
+    mtime: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return self.model_dump(
+            include={
+                "name",
+                "description",
+                "model",
+                "role",
+                "path",
+                "owner",
+                "shared",
+                "version",
+                "sha256",
+                "mtime",
+                "max_steps",
+                "max_tokens",
+                "timeout",
+                "handoff",
+            }
+        ) | {"tools": [t.name for t in self.tools]}
+
+
+def _annotation_schema(node: ast.expr | None) -> dict[str, Any]:
+    """JSON schema for a (simple) annotation: builtins, list[...], Optional/``X | None``,
+    ``Literal[...]``; anything else is left open."""
+    if node is None:
+        return {}
+    if isinstance(node, ast.Name) and node.id in _JSON_TYPES:
+        return {"type": _JSON_TYPES[node.id]}
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            return _annotation_schema(ast.parse(node.value, mode="eval").body)
+        except SyntaxError:
+            return {}
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        parts = [_annotation_schema(node.left), _annotation_schema(node.right)]
+        parts = [p for p in parts if p.get("type") != "null"]
+        return parts[0] if len(parts) == 1 else {"anyOf": parts}
+    if isinstance(node, ast.Constant) and node.value is None:
+        return {"type": "null"}
+    if isinstance(node, ast.Subscript):
+        base = node.value.id if isinstance(node.value, ast.Name) else ""
+        if base in ("list", "List"):
+            return {"type": "array", "items": _annotation_schema(node.slice)}
+        if base in ("dict", "Dict"):
+            return {"type": "object"}
+        if base == "Optional":
+            return _annotation_schema(node.slice)
+        if base == "Literal":
+            elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            values = [e.value for e in elts if isinstance(e, ast.Constant)]
+            return {"enum": values}
+    return {}
+
+
+def tool_from_function(fn: ast.FunctionDef, source: str, cell: int) -> ToolSpec:
+    """A tool spec from a function definition (signature + docstring → JSON schema)."""
+    args = fn.args
+    positional = [*args.posonlyargs, *args.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
+    defaults += list(args.defaults)
+    doc = ast.get_docstring(fn) or ""
+    arg_docs = _arg_docs(doc)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    pairs = [
+        *zip(positional, defaults, strict=True),
+        *zip(args.kwonlyargs, args.kw_defaults, strict=True),
+    ]
+    for arg, default in pairs:
+        prop = _annotation_schema(arg.annotation)
+        if arg.arg in arg_docs:
+            prop["description"] = arg_docs[arg.arg]
+        if default is None:
+            required.append(arg.arg)
+        elif isinstance(default, ast.Constant):
+            prop["default"] = default.value
+        properties[arg.arg] = prop
+    parameters: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        parameters["required"] = required
+    description = doc.split("\n\n")[0].strip()
+    return ToolSpec(
+        name=fn.name,
+        description=description,
+        parameters=parameters,
+        source=ast.get_source_segment(source, fn) or "",
+        cell=cell,
+    )
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    """``name: text`` lines of a docstring's Args/Parameters section (Google style)."""
+    out: dict[str, str] = {}
+    for line in doc.splitlines():
+        m = re.match(r"^\s+(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def parse_agent(nb: Any, path: str = "") -> AgentSpec:
+    """The agent a notebook node defines; BadRequest when it is not an agent notebook."""
+    meta = (nb.get("metadata") or {}).get("oraculo", {}).get("agent")
+    if not isinstance(meta, dict):
+        raise BadRequest(f"{path or 'notebook'} has no metadata.oraculo.agent")
+    instructions: list[str] = []
+    tools: list[ToolSpec] = []
+    setup: list[str] = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        if cell.get("cell_type") == "markdown":
+            instructions.append(source.strip())
+        elif cell.get("cell_type") == "code":
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                continue  # magics and the like: not tools
+            for node in tree.body:
+                if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                    tools.append(tool_from_function(node, source, i))
+                elif isinstance(node, ast.Import | ast.ImportFrom):
+                    setup.append(ast.get_source_segment(source, node) or "")
+    name = meta.get("name") or Path(path).stem
+    if not NAME.match(str(name)):
+        raise BadRequest(f"agent name {name!r} must match {NAME.pattern}")
+    fields = {k: v for k, v in meta.items() if k in AgentSpec.model_fields and k != "tools"}
+    fields["version"] = str(meta.get("version", ""))
+    return AgentSpec.model_validate(
+        {
+            **fields,
+            "name": name,
+            "instructions": "\n\n".join(s for s in instructions if s),
+            "tools": tools,
+            "setup": setup,
+            "path": path,
+        }
+    )
+
+
+def load_agent(path: Path, *, shared: bool = False, label: str = "") -> AgentSpec:
+    data = path.read_bytes()
+    nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+    spec = parse_agent(nb, label or str(path))
+    st = path.stat()
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    spec.owner = str(((nb.metadata.get("oraculo") or {}).get("agent") or {}).get("owner") or owner)
+    spec.shared = shared
+    spec.sha256 = hashlib.sha256(data).hexdigest()[:16]
+    spec.mtime = st.st_mtime
+    spec.version = spec.version or spec.sha256[:8]
+    return spec
+
+
+def scan(
+    folder: Path, *, shared: bool, root: Path | None = None, depth: int = 3
+) -> list[AgentSpec]:
+    """Agent notebooks under ``folder`` (not hidden, at most ``depth`` levels down)."""
+    found: list[AgentSpec] = []
+    if not folder.is_dir():
+        return found
+    base_depth = len(folder.parts)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if len(Path(dirpath).parts) - base_depth >= depth:
+            dirnames[:] = []
+        for fn in filenames:
+            if not fn.endswith(".ipynb") or fn.startswith("."):
+                continue
+            path = Path(dirpath) / fn
+            try:
+                if (
+                    b'"agent"' not in path.read_bytes()[-65536:]
+                    and b'"agent"' not in path.read_bytes()[:65536]
+                ):
+                    continue
+                label = (
+                    str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
+                )
+                found.append(load_agent(path, shared=shared, label=label))
+            except (BadRequest, OSError, ValueError, UnicodeDecodeError):
+                continue  # not an agent notebook, or unreadable: not in the catalogue
+    return found

@@ -1,0 +1,277 @@
+"""A run's state and its event log: every run is a list of typed events, kept as JSON lines.
+
+The state of a run (whose turn it is, each agent's transcript, steps and tokens spent) is derived
+from its events only, by :meth:`RunState.apply`; the orchestrator appends events and the same
+function rebuilds the state after a server restart, so a run resumes where its log ends.
+
+Events (``type``):
+
+- ``run_started``: ``goal``, ``agents`` (the agent specs as they were when the run started, so a
+  resumed run uses the same versions), ``owner``, ``bounds``, ``session``;
+- ``message``: a typed message ``from`` → ``to`` with ``content``; ``kind`` ``input`` (the goal or
+  the previous agent's answer, to an agent) or ``reply`` (an agent's model reply, with
+  ``tool_calls`` in OpenAI's shape, ``tokens`` and ``seconds``);
+- ``tool_call``: ``agent``, ``call_id``, ``tool``, ``arguments`` and the ``code`` run in the kernel;
+- ``tool_result``: ``agent``, ``call_id``, ``tool``, ``content``, ``output``, ``error``,
+  ``execution_id``, ``seconds``;
+- ``resumed``: the server restarted and picked the run up again;
+- ``run_finished``: ``status`` (succeeded, failed, cancelled, bounded), ``reason``, ``answer``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from oraculo.extensions.agents.notebook import AgentSpec
+
+FINISHED = ("succeeded", "failed", "cancelled", "bounded")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class AgentStats:
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    tool_calls: int = 0
+
+
+@dataclass
+class RunState:
+    """Everything known about one run, rebuilt from its events."""
+
+    id: str
+    owner: str = ""
+    goal: str = ""
+    specs: list[AgentSpec] = field(default_factory=list)
+    bounds: dict[str, Any] = field(default_factory=dict)
+    session: str | None = None
+    status: str = "running"
+    reason: str = ""
+    answer: str = ""
+    started: float = 0.0  # unix time
+    finished: float | None = None
+    current: int = 0  # index of the agent whose turn it is
+    steps: int = 0
+    tokens: int = 0
+    transcripts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    pending_calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # call_id → call
+    stats: dict[str, AgentStats] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Fold one event into the state (live, or replaying a log)."""
+        self.events.append(event)
+        kind = event["type"]
+        if kind == "run_started":
+            self.owner = event["owner"]
+            self.goal = event["goal"]
+            self.specs = [AgentSpec.model_validate(a) for a in event["agents"]]
+            self.bounds = event["bounds"]
+            self.session = event.get("session")
+            self.started = event["unix"]
+            self.transcripts = {s.name: [] for s in self.specs}
+            self.stats = {s.name: AgentStats() for s in self.specs}
+        elif kind == "message" and event.get("kind") == "input":
+            to = event["to"]
+            self.current = self.names.index(to)
+            self.transcripts[to].append({"role": "user", "content": event["content"]})
+        elif kind == "message" and event.get("kind") == "reply":
+            sender = event["from"]
+            msg: dict[str, Any] = {"role": "assistant", "content": event.get("content")}
+            if event.get("tool_calls"):
+                msg["tool_calls"] = event["tool_calls"]
+                for call in event["tool_calls"]:
+                    self.pending_calls[call["id"]] = {"agent": sender, **call}
+            self.transcripts[sender].append(msg)
+            st = self.stats[sender]
+            st.steps += 1
+            st.tokens += event.get("tokens", 0)
+            st.seconds += event.get("seconds", 0.0)
+            self.steps += 1
+            self.tokens += event.get("tokens", 0)
+        elif kind == "tool_result":
+            self.pending_calls.pop(event["call_id"], None)
+            agent = event["agent"]
+            self.transcripts[agent].append(
+                {"role": "tool", "tool_call_id": event["call_id"], "content": event["content"]}
+            )
+            st = self.stats[agent]
+            st.tool_calls += 1
+            st.seconds += event.get("seconds", 0.0)
+        elif kind == "run_finished":
+            self.status = event["status"]
+            self.reason = event.get("reason", "")
+            self.answer = event.get("answer", "")
+            self.finished = event["unix"]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "goal": self.goal,
+            "agents": self.names,
+            "status": self.status,
+            "reason": self.reason,
+            "answer": self.answer,
+            "started": self.started,
+            "finished": self.finished,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "bounds": self.bounds,
+            "current": self.names[self.current] if self.specs and not self.done else None,
+            "per_agent": {k: vars(v) for k, v in self.stats.items()},
+            "events": len(self.events),
+        }
+
+
+class AgentMessage(BaseModel):
+    """One typed message of a run: the goal or an answer handed over (``input``), an agent's
+    reply with its tool calls (``reply``), or a tool's result back to the agent (``tool``)."""
+
+    seq: int
+    time: str
+    kind: Literal["input", "reply", "tool"]
+    sender: str = Field(serialization_alias="from")
+    to: str
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] = []
+    tool_call_id: str | None = None
+    error: dict[str, Any] | None = None
+
+
+def messages(state: RunState) -> list[dict[str, Any]]:
+    """The run's messages between the user, the agents and their tools, in order."""
+    out: list[AgentMessage] = []
+    for ev in state.events:
+        if ev["type"] == "message":
+            out.append(
+                AgentMessage(
+                    seq=ev["seq"],
+                    time=ev["time"],
+                    kind=ev["kind"],
+                    sender=ev["from"],
+                    to=ev["to"],
+                    content=ev.get("content"),
+                    tool_calls=ev.get("tool_calls") or [],
+                )
+            )
+        elif ev["type"] == "tool_result":
+            out.append(
+                AgentMessage(
+                    seq=ev["seq"],
+                    time=ev["time"],
+                    kind="tool",
+                    sender=f"tool:{ev['tool']}",
+                    to=ev["agent"],
+                    content=ev["content"],
+                    tool_call_id=ev["call_id"],
+                    error=ev.get("error"),
+                )
+            )
+    return [m.model_dump(by_alias=True) for m in out]
+
+
+class EventLog:
+    """One run's events as JSON lines in ``<folder>/<run id>.jsonl`` (append, fsync'd)."""
+
+    def __init__(self, folder: Path, run_id: str) -> None:
+        self.path = folder / f"{run_id}.jsonl"
+
+    def append(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[dict[str, Any]]:
+        events = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut short by a crash: the log ends before it
+        return events
+
+
+def make_event(state: RunState, event_type: str, /, **fields: Any) -> dict[str, Any]:
+    return {
+        "seq": len(state.events),
+        "type": event_type,
+        "time": now_iso(),
+        "unix": time.time(),
+        **fields,
+    }
+
+
+def export_notebook(state: RunState) -> dict[str, Any]:
+    """A finished (or running) run as a notebook: messages as markdown, tool calls as code cells
+    with their outputs."""
+    import nbformat
+    from nbformat import v4
+
+    cells = [
+        v4.new_markdown_cell(
+            f"# Agent run `{state.id}`\n\n**Goal:** {state.goal}\n\n"
+            f"Agents: {', '.join(state.names)} · status **{state.status}** · "
+            f"{state.steps} steps · {state.tokens} tokens"
+        )
+    ]
+    calls: dict[str, Any] = {}
+    for ev in state.events:
+        if ev["type"] == "message":
+            body = ev.get("content") or ""
+            for call in ev.get("tool_calls") or []:
+                fn = call["function"]
+                body += f"\n\n→ calls `{fn['name']}({fn['arguments']})`"
+            cells.append(v4.new_markdown_cell(f"**{ev['from']} → {ev['to']}**\n\n{body}"))
+        elif ev["type"] == "tool_call":
+            cell = v4.new_code_cell(ev["code"], metadata={"oraculo": {"agent": ev["agent"]}})
+            calls[ev["call_id"]] = cell
+            cells.append(cell)
+        elif ev["type"] == "tool_result" and ev["call_id"] in calls:
+            cell = calls[ev["call_id"]]
+            if ev.get("output"):
+                cell.outputs.append(v4.new_output("stream", name="stdout", text=ev["output"]))
+            if ev.get("error"):
+                err = ev["error"]
+                cell.outputs.append(
+                    v4.new_output(
+                        "error",
+                        ename=err.get("name", "Error"),
+                        evalue=err.get("value", ""),
+                        traceback=err.get("traceback", []),
+                    )
+                )
+        elif ev["type"] == "run_finished":
+            cells.append(
+                v4.new_markdown_cell(
+                    f"**Run {ev['status']}** {ev.get('reason', '')}\n\n{ev.get('answer', '')}"
+                )
+            )
+    nb = v4.new_notebook(cells=cells, metadata={"oraculo": {"run": state.summary()}})
+    nbformat.validate(nb)
+    return dict(nb)

@@ -1,0 +1,586 @@
+"""The agents service: the catalogue of agent notebooks, and runs of a goal with agents.
+
+A run is a chain of agents (planner → workers → reviewer, in the order the request lists them, then
+the ``handoff`` each last agent's notebook declares): the first gets the goal, each next one the
+goal and its predecessor's answer, and the last one's answer is the run's. Each agent works in
+steps; a step is one call to the model service with the agent's tools plus ``final_answer`` and
+``tool_choice: "required"`` (so, with the model service's constrained decoding, every step is a
+valid tool call, even from the bundled 135M model). A tool call runs in the user's sandbox kernel
+through the execute service (origin ``agent:<name>``): the tool's definition is executed first,
+then the function is called with the JSON arguments, so the call shares state with the notebook,
+obeys the kernel's limits and is audited. ``final_answer`` hands over to the next agent.
+
+Runs are bounded (steps, tokens, wall clock: the run's bounds, each agent's own ``max_steps``),
+can be cancelled, and are event-sourced (:mod:`oraculo.extensions.agents.runs`) under
+``~/.oraculo/agents/runs/``: a run that was going when the server stopped resumes when it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from traitlets import Float, Int, List, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from oraculo.extensions.agents.notebook import AgentSpec, scan
+from oraculo.extensions.agents.runs import (
+    EventLog,
+    RunState,
+    export_notebook,
+    make_event,
+    messages,
+)
+from oraculo.extensions.base.errors import BadRequest, Conflict, NotFound, OraculoError
+from oraculo.extensions.base.modelclient import ModelClient
+
+FINAL = "final_answer"
+ANSWER_CHARS = 400
+
+
+class RunRequest(BaseModel):
+    """Body of ``POST /api/v1/agents/runs``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    goal: Annotated[str, Field(min_length=1, max_length=20_000)]
+    agents: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=8)
+    ]
+    max_steps: Annotated[int, Field(ge=1, le=200)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    timeout: Annotated[float, Field(gt=0, le=24 * 3600)] | None = None
+    session: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+
+class _Stop(Exception):
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class _Run:
+    """A live run: its state, its log, its task and whoever follows its events."""
+
+    def __init__(self, state: RunState, log: EventLog) -> None:
+        self.state = state
+        self.log = log
+        self.task: asyncio.Task[None] | None = None
+        self.changed = asyncio.Condition()
+        self.cancel_requested = False
+
+    async def emit(self, event_type: str, /, **fields: Any) -> dict[str, Any]:
+        event = make_event(self.state, event_type, **fields)
+        await asyncio.to_thread(self.log.append, event)
+        self.state.apply(event)
+        async with self.changed:
+            self.changed.notify_all()
+        return event
+
+
+class AgentsService(LoggingConfigurable):
+    """Catalogue and runs for this server's user."""
+
+    agents_dir = Unicode(
+        "agents",
+        config=True,
+        help="Folder (under the server's root) searched first for the user's agent notebooks.",
+    )
+    search_dirs = List(
+        Unicode(),
+        [""],
+        config=True,
+        help="""More folders under the server's root whose notebooks with metadata.oraculo.agent
+        are the user's agents ("" = the whole root, three levels down).""",
+    )
+    shared_dirs = List(
+        Unicode(),
+        config=True,
+        help="""Shared folders (absolute) of the user's groups, whose agent notebooks the user may
+        run. Default: the folders in ORACULO_SHARED_AGENT_DIRS, then those in
+        ORACULO_SHARED_DIRS (the hub's group folders); both os.pathsep-separated.""",
+    )
+    runs_dir = Unicode(
+        config=True, help="Where run logs are kept. Default: ~/.oraculo/agents/runs."
+    )
+    default_max_steps = Int(12, config=True, help="Steps a run may take when it names no bound.")
+    default_max_tokens = Int(
+        20_000, config=True, help="Model tokens a run may spend when it names no bound."
+    )
+    default_timeout = Float(
+        600.0, config=True, help="Seconds of wall clock a run may take when it names no bound."
+    )
+    reply_max_tokens = Int(160, config=True, help="max_tokens of one agent step's model call.")
+    max_active_runs = Int(4, config=True, help="Runs going at once; more are refused (409).")
+
+    @default("shared_dirs")
+    def _default_shared_dirs(self) -> list[str]:
+        folders: list[str] = []
+        for name in ("ORACULO_SHARED_AGENT_DIRS", "ORACULO_SHARED_DIRS"):
+            for folder in os.environ.get(name, "").split(os.pathsep):
+                if folder and folder not in folders:
+                    folders.append(folder)
+        return folders
+
+    @default("runs_dir")
+    def _default_runs_dir(self) -> str:
+        return str(Path.home() / ".oraculo" / "agents" / "runs")
+
+    def __init__(
+        self,
+        *,
+        root_dir: str,
+        user: str,
+        models: ModelClient,
+        execute: Callable[[], Any],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root_dir).expanduser().resolve()
+        self.user = user
+        self.models = models
+        self._execute = execute
+        self._runs: dict[str, _Run] = {}
+        Path(self.runs_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # --- catalogue ------------------------------------------------------------------------------
+
+    def _catalogue(self) -> list[AgentSpec]:
+        seen: dict[str, AgentSpec] = {}
+        own = [self.root / self.agents_dir, *(self.root / d for d in self.search_dirs)]
+        for folder in own:
+            for spec in scan(folder, shared=False, root=self.root):
+                seen.setdefault(spec.name, spec)
+        for shared in self.shared_dirs:
+            for spec in scan(Path(shared), shared=True):
+                seen.setdefault(spec.name, spec)
+        return sorted(seen.values(), key=lambda s: (s.shared, s.name))
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        return [s.summary() for s in await asyncio.to_thread(self._catalogue)]
+
+    async def agent(self, name: str) -> AgentSpec:
+        for spec in await asyncio.to_thread(self._catalogue):
+            if spec.name == name:
+                return spec
+        raise NotFound(f"No agent called {name!r}")
+
+    # --- runs: public API -----------------------------------------------------------------------
+
+    async def start(self, req: RunRequest, owner: str) -> dict[str, Any]:
+        active = [r for r in self._runs.values() if not r.state.done]
+        if len(active) >= self.max_active_runs:
+            raise Conflict(f"{len(active)} runs are going already; wait or cancel one")
+        specs = [await self.agent(name) for name in req.agents]
+        # the last agent's declared handoffs extend the chain (no agent twice, at most 8)
+        while specs[-1].handoff and len(specs) < 8:
+            if specs[-1].handoff in {s.name for s in specs}:
+                break
+            specs.append(await self.agent(specs[-1].handoff))
+        run_id = uuid.uuid4().hex
+        run = _Run(RunState(id=run_id), EventLog(Path(self.runs_dir), run_id))
+        self._runs[run_id] = run
+        bounds = {
+            "max_steps": req.max_steps or self.default_max_steps,
+            "max_tokens": req.max_tokens or self.default_max_tokens,
+            "timeout": req.timeout or self.default_timeout,
+        }
+        await run.emit(
+            "run_started",
+            owner=owner,
+            goal=req.goal,
+            agents=[s.model_dump() for s in specs],
+            bounds=bounds,
+            session=req.session,
+        )
+        await run.emit(
+            "message", kind="input", **{"from": "user", "to": specs[0].name}, content=req.goal
+        )
+        self._launch(run)
+        return run.state.summary()
+
+    def _own(self, run_id: str, user: str) -> _Run:
+        run = self._runs.get(run_id)
+        if run is None or run.state.owner != user:
+            raise NotFound(f"No run {run_id!r}")  # another user's run does not exist for you
+        return run
+
+    def list_runs(self, user: str) -> list[dict[str, Any]]:
+        runs = [r.state.summary() for r in self._runs.values() if r.state.owner == user]
+        return sorted(runs, key=lambda r: r["started"], reverse=True)
+
+    def get(self, run_id: str, user: str) -> dict[str, Any]:
+        run = self._own(run_id, user)
+        return {**run.state.summary(), "events": run.state.events}
+
+    def messages(self, run_id: str, user: str) -> list[dict[str, Any]]:
+        """The run's typed messages (from, to, content, tool calls, tool results)."""
+        return messages(self._own(run_id, user).state)
+
+    def export(self, run_id: str, user: str) -> dict[str, Any]:
+        return export_notebook(self._own(run_id, user).state)
+
+    async def cancel(self, run_id: str, user: str) -> dict[str, Any]:
+        run = self._own(run_id, user)
+        if not run.state.done:
+            run.cancel_requested = True
+            if run.task is not None:
+                run.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run.task
+            if not run.state.done:  # cancelled before its task ever ran
+                await run.emit("run_finished", status="cancelled", reason="cancelled", answer="")
+        return run.state.summary()
+
+    async def follow(
+        self, run_id: str, user: str, after: int = -1
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The run's events after ``after`` (a ``seq``), then the new ones until it finishes."""
+        run = self._own(run_id, user)
+        sent = after
+        while True:
+            events = run.state.events[sent + 1 :]
+            for ev in events:
+                sent = ev["seq"]
+                yield ev
+            if run.state.done and sent >= len(run.state.events) - 1:
+                return
+            async with run.changed:
+                if len(run.state.events) - 1 <= sent and not run.state.done:
+                    await run.changed.wait()
+
+    async def resume_all(self) -> None:
+        """Load every run log; start again the runs that were going when the server stopped."""
+        folder = Path(self.runs_dir)
+        for path in sorted(await asyncio.to_thread(lambda: list(folder.glob("*.jsonl")))):
+            run_id = path.stem
+            if run_id in self._runs:
+                continue
+            log = EventLog(folder, run_id)
+            try:
+                events = await asyncio.to_thread(log.read)
+                state = RunState(id=run_id)
+                for ev in events:
+                    state.apply(ev)
+            except (OSError, KeyError, ValueError) as e:
+                self.log.warning("agent run log %s unreadable: %s", path, e)
+                continue
+            if not state.specs:
+                continue
+            run = _Run(state, log)
+            self._runs[run_id] = run
+            if not state.done:
+                self.log.info("resuming agent run %s", run_id)
+                await run.emit("resumed", step=state.steps)
+                self._launch(run)
+
+    async def stop(self) -> None:
+        """Server shutdown: stop the tasks, leaving the runs to resume at the next start."""
+        tasks = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- orchestration --------------------------------------------------------------------------
+
+    def _launch(self, run: _Run) -> None:
+        run.task = asyncio.create_task(self._drive(run), name=f"agent-run-{run.state.id}")
+
+    async def _drive(self, run: _Run) -> None:
+        st = run.state
+        remaining = st.bounds["timeout"] - (time.time() - st.started)
+        try:
+            if remaining <= 0:
+                raise _Stop("bounded", f"wall clock of {st.bounds['timeout']:g} s reached")
+            async with asyncio.timeout(remaining):
+                answer = await self._chain(run)
+            await run.emit("run_finished", status="succeeded", reason="", answer=answer)
+        except _Stop as stop:
+            await run.emit("run_finished", status=stop.status, reason=stop.reason, answer="")
+        except TimeoutError:
+            reason = f"wall clock of {st.bounds['timeout']:g} s reached"
+            await run.emit("run_finished", status="bounded", reason=reason, answer="")
+        except asyncio.CancelledError:
+            if run.cancel_requested:
+                await run.emit("run_finished", status="cancelled", reason="cancelled", answer="")
+            raise  # a server shutdown leaves the run to resume
+        except OraculoError as e:
+            await run.emit("run_finished", status="failed", reason=e.message, answer="")
+        except Exception:
+            self.log.exception("agent run %s failed", st.id)
+            await run.emit("run_finished", status="failed", reason="Unhandled error", answer="")
+
+    async def _chain(self, run: _Run) -> str:
+        st = run.state
+        answer = ""
+        while True:
+            spec = st.specs[st.current]
+            answer = await self._agent_turn(run, spec)
+            if st.current + 1 >= len(st.specs):
+                return answer
+            nxt = st.specs[st.current + 1]
+            content = f"Goal: {st.goal}\n\n{spec.name} says:\n{answer}"
+            await run.emit(
+                "message", kind="input", **{"from": spec.name, "to": nxt.name}, content=content
+            )
+
+    def _check_bounds(self, run: _Run, spec: AgentSpec) -> None:
+        st = run.state
+        if st.steps >= st.bounds["max_steps"]:
+            raise _Stop("bounded", f"step bound of {st.bounds['max_steps']} reached")
+        if st.tokens >= st.bounds["max_tokens"]:
+            raise _Stop("bounded", f"token bound of {st.bounds['max_tokens']} reached")
+        if st.stats[spec.name].steps >= spec.max_steps:
+            raise _Stop("bounded", f"{spec.name} reached its step bound of {spec.max_steps}")
+
+    async def _agent_turn(self, run: _Run, spec: AgentSpec) -> str:
+        """Steps of one agent until it calls ``final_answer``; returns the answer."""
+        st = run.state
+        # calls left without a result by a restart are answered as interrupted
+        for call_id, call in list(st.pending_calls.items()):
+            if call["agent"] == spec.name and call["function"]["name"] != FINAL:
+                await run.emit(
+                    "tool_result",
+                    agent=spec.name,
+                    call_id=call_id,
+                    tool=call["function"]["name"],
+                    content="Error: interrupted by a server restart",
+                    output="",
+                    error={"name": "Interrupted", "value": "server restarted"},
+                    seconds=0.0,
+                )
+        while True:
+            self._check_bounds(run, spec)
+            message, tokens, seconds = await self._step(run, spec)
+            calls = message.get("tool_calls") or []
+            await run.emit(
+                "message",
+                kind="reply",
+                **{"from": spec.name, "to": "tools" if calls else "user"},
+                content=message.get("content"),
+                tool_calls=calls,
+                tokens=tokens,
+                seconds=seconds,
+            )
+            if not calls:  # no valid call (cut short by max_tokens): the text is the answer
+                return str(message.get("content") or "")
+            for call in calls:
+                name = call["function"]["name"]
+                try:
+                    args = json.loads(call["function"]["arguments"] or "{}")
+                except json.JSONDecodeError:
+                    args = {}
+                if name == FINAL:
+                    st.pending_calls.pop(call["id"], None)
+                    return str(args.get("answer", ""))
+                await self._call_tool(run, spec, call["id"], name, args)
+
+    async def _step(self, run: _Run, spec: AgentSpec) -> tuple[dict[str, Any], int, float]:
+        st = run.state
+        tools = [t.openai() for t in spec.tools]
+        used_tool = any(m.get("role") == "tool" for m in st.transcripts[spec.name])
+        must_use_tool = bool(spec.tools) and spec.require_tool and not used_tool
+        if not must_use_tool:
+            tools.append(_final_tool())
+        system = spec.instructions or f"You are {spec.name}."
+        system += (
+            "\n\nWork step by step with your tools. When you are done, call final_answer "
+            "with a short answer."
+        )
+        model = await self.models.resolve(spec.model)
+        left = st.bounds["max_tokens"] - st.tokens
+        body: dict[str, Any] = {
+            "model": model.id,
+            "messages": [{"role": "system", "content": system}, *st.transcripts[spec.name]],
+            "tools": tools,
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+            "temperature": spec.temperature,
+            "max_tokens": max(1, min(self.reply_max_tokens, left)),
+        }
+        t0 = time.monotonic()
+        reply = await self.models.complete(body)
+        usage = reply.get("usage") or {}
+        message = reply["choices"][0]["message"]
+        return message, int(usage.get("total_tokens", 0)), time.monotonic() - t0
+
+    async def _call_tool(
+        self, run: _Run, spec: AgentSpec, call_id: str, name: str, args: Any
+    ) -> None:
+        st = run.state
+        tool = next((t for t in spec.tools if t.name == name), None)
+        if tool is None or not isinstance(args, dict):
+            await run.emit(
+                "tool_result",
+                agent=spec.name,
+                call_id=call_id,
+                tool=name,
+                content=f"Error: no tool {name!r} with these arguments",
+                output="",
+                error={"name": "UnknownTool", "value": name},
+                seconds=0.0,
+            )
+            return
+        setup = "\n".join(spec.setup)
+        code = (
+            f"{setup}\n{tool.source}\n\n"
+            f"{name}(**__import__('json').loads({json.dumps(json.dumps(args))}))"
+        ).lstrip()
+        await run.emit(
+            "tool_call", agent=spec.name, call_id=call_id, tool=name, arguments=args, code=code
+        )
+        execute = self._execute()
+        if execute is None:
+            raise OraculoError("The execute feature is not loaded: agents cannot call tools")
+        left = st.bounds["timeout"] - (time.time() - st.started)
+        timeout = max(1.0, min(spec.timeout, left, execute.limits.wall_clock_seconds))
+        t0 = time.monotonic()
+        result = await execute.execute(
+            code, session=st.session, origin=f"agent:{spec.name}", actor=st.owner, timeout=timeout
+        )
+        value = ""
+        for bundle in result.results:
+            value = str(bundle.get("data", bundle).get("text/plain", value))
+        error = result.error.model_dump() if result.error is not None else None
+        if error is not None:
+            content = f"Error: {error['name']}: {error['value']}"
+        else:
+            content = "\n".join(p for p in (result.output.strip(), value) if p) or "(no output)"
+        await run.emit(
+            "tool_result",
+            agent=spec.name,
+            call_id=call_id,
+            tool=name,
+            content=content[:4000],
+            output=result.output[:20_000],
+            result=value[:20_000],
+            error=error,
+            execution_id=result.execution_id,
+            seconds=time.monotonic() - t0,
+        )
+
+
+def _final_tool() -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": FINAL,
+            "description": "Finish: give your answer to the goal.",
+            "parameters": {
+                "type": "object",
+                "properties": {"answer": {"type": "string", "maxLength": ANSWER_CHARS}},
+                "required": ["answer"],
+            },
+        },
+    }
+
+
+# --- an agent as a chat model (``model: "agent:<name>"`` in /api/v1/chat) -----------------------
+
+AGENT_MODEL_PREFIX = "agent:"
+
+
+def agent_model(model: str | None) -> str | None:
+    """The agent a chat request's ``model`` names (``agent:<name>``), or None."""
+    if model and model.startswith(AGENT_MODEL_PREFIX):
+        return model[len(AGENT_MODEL_PREFIX) :]
+    return None
+
+
+class AgentChatReply:
+    """A run of one agent on a chat, as OpenAI ``chat.completion`` (:meth:`body`) or chunks
+    (iterate; the same interface as the chat service's streamed reply: ``cancel``/``close``)."""
+
+    def __init__(self, service: AgentsService, run_id: str, model: str) -> None:
+        self.service = service
+        self.run_id = run_id
+        self.model = model
+        self.cid = f"chatcmpl-{run_id[:24]}"
+        self.created = int(time.time())
+
+    async def _finish(self) -> RunState:
+        run = self.service._runs[self.run_id]
+        if run.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(run.task)
+        return run.state
+
+    def _usage(self, st: RunState) -> dict[str, int]:
+        return {"prompt_tokens": 0, "completion_tokens": st.tokens, "total_tokens": st.tokens}
+
+    def _extra(self, st: RunState) -> dict[str, Any]:
+        return {"agent_run": {"id": st.id, "status": st.status, "reason": st.reason}}
+
+    async def body(self) -> dict[str, Any]:
+        st = await self._finish()
+        return {
+            "id": self.cid,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": st.answer or st.reason},
+                    "finish_reason": "stop" if st.status == "succeeded" else "length",
+                    "logprobs": None,
+                }
+            ],
+            "usage": self._usage(st),
+            "oraculo": self._extra(self.service._runs[self.run_id].state),
+        }
+
+    def _chunk(self, delta: dict[str, Any] | None, finish: str | None) -> dict[str, Any]:
+        return {
+            "id": self.cid,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": []
+            if delta is None
+            else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        first = self._chunk({"role": "assistant", "content": ""}, None)
+        first["oraculo"] = {"agent_run": {"id": self.run_id, "status": "running"}}
+        yield first
+        st = await self._finish()
+        yield self._chunk({"content": st.answer or st.reason}, None)
+        last = self._chunk({}, "stop" if st.status == "succeeded" else "length")
+        last["oraculo"] = self._extra(st)
+        last["usage"] = self._usage(st)
+        yield last
+
+    def cancel(self) -> None:
+        run = self.service._runs.get(self.run_id)
+        if run is not None and not run.state.done:
+            run.cancel_requested = True
+            if run.task is not None:
+                run.task.cancel()
+
+    async def close(self) -> None:
+        """Nothing to store: the run keeps its own log."""
+
+
+async def chat_reply(
+    service: AgentsService, model: str, messages: list[dict[str, Any]], owner: str
+) -> AgentChatReply:
+    """Start the agent ``model`` names on the chat's last user message."""
+    name = agent_model(model)
+    assert name is not None
+    goal = next(
+        (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    if not goal:
+        raise BadRequest("An agent needs a user message to work on")
+    summary = await service.start(RunRequest(goal=goal, agents=[name]), owner)
+    return AgentChatReply(service, summary["id"], model)

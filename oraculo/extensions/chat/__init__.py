@@ -1,0 +1,1 @@
+"""Chat: /api/v1/chat (OpenAI-compatible, the workspace as context) and conversations."""

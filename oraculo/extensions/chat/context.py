@@ -1,0 +1,465 @@
+"""Context assembly: what is sent to the model with a chat request, and how it is fitted.
+
+Order of the prompt: one system message (the configured system prompt, the client's own system
+messages, then the context sections: kernel variables, notebook cells, memories, workspace
+passages), then the conversation history, then the new turn.
+
+Budget (see :meth:`ContextService.assemble`): the model's context window minus the reply's
+tokens and a safety margin. The system prompt and the new turn always go (a new turn that does
+not fit is a 400); context sections get at most ``context_share`` of what is left, filled in
+priority order (kernel variables, newest notebook cells, best-ranked memories, best-ranked
+passages), each item whole or not at all; the history gets the rest, newest turns first, and
+the oldest turns are dropped.
+
+Tokens are estimated, not counted (loading the model's tokenizer into every user's server would
+cost seconds and hundreds of MB, and models are configuration): a word with its leading space
+counts ``ceil(letters / 4)``, a run of white space 1, every digit, punctuation mark or other ASCII
+character 1, every non-ASCII character 2, plus 4 per message. On SmolLM2's tokenizer that is 1.0
+to 1.7 times the real count for English and Spanish prose, Python, JSON, numbers, CJK and this
+repository's sources; it undercounts only text like random letter strings. For those, the chat
+service re-fits the prompt once when the model service answers ``context_length_exceeded``,
+scaling the estimate by the real count that answer states.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import math
+import re
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlets import Float, Int, Unicode
+from traitlets.config import LoggingConfigurable
+
+from oraculo.extensions.base.errors import BadRequest, NotFound
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Oráculo, an assistant inside the user's Jupyter notebook workspace. Answer "
+    "concisely. When you write code, write Python that runs in the user's kernel. When the "
+    "workspace passages below answer the question, use them and cite them as [1], [2]."
+)
+
+
+_PIECES = re.compile(r" ?[A-Za-z]+|\s+|.", re.S)
+
+
+def estimate_tokens(text: str) -> int:
+    """An estimate of the model's token count for ``text`` (see the module docstring)."""
+    n = 0
+    for match in _PIECES.finditer(text):
+        piece = match.group()
+        last = piece[-1]
+        if last.isascii() and last.isalpha():
+            n += math.ceil(len(piece.lstrip()) / 4)
+        elif not last.isascii() and not last.isspace():
+            n += 2
+        else:
+            n += 1
+    return n
+
+
+def message_tokens(message: dict[str, Any]) -> int:
+    """Estimated tokens of one chat message, with its role and template markers."""
+    return estimate_tokens(str(message.get("content") or "")) + 4
+
+
+@dataclass
+class Assembled:
+    """The messages to send, and what went into them."""
+
+    messages: list[dict[str, Any]]
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    memories: list[dict[str, Any]] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    prompt_tokens_estimate: int = 0
+    history_dropped: int = 0
+
+
+MemoryGetter = Callable[[], Any]
+KernelSummary = Callable[[str], Awaitable[list[dict[str, Any]]]]
+
+
+class ContextService(LoggingConfigurable):
+    """Builds the prompt of one chat request from the user's workspace, under a token budget."""
+
+    system_prompt = Unicode(
+        DEFAULT_SYSTEM_PROMPT, config=True, help="System prompt sent first with every chat."
+    )
+    fallback_context_length = Int(
+        2048,
+        config=True,
+        help="Context window (tokens) assumed when the model service does not state one.",
+    )
+    reply_tokens = Int(
+        512,
+        config=True,
+        help="Tokens kept free for the reply when a request sets no max_tokens.",
+    )
+    safety_margin = Int(32, config=True, help="Tokens left unused on top of the estimate.")
+    context_share = Float(
+        0.5,
+        config=True,
+        help="""Largest share of the budget left after the system prompt and the new turn that
+        the context sections (variables, cells, memories, passages) may take; the history
+        gets the rest.""",
+    )
+    memories_k = Int(5, config=True, help="Memories retrieved per request.")
+    passages_k = Int(5, config=True, help="Workspace passages retrieved per request.")
+    min_passage_score = Float(
+        0.0, config=True, help="Passages scoring below this are not sent (nor cited)."
+    )
+    max_item_chars = Int(
+        1200, config=True, help="Longest passage, memory or cell sent, in characters."
+    )
+    notebook_cells = Int(8, config=True, help="Most recent notebook cells sent on request.")
+    retrieval_timeout = Float(
+        8.0,
+        config=True,
+        help="Seconds memory, RAG and kernel lookups may take before chat goes on without them.",
+    )
+
+    def __init__(
+        self,
+        memory: MemoryGetter | None = None,
+        contents_manager: Any = None,
+        kernel_summary: KernelSummary | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._memory = memory or (lambda: None)
+        self._contents = contents_manager
+        self._kernel_summary = kernel_summary
+
+    # --- sources ------------------------------------------------------------------------------
+
+    async def _guard(self, what: str, aw: Awaitable[Any], skipped: list[str]) -> Any:
+        """Await a source; a slow or failing one is logged, noted and skipped (chat goes on)."""
+        try:
+            return await asyncio.wait_for(aw, self.retrieval_timeout)
+        except (NotFound, BadRequest):
+            raise
+        except TimeoutError:
+            self.log.warning("chat context: %s took longer than %ss", what, self.retrieval_timeout)
+            skipped.append(f"{what}: timed out")
+        except Exception as e:
+            self.log.exception("chat context: %s failed; going on without it", what)
+            skipped.append(f"{what}: {type(e).__name__}")
+        return None
+
+    async def _memories(self, query: str, skipped: list[str]) -> list[dict[str, Any]]:
+        feature = self._memory()
+        if feature is None or not query:
+            return []
+        hits = await self._guard(
+            "memory search", feature.memories.search(query, self.memories_k), skipped
+        )
+        return [_as_dict(h) for h in hits or []]
+
+    async def _passages(self, query: str, skipped: list[str]) -> list[dict[str, Any]]:
+        feature = self._memory()
+        if feature is None or not query or getattr(feature, "index", None) is None:
+            return []
+        status = feature.index.status()
+        if status.get("state") == "idle" and status.get("chunks") == 0:
+            return []  # indexed, and nothing there: no query embedding to pay for
+        hits = await self._guard(
+            "workspace search", feature.index.search(query, self.passages_k), skipped
+        )
+        passages = [_as_dict(h) for h in hits or []]
+        passages = [p for p in passages if float(p.get("score") or 0) >= self.min_passage_score]
+        return sorted(passages, key=lambda p: -float(p.get("score") or 0))
+
+    async def _notebook(self, path: str) -> list[dict[str, Any]]:
+        if self._contents is None:
+            return []
+        try:
+            result = self._contents.get(path, content=True, type="notebook")
+            model = await result if inspect.isawaitable(result) else result
+        except Exception as e:
+            if getattr(e, "status_code", None) in (400, 404):
+                raise NotFound(f"No notebook at {path!r}.", reason="Unknown notebook") from None
+            raise
+        cells = []
+        for index, cell in enumerate(model["content"].get("cells", [])):
+            source = cell.get("source", "")
+            source = "".join(source) if isinstance(source, list) else source
+            if not source.strip():
+                continue
+            cells.append(
+                {
+                    "index": index,
+                    "type": cell.get("cell_type", "code"),
+                    "source": source,
+                    "output": _text_outputs(cell.get("outputs") or []),
+                }
+            )
+        return cells[-self.notebook_cells :]
+
+    async def _kernel(self, kernel_id: str, skipped: list[str]) -> list[dict[str, Any]] | None:
+        if self._kernel_summary is None:
+            return None
+        result: list[dict[str, Any]] | None = await self._guard(
+            "kernel variables", self._kernel_summary(kernel_id), skipped
+        )
+        return result
+
+    # --- assembly -----------------------------------------------------------------------------
+
+    async def assemble(
+        self,
+        history: list[dict[str, Any]],
+        new_turn: list[dict[str, Any]],
+        *,
+        context_length: int | None,
+        max_tokens: int | None,
+        notebook: str | None = None,
+        kernel: str | None = None,
+        variables: list[dict[str, Any]] | None = None,
+        workspace: bool = True,
+        scale: float = 1.0,
+    ) -> Assembled:
+        """Fit system prompt, context and history into the model's window (module docstring).
+
+        ``scale`` multiplies the token estimate: more than 1 where the model service said that
+        the estimate fell short for this conversation.
+        """
+        window = context_length or self.fallback_context_length
+        reserve = min(max_tokens or self.reply_tokens, window // 2)
+        budget = int((window - reserve - self.safety_margin) / max(scale, 1.0))
+
+        client_system = [m for m in [*history, *new_turn] if m["role"] in ("system", "developer")]
+        history = [m for m in history if m["role"] not in ("system", "developer")]
+        new_turn = [m for m in new_turn if m["role"] not in ("system", "developer")]
+        query = next(
+            (str(m.get("content") or "") for m in reversed(new_turn) if m["role"] == "user"), ""
+        )
+
+        base_system = "\n\n".join(
+            [self.system_prompt, *(str(m.get("content") or "") for m in client_system)]
+        ).strip()
+        fixed = estimate_tokens(base_system) + 4 + sum(message_tokens(m) for m in new_turn)
+        if fixed > budget:
+            raise BadRequest(
+                f"The messages take about {fixed} tokens; the model's {window}-token window "
+                f"leaves {budget} once {reserve} are kept for the reply.",
+                reason="Context length exceeded",
+            )
+        left = budget - fixed
+
+        skipped: list[str] = []
+        started = time.perf_counter()
+        memories, passages, cells, kernel_vars = await asyncio.gather(
+            self._memories(query if workspace else "", skipped),
+            self._passages(query if workspace else "", skipped),
+            self._notebook(notebook) if notebook else _nothing(),
+            self._kernel(kernel, skipped) if kernel else _nothing(),
+        )
+
+        context_left = int(left * self.context_share)
+        sections: list[str] = []
+        # how long the lookups (memories, passages, notebook, kernel) took together
+        info: dict[str, Any] = {"lookup_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+        def take(text: str) -> bool:
+            nonlocal context_left
+            cost = estimate_tokens(text) + 1
+            if cost > context_left:
+                return False
+            context_left -= cost
+            return True
+
+        all_vars = [*(variables or []), *(kernel_vars or [])]
+        if all_vars:
+            from oraculo.kernels.chat_magics import render_variables  # imports IPython
+
+            lines = render_variables(all_vars).splitlines()
+            kept = [ln for ln in lines if take(ln)]
+            if kept:
+                sections.append("## Variables in the user's kernel\n" + "\n".join(kept))
+                info["variables"] = len(kept)
+
+        if cells:
+            kept_cells: list[str] = []
+            for cell in reversed(cells):  # newest first
+                text = _render_cell(cell, self.max_item_chars)
+                if take(text):
+                    kept_cells.append(text)
+            if kept_cells:
+                sections.append(
+                    f"## Recent cells of the notebook {notebook}\n"
+                    + "\n".join(reversed(kept_cells))
+                )
+                info["notebook"] = {"path": notebook, "cells": len(kept_cells)}
+
+        used_memories = []
+        for m in memories:
+            text = f"- {m.get('key')}: {_cut(str(m.get('value')), self.max_item_chars)}"
+            if take(text):
+                used_memories.append(
+                    {k: m.get(k) for k in ("key", "value", "scope", "score", "updated_at")}
+                )
+        if used_memories:
+            sections.append(
+                "## What the user asked you to remember\n"
+                + "\n".join(
+                    f"- {m['key']}: {_cut(str(m['value']), self.max_item_chars)}"
+                    for m in used_memories
+                )
+            )
+
+        citations: list[dict[str, Any]] = []
+        passage_texts = []
+        for p in passages:
+            n = len(citations) + 1
+            where = str(p.get("path"))
+            if p.get("cell") is not None:
+                where += f", cell {p['cell']}"
+            text = f"[{n}] {where}:\n{_cut(str(p.get('text') or ''), self.max_item_chars)}"
+            if take(text):
+                passage_texts.append(text)
+                citations.append(
+                    {
+                        "index": n,
+                        **{
+                            k: p.get(k) for k in ("path", "cell", "start_line", "end_line", "score")
+                        },
+                    }
+                )
+        if passage_texts:
+            sections.append("## Passages from the user's workspace\n" + "\n\n".join(passage_texts))
+
+        if skipped:
+            info["skipped"] = skipped
+        system = "\n\n".join([base_system, *sections])
+        used = estimate_tokens(system) + 4 + sum(message_tokens(m) for m in new_turn)
+        history_left = budget - used
+        kept_history: list[dict[str, Any]] = []
+        for m in reversed(history):  # newest first; stop at the first that does not fit
+            cost = message_tokens(m)
+            if cost > history_left:
+                break
+            history_left -= cost
+            kept_history.append(m)
+        kept_history.reverse()
+        used += sum(message_tokens(m) for m in kept_history)
+
+        messages = [
+            {"role": "system", "content": system},
+            *({"role": m["role"], "content": m.get("content") or ""} for m in kept_history),
+            *({"role": m["role"], "content": m.get("content") or ""} for m in new_turn),
+        ]
+        return Assembled(
+            messages=messages,
+            citations=citations,
+            memories=used_memories,
+            context=info,
+            prompt_tokens_estimate=used,
+            history_dropped=len(history) - len(kept_history),
+        )
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _as_dict(hit: Any) -> dict[str, Any]:
+    if isinstance(hit, dict):
+        return hit
+    if hasattr(hit, "model_dump"):
+        return dict(hit.model_dump(mode="json"))
+    if hasattr(hit, "__dataclass_fields__"):
+        return {k: getattr(hit, k) for k in hit.__dataclass_fields__}
+    return dict(vars(hit))
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _text_outputs(outputs: list[dict[str, Any]]) -> str:
+    parts = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            text = out.get("text", "")
+        elif out.get("output_type") in ("execute_result", "display_data"):
+            text = (out.get("data") or {}).get("text/plain", "")
+        elif out.get("output_type") == "error":
+            text = f"{out.get('ename')}: {out.get('evalue')}"
+        else:
+            continue
+        parts.append("".join(text) if isinstance(text, list) else str(text))
+    return "".join(parts)
+
+
+def _render_cell(cell: dict[str, Any], limit: int) -> str:
+    head = f"In [{cell['index']}] ({cell['type']}):"
+    text = f"{head}\n{_cut(cell['source'], limit)}"
+    if cell.get("output"):
+        text += f"\nOut:\n{_cut(cell['output'], limit // 2)}"
+    return text
+
+
+# --- kernel variables ---------------------------------------------------------------------------
+
+
+def summary_expression() -> str:
+    """A Python expression that, evaluated in a kernel's namespace, returns the summary as JSON.
+
+    It carries the source of :func:`~oraculo.kernels.chat_magics.summarize_namespace`, so the
+    kernel need not import oraculo (any Python kernel works).
+    """
+    from oraculo.kernels import chat_magics
+
+    source = textwrap.dedent(inspect.getsource(chat_magics.summarize_namespace))
+    return (
+        "(lambda g: (exec(compile(" + repr(source) + ", '<oraculo>', 'exec'), g),"
+        " __import__('json').dumps(g['summarize_namespace'](globals()), default=str))[1])"
+        "({'Any': object})"
+    )
+
+
+class KernelInspector:
+    """Reads a running kernel's variables with a silent request (no history, no output)."""
+
+    def __init__(self, kernel_manager: Any, timeout: float = 5.0) -> None:
+        self.kernel_manager = kernel_manager
+        self.timeout = timeout
+        self._expression = ""
+
+    async def summary(self, kernel_id: str) -> list[dict[str, Any]]:
+        if kernel_id not in self.kernel_manager:
+            raise NotFound(f"No kernel {kernel_id!r}.", reason="Unknown kernel")
+        if not self._expression:
+            self._expression = summary_expression()
+        client = self.kernel_manager.get_kernel(kernel_id).client()
+        client.start_channels()
+        try:
+            msg_id = client.execute(
+                "",
+                silent=True,
+                store_history=False,
+                user_expressions={"oraculo": self._expression},
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout
+            while True:
+                reply = await client.get_shell_msg(timeout=max(0.01, deadline - loop.time()))
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+        finally:
+            client.stop_channels()
+        result = reply["content"].get("user_expressions", {}).get("oraculo", {})
+        if result.get("status") != "ok":
+            self_error = result.get("ename", "error")
+            raise RuntimeError(f"the kernel could not describe its variables ({self_error})")
+        text = result["data"]["text/plain"]
+        import json
+
+        data: list[dict[str, Any]] = json.loads(ast.literal_eval(text))
+        return data

@@ -1,0 +1,1 @@
+"""Execute: /api/v1/execute, code run in the user's sandboxed kernels; files and audit."""

@@ -1,1 +1,0 @@
-"""REST and WebSocket handlers of the oraculo server extension, one module per resource."""

@@ -1,1 +1,0 @@
-"""Services behind the extension's handlers: plain Python, no tornado."""

@@ -1,0 +1,1 @@
+"""Status: /api/v1/status, the workspace at a glance (user, kernels, GPU, model service)."""

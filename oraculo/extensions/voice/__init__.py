@@ -1,0 +1,1 @@
+"""Voice: /api/v1/voice, speech in (Whisper) and speech out (Piper) around a chat turn."""

@@ -1,0 +1,39 @@
+"""The voice feature: ``WS /api/v1/voice``, speech in and speech out around the chat feature."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from traitlets import Instance, Type
+
+from oraculo.extensions.base.feature import Feature
+from oraculo.extensions.voice.handlers import VoiceHandler
+from oraculo.extensions.voice.service import VoiceService
+
+
+class VoiceFeature(Feature):
+    """Spoken conversations: transcription and speech on the model service, replies from chat."""
+
+    name = "voice"
+
+    service_class = Type(
+        VoiceService, klass=VoiceService, config=True, help="The service that runs voice sessions."
+    )
+    service = Instance(VoiceService)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        ext = self.extension
+        self.service = self.service_class(
+            parent=self,
+            chat=lambda: ext.feature("chat").service,
+            models_url=ext.models_url,
+            token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+        )
+
+    def handlers(self) -> list[tuple[str, Any]]:
+        return [(r"/api/v1/voice", VoiceHandler)]
+
+    async def stop(self) -> None:
+        await self.service.aclose()

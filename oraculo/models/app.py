@@ -24,8 +24,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tornado import httpserver, web
-from traitlets import Dict, Instance, Integer, List, Type, Unicode, default
+from traitlets import Dict, Instance, Integer, List, Type, Unicode, default, validate
 from traitlets.config import Application
+
+from oraculo.hub.database import redacted, sqlalchemy_url
 
 from .auth import Authenticator, HubAuthenticator, StaticKeyAuthenticator
 from .handlers import routes
@@ -71,8 +73,9 @@ class ModelServiceApp(Application):
         "Default: $ORACULO_DATA_DIR/models, else ./.data/models."
     ).tag(config=True)
     usage_db_url = Unicode(
-        help="SQLAlchemy URL of the usage store (postgresql://... to scale out). "
-        "Default: sqlite:///<data_dir>/usage.sqlite."
+        help="SQLAlchemy URL of the usage store, shared by every model-service process "
+        "(postgresql://... to scale out; psycopg 3). "
+        "Default: $ORACULO_USAGE_DB_URL, else sqlite:///<data_dir>/usage.sqlite."
     ).tag(config=True)
     models = List(
         Dict(),
@@ -133,7 +136,14 @@ class ModelServiceApp(Application):
 
     @default("usage_db_url")
     def _default_usage_db_url(self) -> str:
+        shared = os.environ.get("ORACULO_USAGE_DB_URL")
+        if shared:
+            return shared
         return f"sqlite:///{Path(self.data_dir).resolve() / 'usage.sqlite'}"
+
+    @validate("usage_db_url")
+    def _validate_usage_db_url(self, proposal: Any) -> str:
+        return sqlalchemy_url(str(proposal.value))
 
     @default("models")
     def _default_models(self) -> list[dict[str, Any]]:
@@ -187,11 +197,12 @@ class ModelServiceApp(Application):
         server = httpserver.HTTPServer(app, max_body_size=self.max_body_size, xheaders=True)
         server.listen(self.port, self.ip)
         self.log.info(
-            "model service at http://%s:%d%s (auth: %s)",
+            "model service at http://%s:%d%s (auth: %s; usage: %s)",
             self.ip,
             self.port,
             self.base_url,
             service.auth.describe(),
+            redacted(self.usage_db_url),
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

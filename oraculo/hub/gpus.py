@@ -85,6 +85,13 @@ class GpuAllocator(LoggingConfigurable):
             self.log.info("GPU %s assigned to %s", gpu, key)
             return gpu
 
+    def restore(self, key: str, gpu: str) -> None:
+        """Record that server ``key`` already runs on ``gpu`` (a restarted hub reading its
+        spawners' state): no limit is checked, the server is there already."""
+        with self._lock:
+            self._assigned[key] = gpu
+        self.log.info("GPU %s still assigned to %s", gpu, key)
+
     def release(self, key: str) -> None:
         with self._lock:
             gpu = self._assigned.pop(key, None)

@@ -7,8 +7,10 @@
 - ``docker``: one container per user from the image built in ``deploy/docker``, with a GPU
   passed through by device request.
 
-Every spawner gets one GPU per server from the hub's :class:`~oraculo.hub.gpus.GpuAllocator`,
-and the shared folders of the user's hub groups (:mod:`oraculo.hub.groups`).
+Every spawner starts a server through the same hooks (:class:`OraculoSpawnerMixin`): the
+account, the shared folders of the user's hub groups (:mod:`oraculo.hub.groups`), one GPU from
+the hub's :class:`~oraculo.hub.gpus.GpuAllocator` (kept in the spawner's state across hub
+restarts), the sandbox limits of the user's groups, and a wait until a local server listens.
 """
 
 from __future__ import annotations
@@ -29,61 +31,106 @@ from oraculo.hub.groups import SHARED_DIRS_ENV, GroupFolders, reachable_by_other
 from oraculo.hub.sandbox import docker_host_config, sandbox_env
 
 
-class GpuMixin:
-    """Gives each server the GPU the hub-wide allocator picks, and frees it on stop, and the
-    shared folders of the user's hub groups."""
+class AccountHook:
+    """Hook 1: what the server needs before it starts: a home, an OS account. It may block
+    (``useradd``), so :meth:`prepare_account` runs :meth:`prepare` off the hub's event loop."""
+
+    def prepare(self) -> None:
+        """Make the home or OS account (blocking; runs in a thread)."""
+
+    async def prepare_account(self) -> None:
+        await asyncio.to_thread(self.prepare)
+
+
+class GroupFoldersHook:
+    """Hook 2: the shared folders of the user's hub groups, handed to the server as
+    ``ORACULO_SHARED_DIRS``. Making them may block (``groupadd``, ``gpasswd``), so that part runs
+    off the event loop; the user's groups are read from the hub's database on the loop."""
+
+    #: The user's group folders, made by :meth:`make_group_folders` at this start.
+    group_dirs: list[str] = []
+
+    def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
+        """Make the user's group folders (and whatever grants access to them); their paths.
+        Blocking; runs in a thread."""
+        return list(folders.ensure_folders(groups))
+
+    async def make_group_folders(self) -> None:
+        folders = GroupFolders(parent=self)
+        if not folders.enabled:
+            self.group_dirs = []
+            return
+        groups = user_groups(self)
+        self.group_dirs = await asyncio.to_thread(self.prepare_group_folders, folders, groups)
+
+    def group_env(self, env: dict[str, str]) -> dict[str, str]:
+        if self.group_dirs:
+            env[SHARED_DIRS_ENV] = os.pathsep.join(self.group_dirs)
+        return env
+
+
+class GpuHook:
+    """Hook 3: one GPU per server from the hub-wide allocator, freed on stop, and kept in the
+    spawner's state so a restarted hub knows which card each running server holds. The first
+    assignment asks ``nvidia-smi`` for the cards, off the event loop."""
 
     gpu_id: str | None = None
-    #: The user's group folders, made by :meth:`prepare_group_folders` at this start.
-    group_dirs: list[str] = []
     #: True where the runtime exposes only the assigned card, renumbered from 0 (containers).
     gpu_renumbered = False
 
     def _server_key(self) -> str:
         return f"{self.user.name}/{self.name}"  # type: ignore[attr-defined]
 
-    def assign_gpu(self) -> str | None:
-        self.gpu_id = shared_allocator(self).assign(self._server_key())  # type: ignore[arg-type]
+    async def assign_gpu(self) -> str | None:
+        allocator = shared_allocator(self)  # type: ignore[arg-type]
+        self.gpu_id = await asyncio.to_thread(allocator.assign, self._server_key())
         return self.gpu_id
 
     def release_gpu(self) -> None:
-        shared_allocator(self).release(self._server_key())  # type: ignore[arg-type]
+        if self.gpu_id is not None:
+            shared_allocator(self).release(self._server_key())  # type: ignore[arg-type]
         self.gpu_id = None
 
-    def prepare(self) -> None:
-        """Make what the server needs before it starts (a home, an OS account)."""
+    def get_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().get_state()  # type: ignore[misc]
+        if self.gpu_id is not None:
+            state["gpu_id"] = self.gpu_id
+        return state
 
-    def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
-        """Make the user's group folders (and whatever grants access to them); their paths."""
-        return list(folders.ensure_folders(groups))
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)  # type: ignore[misc]
+        gpu = state.get("gpu_id")
+        if gpu is not None:  # a hub restart: the running server keeps its card
+            self.gpu_id = str(gpu)
+            shared_allocator(self).restore(self._server_key(), self.gpu_id)  # type: ignore[arg-type]
 
-    def _group_folders(self) -> list[str]:
-        folders = GroupFolders(parent=self)
-        if not folders.enabled:
-            return []
-        return self.prepare_group_folders(folders, user_groups(self))
+    def clear_state(self) -> None:
+        super().clear_state()  # type: ignore[misc]
+        self.release_gpu()
 
-    async def start(self) -> Any:
-        self.prepare()
-        self.group_dirs = self._group_folders()
-        self.assign_gpu()
-        try:
-            address = await super().start()  # type: ignore[misc]
-        except BaseException:
-            self.release_gpu()
-            raise
-        if isinstance(self, LocalProcessSpawner):
-            await self._until_listening(*address)
-        return address
+    def gpu_env(self, env: dict[str, str]) -> dict[str, str]:
+        # An explicit empty CUDA_VISIBLE_DEVICES hides every GPU from a server that got none.
+        if self.gpu_id is None:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = "0" if self.gpu_renumbered else self.gpu_id
+        env["ORACULO_GPU"] = self.gpu_id or ""  # the card's id on the host, for reports
+        return env
 
-    async def _until_listening(self, ip: str, port: int) -> None:
-        """Return once the new server accepts connections (checked every 50 ms), or has exited.
 
-        The hub checks a started server with an exponential backoff (0.2 s, 0.4 s, 0.8 s, 1.6 s,
-        jittered): a server ready after 1.2 s was noticed anywhere up to ~2.5 s later. Its
-        first check now finds the server there. Bounded by ``http_timeout`` (at most 30 s),
-        after which the hub's own wait goes on as before."""
-        assert isinstance(self, LocalProcessSpawner)
+class ReadinessHook:
+    """Hook 4 (local servers): :meth:`until_listening` returns once the new server accepts
+    connections (checked every 50 ms), or has exited.
+
+    The hub checks a started server with an exponential backoff (0.2 s, 0.4 s, 0.8 s, 1.6 s,
+    jittered): a server ready after 1.2 s was noticed anywhere up to ~2.5 s later. Its first
+    check now finds the server there. Bounded by ``http_timeout`` (at most 30 s), after which
+    the hub's own wait goes on as before."""
+
+    async def until_listening(self, address: Any) -> None:
+        if not isinstance(self, LocalProcessSpawner):
+            return
+        ip, port = address
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(self.http_timeout, 30)
         while loop.time() < deadline:
@@ -99,6 +146,30 @@ class GpuMixin:
                 await writer.wait_closed()
             return
 
+
+class OraculoSpawnerMixin(AccountHook, GroupFoldersHook, GpuHook, ReadinessHook):
+    """What every Oráculo spawner adds to its JupyterHub base spawner, as hooks run in order.
+
+    ``start``: the account and home (:class:`AccountHook`), the group folders
+    (:class:`GroupFoldersHook`), a GPU (:class:`GpuHook`), then the base spawner's own start,
+    whose environment (:meth:`get_env`) gets the group folders, the GPU and the sandbox limits
+    of the user's groups; local servers are then awaited until they listen
+    (:class:`ReadinessHook`). ``stop`` frees the GPU. Nothing blocking runs on the hub's event
+    loop: ``useradd``, ``groupadd``, ``gpasswd`` and ``nvidia-smi`` run in threads.
+    """
+
+    async def start(self) -> Any:
+        await self.prepare_account()
+        await self.make_group_folders()
+        await self.assign_gpu()
+        try:
+            address = await super().start()  # type: ignore[misc]
+        except BaseException:
+            self.release_gpu()
+            raise
+        await self.until_listening(address)
+        return address
+
     async def stop(self, now: bool = False) -> None:
         try:
             await super().stop(now=now)  # type: ignore[misc]
@@ -107,21 +178,10 @@ class GpuMixin:
 
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()  # type: ignore[misc]
-        if self.group_dirs:
-            env[SHARED_DIRS_ENV] = os.pathsep.join(self.group_dirs)
-        return sandbox_env(self, self.gpu_env(env))
-
-    def gpu_env(self, env: dict[str, str]) -> dict[str, str]:
-        # An explicit empty CUDA_VISIBLE_DEVICES hides every GPU from a server that got none.
-        if self.gpu_id is None:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = "0" if self.gpu_renumbered else self.gpu_id
-        env["ORACULO_GPU"] = self.gpu_id or ""  # the card's id on the host, for reports
-        return env
+        return sandbox_env(self, self.gpu_env(self.group_env(env)))
 
 
-class OraculoProcessSpawner(GpuMixin, LocalProcessSpawner):
+class OraculoProcessSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
     """Runs each user's server as the hub's OS account, in ``home_dir_template``.
 
     Users share one OS account, so one user's code can read another's files: use this only
@@ -173,7 +233,7 @@ class OraculoProcessSpawner(GpuMixin, LocalProcessSpawner):
         return paths
 
 
-class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
+class SystemUserSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
     """Runs each user's server under an OS account of its own, created on first spawn.
 
     Hub user ``alice`` becomes OS user ``jupyter-alice`` (``os_user_prefix``), so no hub name can
@@ -253,7 +313,7 @@ class SystemUserSpawner(GpuMixin, LocalProcessSpawner):
         return paths
 
 
-class OraculoDockerSpawner(GpuMixin, DockerSpawner):
+class OraculoDockerSpawner(OraculoSpawnerMixin, DockerSpawner):
     """One container per user from the Oráculo single-user image, GPU by device request."""
 
     gpu_renumbered = True
@@ -293,7 +353,7 @@ class OraculoDockerSpawner(GpuMixin, DockerSpawner):
         return binds
 
     async def create_object(self) -> Any:
-        gpu = self.assign_gpu()  # the card start() took (the same one again)
+        gpu = self.gpu_id  # the card start() took
         if self._configured_host_config is None:
             # What the operator configured, kept apart from what this start adds to it, so
             # a later start drops a GPU or a group the user no longer has.

@@ -44,9 +44,10 @@ setup_python() {
 }
 
 setup_node() {
-  if [ ! -x node_modules/.bin/configurable-http-proxy ]; then
+  # configurable-http-proxy for the hub; oidc-provider for the sign-in tests' OpenID provider
+  if [ ! -x node_modules/.bin/configurable-http-proxy ] || [ ! -d node_modules/oidc-provider ]; then
     command -v npm >/dev/null || { log "npm is missing: apt-get install nodejs npm"; exit 1; }
-    log "installing configurable-http-proxy from npm"
+    log "installing configurable-http-proxy and oidc-provider from npm"
     npm ci --no-audit --no-fund --loglevel=error
   fi
 }

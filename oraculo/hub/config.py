@@ -34,13 +34,15 @@ SPAWNERS = {
 #: ``generic-oauth`` from oauthenticator, ``shared-password`` ...) is passed through.
 AUTHENTICATORS = {
     "native": "oraculo-native",
-    "oidc": "oraculo-oidc",  # any OpenID Connect provider: oraculo.hub.oauth
 }
 
 #: Custom scopes Oráculo features check.
 CUSTOM_SCOPES = {
     "custom:oraculo:usage:read-all": {
         "description": "Read every user's model-service usage, not just one's own.",
+    },
+    "custom:oraculo:budgets:write": {
+        "description": "Set and remove usage budgets of users and groups.",
     },
 }
 
@@ -110,8 +112,7 @@ class OraculoHub(LoggingConfigurable):
     admin_users = Set(
         Unicode(),
         config=True,
-        help="""Hub admins. Default ORACULO_ADMIN_USERS (comma separated), else {'admin'}
-        with the native authenticator and none with the others.""",
+        help="Hub admins. Default ORACULO_ADMIN_USERS (comma separated) or {'admin'}.",
     )
     open_signup = Bool(
         config=True,
@@ -197,11 +198,7 @@ class OraculoHub(LoggingConfigurable):
 
     @default("admin_users")
     def _default_admin_users(self) -> set[str]:
-        # `admin` is the account the native authenticator makes on first start; with an
-        # outside provider it would be whoever holds that name there.
-        names = os.environ.get(
-            "ORACULO_ADMIN_USERS", "admin" if self.authenticator == "native" else ""
-        )
+        names = os.environ.get("ORACULO_ADMIN_USERS", "admin")
         return {n.strip() for n in names.split(",") if n.strip()}
 
     @default("open_signup")

@@ -30,10 +30,13 @@ from traitlets.config import Application
 from oraculo.hub.database import redacted, sqlalchemy_url
 
 from .auth import Authenticator, HubAuthenticator, StaticKeyAuthenticator
+from .budgets import Budgets
 from .handlers import routes
 from .metering import RateLimiter, UsageStore
 from .registry import DEFAULT_MODELS, ModelSpec, backend_class
 from .service import ModelService
+from .usage import Prices
+from .usage_handlers import usage_routes
 
 
 def default_torch_threads() -> int:
@@ -94,6 +97,18 @@ class ModelServiceApp(Application):
     group_limits = Dict(
         help="""Per-group limits, shared by all members of the (hub) group together:
         {group: {requests_per_minute, tokens_per_minute, tokens_per_day}}.""",
+    ).tag(config=True)
+    budgets = List(
+        Dict(),
+        help="""Budgets to start with: {scope: user|group, name (a user, a group, or "*" for
+        every user without a budget of their own), period: day|month, unit: tokens|cpu_seconds|
+        gpu_seconds|voice_seconds|cost, limit}. Added to the usage store where it has no budget
+        with the same scope, name, period and unit; after that the store (changed through
+        PUT/DELETE /v1/budgets, no restart) is what counts.""",
+    ).tag(config=True)
+    prices = Dict(
+        help="""Prices of the weighted unit `cost`: {per_1k_tokens, models: {model: price per 1k
+        tokens}, per_cpu_hour, per_gpu_hour, per_voice_minute}. Empty: everything costs 0.""",
     ).tag(config=True)
     authenticator_class = Type(
         klass=Authenticator,
@@ -172,7 +187,9 @@ class ModelServiceApp(Application):
         store = UsageStore(self.usage_db_url)
         limiter = RateLimiter(self.user_limits, self.group_limits, store)
         auth = self.authenticator_class(parent=self, log=self.log)
-        return ModelService(auth, store, limiter, self.log)
+        budgets = Budgets(store, Prices.model_validate(self.prices))
+        budgets.seed(self.budgets)
+        return ModelService(auth, store, limiter, self.log, budgets)
 
     def _load_models(self, service: ModelService) -> None:
         import torch
@@ -193,7 +210,10 @@ class ModelServiceApp(Application):
     async def serve(self) -> None:
         """Listen at once (health says 'loading'), load models in a thread, serve until SIGTERM."""
         self.service = service = self._build_service()
-        app = web.Application(routes(self.base_url, service), log_function=self._log_request)
+        app = web.Application(
+            usage_routes(self.base_url, {"service": service}) + routes(self.base_url, service),
+            log_function=self._log_request,
+        )
         server = httpserver.HTTPServer(app, max_body_size=self.max_body_size, xheaders=True)
         server.listen(self.port, self.ip)
         self.log.info(

@@ -19,6 +19,7 @@ from traitlets.config import LoggingConfigurable
 from .errors import Forbidden, Unauthenticated
 
 USAGE_READ_ALL = "custom:oraculo:usage:read-all"
+BUDGETS_WRITE = "custom:oraculo:budgets:write"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Identity:
     groups: tuple[str, ...] = ()
     can_read_all_usage: bool = False
     kind: str = "user"
+    #: May set and remove budgets (operators).
+    can_manage_budgets: bool = False
 
 
 class Authenticator(LoggingConfigurable):
@@ -89,6 +92,7 @@ class HubAuthenticator(Authenticator):
             groups=tuple(model.get("groups") or ()),
             can_read_all_usage=USAGE_READ_ALL in scopes,
             kind=model.get("kind", "user"),
+            can_manage_budgets=BUDGETS_WRITE in scopes,
         )
 
 
@@ -100,7 +104,8 @@ class StaticKeyAuthenticator(Authenticator):
         {"sk-alice-…": {"name": "alice", "groups": ["cohort-a"]},
          "sk-ops-…": {"name": "ops", "admin": true}}
 
-    ``admin`` lets a caller read everyone's usage. Keys are compared by their SHA-256 digest.
+    ``admin`` lets a caller read everyone's usage and manage budgets. Keys are compared by their
+    SHA-256 digest.
     """
 
     api_keys = Dict(help="Key → {name, groups?, admin?}; merged with api_keys_file.").tag(
@@ -147,4 +152,5 @@ def _identity(entry: Any) -> Identity:
         name=str(entry["name"]),
         groups=tuple(entry.get("groups", ())),
         can_read_all_usage=bool(entry.get("admin", False)),
+        can_manage_budgets=bool(entry.get("admin", False)),
     )

@@ -70,6 +70,8 @@ class BaseHandler(web.RequestHandler):
             scheme, _, token = header.partition(" ")
             bearer = token.strip() if scheme.lower() in ("bearer", "token") else None
             self.identity = await self.service.auth.authenticate(bearer)
+            # a spent budget refuses before any work (see oraculo.models.budgets)
+            await self.service.budgets.check_endpoint(self.identity, self.endpoint)
 
     def write_json(self, body: Any) -> None:
         self.finish(body if isinstance(body, dict) else {"data": body})

@@ -1,7 +1,15 @@
 """Usage records (sqlite by default, any SQLAlchemy URL such as PostgreSQL) and rate limits/quotas.
 
-Every request that got past authentication leaves one ``usage_events`` row: user, model, endpoint,
-prompt and completion tokens, latency, time to first token, status and error type.
+One ``usage_events`` table holds all three units of use:
+
+- model tokens: every request that got past authentication leaves one row (user, model, endpoint,
+  prompt and completion tokens, latency, time to first token, status and error type);
+- voice: the audio endpoints' rows also carry ``audio_seconds`` (heard or spoken);
+- kernel compute: user servers report their kernels' CPU (and GPU) seconds as they run
+  (``endpoint = "kernel"``, ``cpu_seconds``/``gpu_seconds``, ``ref`` = the kernel id).
+
+Each row also carries the user's hub groups at the time (``groups``, as ``,a,b,``), so one query
+answers what a user or a group used in a period (:mod:`oraculo.models.usage`).
 
 Limits are checked before any work and charged after it (tokens are only known then):
 requests/minute and tokens/minute over a sliding minute, tokens/day since UTC midnight. A user's own
@@ -40,6 +48,13 @@ usage_events = sa.Table(
     sa.Column("error_type", sa.String(64), nullable=True),
     # seconds of audio transcribed or spoken (audio endpoints only)
     sa.Column("audio_seconds", sa.Float, nullable=True),
+    # CPU and GPU seconds of a user's kernels (endpoint "kernel" only)
+    sa.Column("cpu_seconds", sa.Float, nullable=True),
+    sa.Column("gpu_seconds", sa.Float, nullable=True),
+    # the user's hub groups when the work was done, as ",a,b," ("" for none)
+    sa.Column("groups", sa.String(1024), nullable=True),
+    # what the work belonged to: a kernel id, a conversation, an agent run, an execution
+    sa.Column("ref", sa.String(255), nullable=True),
 )
 sa.Index("ix_usage_user_ts", usage_events.c.user, usage_events.c.ts)
 
@@ -56,7 +71,17 @@ class UsageEvent:
     ttft_ms: float | None = None
     error_type: str | None = None
     audio_seconds: float | None = None
+    cpu_seconds: float | None = None
+    gpu_seconds: float | None = None
+    groups: str | None = None
+    ref: str | None = None
     ts: float = dataclasses.field(default_factory=time.time)
+
+
+def groups_column(groups: tuple[str, ...] | list[str]) -> str:
+    """A user's groups as stored in ``usage_events.groups``: ``,a,b,`` (``""`` for none), so
+    ``groups LIKE '%,a,%'`` finds a group's rows."""
+    return f",{','.join(sorted(groups))}," if groups else ""
 
 
 class UsageStore:
@@ -93,6 +118,11 @@ class UsageStore:
     async def arecord(self, event: UsageEvent) -> None:
         await asyncio.to_thread(self.record, event)
 
+    def record_many(self, events: list[UsageEvent]) -> None:
+        if events:
+            with self.engine.begin() as conn:
+                conn.execute(usage_events.insert(), [dataclasses.asdict(e) for e in events])
+
     def tokens_since(self, user: str, since: float) -> int:
         c = usage_events.c
         q = sa.select(
@@ -118,6 +148,8 @@ class UsageStore:
                 sa.func.sum(c.prompt_tokens).label("prompt_tokens"),
                 sa.func.sum(c.completion_tokens).label("completion_tokens"),
                 sa.func.sum(c.audio_seconds).label("audio_seconds"),
+                sa.func.sum(c.cpu_seconds).label("cpu_seconds"),
+                sa.func.sum(c.gpu_seconds).label("gpu_seconds"),
             )
             .where(*where)
             .group_by(c.user, c.model)

@@ -14,8 +14,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .auth import Authenticator, Identity
 from .backends import Backend
+from .budgets import Budgets
 from .errors import Overloaded
-from .metering import RateLimiter, UsageEvent, UsageStore
+from .metering import RateLimiter, UsageEvent, UsageStore, groups_column
 from .registry import ModelRegistry
 
 
@@ -80,12 +81,23 @@ class _EngineCollector:
 class ModelService:
     """State shared by all handlers; built by ``ModelServiceApp``."""
 
+    #: Endpoints that leave no usage row (a refusal, 429, still does: the dashboard counts them).
+    UNMETERED = frozenset(
+        {"", "models", "usage", "usage.summary", "usage.kernels", "budget", "budgets"}
+    )
+
     def __init__(
-        self, auth: Authenticator, store: UsageStore, limiter: RateLimiter, log: Any
+        self,
+        auth: Authenticator,
+        store: UsageStore,
+        limiter: RateLimiter,
+        log: Any,
+        budgets: Budgets | None = None,
     ) -> None:
         self.auth = auth
         self.store = store
         self.limiter = limiter
+        self.budgets = budgets or Budgets(store)
         self.log = log
         self.registry = ModelRegistry()
         self.ready = False
@@ -138,7 +150,7 @@ class ModelService:
                 self.metrics.ttft.labels(model).observe(ttft_ms / 1000)
             if audio_seconds:
                 self.metrics.audio_seconds.labels(model).inc(audio_seconds)
-        if identity is None or endpoint in ("", "models", "usage"):
+        if identity is None or (endpoint in self.UNMETERED and status != 429):
             return
         self.log.info(
             "%s %s model=%s status=%d tokens=%d+%d %.0fms",
@@ -162,7 +174,9 @@ class ModelService:
             ttft_ms=None if ttft_ms is None else round(ttft_ms, 1),
             error_type=error_type,
             audio_seconds=None if audio_seconds is None else round(audio_seconds, 3),
+            groups=groups_column(identity.groups),
         )
+        self.budgets.charge(event)
         task = asyncio.get_running_loop().create_task(self._record(event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -172,6 +186,12 @@ class ModelService:
             await self.store.arecord(event)
         except Exception:
             self.log.exception("could not record usage for %s", event.user)
+
+    async def record_events(self, events: list[UsageEvent]) -> None:
+        """Record reported usage (kernel compute) and charge it to its budgets."""
+        for event in events:
+            self.budgets.charge(event)
+        await asyncio.to_thread(self.store.record_many, events)
 
     async def drain(self) -> None:
         if self._tasks:

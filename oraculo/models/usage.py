@@ -1,0 +1,257 @@
+"""What a user or a group used in a period, in three units and one weighted unit.
+
+The units: model **tokens** (prompt + completion, per model), kernel compute (**cpu_seconds**,
+**gpu_seconds**) and **voice_seconds** (heard or spoken). :class:`Prices` turns them into one
+weighted unit, **cost**, with the operator's prices: per 1k tokens (per model, or one price for
+all), per CPU hour, per GPU hour and per voice minute.
+
+Everything here reads the one ``usage_events`` table of :mod:`oraculo.models.metering`, so it
+runs on SQLite or PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field
+
+from .metering import UsageEvent, UsageStore, usage_events
+
+#: The units a budget may count, ``cost`` being the weighted one.
+UNITS = ("tokens", "cpu_seconds", "gpu_seconds", "voice_seconds", "cost")
+Unit = Literal["tokens", "cpu_seconds", "gpu_seconds", "voice_seconds", "cost"]
+Period = Literal["day", "week", "month"]
+
+
+class Prices(BaseModel):
+    """The operator's prices for the weighted unit (any currency; 0 = free)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_1k_tokens: float = Field(
+        default=0.0, ge=0, description="Price of 1,000 tokens of any model."
+    )
+    models: dict[str, float] = Field(
+        default_factory=dict, description="Price of 1,000 tokens per model name (overrides)."
+    )
+    per_cpu_hour: float = Field(default=0.0, ge=0)
+    per_gpu_hour: float = Field(default=0.0, ge=0)
+    per_voice_minute: float = Field(default=0.0, ge=0)
+
+    def token_price(self, model: str) -> float:
+        return self.models.get(model, self.per_1k_tokens)
+
+    def cost(
+        self,
+        model: str,
+        tokens: float = 0.0,
+        cpu_seconds: float = 0.0,
+        gpu_seconds: float = 0.0,
+        voice_seconds: float = 0.0,
+    ) -> float:
+        return (
+            tokens / 1000 * self.token_price(model)
+            + cpu_seconds / 3600 * self.per_cpu_hour
+            + gpu_seconds / 3600 * self.per_gpu_hour
+            + voice_seconds / 60 * self.per_voice_minute
+        )
+
+    def event_cost(self, e: UsageEvent) -> float:
+        return self.cost(
+            e.model,
+            e.prompt_tokens + e.completion_tokens,
+            e.cpu_seconds or 0.0,
+            e.gpu_seconds or 0.0,
+            e.audio_seconds or 0.0,
+        )
+
+
+def empty_totals() -> dict[str, float]:
+    return {
+        "tokens": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cpu_seconds": 0.0,
+        "gpu_seconds": 0.0,
+        "voice_seconds": 0.0,
+        "cost": 0.0,
+        "requests": 0,
+    }
+
+
+def event_totals(e: UsageEvent, prices: Prices) -> dict[str, float]:
+    """One event's contribution to each unit."""
+    return {
+        "tokens": e.prompt_tokens + e.completion_tokens,
+        "prompt_tokens": e.prompt_tokens,
+        "completion_tokens": e.completion_tokens,
+        "cpu_seconds": e.cpu_seconds or 0.0,
+        "gpu_seconds": e.gpu_seconds or 0.0,
+        "voice_seconds": e.audio_seconds or 0.0,
+        "cost": prices.event_cost(e),
+        "requests": 0 if e.endpoint == "kernel" else 1,
+    }
+
+
+def add_totals(into: dict[str, float], more: dict[str, float]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+# --- periods (UTC) ------------------------------------------------------------------------------
+
+
+def period_start(period: str, now: float) -> float:
+    """When the day, ISO week (Monday) or month containing ``now`` began, in UTC."""
+    d = dt.datetime.fromtimestamp(now, dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "week":
+        d -= dt.timedelta(days=d.weekday())
+    elif period == "month":
+        d = d.replace(day=1)
+    elif period != "day":
+        raise ValueError(f"unknown period {period!r}")
+    return d.timestamp()
+
+
+def period_end(period: str, now: float) -> float:
+    """When that period ends: when a budget over it resets."""
+    start = dt.datetime.fromtimestamp(period_start(period, now), dt.UTC)
+    if period == "day":
+        return (start + dt.timedelta(days=1)).timestamp()
+    if period == "week":
+        return (start + dt.timedelta(days=7)).timestamp()
+    days = calendar.monthrange(start.year, start.month)[1]
+    return (start + dt.timedelta(days=days)).timestamp()
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- queries ------------------------------------------------------------------------------------
+
+
+def _like_group(group: str) -> sa.ColumnElement[bool]:
+    escaped = group.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return usage_events.c.groups.like(f"%,{escaped},%", escape="\\")
+
+
+def _filters(
+    user: str | None, group: str | None, since: float | None, until: float | None
+) -> list[sa.ColumnElement[bool]]:
+    c = usage_events.c
+    where: list[sa.ColumnElement[bool]] = []
+    if user is not None:
+        where.append(c.user == user)
+    if group is not None:
+        where.append(_like_group(group))
+    if since is not None:
+        where.append(c.ts >= since)
+    if until is not None:
+        where.append(c.ts < until)
+    return where
+
+
+def _sums(*group_by: sa.ColumnElement[Any]) -> list[Any]:
+    c = usage_events.c
+    kernel = c.endpoint == "kernel"
+    return [
+        *group_by,
+        sa.func.sum(sa.case((kernel, 0), else_=1)).label("requests"),
+        sa.func.coalesce(sa.func.sum(c.prompt_tokens), 0).label("prompt_tokens"),
+        sa.func.coalesce(sa.func.sum(c.completion_tokens), 0).label("completion_tokens"),
+        sa.func.coalesce(sa.func.sum(c.cpu_seconds), 0.0).label("cpu_seconds"),
+        sa.func.coalesce(sa.func.sum(c.gpu_seconds), 0.0).label("gpu_seconds"),
+        sa.func.coalesce(sa.func.sum(c.audio_seconds), 0.0).label("voice_seconds"),
+    ]
+
+
+def _row_totals(row: Any, prices: Prices) -> dict[str, float]:
+    m = row._mapping
+    tokens = int(m["prompt_tokens"]) + int(m["completion_tokens"])
+    model = m.get("model", "-") if "model" in m else "-"
+    return {
+        "tokens": tokens,
+        "prompt_tokens": int(m["prompt_tokens"]),
+        "completion_tokens": int(m["completion_tokens"]),
+        "cpu_seconds": float(m["cpu_seconds"]),
+        "gpu_seconds": float(m["gpu_seconds"]),
+        "voice_seconds": float(m["voice_seconds"]),
+        "cost": prices.cost(
+            model,
+            tokens,
+            float(m["cpu_seconds"]),
+            float(m["gpu_seconds"]),
+            float(m["voice_seconds"]),
+        ),
+        "requests": int(m["requests"] or 0),
+    }
+
+
+def totals(
+    store: UsageStore,
+    prices: Prices,
+    *,
+    user: str | None = None,
+    group: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> dict[str, float]:
+    """Every unit summed over one user's (or group's, or everyone's) rows in ``[since, until)``."""
+    c = usage_events.c
+    q = sa.select(*_sums(c.model)).where(*_filters(user, group, since, until)).group_by(c.model)
+    out = empty_totals()
+    with store.engine.connect() as conn:
+        for row in conn.execute(q):
+            add_totals(out, _row_totals(row, prices))
+    return out
+
+
+def summary(
+    store: UsageStore,
+    prices: Prices,
+    *,
+    user: str | None = None,
+    group: str | None = None,
+    since: float,
+    until: float,
+    by_user: bool = False,
+) -> dict[str, Any]:
+    """What ``user`` or ``group`` (or everyone) used in ``[since, until)``: totals in every unit,
+    per model and (``by_user``) per user."""
+    c = usage_events.c
+    where = _filters(user, group, since, until)
+    keys = [c.user, c.model] if by_user else [c.model]
+    q = sa.select(*_sums(*keys)).where(*where).group_by(*keys)
+    overall = empty_totals()
+    models: dict[str, dict[str, float]] = {}
+    users: dict[str, dict[str, float]] = {}
+    with store.engine.connect() as conn:
+        for row in conn.execute(q):
+            t = _row_totals(row, prices)
+            add_totals(overall, t)
+            add_totals(models.setdefault(row.model, empty_totals()), t)
+            if by_user:
+                add_totals(users.setdefault(row.user, empty_totals()), t)
+    out: dict[str, Any] = {
+        "user": user,
+        "group": group,
+        "since": iso(since),
+        "until": iso(until),
+        "totals": _rounded(overall),
+        "models": [{"model": m, **_rounded(t)} for m, t in sorted(models.items())],
+    }
+    if by_user:
+        ranked = sorted(users.items(), key=lambda kv: (-kv[1]["cost"], -kv[1]["tokens"], kv[0]))
+        out["users"] = [{"user": u, **_rounded(t)} for u, t in ranked]
+    return out
+
+
+def _rounded(t: dict[str, float]) -> dict[str, float]:
+    return {
+        k: (round(v, 3) if k.endswith("seconds") else round(v, 6) if k == "cost" else int(v))
+        for k, v in t.items()
+    }

@@ -1,0 +1,215 @@
+"""Routes for usage in all three units, and for budgets.
+
+- ``GET v1/usage/summary?period=day|week|month`` (or ``since``/``until``, unix times), with
+  ``user=`` or ``group=``: what a user or group used, per unit and per model (and per user for
+  operators). A user reads their own and their groups'; an operator (usage read-all) anyone's.
+- ``POST v1/usage/kernels`` ``{"samples": [{"kernel_id", "cpu_seconds", "gpu_seconds"}]}``: a
+  user's server reports the compute its kernels used since its last report (for the user its
+  credential names).
+- ``GET v1/budget[?units=cpu_seconds,gpu_seconds]``: the caller's budgets with what is used and
+  when each resets; with ``units``, a 429 when one of them (or cost) is spent: the user's server
+  asks this before a new execution.
+- ``GET v1/budgets`` (operators), ``PUT v1/budgets`` (a budget as JSON) and
+  ``DELETE v1/budgets?scope=&name=&period=&unit=`` (operators who may manage budgets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .budgets import Budget
+from .errors import Forbidden, InvalidRequest, NotFound
+from .handlers import BaseHandler
+from .metering import UsageEvent, groups_column
+from .usage import UNITS, period_end, period_start, summary
+
+#: Most compute one report may claim per kernel: a day's worth on 1,024 cores.
+MAX_SAMPLE_SECONDS = 86400.0 * 1024
+
+
+class KernelSample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kernel_id: str = Field(min_length=1, max_length=255)
+    cpu_seconds: float = Field(default=0.0, ge=0, le=MAX_SAMPLE_SECONDS)
+    gpu_seconds: float = Field(default=0.0, ge=0, le=MAX_SAMPLE_SECONDS)
+    kernel_name: str = Field("kernel", min_length=1, max_length=255)
+
+
+class KernelReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    samples: list[KernelSample] = Field(max_length=1000)
+
+
+def _json_body(handler: BaseHandler, model: type[BaseModel]) -> Any:
+    try:
+        data = json.loads(handler.request.body or b"null")
+    except ValueError:
+        raise InvalidRequest("The body must be JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or None
+        raise InvalidRequest(f"{where or 'body'}: {err['msg']}", param=where) from None
+
+
+def _float_arg(handler: BaseHandler, name: str) -> float | None:
+    value = handler.get_argument(name, None)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be a unix time.", param=name) from None
+
+
+class UsageSummaryHandler(BaseHandler):
+    endpoint = "usage.summary"
+
+    async def get(self) -> None:
+        who = self.identity
+        assert who is not None
+        user = self.get_argument("user", None) or None
+        group = self.get_argument("group", None) or None
+        if user and group:
+            raise InvalidRequest("Give 'user' or 'group', not both.", param="group")
+        if not who.can_read_all_usage:
+            if user not in (None, who.name):
+                raise Forbidden("You may only read your own usage.", param="user")
+            if group is not None and group not in who.groups:
+                raise Forbidden("You may only read the usage of your own groups.", param="group")
+            if group is None:
+                user = who.name
+        now = time.time()
+        period = self.get_argument("period", "week")
+        if period not in ("day", "week", "month"):
+            raise InvalidRequest("'period' must be day, week or month.", param="period")
+        since = _float_arg(self, "since")
+        until = _float_arg(self, "until")
+        since = period_start(period, now) if since is None else since
+        until = period_end(period, now) if until is None else until
+        if until <= since:
+            raise InvalidRequest("'until' must be after 'since'.", param="until")
+        result = await self._summary(user, group, since, until, who.can_read_all_usage)
+        self.write_json({"object": "usage.summary", **result})
+
+    async def _summary(
+        self, user: str | None, group: str | None, since: float, until: float, by_user: bool
+    ) -> dict[str, Any]:
+        budgets = self.service.budgets
+        return await asyncio.to_thread(
+            summary,
+            self.service.store,
+            budgets.prices,
+            user=user,
+            group=group,
+            since=since,
+            until=until,
+            by_user=by_user and user is None,
+        )
+
+
+class KernelUsageHandler(BaseHandler):
+    endpoint = "usage.kernels"
+
+    async def post(self) -> None:
+        who = self.identity
+        assert who is not None
+        report: KernelReport = _json_body(self, KernelReport)
+        now = time.time()
+        events = [
+            UsageEvent(
+                user=who.name,
+                model=s.kernel_name,
+                endpoint="kernel",
+                status=200,
+                cpu_seconds=round(s.cpu_seconds, 3),
+                gpu_seconds=round(s.gpu_seconds, 3) if s.gpu_seconds else None,
+                groups=groups_column(who.groups),
+                ref=s.kernel_id,
+                ts=now,
+            )
+            for s in report.samples
+            if s.cpu_seconds > 0 or s.gpu_seconds > 0
+        ]
+        await self.service.record_events(events)
+        self.set_status(204)
+        self.finish()
+
+
+class BudgetHandler(BaseHandler):
+    """The caller's own budgets; ``?units=`` turns it into an admission check."""
+
+    endpoint = "budget"
+
+    async def get(self) -> None:
+        who = self.identity
+        assert who is not None
+        units = [u for u in self.get_argument("units", "").split(",") if u]
+        unknown = sorted(set(units) - set(UNITS))
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown unit {unknown[0]!r}; units are {', '.join(UNITS)}.", param="units"
+            )
+        budgets = self.service.budgets
+        if units:
+            await budgets.check(who, units)
+        self.write_json({"object": "budget", "user": who.name, "data": await budgets.status(who)})
+
+
+class BudgetsHandler(BaseHandler):
+    """Every budget (operators); set and remove them (operators who may manage budgets)."""
+
+    endpoint = "budgets"
+
+    async def get(self) -> None:
+        who = self.identity
+        assert who is not None
+        if not who.can_read_all_usage:
+            raise Forbidden("Listing every budget is for operators (usage read-all scope).")
+        data = [b.model_dump() for b in await self.service.budgets.all(fresh=True)]
+        self.write_json({"object": "list", "data": data})
+
+    def _manager(self) -> str:
+        who = self.identity
+        assert who is not None
+        if not who.can_manage_budgets:
+            raise Forbidden("Changing budgets needs the budgets write scope (operators).")
+        return who.name
+
+    async def put(self) -> None:
+        by = self._manager()
+        budget: Budget = _json_body(self, Budget)
+        await self.service.budgets.put(budget, by)
+        self.write_json(budget.model_dump())
+
+    async def delete(self) -> None:
+        self._manager()
+        key = {}
+        for name in ("scope", "name", "period", "unit"):
+            value = self.get_argument(name, "")
+            if not value:
+                raise InvalidRequest(f"'{name}' is required.", param=name)
+            key[name] = value
+        if not await self.service.budgets.delete(**key):
+            raise NotFound("No such budget.")
+        self.set_status(204)
+        self.finish()
+
+
+def usage_routes(prefix: str, kw: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+    return [
+        (rf"{prefix}v1/usage/summary", UsageSummaryHandler, kw),
+        (rf"{prefix}v1/usage/kernels", KernelUsageHandler, kw),
+        (rf"{prefix}v1/budget", BudgetHandler, kw),
+        (rf"{prefix}v1/budgets", BudgetsHandler, kw),
+    ]

@@ -1,0 +1,116 @@
+"""The usage store in three units, and budgets against it, without a server (sqlite files)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from oraculo.models.auth import Identity
+from oraculo.models.budgets import Budget, BudgetExceeded, Budgets
+from oraculo.models.metering import UsageEvent, UsageStore, groups_column
+from oraculo.models.usage import Prices, period_end, period_start, summary, totals
+
+PRICES = Prices(per_1k_tokens=0.5, models={"big": 2.0}, per_cpu_hour=3.6, per_voice_minute=0.6)
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC).timestamp()  # a Wednesday
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> UsageStore:
+    s = UsageStore(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    ev = [
+        UsageEvent("ada", "small", "chat.completions", 200, 600, 400, groups=",cs_1,"),
+        UsageEvent("ada", "big", "chat.completions", 200, 1000, 0, groups=",cs_1,"),
+        UsageEvent("ada", "kernel", "kernel", 200, cpu_seconds=100.0, groups=",cs_1,"),
+        UsageEvent("ada", "whisper", "audio.transcriptions", 200, audio_seconds=30.0),
+        UsageEvent("bob", "small", "chat.completions", 200, 10, 10, groups=",cs-1,"),
+        UsageEvent("bob", "kernel", "kernel", 200, cpu_seconds=7.5, groups=",csx1,"),
+    ]
+    for e in ev:
+        e.ts = NOW - 3600
+    old = UsageEvent("ada", "small", "chat.completions", 200, 5000, 0, groups=",cs_1,")
+    old.ts = NOW - 30 * 86400
+    s.record_many([*ev, old])
+    return s
+
+
+def test_one_query_answers_what_a_user_used_this_week(store: UsageStore) -> None:
+    since, until = period_start("week", NOW), period_end("week", NOW)
+    assert dt.datetime.fromtimestamp(since, dt.UTC).weekday() == 0
+    assert until - since == 7 * 86400
+    s = summary(store, PRICES, user="ada", since=since, until=until)
+    t = s["totals"]
+    assert t["tokens"] == 2000 and t["prompt_tokens"] == 1600 and t["completion_tokens"] == 400
+    assert t["cpu_seconds"] == 100.0 and t["voice_seconds"] == 30.0 and t["gpu_seconds"] == 0
+    # 1k small tokens at 0.5, 1k big at 2.0, 100 CPU s at 3.6/h, half a voice minute at 0.6/min
+    assert t["cost"] == pytest.approx(0.5 + 2.0 + 0.1 + 0.3)
+    assert t["requests"] == 3  # kernel reports are not requests
+    assert {m["model"] for m in s["models"]} == {"small", "big", "kernel", "whisper"}
+
+
+def test_a_group_is_its_members_rows_and_names_match_exactly(store: UsageStore) -> None:
+    since, until = period_start("week", NOW), period_end("week", NOW)
+    # "cs_1" must not match "cs-1" or "csx1" (LIKE wildcards are escaped)
+    s = summary(store, PRICES, group="cs_1", since=since, until=until, by_user=True)
+    assert [u["user"] for u in s["users"]] == ["ada"]
+    assert s["totals"]["cpu_seconds"] == 100.0
+    everyone = summary(store, PRICES, since=since, until=until, by_user=True)
+    assert [u["user"] for u in everyone["users"]] == ["ada", "bob"]  # top spender first
+    month = totals(store, PRICES, user="ada", since=period_start("month", NOW))
+    assert month["tokens"] == 2000  # last month's 5000 are not this month's
+    assert groups_column(("b", "a")) == ",a,b," and groups_column(()) == ""
+
+
+async def test_budgets_refuse_by_unit_name_the_budget_and_reset(store: UsageStore) -> None:
+    budgets = Budgets(store, PRICES)
+    ada = Identity("ada", groups=("cs_1",))
+    await budgets.put(
+        Budget(scope="user", name="*", period="month", unit="tokens", limit=2000), "t"
+    )
+    with pytest.raises(BudgetExceeded) as e:
+        await budgets.check(ada, ["tokens"], now=NOW)
+    msg = e.value.message
+    assert "monthly token budget of user ada (2000 tokens)" in msg
+    assert "resets at 2026-12-01T00:00:00Z" in msg
+    assert e.value.status == 429 and e.value.code == "budget_exceeded"
+    assert e.value.retry_after == pytest.approx(period_end("month", NOW) - NOW)
+    await budgets.check(ada, ["cpu_seconds"], now=NOW)  # another unit is not bound by it
+    # her own budget wins over "*"
+    await budgets.put(
+        Budget(scope="user", name="ada", period="month", unit="tokens", limit=1e6), "t"
+    )
+    await budgets.check(ada, ["tokens"], now=NOW)
+    # a group's day budget in the weighted unit bounds every unit of its members
+    await budgets.put(Budget(scope="group", name="cs_1", period="day", unit="cost", limit=2.5), "t")
+    with pytest.raises(BudgetExceeded, match="daily cost budget of group cs_1"):
+        await budgets.check(ada, ["voice_seconds"], now=NOW)
+    assert await budgets.delete("group", "cs_1", "day", "cost")
+    await budgets.check(ada, ["voice_seconds"], now=NOW)
+    status = await budgets.status(ada, now=NOW)
+    assert {(b["name"], b["exceeded"]) for b in status} == {("ada", False)}
+
+
+async def test_charges_count_at_once_and_the_store_wins_after_reseed(store: UsageStore) -> None:
+    budgets = Budgets(store, PRICES, reseed_seconds=3600)
+    bob = Identity("bob", groups=("cs-1",))
+    await budgets.put(
+        Budget(scope="user", name="bob", period="day", unit="cpu_seconds", limit=10), "t"
+    )
+    await budgets.check(bob, ["cpu_seconds"], now=NOW)  # 7.5 used
+    event = UsageEvent("bob", "kernel", "kernel", 200, cpu_seconds=3.0, groups=",cs-1,", ts=NOW)
+    budgets.charge(event)  # counted before the store has it
+    with pytest.raises(BudgetExceeded, match="10 cpu_seconds"):
+        await budgets.check(bob, ["cpu_seconds", "gpu_seconds"], now=NOW)
+
+
+def test_config_budgets_do_not_override_the_store(store: UsageStore) -> None:
+    budgets = Budgets(store)
+    b = {"scope": "user", "name": "ada", "period": "day", "unit": "tokens", "limit": 5}
+    budgets.seed([b])
+    budgets.seed([{**b, "limit": 99}])
+    assert [x.limit for x in budgets._read()] == [5]
+    with pytest.raises(ValueError):
+        Budget.model_validate({**b, "unit": "bananas"})
+    with pytest.raises(ValueError):
+        Budget.model_validate({**b, "limit": -1})

@@ -34,6 +34,7 @@ SPAWNERS = {
 #: ``generic-oauth`` from oauthenticator, ``shared-password`` ...) is passed through.
 AUTHENTICATORS = {
     "native": "oraculo-native",
+    "oidc": "oraculo-oidc",  # any OpenID Connect provider: oraculo.hub.oauth
 }
 
 #: Custom scopes Oráculo features check.
@@ -112,7 +113,8 @@ class OraculoHub(LoggingConfigurable):
     admin_users = Set(
         Unicode(),
         config=True,
-        help="Hub admins. Default ORACULO_ADMIN_USERS (comma separated) or {'admin'}.",
+        help="""Hub admins. Default ORACULO_ADMIN_USERS (comma separated), else {'admin'}
+        with the native authenticator and none with the others.""",
     )
     open_signup = Bool(
         config=True,
@@ -198,7 +200,11 @@ class OraculoHub(LoggingConfigurable):
 
     @default("admin_users")
     def _default_admin_users(self) -> set[str]:
-        names = os.environ.get("ORACULO_ADMIN_USERS", "admin")
+        # `admin` is the account the native authenticator makes on first start; with an
+        # outside provider it would be whoever holds that name there.
+        names = os.environ.get(
+            "ORACULO_ADMIN_USERS", "admin" if self.authenticator == "native" else ""
+        )
         return {n.strip() for n in names.split(",") if n.strip()}
 
     @default("open_signup")

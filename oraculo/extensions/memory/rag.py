@@ -37,6 +37,7 @@ from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.embeddings import EmbeddingClient
 from oraculo.extensions.base.errors import BadRequest, OraculoError
+from oraculo.extensions.memory.nofollow import read_no_follow
 from oraculo.extensions.memory.store import LanceStore, default_path, sql_string
 
 if TYPE_CHECKING:  # loaded with the first store use, not at server start
@@ -416,7 +417,7 @@ class WorkspaceIndex(LoggingConfigurable):
     def _read(self, abs_path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], list[Chunk]]:
         entry: dict[str, Any] = {"mtime_ns": mtime_ns, "size": size, "sha256": ""}
         try:
-            data = Path(abs_path).read_bytes()
+            data = read_no_follow(abs_path, self.max_file_bytes)
         except OSError as e:
             return {**entry, "error": f"cannot read ({type(e).__name__})"}, []
         entry["sha256"] = hashlib.sha256(data).hexdigest()

@@ -23,22 +23,33 @@ Limits are applied by the launcher, not by the kernel's goodwill:
   secret or upstream key), plus the kernel's own narrow token (:mod:`oraculo.kernels.credentials`),
   ``ORACULO_SERVER_URL`` and ``ORACULO_MODELS_URL``.
 
+- reachability: the kernel listens on unix sockets (ZeroMQ's ``ipc`` transport) in a folder of
+  the server's own, mode 0700 (:func:`kernel_socket_dir`), not on TCP ports of 127.0.0.1 that
+  every local account can connect to. Only the server's OS account (and root) can open them:
+  in ``system-users`` mode no other user's code can subscribe to a kernel's output. The
+  server's websocket bridge and the execute service connect through the kernel manager, which
+  reads the transport from the connection info.
+
 Limits come from ``ORACULO_SANDBOX_LIMITS`` (set by the hub per group), else the kernelspec's
 ``metadata.kernel_provisioner.config.limits``, else the defaults.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
+import shutil
+import stat
+import tempfile
 import weakref
 from typing import Any
 
 import psutil
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, Dict, Instance, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Instance, Int, List, Unicode, default
 
 from oraculo.kernels.credentials import HubTokens, KernelToken, server_url
 from oraculo.kernels.limits import LIMITS_ENV, NPROC_ENV, SandboxLimits, sandbox_env
@@ -47,6 +58,37 @@ from oraculo.kernels.sandbox import ChildPlan, PidsCgroup, rlimit_plan
 #: The running sandbox provisioners, by kernel id (for usage reports and limit checks).
 _running: weakref.WeakValueDictionary[str, SandboxProvisioner] = weakref.WeakValueDictionary()
 _launches = itertools.count()
+#: The longest path of a unix socket (sun_path is 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+#: What a socket's name adds to its folder: "/<kernel id, 36>-<port number>".
+_SOCKET_NAME = 1 + 36 + 1 + 3
+_socket_dir: str | None = None
+
+
+def kernel_socket_dir() -> str:
+    """This server's folder for its kernels' sockets: made with ``mkdtemp`` (mode 0700, a fresh
+    random name, so nobody can have made it first), in the temporary folder (``TMPDIR``) or,
+    where that path is too long for a socket, ``/tmp``. Removed when the server exits."""
+    global _socket_dir
+    if _socket_dir is not None and _private(_socket_dir):
+        return _socket_dir
+    parent = tempfile.gettempdir()
+    if len(parent) + len("/oraculo-kernels-12345678") + _SOCKET_NAME > MAX_SOCKET_PATH:
+        parent = "/tmp"
+    _socket_dir = tempfile.mkdtemp(prefix="oraculo-kernels-", dir=parent)
+    atexit.register(shutil.rmtree, _socket_dir, ignore_errors=True)
+    return _socket_dir
+
+
+def _private(path: str) -> bool:
+    """Still our own 0700 folder (not removed, not replaced by someone else's)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+    )
 
 
 def provisioner_for(kernel_id: str) -> SandboxProvisioner | None:
@@ -77,6 +119,13 @@ class SandboxProvisioner(LocalProvisioner):
         help="""Seconds the kernel's own token (ORACULO_KERNEL_TOKEN) stays valid. A restart
         mints a new one when less than an hour is left.""",
     ).tag(config=True)
+    transport = Enum(
+        ["ipc", "tcp"],
+        "ipc",
+        help="""How the server reaches the kernel: `ipc` (unix sockets in a 0700 folder of the
+        server's OS account: no other account can connect) or `tcp` (Jupyter's default: ports
+        on 127.0.0.1 that every local account can connect to).""",
+    ).tag(config=True)
     rlimit_nproc = Bool(
         help="""Where no pids cgroup can be made, hold the process limit with RLIMIT_NPROC
         (relative to what the kernel's OS user already runs). Off in containers, whose uid is
@@ -101,11 +150,25 @@ class SandboxProvisioner(LocalProvisioner):
     # --- launch ------------------------------------------------------------------------------
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        self._private_sockets()
         kwargs = await super().pre_launch(**kwargs)
         env = sandbox_env(kwargs.get("env") or {}, allow=self.env_allow, deny=self.env_deny)
         env.update(await self._credentials())
         kwargs["env"] = env
         return kwargs
+
+    def _private_sockets(self) -> None:
+        """Have the kernel listen on unix sockets in :func:`kernel_socket_dir` (a restart keeps
+        the ones it had)."""
+        km = self.parent
+        if km is None or self.transport != "ipc":
+            return
+        if km.transport == "ipc" and _socket_dir and os.path.dirname(km.ip) == _socket_dir:
+            if _private(_socket_dir):
+                return  # a restart: the same sockets
+        name = self.kernel_id or f"kernel-{os.getpid()}-{next(_launches)}"
+        km.transport = "ipc"
+        km.ip = os.path.join(kernel_socket_dir(), name)
 
     async def _credentials(self) -> dict[str, str]:
         env = {}

@@ -29,6 +29,9 @@ async def test_container_gets_image_home_volume_and_gpu(fake_docker: FakeDockerA
     host = ada["host_config"]
     assert host["Binds"] == ["oraculo-home-ada:/home/jovyan:rw"]
     assert host["AutoRemove"] is True
+    # Each container has a network namespace of its own (Docker's bridge), not the host's;
+    # its kernels listen on unix sockets inside it in any case (the oraculo-sandbox provisioner).
+    assert host["NetworkMode"] == "bridge"
     # One GPU each by device request, round robin over the two cards.
     requested = [kw["host_config"]["DeviceRequests"] for kw in creates]
     assert [r[0]["DeviceIDs"] for r in requested] == [["0"], ["1"], ["0"]]

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import Field
 from tornado.iostream import StreamClosedError
 
+from .backends.piper import PiperBackend, wav_bytes
+from .backends.whisper import Transcription, WhisperBackend
+from .basehandler import BaseHandler
 from .errors import InvalidRequest
-from .handlers import BaseHandler
 from .protocol import _Strict, parse_body
-
-if TYPE_CHECKING:
-    from .backends.piper import PiperBackend
-    from .backends.whisper import Transcription, WhisperBackend
 
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 
@@ -157,8 +155,6 @@ class SpeechHandler(BaseHandler):
         self.set_header("X-Sample-Rate", str(speech.sample_rate))
         try:
             if fmt == "wav":
-                from .backends.piper import wav_bytes
-
                 pcm = b"".join([chunk async for chunk in speech])
                 self._check(speech)
                 self.audio_seconds = speech.seconds

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 log = logging.getLogger(__name__)
 
@@ -396,8 +397,6 @@ class BatchEngine:
 
         Returns the batch's KV cache, its attention mask and the last position's logits.
         """
-        from transformers import DynamicCache
-
         matches = [
             self._prefixes.match(ids) if self._prefixes is not None else (0, None)
             for ids in prompts
@@ -440,8 +439,6 @@ class BatchEngine:
 
     def _prefill_partial(self, budget: int) -> None:
         """Prefill the next ``budget`` tokens of the long prompt; sample once it is all in."""
-        from transformers import DynamicCache
-
         seq = self._partial
         assert seq is not None
         if seq.cancelled:
@@ -492,8 +489,6 @@ class BatchEngine:
         self, seqs: list[GenSequence], cache: Any, mask: torch.Tensor, next_tokens: torch.Tensor
     ) -> None:
         """Append freshly prefilled rows to the running batch, left-padding the shorter side."""
-        from transformers import DynamicCache
-
         new_pos = mask.sum(-1)
         if not self._rows or self._cache is None or self._mask is None:
             self._rows = list(seqs)

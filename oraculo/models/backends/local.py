@@ -22,7 +22,7 @@ from .. import constrained
 from ..engine import BatchEngine, EngineEvent, QueueFull, SamplingParams
 from ..errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from ..protocol import ChatCompletionRequest
-from . import Backend, ChatStream
+from .base import Backend, ChatStream
 
 
 def _device(name: str) -> str:

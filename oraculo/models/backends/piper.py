@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRequest, Overloaded
-from . import Backend
+from .base import Backend
 
 #: OpenAI's voice names. This backend has one voice, so they all name it (an OpenAI SDK or app
 #: that hard-codes "alloy" works unchanged); the voice's own name works too.

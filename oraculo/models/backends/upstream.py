@@ -25,7 +25,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..protocol import ChatCompletionRequest
-from . import Backend, ChatStream
+from .base import Backend, ChatStream
 
 
 def _upstream_error(status: int, body: bytes) -> ModelServiceError:

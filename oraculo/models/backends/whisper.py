@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest, Overloaded
-from . import Backend
+from .base import Backend
 
 #: Transcriptions run at once (each with its own CTranslate2 worker).
 STT_WORKERS = 2

@@ -103,7 +103,8 @@ case "$cmd" in
   run)
     setup_python
     setup_node
-    if [ "${ORACULO_SPAWNER:-process}" = system-users ]; then ensure_traversable; fi
+    # As root the default spawner is system-users (see README, Spawners).
+    if [ "${ORACULO_SPAWNER:-system-users}" = system-users ]; then ensure_traversable; fi
     export ORACULO_DATA_DIR=${ORACULO_DATA_DIR:-$ROOT/.data}
     log "starting the hub at http://${ORACULO_IP:-127.0.0.1}:${ORACULO_PORT:-8000}"
     log "admin sign-in: user 'admin', password in $ORACULO_DATA_DIR/admin-password (made on first start)"

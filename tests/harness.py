@@ -99,6 +99,9 @@ class HubProcess:
                 "ORACULO_PROXY_API_PORT": str(free_port()),
                 "ORACULO_MODELS_PORT": str(free_port()),
                 "ORACULO_SPAWNER": self.spawner,
+                # The process spawner runs every user as the hub's own account (root in CI),
+                # which a root hub refuses unless told so (allow_root_process_spawner).
+                "ORACULO_ALLOW_ROOT_PROCESS_SPAWNER": "1" if self.spawner == "process" else "0",
                 "ORACULO_MODELS_SERVICE": "1" if self.models else "0",
                 "ORACULO_OPEN_SIGNUP": "1",
                 "ORACULO_ADMIN_PASSWORD": ADMIN_PASSWORD,

@@ -101,8 +101,15 @@ class OraculoHub(LoggingConfigurable):
     spawner = Unicode(
         config=True,
         help=f"""How user servers start: one of {sorted(SPAWNERS)}. `process` runs every user
-        under the hub's OS account and does not isolate users from each other.
-        Default ORACULO_SPAWNER or process.""",
+        under the hub's OS account and does not isolate users from each other. Default
+        ORACULO_SPAWNER, else `system-users` when the hub runs as root and `process` otherwise.""",
+    )
+    allow_root_process_spawner = Bool(
+        config=True,
+        help="""Let a hub running as root use the `process` spawner, which runs every user's
+        code as root (each can read every other user's files and every secret of the host).
+        Refused without this; logged as a warning with it. Default
+        ORACULO_ALLOW_ROOT_PROCESS_SPAWNER=1 or off.""",
     )
     authenticator = Unicode(
         config=True,
@@ -192,7 +199,33 @@ class OraculoHub(LoggingConfigurable):
 
     @default("spawner")
     def _default_spawner(self) -> str:
-        return os.environ.get("ORACULO_SPAWNER", "process")
+        # As root, users get OS accounts of their own (as The Littlest JupyterHub does).
+        return os.environ.get("ORACULO_SPAWNER") or (
+            "system-users" if os.geteuid() == 0 else "process"
+        )
+
+    @default("allow_root_process_spawner")
+    def _default_allow_root_process_spawner(self) -> bool:
+        return os.environ.get("ORACULO_ALLOW_ROOT_PROCESS_SPAWNER", "0") == "1"
+
+    def check_spawner(self) -> None:
+        """Refuse the `process` spawner in a root hub unless the operator allowed it, and then
+        say loudly what it means."""
+        if self.spawner != "process" or os.geteuid() != 0:
+            return
+        if not self.allow_root_process_spawner:
+            raise RuntimeError(
+                "Refusing the `process` spawner in a hub running as root: every user's code "
+                "would run as root. Use the default `system-users` spawner (an OS account per "
+                "user), or set c.OraculoHub.allow_root_process_spawner = True "
+                "(ORACULO_ALLOW_ROOT_PROCESS_SPAWNER=1) on a machine only you use."
+            )
+        self.log.warning(
+            "!!! The `process` spawner in a hub running as root: EVERY USER'S CODE RUNS AS "
+            "ROOT. Any user can read every other user's files, the hub's secrets and anything "
+            "else on this machine. Allowed by allow_root_process_spawner; use `system-users` "
+            "where more than one person signs in. !!!"
+        )
 
     @default("authenticator")
     def _default_authenticator(self) -> str:
@@ -324,6 +357,7 @@ class OraculoHub(LoggingConfigurable):
 
     def apply(self, c: Config) -> Config:
         """Write the JupyterHub configuration these settings imply into ``c``."""
+        self.check_spawner()
         os.makedirs(self.data_dir, 0o700, exist_ok=True)
         os.environ.setdefault("ORACULO_DATA_DIR", self.data_dir)
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
 from oraculo.hub.config import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, OraculoHub
+from tests.harness import HubProcess
 
 
 @pytest.fixture
@@ -34,7 +37,9 @@ def test_embedded_defaults(clean_env: None, tmp_path: os.PathLike[str]) -> None:
     assert c.JupyterHub.hub_ip == "127.0.0.1"
     assert c.JupyterHub.db_url == f"sqlite:///{data}/jupyterhub.sqlite"
     assert c.JupyterHub.authenticator_class == "oraculo-native"
-    assert c.JupyterHub.spawner_class == "oraculo-process"
+    # As root, users get OS accounts of their own; otherwise everyone is the hub's account.
+    root = os.geteuid() == 0
+    assert c.JupyterHub.spawner_class == ("oraculo-system-users" if root else "oraculo-process")
     assert c.Authenticator.admin_users == {"admin"}
     assert c.NativeAuthenticator.open_signup is False
     assert c.Spawner.default_url == "/lab"
@@ -104,21 +109,41 @@ def test_switches_turn_services_off(clean_env: None) -> None:
 
 
 def test_root_process_mode_allows_root(clean_env: None) -> None:
-    args = build().Spawner.args
+    args = build(spawner="process", allow_root_process_spawner=True).Spawner.args
     assert ("--ServerApp.allow_root=True" in args) == (os.geteuid() == 0)
     assert "--ServerApp.allow_root=True" not in build(spawner="system-users").Spawner.args
 
 
-def test_group_folders(
-    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a hub running as root")
+
+
+@needs_root
+def test_a_root_hub_refuses_the_process_spawner_unless_allowed(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    c = build()
-    assert c.GroupFolders.enabled is True
-    assert c.GroupFolders.root == os.path.join(str(tmp_path), ".data", "groups")
-    # Other accounts cannot reach into data_dir (0700), so system users' folders live apart.
-    assert build(spawner="system-users").GroupFolders.root == "/srv/oraculo/groups"
-    assert build(groups_dir="/data/shared").GroupFolders.root == "/data/shared"
-    monkeypatch.setenv("ORACULO_GROUPS_DIR", "/mnt/groups")
-    monkeypatch.setenv("ORACULO_GROUP_FOLDERS", "0")
-    c = build(spawner="system-users")
-    assert (c.GroupFolders.root, c.GroupFolders.enabled) == ("/mnt/groups", False)
+    with pytest.raises(RuntimeError, match="Refusing the `process` spawner"):
+        build(spawner="process")
+    monkeypatch.setenv("ORACULO_SPAWNER", "process")
+    with pytest.raises(RuntimeError, match="allow_root_process_spawner"):
+        build()
+
+    caplog.set_level(logging.WARNING)
+    assert build(allow_root_process_spawner=True).JupyterHub.spawner_class == "oraculo-process"
+    assert "EVERY USER'S CODE RUNS AS ROOT" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("ORACULO_ALLOW_ROOT_PROCESS_SPAWNER", "1")
+    assert build().JupyterHub.spawner_class == "oraculo-process"
+    assert "EVERY USER'S CODE RUNS AS ROOT" in caplog.text
+
+
+@needs_root
+async def test_a_root_hub_started_with_the_process_spawner(tmp_path: Path, hub: HubProcess) -> None:
+    """A real hub: without the opt-in it does not start, and says why; with it (as the test
+    harness runs the suite's hub), it starts and warns in its log."""
+    refused = HubProcess(tmp_path / "refused", env={"ORACULO_ALLOW_ROOT_PROCESS_SPAWNER": "0"})
+    with pytest.raises(RuntimeError, match="hub exited") as info:
+        await refused.start()
+    assert "Refusing the `process` spawner in a hub running as root" in str(info.value)
+
+    assert hub.spawner == "process"
+    assert "EVERY USER'S CODE RUNS AS ROOT" in hub.log_path.read_text()

@@ -39,6 +39,7 @@ import httpx
 import numpy as np
 
 from oraculo.extensions.base.embeddings import EmbeddingClient
+from oraculo.extensions.base.modelclient import ModelClient
 from oraculo.extensions.memory.rag import WorkspaceIndex
 from oraculo.extensions.memory.service import MemoryService, schema
 
@@ -161,7 +162,8 @@ async def bench_indexing(url: str, token: str, folder: Path) -> dict:
     skip = shutil.ignore_patterns("__pycache__")
     shutil.copytree(REPO / "oraculo", work / "oraculo", ignore=skip)
     shutil.copytree(REPO / "tests" / "fixtures" / "workspace", work / "fixtures")
-    embeddings = EmbeddingClient(models_url=url, token=token)
+    models = ModelClient(models_url=url, token=token)
+    embeddings = EmbeddingClient(models=models)
     index = WorkspaceIndex(embeddings, root=str(work), path=str(folder / "index"))
     t = time.perf_counter()
     (query_vec,) = await embeddings.embed(["how is the memory store searched?"])
@@ -182,7 +184,7 @@ async def bench_indexing(url: str, token: str, folder: Path) -> dict:
         await index.search(q, 5)
         search_ms.append((time.perf_counter() - t) * 1000)
     await index.stop()
-    await embeddings.close()
+    await models.aclose()
     return {
         "files": full["indexed"],
         "chunks": full["chunks_added"],

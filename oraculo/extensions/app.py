@@ -10,6 +10,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Dict, Instance, List, Unicode, default
 
 from oraculo.extensions.base.feature import Feature
+from oraculo.extensions.base.modelclient import ModelClient
 
 #: Features loaded by default, as ``module:Class``.
 DEFAULT_FEATURES = [
@@ -51,6 +52,11 @@ class OraculoExtension(ExtensionApp):
     loaded = Dict(
         value_trait=Instance(Feature), help="The features that loaded, by name (read-only)."
     )
+    models = Instance(
+        ModelClient,
+        allow_none=True,
+        help="The one client of the model service that every feature uses (read-only).",
+    )
 
     @default("owner")
     def _default_owner(self) -> str:
@@ -72,15 +78,26 @@ class OraculoExtension(ExtensionApp):
         assert self.serverapp is not None
         if self.default_kernel:
             self.serverapp.kernel_manager.default_kernel_name = self.default_kernel
+        self.models = ModelClient(parent=self, models_url=self.models_url)
         loaded = {}
         for spec in self.features:
             try:
                 module, _, cls = spec.partition(":")
-                feature = getattr(importlib.import_module(module), cls)(parent=self)
+                feature = getattr(importlib.import_module(module), cls)(
+                    parent=self, models=self.models
+                )
             except Exception:
                 self.log.exception("oraculo feature %s failed to load; going on without it", spec)
                 continue
             loaded[feature.name] = feature
+        for feature in list(loaded.values()):
+            try:
+                feature.connect(loaded)
+            except Exception:
+                self.log.exception(
+                    "oraculo feature %s failed to connect; leaving it out", feature.name
+                )
+                loaded.pop(feature.name, None)
         self.loaded = loaded
         self.settings["oraculo"] = self
 
@@ -94,3 +111,5 @@ class OraculoExtension(ExtensionApp):
                 await feature.stop()
             except Exception:
                 self.log.exception("oraculo feature %s failed to stop cleanly", feature.name)
+        if self.models is not None:
+            await self.models.aclose()

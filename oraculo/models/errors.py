@@ -48,7 +48,36 @@ class InvalidRequest(ModelServiceError):
 
 
 class ContextLengthExceeded(InvalidRequest):
+    """A prompt or input longer than the model reads. The envelope carries the numbers as fields
+    (``context_length``, ``tokens``; for chat ``prompt_tokens``, for embeddings ``index``) so
+    clients never parse the message's English (an upstream server words it differently)."""
+
     code = "context_length_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        context_length: int,
+        tokens: int,
+        prompt_tokens: int | None = None,
+        index: int | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.context_length = context_length
+        self.tokens = tokens
+        self.prompt_tokens = prompt_tokens
+        self.index = index
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        data["error"].update(context_length=self.context_length, tokens=self.tokens)
+        if self.prompt_tokens is not None:
+            data["error"]["prompt_tokens"] = self.prompt_tokens
+        if self.index is not None:
+            data["error"]["index"] = self.index
+        return data
 
 
 class Unauthenticated(ModelServiceError):

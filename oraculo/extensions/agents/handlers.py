@@ -11,7 +11,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from oraculo.extensions.agents.service import RunRequest
+from oraculo.extensions.agents.models import RunRequest
 from oraculo.extensions.base.errors import BadRequest, OraculoError
 from oraculo.extensions.base.handlers import OraculoAPIHandler
 

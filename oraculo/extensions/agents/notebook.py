@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-from pydantic import BaseModel, Field
 
+from oraculo.extensions.agents.models import AgentSpec, ToolSpec
 from oraculo.extensions.base.errors import BadRequest
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -44,70 +44,6 @@ _JSON_TYPES = {
     "list": "array",
     "dict": "object",
 }
-
-
-class ToolSpec(BaseModel):
-    """One tool: a function defined in the agent notebook."""
-
-    name: str
-    description: str = ""
-    parameters: dict[str, Any]
-    source: str  # the function's definition, as written
-    cell: int  # index of the code cell that defines it
-
-    def openai(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
-
-
-class AgentSpec(BaseModel):
-    """An agent, as its notebook defines it."""
-
-    name: str
-    description: str = ""
-    model: str | None = None
-    role: str = "worker"
-    max_steps: int = Field(6, ge=1, le=100)
-    max_tokens: int = Field(4000, ge=1)
-    timeout: float = Field(300, gt=0)
-    temperature: float = Field(0.2, ge=0, le=2)
-    require_tool: bool = False  # the first step must call a tool (not final_answer)
-    handoff: str | None = None  # the agent that takes over this one's answer (a declared graph)
-    instructions: str = ""
-    tools: list[ToolSpec] = []
-    setup: list[str] = []  # code cells' top-level imports, run before the first tool call
-    path: str = ""
-    owner: str = ""
-    shared: bool = False
-    version: str = ""
-    sha256: str = ""
-    mtime: float = 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return self.model_dump(
-            include={
-                "name",
-                "description",
-                "model",
-                "role",
-                "path",
-                "owner",
-                "shared",
-                "version",
-                "sha256",
-                "mtime",
-                "max_steps",
-                "max_tokens",
-                "timeout",
-                "handoff",
-            }
-        ) | {"tools": [t.name for t in self.tools]}
 
 
 def _annotation_schema(node: ast.expr | None) -> dict[str, Any]:

@@ -26,11 +26,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
-
-from oraculo.extensions.agents.notebook import AgentSpec
+from oraculo.extensions.agents.models import AgentMessage, AgentSpec
 
 FINISHED = ("succeeded", "failed", "cancelled", "bounded")
 
@@ -142,21 +140,6 @@ class RunState:
             "per_agent": {k: vars(v) for k, v in self.stats.items()},
             "events": len(self.events),
         }
-
-
-class AgentMessage(BaseModel):
-    """One typed message of a run: the goal or an answer handed over (``input``), an agent's
-    reply with its tool calls (``reply``), or a tool's result back to the agent (``tool``)."""
-
-    seq: int
-    time: str
-    kind: Literal["input", "reply", "tool"]
-    sender: str = Field(serialization_alias="from")
-    to: str
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] = []
-    tool_call_id: str | None = None
-    error: dict[str, Any] | None = None
 
 
 def messages(state: RunState) -> list[dict[str, Any]]:

@@ -25,13 +25,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from oraculo.extensions.agents.notebook import AgentSpec, scan
+from oraculo.extensions.agents.models import AgentSpec, RunRequest
+from oraculo.extensions.agents.notebook import scan
 from oraculo.extensions.agents.runs import (
     EventLog,
     RunState,
@@ -44,21 +44,6 @@ from oraculo.extensions.base.modelclient import ModelClient
 
 FINAL = "final_answer"
 ANSWER_CHARS = 400
-
-
-class RunRequest(BaseModel):
-    """Body of ``POST /api/v1/agents/runs``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    goal: Annotated[str, Field(min_length=1, max_length=20_000)]
-    agents: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=8)
-    ]
-    max_steps: Annotated[int, Field(ge=1, le=200)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    timeout: Annotated[float, Field(gt=0, le=24 * 3600)] | None = None
-    session: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
 
 
 class _Stop(Exception):

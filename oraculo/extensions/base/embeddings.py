@@ -10,15 +10,13 @@ Unavailable` (503, with a ``retry_after`` hint) and nothing is stored without it
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 from collections import OrderedDict
 
-import httpx
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Float, Instance, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
-from oraculo.extensions.base.errors import Unavailable
+from oraculo.extensions.base.errors import NotFound, Unavailable
+from oraculo.extensions.base.modelclient import ModelClient, ModelServiceError
 
 
 class EmbeddingsUnavailable(Unavailable):
@@ -32,17 +30,10 @@ class EmbeddingsUnavailable(Unavailable):
 class EmbeddingClient(LoggingConfigurable):
     """Embeds texts with the model service's embedding model (all-MiniLM-L6-v2 by default)."""
 
-    models_url = Unicode(
-        "",
-        config=True,
-        help="""Base URL of the model service, ending in /. Empty: no model service, and every
-        call that needs a vector answers 503. The memory feature passes the extension's
-        ``models_url`` (ORACULO_MODELS_URL).""",
-    )
-    token = Unicode(
-        config=True,
-        help="""Bearer token for the model service. Default ORACULO_MODELS_TOKEN, else the
-        server's own JUPYTERHUB_API_TOKEN (its server role may reach the model service).""",
+    models = Instance(
+        ModelClient,
+        help="""The extension's one client of the model service (its URL and credential). Without
+        a model service every call that needs a vector answers 503.""",
     )
     model = Unicode(
         "all-minilm-l6-v2",
@@ -63,10 +54,6 @@ class EmbeddingClient(LoggingConfigurable):
         input it still refuses is cut to fit.""",
     )
 
-    @default("token")
-    def _default_token(self) -> str:
-        return os.environ.get("ORACULO_MODELS_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
-
     query_cache_size = Integer(
         256,
         config=True,
@@ -74,24 +61,17 @@ class EmbeddingClient(LoggingConfigurable):
         the workspace with the same query: it is embedded once.""",
     )
 
-    _client: httpx.AsyncClient | None = None
     _queries: OrderedDict[str, asyncio.Future[list[float]]]
     #: The model's context in tokens, once the service has told us (context_length_exceeded).
     _context: int | None = None
 
     @property
     def configured(self) -> bool:
-        return bool(self.models_url)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._client = httpx.AsyncClient(timeout=self.timeout, headers=headers, trust_env=False)
-        return self._client
+        return self.models is not None and self.models.configured
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, in order. Raises :class:`EmbeddingsUnavailable` (503)."""
-        if not self.models_url:
+        if not self.configured:
             raise EmbeddingsUnavailable(
                 "No model service is configured (ORACULO_MODELS_URL), so memories and the "
                 "workspace index cannot be embedded or searched.",
@@ -133,63 +113,34 @@ class EmbeddingClient(LoggingConfigurable):
         )
 
     async def _request(self, batch: list[str]) -> list[list[float]]:
-        url = self.models_url.rstrip("/") + "/v1/embeddings"
         texts = [t[: self._limit()] or " " for t in batch]
         for _ in range(len(texts) + 3):
             try:
-                r = await self._http().post(url, json={"model": self.model, "input": texts})
-            except httpx.HTTPError as e:
-                raise EmbeddingsUnavailable(
-                    f"The model service did not answer ({type(e).__name__})."
-                ) from e
-            too_long = _too_long(r)
-            if too_long is None:
-                break
-            context, index, tokens = too_long
-            self._context = context
-            texts = [t[: self._limit()] for t in texts]
-            if 0 <= index < len(texts) and tokens > context:
-                cut = int(len(texts[index]) * context / tokens * 0.9)
-                texts[index] = texts[index][: max(cut, 1)]
-        if r.status_code != 200:
-            self.log.warning("embeddings request answered HTTP %s: %s", r.status_code, r.text[:300])
-            retry = r.headers.get("Retry-After", "")
-            raise EmbeddingsUnavailable(
-                f"The model service answered HTTP {r.status_code} to an embeddings request.",
-                retry_after=int(retry) if retry.isdigit() else 5,
-            )
-        try:
-            data = sorted(r.json()["data"], key=lambda d: d["index"])
-            out = [[float(x) for x in d["embedding"]] for d in data]
-        except (ValueError, KeyError, TypeError) as e:
-            raise EmbeddingsUnavailable(
-                "The model service sent a malformed embeddings answer."
-            ) from e
-        if len(out) != len(batch):
-            raise EmbeddingsUnavailable("The model service sent the wrong number of embeddings.")
-        return out
+                return await self.models.embeddings(self.model, texts, timeout=self.timeout)
+            except ModelServiceError as e:
+                if e.type != "context_length_exceeded":
+                    self.log.warning("embeddings request failed: HTTP %s %s", e.status, e.message)
+                    raise EmbeddingsUnavailable(
+                        f"The model service answered HTTP {e.status} to an embeddings request.",
+                        retry_after=e.retry_after or 5,
+                    ) from e
+                # the service says, in fields, how long the model reads and which input was over
+                context, index, tokens = (
+                    e.details.get(k) for k in ("context_length", "index", "tokens")
+                )
+                if not isinstance(context, int) or context <= 0:
+                    raise EmbeddingsUnavailable(
+                        "The model service refused an input as too long without saying its limit."
+                    ) from e
+                self._context = context
+                texts = [t[: self._limit()] for t in texts]
+                if isinstance(index, int) and isinstance(tokens, int) and 0 <= index < len(texts):
+                    if tokens > context:
+                        cut = int(len(texts[index]) * context / tokens * 0.9)
+                        texts[index] = texts[index][: max(cut, 1)]
+            except (Unavailable, NotFound) as e:
+                raise EmbeddingsUnavailable(e.message) from e
+        raise EmbeddingsUnavailable("The model service kept refusing inputs as too long.")
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-
-_TOO_LONG = re.compile(r"maximum context length is (\d+) tokens, but input (\d+) has (\d+)")
-
-
-def _too_long(r: httpx.Response) -> tuple[int, int, int] | None:
-    """``(context, input index, tokens)`` when the service refused an input as too long."""
-    if r.status_code != 400:
-        return None
-    try:
-        error = r.json()["error"]
-        if error.get("code") != "context_length_exceeded":
-            return None
-        match = _TOO_LONG.search(error.get("message", ""))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if not match:
-        return None
-    context, index, tokens = (int(g) for g in match.groups())
-    return context, index, tokens
+        """Nothing of its own to close: the extension closes the shared model client."""

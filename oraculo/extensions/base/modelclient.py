@@ -1,33 +1,62 @@
-"""A client of the shared model service (``/v1/models``, ``/v1/chat/completions`` with SSE).
+"""The one client of the shared model service: chat (whole and streamed), models, embeddings,
+speech to text, text to speech and health.
 
-The user's server calls the model service with its own hub token (``JUPYTERHUB_API_TOKEN``, whose
-``access:services!service=models`` scope the hub grants), so usage is metered to the user. One
-pooled HTTP client is kept for the life of the server: a fresh TCP connection per chat would add
-to every reply's time to first token.
+Every feature of the user's server (chat, agents, memory's embeddings, voice, status) calls the
+model service through the one :class:`ModelClient` the extension makes: one pooled HTTP client for
+the life of the server (a fresh TCP connection per request would add to every reply's time to
+first token), one credential (the server's hub token, whose ``access:services!service=models``
+scope the hub grants, so usage is metered to the user), one SSE parser and one mapping of the
+service's OpenAI error envelope to :class:`ModelServiceError`, which keeps the envelope's structured
+fields (``code``, ``param``, ``context_length``, ``tokens`` …) so callers never read its English.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from traitlets import Float, Unicode
+from traitlets import Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.errors import NotFound, OraculoError, Unavailable
+from oraculo.extensions.base.wire import WireError, aiter_events, read_error
 
 
 class ModelServiceError(OraculoError):
-    """The model service refused or failed a request; carries its status and error type."""
+    """The model service refused or failed a request: its status, its stable error kind
+    (``type``: the OpenAI ``code`` where there is one), and the envelope's structured fields."""
 
-    def __init__(self, status: int, message: str, type_: str = "model_service_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "model_service_error",
+        *,
+        param: str | None = None,
+        details: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message, reason=_REASONS.get(status, "Model service error"))
         self.status = status if 400 <= status < 600 else 502
         self.type = type_
+        self.param = param
+        self.details: dict[str, Any] = dict(details or {})
+        self.retry_after = retry_after
+
+    @classmethod
+    def from_wire(cls, err: WireError) -> ModelServiceError:
+        return cls(
+            err.status,
+            err.message,
+            err.type,
+            param=err.param,
+            details=err.details,
+            retry_after=err.retry_after,
+        )
 
 
 _REASONS = {
@@ -60,7 +89,11 @@ class ModelClient(LoggingConfigurable):
         "",
         help="Base URL of the model service, ending in / (from the extension's models_url).",
     )
-    token = Unicode("", help="Bearer token for the model service (the server's hub token).")
+    token = Unicode(
+        config=True,
+        help="""Bearer token for the model service. Default ORACULO_MODELS_TOKEN, else the
+        server's own JUPYTERHUB_API_TOKEN (its server role may reach the model service).""",
+    )
     default_model = Unicode(
         "",
         config=True,
@@ -76,6 +109,10 @@ class ModelClient(LoggingConfigurable):
         config=True,
         help="Seconds to wait between two pieces of a reply before giving up on the model service.",
     )
+
+    @default("token")
+    def _default_token(self) -> str:
+        return os.environ.get("ORACULO_MODELS_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
     _client: httpx.AsyncClient | None = None
     _models: list[ModelInfo] | None = None
@@ -107,18 +144,29 @@ class ModelClient(LoggingConfigurable):
                 "No model service is configured for this server (ORACULO_MODELS_URL)."
             )
 
+    async def request(
+        self, method: str, path: str, *, timeout: float | None = None, **kw: Any
+    ) -> httpx.Response:
+        """``method path`` on the model service; an error answer raises :class:`ModelServiceError`
+        (404 for a model: :class:`NotFound`), no answer raises :class:`Unavailable`."""
+        self._check_configured()
+        if timeout is not None:
+            kw["timeout"] = httpx.Timeout(timeout, connect=self.connect_timeout)
+        try:
+            r = await self._http().request(method, path, **kw)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"The model service did not answer ({type(e).__name__}).") from e
+        if r.status_code >= 400:
+            raise _error_from(r)
+        return r
+
     async def models(self, refresh: bool = False) -> list[ModelInfo]:
         """The chat models the service offers (cached for :attr:`models_ttl` seconds)."""
         self._check_configured()
         fresh = time.monotonic() - self._models_at < self.models_ttl
         if self._models is not None and fresh and not refresh:
             return self._models
-        try:
-            r = await self._http().get("v1/models")
-        except httpx.HTTPError as e:
-            raise Unavailable(f"The model service did not answer ({type(e).__name__}).") from e
-        if r.status_code != 200:
-            raise _error_from(r.status_code, r.content)
+        r = await self.request("GET", "v1/models")
         cards = r.json().get("data", [])
         self._models = [
             ModelInfo(
@@ -152,13 +200,7 @@ class ModelClient(LoggingConfigurable):
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """A whole (non-streamed) chat completion."""
-        self._check_configured()
-        try:
-            r = await self._http().post("v1/chat/completions", json={**body, "stream": False})
-        except httpx.HTTPError as e:
-            raise Unavailable(f"The model service did not answer ({type(e).__name__}).") from e
-        if r.status_code != 200:
-            raise _error_from(r.status_code, r.content)
+        r = await self.request("POST", "v1/chat/completions", json={**body, "stream": False})
         data: dict[str, Any] = r.json()
         return data
 
@@ -172,10 +214,79 @@ class ModelClient(LoggingConfigurable):
         except httpx.HTTPError as e:
             raise Unavailable(f"The model service did not answer ({type(e).__name__}).") from e
         if response.status_code != 200:
-            content = await response.aread()
+            await response.aread()
             await response.aclose()
-            raise _error_from(response.status_code, content)
+            raise _error_from(response)
         return ChatStream(response)
+
+    async def embeddings(
+        self, model: str, inputs: list[str], timeout: float | None = None
+    ) -> list[list[float]]:
+        """One vector per input, in order (``POST v1/embeddings``)."""
+        r = await self.request(
+            "POST", "v1/embeddings", json={"model": model, "input": inputs}, timeout=timeout
+        )
+        try:
+            data = sorted(r.json()["data"], key=lambda d: d["index"])
+            out = [[float(x) for x in d["embedding"]] for d in data]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelServiceError(
+                502, "The model service sent a malformed embeddings answer."
+            ) from e
+        if len(out) != len(inputs):
+            raise ModelServiceError(502, "The model service sent the wrong number of embeddings.")
+        return out
+
+    async def transcribe(self, wav: bytes, model: str, **options: str) -> str:
+        """The text of a WAV file (``POST v1/audio/transcriptions``)."""
+        files = {"file": ("speech.wav", wav, "audio/wav")}
+        r = await self.request(
+            "POST",
+            "v1/audio/transcriptions",
+            files=files,
+            data={"model": model, **options},
+            timeout=120.0,
+        )
+        return str(r.json().get("text") or "").strip()
+
+    async def speech(self, text: str, model: str, voice: str) -> tuple[int, bytes]:
+        """``(sample rate, 16-bit mono PCM)`` of ``text`` (``POST v1/audio/speech``)."""
+        body = {"model": model, "input": text, "voice": voice, "response_format": "pcm"}
+        r = await self.request("POST", "v1/audio/speech", json=body, timeout=120.0)
+        return int(r.headers.get("X-Sample-Rate", "22050")), r.content
+
+    async def health(self, timeout: float = 2.0) -> Health:
+        """Whether the service answers its health check, and how fast; never raises."""
+        if not self.configured:
+            return Health(configured=False, ok=False, detail="no model service configured")
+        start = time.perf_counter()
+        try:
+            await self.request("GET", "health", timeout=timeout)
+        except ModelServiceError as e:
+            ms = round((time.perf_counter() - start) * 1000, 1)
+            return Health(True, False, f"HTTP {e.status}", ms)
+        except Unavailable as e:
+            cause = type(e.__cause__).__name__ if e.__cause__ else "error"
+            return Health(True, False, f"unreachable: {cause}")
+        ms = round((time.perf_counter() - start) * 1000, 1)
+        return Health(True, True, "answering", ms)
+
+
+@dataclass(frozen=True)
+class Health:
+    """What :meth:`ModelClient.health` found."""
+
+    configured: bool
+    ok: bool
+    detail: str
+    latency_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"configured": self.configured, "ok": self.ok, "detail": self.detail}
+        if self.latency_ms is not None:
+            out["latency_ms"] = self.latency_ms
+        return out
 
 
 class ChatStream:
@@ -186,19 +297,11 @@ class ChatStream:
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         try:
-            async for line in self._response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    err = chunk["error"] or {}
-                    raise ModelServiceError(
-                        502, str(err.get("message") or "model error"), "model_service_error"
-                    )
-                yield chunk
+            async for event in aiter_events(self._response.aiter_lines()):
+                if event.is_error:
+                    raise ModelServiceError.from_wire(read_error(502, event.data))
+                if isinstance(event.data, dict):
+                    yield event.data
         except httpx.HTTPError as e:
             raise ModelServiceError(
                 502, f"The model service stopped answering ({type(e).__name__}).", "model_error"
@@ -210,14 +313,9 @@ class ChatStream:
         await self._response.aclose()
 
 
-def _error_from(status: int, content: bytes) -> OraculoError:
+def _error_from(r: httpx.Response) -> OraculoError:
     """The model service's OpenAI error envelope as one of our errors, same status."""
-    try:
-        err = json.loads(content).get("error") or {}
-    except (ValueError, AttributeError):
-        err = {}
-    message = str(err.get("message") or f"The model service answered HTTP {status}.")
-    if status == 404:
-        return NotFound(message, reason="Unknown model")
-    kind = str(err.get("code") or err.get("type") or "model_service_error")
-    return ModelServiceError(status, message, kind)
+    err = read_error(r.status_code, r.content, r.headers)
+    if r.status_code == 404:
+        return NotFound(err.message, reason="Unknown model")
+    return ModelServiceError.from_wire(err)

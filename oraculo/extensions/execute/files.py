@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from pydantic import BaseModel
+from oraculo.extensions.execute.models import FileInfo
 
 #: (mtime_ns, size) of each file under a directory, by path relative to it.
 Snapshot = dict[str, tuple[int, int]]
@@ -19,17 +19,6 @@ IMAGE_EXTENSIONS = {
     "image/gif": ".gif",
     "image/svg+xml": ".svg",
 }
-
-
-class FileInfo(BaseModel):
-    """A file an execution created or changed (or an image it displayed, saved by us)."""
-
-    path: str  # relative to the server's root directory, as the contents API wants it
-    size: int
-    type: str  # MIME type, guessed from the name
-    change: str  # "created", "modified" or "output" (an image result saved as a file)
-    url: str  # the contents API model of the file
-    download_url: str  # the file's bytes
 
 
 def snapshot(root: str, max_entries: int, max_depth: int, skip: tuple[str, ...] = ()) -> Snapshot:

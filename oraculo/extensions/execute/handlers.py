@@ -7,7 +7,7 @@ from tornado import web
 
 from oraculo.extensions.base.errors import BadRequest
 from oraculo.extensions.base.handlers import OraculoAPIHandler
-from oraculo.extensions.execute.service import ExecuteRequest
+from oraculo.extensions.execute.models import ExecuteRequest
 
 #: Longest a ``GET /api/v1/execute/{id}?wait=`` may wait, seconds.
 MAX_WAIT = 60.0

@@ -41,7 +41,6 @@ import uuid
 from typing import Any, Literal
 
 from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, Field
 from traitlets import Any as AnyTrait
 from traitlets import Bool, Float, Instance, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -49,7 +48,12 @@ from traitlets.config import LoggingConfigurable
 from oraculo.extensions.base.errors import BadRequest, Conflict, NotFound
 from oraculo.extensions.execute import files as tracking
 from oraculo.extensions.execute.audit import AuditLog
-from oraculo.extensions.execute.files import FileInfo
+from oraculo.extensions.execute.models import (
+    ExecutionError,
+    ExecutionResult,
+    FileInfo,
+    TimeoutInfo,
+)
 from oraculo.kernels.limits import SandboxLimits
 from oraculo.kernels.provisioner import provisioner_for
 
@@ -66,54 +70,6 @@ SANDBOX_LIMIT_HITS = Counter(
     "oraculo_sandbox_limit_hits", "Executions ended by a sandbox limit, by limit.", ["limit"]
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class ExecuteRequest(BaseModel):
-    """Body of ``POST /api/v1/execute``."""
-
-    model_config = {"extra": "forbid"}
-
-    code: str = Field(max_length=1_000_000)
-    language: str = "python"
-    timeout: float | None = Field(None, gt=0, description="Seconds; default: the user's default.")
-    session: str | None = Field(None, min_length=1, max_length=1024)
-    detach: bool = False
-
-
-class ExecutionError(BaseModel):
-    name: str
-    value: str
-    traceback: list[str] = []
-    #: The sandbox limit that ended the code, when one did: memory, file_size, processes,
-    #: cpu_time, timeout.
-    limit: str | None = None
-
-
-class TimeoutInfo(BaseModel):
-    seconds: float
-    action: Literal["interrupted", "restarted"]
-
-
-class ExecutionResult(BaseModel):
-    """What ``POST /api/v1/execute`` and ``GET /api/v1/execute/{id}`` answer."""
-
-    execution_id: str
-    status: Literal["running", "ok", "error", "timeout", "cancelled"]
-    language: str
-    session: str  # the kernel id
-    origin: str
-    actor: str
-    started_at: str
-    finished_at: str | None = None
-    duration_seconds: float | None = None
-    output: str = ""  # stdout and stderr together, in the order they came
-    stdout: str = ""
-    stderr: str = ""
-    results: list[dict[str, Any]] = []  # mime bundles
-    files: list[FileInfo] = []
-    error: ExecutionError | None = None
-    timeout: TimeoutInfo | None = None
-    truncated: bool = False
 
 
 class _Output:
@@ -182,6 +138,12 @@ class ExecuteService(LoggingConfigurable):
 
     kernel_manager = AnyTrait(help="The server's MappingKernelManager.")
     session_manager = AnyTrait(help="The server's SessionManager (notebook sessions).")
+    admission = AnyTrait(
+        None,
+        allow_none=True,
+        help="""An async callable awaited before each new execution; it raises to refuse one
+        (the usage feature's compute-budget check). None: every execution is admitted.""",
+    )
     root_dir = Unicode(help="The server's root directory (the contents API's /).")
     base_url = Unicode("/", help="The server's base URL, for file links.")
     limits = Instance(SandboxLimits, help="This user's sandbox limits (from the hub).")
@@ -267,6 +229,8 @@ class ExecuteService(LoggingConfigurable):
             raise BadRequest("timeout must be positive")
         elif timeout > limit:
             raise BadRequest(f"timeout {timeout:g} s is over this workspace's limit of {limit:g} s")
+        if self.admission is not None:
+            await self.admission()
         kernel_id = await self._resolve(session)
         result = ExecutionResult(
             execution_id=uuid.uuid4().hex,

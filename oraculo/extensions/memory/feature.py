@@ -68,7 +68,7 @@ class MemoryFeature(Feature):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.embeddings = self.embeddings_class(parent=self, models_url=self.extension.models_url)
+        self.embeddings = self.embeddings_class(parent=self, models=self.models)
         self.memories = self.memories_class(parent=self, embeddings=self.embeddings)
         root: dict[str, Any] = {}
         serverapp = getattr(self.extension, "serverapp", None)

@@ -20,26 +20,15 @@ from urllib.parse import quote
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.utils import url_path_join
-from pydantic import BaseModel, ConfigDict, StrictStr
 from tornado import web
 
 from oraculo.extensions.base.embeddings import EmbeddingsUnavailable
 from oraculo.extensions.base.errors import BadRequest, Forbidden, NotFound
 from oraculo.extensions.base.handlers import OraculoAPIHandler
+from oraculo.extensions.memory.models import MemoryBody
 
 #: The value of ``confirm`` that DELETE needs to remove every memory.
 DELETE_ALL = "delete-all"
-
-
-class MemoryBody(BaseModel):
-    """``POST /api/v1/memory``; the sizes are checked by the service."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    key: StrictStr
-    value: StrictStr
-    scope: StrictStr | None = None
-    user_id: StrictStr | None = None
 
 
 class _MemoryHandler(OraculoAPIHandler):

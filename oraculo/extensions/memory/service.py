@@ -24,12 +24,12 @@ import re
 import unicodedata
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from traitlets import Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.embeddings import EmbeddingClient
 from oraculo.extensions.base.errors import BadRequest, Conflict
+from oraculo.extensions.memory.models import Memory, MemoryHit
 from oraculo.extensions.memory.store import LanceStore, default_path, sql_string
 
 if TYPE_CHECKING:  # loaded with the first store use, not at server start
@@ -37,33 +37,6 @@ if TYPE_CHECKING:  # loaded with the first store use, not at server start
 
 TABLE = "memories"
 SCOPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
-
-
-class Memory(BaseModel):
-    """One stored memory."""
-
-    key: str
-    value: str
-    scope: str | None = None
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-
-class MemoryHit(BaseModel):
-    """A memory found by :meth:`MemoryService.search`; higher ``score`` ranks first.
-
-    ``score`` is the reciprocal-rank fusion of the semantic and full-text rankings (about
-    0.016-0.033: it orders, it does not measure); ``similarity`` is the cosine similarity of
-    the query's and the memory's embeddings (-1..1; all-MiniLM-L6-v2 gives ~0.5+ for related
-    texts, ~0 for unrelated), to threshold on.
-    """
-
-    key: str
-    value: str
-    scope: str | None = None
-    score: float
-    updated_at: dt.datetime
-    similarity: float = 0.0
 
 
 class MemoryService(LoggingConfigurable):

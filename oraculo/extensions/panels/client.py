@@ -7,11 +7,12 @@ Each panel's client is a :class:`ServerClient` with the API path it uses.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Self
 
 import httpx
+
+from oraculo.extensions.base.wire import read_error
 
 
 class ServerAPIError(Exception):
@@ -66,10 +67,7 @@ class ServerClient:
 
     def error_message(self, status: int, content: bytes) -> str:
         """What to show for an error answer: its envelope's message."""
-        try:
-            return str(json.loads(content)["message"])
-        except (ValueError, KeyError, TypeError):
-            return f"HTTP {status}"
+        return read_error(status, content).message
 
     async def request(self, method: str, path: str = "", **kw: Any) -> Any:
         """``method`` on ``<base><path>``; the decoded JSON answer, None when empty."""

@@ -26,6 +26,8 @@ import panel as pn
 import param
 from panel.custom import JSComponent
 
+from oraculo.extensions.panels.workspace import static_url
+
 TEST_ID = "oraculo-voice"
 
 _ESM = r"""
@@ -251,8 +253,6 @@ class VoiceWidget(JSComponent):
 
 def create_app() -> pn.viewable.Viewable:
     """The Voice page."""
-    from oraculo.extensions.panels.workspace import static_url
-
     if pn.state.curdoc is not None:
         pn.state.curdoc.template_variables["app_favicon"] = static_url("workspace.svg")
     return pn.Column(pn.pane.Markdown("## Voice"), VoiceWidget(), sizing_mode="stretch_width")

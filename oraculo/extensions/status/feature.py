@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from traitlets import Instance, Type
@@ -25,11 +24,8 @@ class StatusFeature(Feature):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.service = self.service_class(
-            parent=self,
-            models_url=self.extension.models_url,
-            models_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
-        )
+        assert self.models is not None
+        self.service = self.service_class(parent=self, models=self.models)
 
     def handlers(self) -> list[tuple[str, Any]]:
         return [(r"/api/v1/status", StatusHandler)]

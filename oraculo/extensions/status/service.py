@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-import httpx
-from traitlets import Float, Unicode
+from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
 
 from oraculo import __version__
+from oraculo.extensions.base.modelclient import ModelClient
 from oraculo.kernels import gpu
 from oraculo.kernels.provisioner import provisioner_for
 
@@ -18,41 +17,15 @@ from oraculo.kernels.provisioner import provisioner_for
 class StatusService(LoggingConfigurable):
     """Collects the state of one user's workspace."""
 
-    models_url = Unicode(
-        "",
-        config=True,
-        help="""Base URL of the model service (ending in /), e.g.
-        http://127.0.0.1:8000/services/models/. Empty: no model service is configured.""",
-    )
-    models_token = Unicode(
-        "",
-        help="Token used to reach the model service (the server's own hub token).",
-    )
+    models = Instance(ModelClient, help="The extension's one client of the model service.")
     probe_timeout = Float(
         2.0, config=True, help="Seconds to wait for the model service to answer a health probe."
     )
 
     async def model_service(self) -> dict[str, Any]:
         """Ask the model service's health endpoint; never raises."""
-        if not self.models_url:
-            return {"configured": False, "ok": False, "detail": "no model service configured"}
-        url = self.models_url.rstrip("/") + "/health"
-        headers = {"Authorization": f"Bearer {self.models_token}"} if self.models_token else {}
-        start = time.perf_counter()
-        try:
-            async with httpx.AsyncClient(timeout=self.probe_timeout) as client:
-                r = await client.get(url, headers=headers)
-        except httpx.HTTPError as e:
-            return {"configured": True, "ok": False, "detail": f"unreachable: {type(e).__name__}"}
-        ms = round((time.perf_counter() - start) * 1000, 1)
-        if r.status_code != 200:
-            return {
-                "configured": True,
-                "ok": False,
-                "detail": f"HTTP {r.status_code}",
-                "latency_ms": ms,
-            }
-        return {"configured": True, "ok": True, "detail": "answering", "latency_ms": ms}
+        health = await self.models.health(timeout=self.probe_timeout)
+        return health.to_json()
 
     def kernel_resources(self, kernels: list[dict[str, Any]]) -> None:
         """Add each sandbox kernel's memory, CPU, process and GPU use against its limits."""

@@ -195,6 +195,9 @@ class TransformersChatBackend(Backend):
                 f"{wanted or 0} in the "
                 "completion). Please reduce the length of the messages or completion.",
                 param="messages",
+                context_length=ctx,
+                tokens=prompt_len + (wanted or 0),
+                prompt_tokens=prompt_len,
             )
         max_tokens = wanted or min(self.spec.default_max_tokens, ctx - prompt_len)
         temperature = (
@@ -275,6 +278,9 @@ class SentenceTransformersBackend(Backend):
                     f"but input {i} has {n} "
                     "tokens. Please reduce the length of the input.",
                     param="input",
+                    context_length=self._ctx,
+                    tokens=n,
+                    index=i,
                 )
         vectors = self.model.encode(
             inputs, batch_size=64, convert_to_numpy=True, normalize_embeddings=True

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.extensions.memory.test_memory import assert_envelope
 from tests.extensions.panels.test_memory_panel import Server, start_server
-
 from tests.harness import wait_for
 
 

@@ -1,0 +1,102 @@
+"""The agents feature's pydantic models: an agent and its tools as a notebook defines them, a run's
+request, and the typed messages of a run."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ToolSpec(BaseModel):
+    """One tool: a function defined in the agent notebook."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any]
+    source: str  # the function's definition, as written
+    cell: int  # index of the code cell that defines it
+
+    def openai(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+class AgentSpec(BaseModel):
+    """An agent, as its notebook defines it."""
+
+    name: str
+    description: str = ""
+    model: str | None = None
+    role: str = "worker"
+    max_steps: int = Field(6, ge=1, le=100)
+    max_tokens: int = Field(4000, ge=1)
+    timeout: float = Field(300, gt=0)
+    temperature: float = Field(0.2, ge=0, le=2)
+    require_tool: bool = False  # the first step must call a tool (not final_answer)
+    handoff: str | None = None  # the agent that takes over this one's answer (a declared graph)
+    instructions: str = ""
+    tools: list[ToolSpec] = []
+    setup: list[str] = []  # code cells' top-level imports, run before the first tool call
+    path: str = ""
+    owner: str = ""
+    shared: bool = False
+    version: str = ""
+    sha256: str = ""
+    mtime: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return self.model_dump(
+            include={
+                "name",
+                "description",
+                "model",
+                "role",
+                "path",
+                "owner",
+                "shared",
+                "version",
+                "sha256",
+                "mtime",
+                "max_steps",
+                "max_tokens",
+                "timeout",
+                "handoff",
+            }
+        ) | {"tools": [t.name for t in self.tools]}
+
+
+class RunRequest(BaseModel):
+    """Body of ``POST /api/v1/agents/runs``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    goal: Annotated[str, Field(min_length=1, max_length=20_000)]
+    agents: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=8)
+    ]
+    max_steps: Annotated[int, Field(ge=1, le=200)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    timeout: Annotated[float, Field(gt=0, le=24 * 3600)] | None = None
+    session: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+
+class AgentMessage(BaseModel):
+    """One typed message of a run: the goal or an answer handed over (``input``), an agent's
+    reply with its tool calls (``reply``), or a tool's result back to the agent (``tool``)."""
+
+    seq: int
+    time: str
+    kind: Literal["input", "reply", "tool"]
+    sender: str = Field(serialization_alias="from")
+    to: str
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] = []
+    tool_call_id: str | None = None
+    error: dict[str, Any] | None = None

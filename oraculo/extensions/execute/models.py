@@ -1,0 +1,66 @@
+"""The execute feature's pydantic models: the request, its result, and the files it made."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class FileInfo(BaseModel):
+    """A file an execution created or changed (or an image it displayed, saved by us)."""
+
+    path: str  # relative to the server's root directory, as the contents API wants it
+    size: int
+    type: str  # MIME type, guessed from the name
+    change: str  # "created", "modified" or "output" (an image result saved as a file)
+    url: str  # the contents API model of the file
+    download_url: str  # the file's bytes
+
+
+class ExecuteRequest(BaseModel):
+    """Body of ``POST /api/v1/execute``."""
+
+    model_config = {"extra": "forbid"}
+
+    code: str = Field(max_length=1_000_000)
+    language: str = "python"
+    timeout: float | None = Field(None, gt=0, description="Seconds; default: the user's default.")
+    session: str | None = Field(None, min_length=1, max_length=1024)
+    detach: bool = False
+
+
+class ExecutionError(BaseModel):
+    name: str
+    value: str
+    traceback: list[str] = []
+    #: The sandbox limit that ended the code, when one did: memory, file_size, processes,
+    #: cpu_time, timeout.
+    limit: str | None = None
+
+
+class TimeoutInfo(BaseModel):
+    seconds: float
+    action: Literal["interrupted", "restarted"]
+
+
+class ExecutionResult(BaseModel):
+    """What ``POST /api/v1/execute`` and ``GET /api/v1/execute/{id}`` answer."""
+
+    execution_id: str
+    status: Literal["running", "ok", "error", "timeout", "cancelled"]
+    language: str
+    session: str  # the kernel id
+    origin: str
+    actor: str
+    started_at: str
+    finished_at: str | None = None
+    duration_seconds: float | None = None
+    output: str = ""  # stdout and stderr together, in the order they came
+    stdout: str = ""
+    stderr: str = ""
+    results: list[dict[str, Any]] = []  # mime bundles
+    files: list[FileInfo] = []
+    error: ExecutionError | None = None
+    timeout: TimeoutInfo | None = None
+    truncated: bool = False

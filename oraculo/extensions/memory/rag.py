@@ -3,20 +3,24 @@
 :class:`WorkspaceIndex` walks the server's root folder (the user's home) and any configured
 shared folders, reads notebooks (markdown, code and text outputs, by cell), ``.md``, ``.py``,
 ``.txt``, ``.rst``, ``.csv``/``.tsv`` (header and a sample) and PDFs (``pypdf``), cuts them into
-overlapping chunks (:mod:`oraculo.extensions.memory.rag_files`) and stores each chunk with its
+passages that follow their structure and fit the embedding model's window
+(:mod:`oraculo.extensions.memory.rag_files`) and stores each chunk with its
 embedding in the ``passages`` table next to the memories (``~/.oraculo/memory/``)::
 
     id: "<path>#<n>"  path  kind  cell: int32|null  cell_id  page: int32|null
-    start_line, end_line: int32   text (the chunk)   search_text ("<path>\\n<chunk>", BM25)
+    start_line, end_line: int32   text (the chunk)
+    search_text ("<path>\\n<heading path>\\n<chunk>\\n<camelCase words split>", BM25)
     vector: fixed_size_list<float32>[dim]
 
-Incremental: ``workspace-manifest.json`` (same folder) records each file's mtime, size and
-SHA-256. A run re-reads only files whose mtime or size changed, re-embeds only those whose hash
-changed, and deletes the passages of files that are gone. It is crash-safe: a file's manifest
-entry is dropped (and written) before its passages are replaced and written back after, so a run
-killed half-way redoes that file next time. Skipped: hidden files and folders (``.git``,
+New, saved, moved and deleted files are noticed within seconds (``watch``, Linux inotify:
+:mod:`oraculo.extensions.memory.watch`); the periodic run (``interval``) catches what a watch
+cannot see. Incremental: ``workspace-manifest.json`` (same folder) records each file's mtime,
+size and SHA-256. A run re-reads only files whose mtime or size changed, re-embeds only those
+whose hash changed, and deletes the passages of files that are gone. It is crash-safe: a file's
+manifest entry is dropped (and written) before its passages are replaced and written back after,
+so a run killed half-way redoes that file next time. Skipped: hidden files and folders (``.git``,
 ``.ipynb_checkpoints``, ``.oraculo``), ``skip_dirs``, symlinks, binaries, files over
-``max_file_bytes``.
+``max_file_bytes``. A search returns only passages relevant to the query (``min_similarity``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,10 +47,39 @@ from oraculo.extensions.memory.store import LanceStore, default_path, sql_string
 
 if TYPE_CHECKING:  # loaded with the first store use, not at server start
     import pyarrow as pa
+from oraculo.extensions.memory.rag_chunks import estimate_tokens
 from oraculo.extensions.memory.rag_files import SUFFIXES, Chunk, Unreadable, chunk_file
+from oraculo.extensions.memory.watch import TreeWatcher
 
 TABLE = "passages"
 MANIFEST = "workspace-manifest.json"
+#: Version of the chunking; an index built by another is rebuilt.
+CHUNKER = 2
+
+
+def embedded_text(display: str, chunk: Chunk) -> str:
+    """What is embedded for a passage: its path, its heading path and its text."""
+    return "\n".join(p for p in (display, chunk.heading, chunk.text) if p)
+
+
+def passage_budget(window: int, display: str) -> int:
+    """Tokens a passage's text and heading path may take: the window, less 10 %, the [CLS] and
+    [SEP] tokens and the path that is embedded with it (by :func:`estimate_tokens`)."""
+    return int(window * 0.9) - 2 - estimate_tokens(display) - 1
+
+
+_CAMEL = re.compile(r"[A-Za-z][a-z0-9]*[A-Z][A-Za-z0-9]*")
+_PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z0-9]+")
+
+
+def identifier_words(text: str) -> str:
+    """The words inside the camelCase identifiers of ``text`` (``getComputedStyle`` → ``get
+    computed style``), for the full-text index: snake_case and kebab-case are split by its
+    tokenizer already, camelCase is not."""
+    seen: dict[str, None] = {}
+    for m in _CAMEL.finditer(text):
+        seen.setdefault(" ".join(p.lower() for p in _PARTS.findall(m.group())), None)
+    return " ".join(seen)
 
 
 class Passage(BaseModel):
@@ -103,10 +137,21 @@ class WorkspaceIndex(LoggingConfigurable):
     max_files = Integer(
         20_000, config=True, help="Most files indexed; past it the run stops and says so."
     )
-    chunk_chars = Integer(
-        900, config=True, help="Target chunk size in characters (MiniLM reads ~256 tokens)."
+    window_tokens = Integer(
+        256,
+        config=True,
+        help="""Tokens the embedding model reads (all-MiniLM-L6-v2: 256). Passages are cut so
+        that path, heading and text fit it by a conservative estimate, with 10 % to spare:
+        nothing is refused by the model service or silently cut.""",
     )
-    overlap_chars = Integer(150, config=True, help="Characters two neighbouring chunks share.")
+    chunk_chars = Integer(
+        2000,
+        config=True,
+        help="Longest passage in characters (the token budget usually ends a passage first).",
+    )
+    overlap_chars = Integer(
+        150, config=True, help="Characters repeated where a block too long for one passage is cut."
+    )
     batch_chunks = Integer(256, config=True, help="Chunks embedded and written per batch.")
     interval = Float(
         600.0,
@@ -114,6 +159,36 @@ class WorkspaceIndex(LoggingConfigurable):
         help="Seconds between background re-indexing runs; 0 turns the periodic run off.",
     )
     index_on_start = Bool(True, config=True, help="Run the indexer once when the server starts.")
+    watch = Bool(
+        True,
+        config=True,
+        help="""Watch the indexed folders (Linux inotify) and index a new, saved, moved or
+        deleted file within seconds, without waiting for the periodic run or Reindex.""",
+    )
+    watch_delay = Float(
+        1.0,
+        config=True,
+        help="Seconds of quiet after a change before the index runs (a burst is one run).",
+    )
+    text_weight = Float(
+        2.0,
+        config=True,
+        help="""Weight of the full-text (BM25) ranking against the semantic one in the fused
+        ranking. Identifiers, flags and file names are found by their words far more reliably
+        than by a small embedding model (benchmarks/retrieval.py).""",
+    )
+    min_similarity = Float(
+        0.35,
+        config=True,
+        help="""A passage is returned only if its cosine similarity to the query reaches this,
+        or reaches min_similarity_matched and it shares a word with the query. Keeps passages
+        out of answers to "Hello!". -1 returns every passage found.""",
+    )
+    min_similarity_matched = Float(
+        0.22,
+        config=True,
+        help="Least similarity of a passage that also matches the query's words (see above).",
+    )
     vector_index_rows = Integer(
         10_000,
         config=True,
@@ -148,6 +223,7 @@ class WorkspaceIndex(LoggingConfigurable):
         self._waiting = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._watcher: TreeWatcher | None = None
         self._status: dict[str, Any] = {
             "state": "never",
             "files": 0,
@@ -194,7 +270,8 @@ class WorkspaceIndex(LoggingConfigurable):
         return {**self.status(), "queued": True}
 
     async def search(self, q: str, k: int = 5) -> list[Passage]:
-        """The ``k`` passages best matching ``q`` (semantic and BM25 rankings fused)."""
+        """Up to ``k`` passages best matching ``q`` (semantic and BM25 rankings fused), only
+        those relevant to it (see ``min_similarity``): none for a greeting."""
         if not isinstance(q, str) or not q.strip():
             raise BadRequest("q must be a non-empty string")
         if len(q) > 4096:
@@ -205,7 +282,8 @@ class WorkspaceIndex(LoggingConfigurable):
         vector = await self.embeddings.embed_query(q)
         if await self.store.table() is None:
             return []
-        rows = await self.store.hybrid(vector, q, k)
+        rows = await self.store.hybrid(vector, q, k, text_weight=self.text_weight)
+        rows = [r for r in rows if self._relevant(r)]
         return [
             Passage(
                 **{f: r[f] for f in Passage.model_fields if f not in ("score", "similarity")},
@@ -215,12 +293,21 @@ class WorkspaceIndex(LoggingConfigurable):
             for r in rows
         ]
 
+    def _relevant(self, row: dict[str, Any]) -> bool:
+        similarity = float(row["_similarity"])
+        if similarity >= self.min_similarity:
+            return True
+        return bool(row.get("_text_match")) and similarity >= self.min_similarity_matched
+
     def start(self) -> None:
         """Begin background indexing (at once if ``index_on_start``, then every ``interval``)."""
         if self._loop_task is None:
             self._loop_task = asyncio.ensure_future(self._periodic())
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         tasks = [*self._tasks, *([self._loop_task] if self._loop_task else [])]
         for task in tasks:
             task.cancel()
@@ -232,11 +319,30 @@ class WorkspaceIndex(LoggingConfigurable):
     # --- the run -----------------------------------------------------------------------------
 
     async def _periodic(self) -> None:
+        if self.watch:  # before the first run, so that nothing saved during it is missed
+            await self._start_watching()
         if self.index_on_start:
             await self._quiet_refresh()
         while self.interval > 0:
             await asyncio.sleep(self.interval)
             await self._quiet_refresh()
+
+    async def _start_watching(self) -> None:
+        watcher = TreeWatcher(
+            [str(root) for root, _ in await asyncio.to_thread(self._roots)],
+            descend=self._descend,
+            wanted=lambda name: not name.startswith(".") and Path(name).suffix.lower() in SUFFIXES,
+            on_change=self.trigger,
+            log=self.log,
+            delay=self.watch_delay,
+        )
+        try:
+            if await watcher.start():
+                self._watcher = watcher
+                self.log.info("watching %d folders for changes to index", watcher.watching)
+        except Exception:
+            self.log.exception("watching the workspace failed: the periodic run stays")
+            watcher.close()
 
     async def _quiet_refresh(self) -> None:
         try:
@@ -288,7 +394,12 @@ class WorkspaceIndex(LoggingConfigurable):
             self.log.info("embedding model changed: rebuilding the workspace index")
             await self.store.delete("true")
             manifest = {"files": {}}
+        elif manifest["files"] and manifest.get("chunker") != CHUNKER:
+            self.log.info("passages are cut differently now: rebuilding the workspace index")
+            await self.store.delete("true")
+            manifest = {"files": {}}
         manifest["model"] = self.embeddings.model
+        manifest["chunker"] = CHUNKER
         found, too_many = await asyncio.to_thread(self._scan)
         if too_many:
             errors.append(
@@ -313,7 +424,7 @@ class WorkspaceIndex(LoggingConfigurable):
             if old and old["mtime_ns"] == mtime_ns and old["size"] == size:
                 stats["unchanged"] += 1
                 continue
-            entry, chunks = await asyncio.to_thread(self._read, abs_path, mtime_ns, size)
+            entry, chunks = await asyncio.to_thread(self._read, display, abs_path, mtime_ns, size)
             if old and old.get("sha256") == entry["sha256"] and not old.get("error"):
                 files[display] = {**old, "mtime_ns": mtime_ns, "size": size}
                 stats["unchanged"] += 1
@@ -337,7 +448,7 @@ class WorkspaceIndex(LoggingConfigurable):
         manifest: dict[str, Any],
         stats: dict[str, int],
     ) -> None:
-        texts = [f"{display}\n{c.text}" for display, _, chunks in batch for c in chunks]
+        texts = [embedded_text(display, c) for display, _, chunks in batch for c in chunks]
         vectors = await self.embeddings.embed(texts) if texts else []
         # Forget these files first: a crash from here on re-indexes them next run.
         for display, _, _ in batch:
@@ -358,7 +469,7 @@ class WorkspaceIndex(LoggingConfigurable):
                         "start_line": c.start_line,
                         "end_line": c.end_line,
                         "text": c.text,
-                        "search_text": texts[len(rows)],
+                        "search_text": f"{texts[len(rows)]}\n{identifier_words(c.text)}",
                         "vector": vectors[len(rows)],
                     }
                 )
@@ -382,20 +493,21 @@ class WorkspaceIndex(LoggingConfigurable):
         roots += [(Path(p).expanduser().resolve(), True) for p in self.extra_paths]
         return [(r, absolute) for r, absolute in roots if r.is_dir()]
 
+    def _descend(self, folder: str, name: str) -> bool:
+        """Whether the walk (and the watcher) goes into ``folder/name``."""
+        return (
+            not name.startswith(".")
+            and name not in self.skip_dirs
+            and not os.path.islink(os.path.join(folder, name))
+            and Path(folder, name).resolve() != Path(self.path).resolve()
+        )
+
     def _scan(self) -> tuple[dict[str, tuple[str, int, int]], bool]:
         """``{display path: (absolute path, mtime_ns, size)}`` of the files to index."""
         found: dict[str, tuple[str, int, int]] = {}
-        store = Path(self.path).resolve()
         for root, absolute in self._roots():
             for folder, dirs, names in os.walk(root):
-                dirs[:] = sorted(
-                    d
-                    for d in dirs
-                    if not d.startswith(".")
-                    and d not in self.skip_dirs
-                    and not os.path.islink(os.path.join(folder, d))
-                    and Path(folder, d).resolve() != store
-                )
+                dirs[:] = sorted(d for d in dirs if self._descend(folder, d))
                 for name in sorted(names):
                     if name.startswith(".") or Path(name).suffix.lower() not in SUFFIXES:
                         continue
@@ -414,7 +526,9 @@ class WorkspaceIndex(LoggingConfigurable):
                         return found, True
         return found, False
 
-    def _read(self, abs_path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], list[Chunk]]:
+    def _read(
+        self, display: str, abs_path: str, mtime_ns: int, size: int
+    ) -> tuple[dict[str, Any], list[Chunk]]:
         entry: dict[str, Any] = {"mtime_ns": mtime_ns, "size": size, "sha256": ""}
         try:
             data = read_no_follow(abs_path, self.max_file_bytes)
@@ -422,7 +536,13 @@ class WorkspaceIndex(LoggingConfigurable):
             return {**entry, "error": f"cannot read ({type(e).__name__})"}, []
         entry["sha256"] = hashlib.sha256(data).hexdigest()
         try:
-            chunks = chunk_file(Path(abs_path), data, self.chunk_chars, self.overlap_chars)
+            chunks = chunk_file(
+                Path(abs_path),
+                data,
+                self.chunk_chars,
+                self.overlap_chars,
+                passage_budget(self.window_tokens, display),
+            )
         except Unreadable as e:
             return {**entry, "error": str(e)}, []
         return entry, chunks

@@ -1,10 +1,12 @@
 """Reading the workspace's files into chunks that remember where they came from.
 
 Pure functions, no I/O beyond reading one file: :func:`chunk_file` turns a notebook, Markdown,
-Python, text, CSV or PDF file into :class:`Chunk` objects, each with its cell (notebooks), its
-1-based line range (within the cell for notebooks, the page for PDFs) and its text. Long texts
-are cut into windows of about ``size`` characters that overlap by about ``overlap`` characters,
-always at line boundaries, so a citation's line range is exact.
+reStructuredText, Python, text, CSV or PDF file into :class:`Chunk` objects, each with its cell
+(notebooks), its 1-based line range (within the cell for notebooks, the page for PDFs), its text
+and the heading path it sits under. Texts are cut where their structure allows (headings,
+definitions, paragraphs, cells; :mod:`oraculo.extensions.memory.rag_chunks`) into passages of at
+most ``budget`` estimated tokens (the embedder's window) and ``size`` characters, always at line
+boundaries, so a citation's line range is exact.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oraculo.extensions.memory.rag_chunks import SEPARATOR, estimate_tokens, pack, sections
+
 #: File suffixes indexed, by the reader that handles them.
 TEXT_SUFFIXES = {".md", ".markdown", ".py", ".txt", ".rst"}
+#: How each text suffix is cut, and the ``kind`` its chunks get.
+STYLES = {".md": "markdown", ".markdown": "markdown", ".rst": "rst", ".py": "python"}
+KINDS = {"markdown": "markdown", "python": "code", "rst": "text", "text": "text"}
+#: Budget when none is given: no token limit, only ``size``.
+NO_BUDGET = 1 << 30
 TABLE_SUFFIXES = {".csv", ".tsv"}
 SUFFIXES = TEXT_SUFFIXES | TABLE_SUFFIXES | {".ipynb", ".pdf"}
 
@@ -29,7 +38,8 @@ MAX_OUTPUT_CHARS = 2000
 
 @dataclass
 class Chunk:
-    """A piece of one file. ``kind``: markdown, code, output, text, table or pdf."""
+    """A piece of one file. ``kind``: markdown, code, output, text, table or pdf; ``heading``:
+    the path of headings (or the definition) it sits under, ``A › B``, or empty."""
 
     kind: str
     text: str
@@ -38,6 +48,7 @@ class Chunk:
     cell: int | None = None
     cell_id: str | None = None
     page: int | None = None
+    heading: str = ""
 
 
 class Unreadable(Exception):
@@ -84,20 +95,50 @@ def decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def chunk_file(path: Path, data: bytes, size: int, overlap: int) -> list[Chunk]:
-    """Chunks of one file's content ``data`` (read by the caller); raises :class:`Unreadable`."""
+def chunk_file(
+    path: Path, data: bytes, size: int, overlap: int, budget: int = NO_BUDGET
+) -> list[Chunk]:
+    """Chunks of one file's content ``data`` (read by the caller); raises :class:`Unreadable`.
+
+    Each chunk's text and heading path together estimate at most ``budget`` tokens, and its text
+    is at most ``size`` characters; a block cut in pieces repeats about ``overlap`` characters
+    (whole lines) between them."""
     suffix = path.suffix.lower()
+    cut = _Cutter(size, overlap, budget)
     if suffix == ".ipynb":
-        return _notebook(data, size, overlap)
+        return _notebook(data, cut)
     if suffix == ".pdf":
-        return _pdf(data, size, overlap)
+        return _pdf(data, cut)
     if suffix in TABLE_SUFFIXES:
         return _table(decode(data), "\t" if suffix == ".tsv" else ",")
     if suffix in TEXT_SUFFIXES:
-        kind = "markdown" if suffix in (".md", ".markdown") else "text"
-        kind = "code" if suffix == ".py" else kind
-        return [Chunk(kind, t, a, b) for a, b, t in split_lines(decode(data), size, overlap)]
+        style = STYLES.get(suffix, "text")
+        return cut(decode(data), style, KINDS[style])
     raise Unreadable(f"no reader for {suffix or 'files without a suffix'}")
+
+
+@dataclass
+class _Cutter:
+    size: int
+    overlap: int
+    budget: int
+
+    def __call__(
+        self, text: str, style: str, kind: str, above: str = "", **where: Any
+    ) -> list[Chunk]:
+        """Chunks of ``text``; ``above``: a heading path the text sits under (a notebook's)."""
+        lines = max(round(self.overlap / 80), 0)
+        budget = self.budget - (estimate_tokens(above) + 1 if above else 0)
+        out = []
+        for a, b, t, heading in pack(sections(text, style), budget, self.size, lines):
+            # a markdown heading stands for itself; code sits under the heading above it
+            path = (
+                heading or above
+                if style == "markdown"
+                else SEPARATOR.join(p for p in (above, heading) if p)
+            )
+            out.append(Chunk(kind, t, a, b, heading=path, **where))
+        return out
 
 
 def _source(value: Any) -> str:
@@ -121,7 +162,7 @@ def _outputs_text(outputs: list[dict[str, Any]]) -> str:
     return "\n".join(p.rstrip("\n") for p in parts if p.strip())[:MAX_OUTPUT_CHARS]
 
 
-def _notebook(data: bytes, size: int, overlap: int) -> list[Chunk]:
+def _notebook(data: bytes, cut: _Cutter) -> list[Chunk]:
     try:
         nb = json.loads(decode(data))
         cells = nb["cells"]
@@ -129,6 +170,7 @@ def _notebook(data: bytes, size: int, overlap: int) -> list[Chunk]:
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         raise Unreadable("not a valid notebook") from e
     chunks: list[Chunk] = []
+    above = ""  # the last markdown heading path: the code cells below it sit under it
     for index, cell in enumerate(cells):
         if not isinstance(cell, dict):
             continue
@@ -136,12 +178,18 @@ def _notebook(data: bytes, size: int, overlap: int) -> list[Chunk]:
         if cell.get("cell_type") == "raw":
             kind = "text"
         cell_id = cell.get("id") if isinstance(cell.get("id"), str) else None
-        for a, b, t in split_lines(_source(cell.get("source")), size, overlap):
-            chunks.append(Chunk(kind, t, a, b, cell=index, cell_id=cell_id))
+        where: dict[str, Any] = {"cell": index, "cell_id": cell_id}
+        source = _source(cell.get("source"))
+        if kind == "markdown":
+            found = cut(source, "markdown", kind, above, **where)
+            above = next((c.heading for c in reversed(found) if c.heading), above)
+            chunks += found
+            continue
+        style = "python" if kind == "code" else "text"
+        chunks += cut(source, style, kind, above, **where)
         if kind == "code":
             text = _outputs_text(cell.get("outputs") or [])
-            for a, b, t in split_lines(text, size, overlap):
-                chunks.append(Chunk("output", t, a, b, cell=index, cell_id=cell_id))
+            chunks += cut(text, "text", "output", above, **where)
     return chunks
 
 
@@ -161,7 +209,7 @@ def _table(text: str, delimiter: str) -> list[Chunk]:
     return [Chunk("table", body, 1, 1 + len(sample))]
 
 
-def _pdf(data: bytes, size: int, overlap: int) -> list[Chunk]:
+def _pdf(data: bytes, cut: _Cutter) -> list[Chunk]:
     try:
         import pypdf
     except ImportError as e:
@@ -173,6 +221,5 @@ def _pdf(data: bytes, size: int, overlap: int) -> list[Chunk]:
         raise Unreadable(f"unreadable PDF ({type(e).__name__})") from e
     chunks: list[Chunk] = []
     for number, text in enumerate(pages, start=1):
-        for a, b, t in split_lines(text, size, overlap):
-            chunks.append(Chunk("pdf", t, a, b, page=number))
+        chunks += cut(text, "text", "pdf", page=number)
     return chunks

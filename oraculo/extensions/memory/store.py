@@ -163,14 +163,21 @@ class LanceStore:
             await table.delete(condition)
 
     async def hybrid(
-        self, vector: list[float], text: str, k: int, exclude: list[str] | None = None
+        self,
+        vector: list[float],
+        text: str,
+        k: int,
+        exclude: list[str] | None = None,
+        text_weight: float = 1.0,
     ) -> list[dict[str, Any]]:
         """The ``k`` best rows by reciprocal-rank fusion of vector and BM25 rankings.
 
-        Each row has ``_score`` (the fused relevance; higher is better) and ``_similarity`` (the
+        Each row has ``_score`` (the fused relevance; higher is better), ``_similarity`` (the
         cosine similarity of ``vector`` and the row's: an absolute measure, unlike the rank-based
-        score, that a caller may threshold). Each ranking is taken deeper than ``k`` so that a
-        row ranked well by only one of them still fuses fairly.
+        score, that a caller may threshold) and ``_text_match`` (the row is in the BM25
+        ranking: it shares a word with ``text``). Each ranking is taken deeper than ``k`` so
+        that a row ranked well by only one of them still fuses fairly; the BM25 ranking counts
+        ``text_weight`` times the vector ranking.
         """
         table = await self.table()
         if table is None:
@@ -185,10 +192,12 @@ class LanceStore:
         )
         rows: dict[Any, dict[str, Any]] = {}
         scores: dict[Any, float] = {}
-        for ranking in (by_vector.to_pylist(), by_text.to_pylist()):
+        text_rows = by_text.to_pylist()
+        matched = {row[self.key] for row in text_rows}
+        for weight, ranking in ((1.0, by_vector.to_pylist()), (text_weight, text_rows)):
             for rank, row in enumerate(ranking, start=1):
                 key = row[self.key]
-                scores[key] = scores.get(key, 0.0) + 1.0 / (RRF_K + rank)
+                scores[key] = scores.get(key, 0.0) + weight / (RRF_K + rank)
                 rows.setdefault(key, row)
         best = sorted(scores, key=lambda key: -scores[key])[:k]
         import numpy as np
@@ -209,6 +218,7 @@ class LanceStore:
                     **{c: val for c, val in row.items() if c not in drop},
                     "_score": scores[key],
                     "_similarity": round(similarity, 4),
+                    "_text_match": key in matched,
                 }
             )
         return out

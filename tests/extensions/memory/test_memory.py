@@ -24,7 +24,6 @@ import psutil
 import pytest
 
 from oraculo.extensions.base.embeddings import EmbeddingClient
-from oraculo.extensions.base.modelclient import ModelClient
 from oraculo.extensions.memory.rag import WorkspaceIndex
 from oraculo.extensions.memory.rag_files import chunk_file, split_lines
 from tests.harness import HubClient, HubProcess, User, new_user, wait_for
@@ -496,9 +495,8 @@ async def test_a_query_is_embedded_once(memo: User, models_hub: HubProcess) -> N
     async def count(request: httpx.Request) -> None:
         sent.append(json.loads(request.content)["input"][0])
 
-    models = ModelClient(models_url=f"{models_hub.url}/services/models/", token=memo.token)
-    client = EmbeddingClient(models=models)
-    models._http().event_hooks["request"].append(count)
+    client = EmbeddingClient(models_url=f"{models_hub.url}/services/models/", token=memo.token)
+    client._http().event_hooks["request"].append(count)
     try:
         a, b = await asyncio.gather(
             client.embed_query("where is the bravo server"),
@@ -507,7 +505,7 @@ async def test_a_query_is_embedded_once(memo: User, models_hub: HubProcess) -> N
         again = await client.embed_query("where is the bravo server")
         other = await client.embed_query("charlie function")
     finally:
-        await models.aclose()
+        await client.close()
     assert a == b == again and len(a) == 384
     assert other != a
     assert sent == ["where is the bravo server", "charlie function"]

@@ -36,12 +36,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from traitlets import Bool, Float, Integer, List, Set, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.embeddings import EmbeddingClient
 from oraculo.extensions.base.errors import BadRequest, OraculoError
+from oraculo.extensions.memory.models import Passage
 from oraculo.extensions.memory.nofollow import read_no_follow
 from oraculo.extensions.memory.store import LanceStore, default_path, sql_string
 
@@ -80,29 +80,6 @@ def identifier_words(text: str) -> str:
     for m in _CAMEL.finditer(text):
         seen.setdefault(" ".join(p.lower() for p in _PARTS.findall(m.group())), None)
     return " ".join(seen)
-
-
-class Passage(BaseModel):
-    """A chunk of a workspace file found by :meth:`WorkspaceIndex.search`.
-
-    ``path`` is relative to the server's root (absolute for a shared folder outside it);
-    ``cell`` is the notebook cell index (0-based; ``cell_id`` its nbformat id) or None;
-    ``start_line``/``end_line`` are 1-based and inclusive, within the cell for notebooks and
-    within the page for PDFs (``page``, 1-based). ``kind``: markdown, code, output, text, table
-    or pdf. Higher ``score`` (rank fusion, ~0.016-0.033) ranks first; ``similarity`` is the
-    cosine similarity of query and passage embeddings (-1..1), to threshold on.
-    """
-
-    path: str
-    cell: int | None = None
-    start_line: int
-    end_line: int
-    text: str
-    score: float
-    kind: str = "text"
-    cell_id: str | None = None
-    page: int | None = None
-    similarity: float = 0.0
 
 
 class WorkspaceIndex(LoggingConfigurable):

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from oraculo.extensions.base.embeddings import EmbeddingClient
+from oraculo.extensions.base.modelclient import ModelClient
 from oraculo.extensions.memory.rag import WorkspaceIndex
 from oraculo.extensions.memory.rag_files import chunk_file, split_lines
 from tests.harness import HubClient, HubProcess, User, new_user, wait_for
@@ -495,8 +496,9 @@ async def test_a_query_is_embedded_once(memo: User, models_hub: HubProcess) -> N
     async def count(request: httpx.Request) -> None:
         sent.append(json.loads(request.content)["input"][0])
 
-    client = EmbeddingClient(models_url=f"{models_hub.url}/services/models/", token=memo.token)
-    client._http().event_hooks["request"].append(count)
+    models = ModelClient(models_url=f"{models_hub.url}/services/models/", token=memo.token)
+    client = EmbeddingClient(models=models)
+    models._http().event_hooks["request"].append(count)
     try:
         a, b = await asyncio.gather(
             client.embed_query("where is the bravo server"),
@@ -505,7 +507,7 @@ async def test_a_query_is_embedded_once(memo: User, models_hub: HubProcess) -> N
         again = await client.embed_query("where is the bravo server")
         other = await client.embed_query("charlie function")
     finally:
-        await client.close()
+        await models.aclose()
     assert a == b == again and len(a) == 384
     assert other != a
     assert sent == ["where is the bravo server", "charlie function"]

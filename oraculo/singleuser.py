@@ -5,15 +5,45 @@ process on every server start (0.3–0.6 s here, a fifth of a spawn). The regist
 for building extensions from npm, which a workspace does not do: its JupyterLab extension
 manager is read-only (extensions come with the image or environment, never from the internet).
 So the registry comes from ``ORACULO_NPM_REGISTRY`` (default: JupyterLab's own default) and no
-node process is started. Everything else is ``jupyterhub.singleuser`` unchanged.
+node process is started.
+
+It also keeps the server's hub token away from the code in its kernels, which runs as the same
+OS account:
+
+- the process is made non-dumpable first (:func:`~oraculo.kernels.sandbox.protect_process`),
+  whatever features load: a process of the same account (a kernel, a shell) can then read neither
+  its memory nor ``/proc/<pid>/environ``, where the token was at start;
+- once the server is set up, the token leaves ``os.environ`` (held by
+  :func:`~oraculo.kernels.credentials.hold_server_token`), so no child (terminal, panel server,
+  kernel, language server) inherits it, and ``jpserver-<pid>.json`` in the runtime folder, which
+  Jupyter writes with the server's token in it, is written without it;
+- the panel server gets a narrow token of its own, minted here; narrow tokens left by an earlier
+  server of this user (killed before it could revoke them) are revoked;
+- the server's authorizer is :class:`~oraculo.kernels.authorizer.NarrowTokenAuthorizer`: a
+  kernel's or the panel server's token opens no terminal and starts no kernel.
 
     python -m oraculo.singleuser [jupyterhub-singleuser options]
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
+import sys
 from typing import Any
+
+from traitlets import HasTraits
+
+from oraculo.kernels import credentials
+from oraculo.kernels.sandbox import protect_process
+
+log = logging.getLogger("oraculo.singleuser")
+
+#: Seconds the panel server's token stays valid (a server running longer than that needs a
+#: restart for its panels).
+PANEL_TOKEN_EXPIRES_IN = 30 * 24 * 3600
+AUTHORIZER = "oraculo.kernels.authorizer.NarrowTokenAuthorizer"
 
 
 def skip_yarn_config() -> None:
@@ -30,11 +60,90 @@ def skip_yarn_config() -> None:
     commands._yarn_config = yarn_config
 
 
-def main(argv: list[str] | None = None) -> None:
-    skip_yarn_config()
-    from jupyterhub.singleuser import main as singleuser
+def _settle_token_readers(serverapp: Any) -> None:
+    """Read the server token everywhere the set-up server reads it lazily from the environment
+    (each ``hub_auth``; the oraculo extension's model-service client), before it leaves it."""
+    readers = [getattr(serverapp.identity_provider, "hub_auth", None)]
+    for apps in serverapp.extension_manager.extension_apps.values():
+        for app in apps:
+            readers += [getattr(app, "hub_auth", None), getattr(app, "models", None)]
+    for reader in readers:
+        for name in ("api_token", "token"):
+            if isinstance(reader, HasTraits) and reader.has_trait(name):
+                getattr(reader, name)
 
-    singleuser(argv)
+
+def _server_info_without_token(serverapp: Any) -> None:
+    # Under JupyterHub the server's "token" is its hub token; Jupyter would write it into
+    # jpserver-<pid>.json and jpserver-<pid>-open.html in the runtime folder, in a kernel's reach.
+    server_info = serverapp.server_info
+
+    def info() -> dict[str, Any]:
+        return {**server_info(), "token": ""}
+
+    serverapp.server_info = info
+    serverapp.no_browser_open_file = True
+
+
+def _panel_token() -> None:
+    hub = credentials.HubTokens.from_environment()
+    if hub is None:
+        return
+    try:
+        hub.revoke_stale_sync()
+        token = hub.mint_sync(
+            PANEL_TOKEN_EXPIRES_IN, note="oraculo panel", scopes=credentials.PANEL_TOKEN_SCOPES
+        )
+    except Exception as e:  # the server still starts; its panels cannot call it
+        log.warning("Could not mint the panel server's token: %s", type(e).__name__)
+        return
+    credentials.hold_panel_token(token)
+
+
+def private_folder(path: str) -> None:
+    """Make ``path`` (our folder in the user's home: ``~/.oraculo``) mode 0700, or tighten it.
+
+    What lives below it (memories, conversations, agent runs, uploads) is made by code that
+    creates only the last folder of a path with 0700 (``os.makedirs`` gives the ones above it
+    the umask's mode), so the top one is made here, private, before any of them."""
+    os.makedirs(path, 0o700, exist_ok=True)
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+
+
+def main(argv: list[str] | None = None) -> None:
+    protect_process(log)
+    skip_yarn_config()
+    try:
+        private_folder(os.path.join(os.path.expanduser("~"), ".oraculo"))
+    except OSError as e:
+        log.warning("Could not make ~/.oraculo private: %s", e)
+    from jupyter_core.application import NoStart
+    from jupyter_server.extension.application import (
+        _preparse_for_stopping_flags,
+        _preparse_for_subcommand,
+    )
+    from jupyterhub.singleuser.extension import JupyterHubSingleUser
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    subapp = _preparse_for_subcommand(JupyterHubSingleUser, args)
+    if subapp:
+        subapp.start()
+        return
+    _preparse_for_stopping_flags(JupyterHubSingleUser, args)
+    # As JupyterHubSingleUser.launch_instance, with the token taken away between set-up and start.
+    serverapp = JupyterHubSingleUser.initialize_server(
+        argv=[f"--ServerApp.authorizer_class={AUTHORIZER}", *args]
+    )
+    _settle_token_readers(serverapp)
+    credentials.hold_server_token()
+    _server_info_without_token(serverapp)
+    _panel_token()
+    try:
+        serverapp.start()
+    except NoStart:
+        pass
 
 
 if __name__ == "__main__":

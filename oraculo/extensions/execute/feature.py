@@ -13,7 +13,6 @@ from traitlets import Instance, Type
 from oraculo.extensions.base.feature import Feature
 from oraculo.extensions.execute.handlers import AuditHandler, ExecuteHandler, ExecutionHandler
 from oraculo.extensions.execute.service import ExecuteService
-from oraculo.kernels.sandbox import protect_process
 
 
 class ExecuteFeature(Feature):
@@ -30,8 +29,6 @@ class ExecuteFeature(Feature):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         app = self.extension.serverapp
-        # Kernels run as this server's OS user: keep them out of its memory and environment.
-        protect_process(self.log)
         self.service = self.service_class(
             parent=self,
             kernel_manager=app.kernel_manager,

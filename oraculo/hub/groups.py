@@ -33,6 +33,7 @@ import os
 import re
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,6 +62,9 @@ def group_slug(name: str) -> str:
 def user_groups(spawner: Any) -> list[str]:
     """The names of the hub groups the spawner's user belongs to, sorted."""
     return sorted({g.name for g in getattr(spawner.user, "groups", [])})
+
+
+_GROUPADD_LOCK = threading.Lock()
 
 
 def _run(cmd: list[str]) -> None:
@@ -157,22 +161,51 @@ class GroupFolders(LoggingConfigurable):
             if gid >= 0:
                 os.chown(path, 0, gid)
                 os.chmod(path, 0o2770)
+                self._ensure_published(path, gid)
             made[str(path)] = gid
         return made
 
+    def _ensure_published(self, folder: Path, gid: int) -> None:
+        """``<folder>/published``: root-owned, the group's, 3770 (sticky: a release there can be
+        replaced only by its publisher, see oraculo.extensions.agents.trust). Members can write
+        in ``folder``, so nothing in it is followed."""
+        parent = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            try:
+                os.mkdir("published", 0o700, dir_fd=parent)
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(
+                    "published", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent
+                )
+            except OSError as e:
+                self.log.error("%s/published is not a folder (%s): no releases there", folder, e)
+                return
+            try:
+                os.fchown(fd, 0, gid)
+                os.fchmod(fd, 0o3770)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(parent)
+
     def ensure_os_group(self, group: str) -> int:
         name = self.os_group(group)
-        try:
+        # two members' spawns (hook threads of one hub) must not both groupadd: both can
+        # succeed, leaving two groups of one name (the folder in one, the members in the other)
+        with _GROUPADD_LOCK:
+            try:
+                return grp.getgrnam(name).gr_gid
+            except KeyError:
+                pass
+            try:
+                _run(["groupadd", name])
+                self.log.info("Created OS group %s for hub group %s", name, group)
+            except RuntimeError:
+                if not _group_exists(name):  # another hub made it meanwhile: fine
+                    raise
             return grp.getgrnam(name).gr_gid
-        except KeyError:
-            pass
-        try:
-            _run(["groupadd", name])
-            self.log.info("Created OS group %s for hub group %s", name, group)
-        except RuntimeError:
-            if not _group_exists(name):  # another hub made it meanwhile: fine
-                raise
-        return grp.getgrnam(name).gr_gid
 
     def sync_membership(self, os_user: str, groups: Iterable[str]) -> None:
         """Make ``os_user`` a member of exactly the OS groups of ``groups`` among the OS groups

@@ -14,6 +14,7 @@ from traitlets import Instance, Type
 from oraculo.extensions.agents.handlers import (
     AgentHandler,
     AgentsHandler,
+    PublishHandler,
     RunCancelHandler,
     RunEventsHandler,
     RunHandler,
@@ -70,6 +71,7 @@ class AgentsFeature(Feature):
             (rf"/api/v1/agents/runs/{_RUN}/cancel", RunCancelHandler),
             (rf"/api/v1/agents/runs/{_RUN}/notebook", RunNotebookHandler),
             (r"/api/v1/agents/([A-Za-z0-9_.-]{1,64})", AgentHandler),
+            (r"/api/v1/agents/([A-Za-z0-9_.-]{1,64})/publish", PublishHandler),
         ]
 
     async def stop(self) -> None:

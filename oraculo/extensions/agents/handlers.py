@@ -11,7 +11,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from oraculo.extensions.agents.models import RunRequest
+from oraculo.extensions.agents.models import PublishRequest, RunRequest
 from oraculo.extensions.base.errors import BadRequest, OraculoError
 from oraculo.extensions.base.handlers import OraculoAPIHandler
 
@@ -47,6 +47,19 @@ class AgentHandler(_AgentsHandler):
     async def get(self, name: str) -> None:
         spec = await self.agents.agent(name)
         self.finish(spec.summary() | spec.model_dump(include={"instructions", "tools"}))
+
+
+class PublishHandler(_AgentsHandler):
+    """``POST /api/v1/agents/{name}/publish``: copy the agent, as it is now, to its group's
+    ``published/`` folder (201, the release's catalogue entry); 403 over a teammate's release."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        req = self.parse_body(PublishRequest)
+        release = await self.agents.publish(name, req.group, self.user)
+        self.set_status(201)
+        self.finish(release)
 
 
 class RunsHandler(_AgentsHandler):

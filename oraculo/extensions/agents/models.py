@@ -45,10 +45,13 @@ class AgentSpec(BaseModel):
     tools: list[ToolSpec] = []
     setup: list[str] = []  # code cells' top-level imports, run before the first tool call
     path: str = ""
-    owner: str = ""
-    shared: bool = False
-    version: str = ""
-    sha256: str = ""
+    # from the file system, never from the notebook's metadata (see agents.trust)
+    owner: str = ""  # the hub user (or OS account) that owns the file
+    shared: bool = False  # from a group folder: runs only once the runner approved its digest
+    published: bool = False  # a release under the group folder's published/; owner = publisher
+    group: str = ""  # the group folder it came from
+    version: str = ""  # the digest's first 12 hex digits
+    sha256: str = ""  # of the file's bytes
     mtime: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -61,6 +64,8 @@ class AgentSpec(BaseModel):
                 "path",
                 "owner",
                 "shared",
+                "published",
+                "group",
                 "version",
                 "sha256",
                 "mtime",
@@ -70,6 +75,9 @@ class AgentSpec(BaseModel):
                 "handoff",
             }
         ) | {"tools": [t.name for t in self.tools]}
+
+
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class RunRequest(BaseModel):
@@ -85,6 +93,18 @@ class RunRequest(BaseModel):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     timeout: Annotated[float, Field(gt=0, le=24 * 3600)] | None = None
     session: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    #: the digest(s) of shared agents the runner approves (the catalogue's sha256)
+    approve: Digest | Annotated[list[Digest], Field(max_length=8)] | None = None
+
+
+class PublishRequest(BaseModel):
+    """Body of ``POST /api/v1/agents/{name}/publish``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    #: the group folder (its path, or its name under the shared folders); default: the one the
+    #: agent is in, or the user's only group folder
+    group: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
 
 
 class AgentMessage(BaseModel):

@@ -2,7 +2,7 @@
 
 An agent notebook carries ``metadata.oraculo.agent``::
 
-    {"name": "cleaner", "model": "smollm2", "description": "...", "version": "1",
+    {"name": "cleaner", "model": "smollm2", "description": "...",
      "max_steps": 6, "max_tokens": 2000, "timeout": 120, "temperature": 0.2,
      "require_tool": true, "handoff": "reviewer"}
 
@@ -16,8 +16,10 @@ notebook is parsed with :mod:`ast` only: nothing in it runs in the server. Tool 
 user's sandbox kernel when an agent calls it (see :mod:`oraculo.extensions.agents.service`).
 
 The catalogue lists the user's own agents (``~/agents/*.ipynb`` and, more generally, notebooks
-with that metadata in the configured folders) and the shared ones (each group's shared folder),
-with owner and version (the metadata's ``version`` and a hash of the file).
+with that metadata in the configured folders) and the shared ones (each group's shared folder and
+its ``published/`` releases), with owner and version from the file system: the file's owning
+account and the sha256 of its bytes (:mod:`oraculo.extensions.agents.trust`), never the
+notebook's metadata.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
-import pwd
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import nbformat
 
 from oraculo.extensions.agents.models import AgentSpec, ToolSpec
+from oraculo.extensions.agents.trust import hub_owner, read_file
 from oraculo.extensions.base.errors import BadRequest
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -151,8 +153,9 @@ def parse_agent(nb: Any, path: str = "") -> AgentSpec:
     name = meta.get("name") or Path(path).stem
     if not NAME.match(str(name)):
         raise BadRequest(f"agent name {name!r} must match {NAME.pattern}")
-    fields = {k: v for k, v in meta.items() if k in AgentSpec.model_fields and k != "tools"}
-    fields["version"] = str(meta.get("version", ""))
+    # what the file system says (owner, version, digest, where) is never taken from metadata
+    trusted = {"tools", "owner", "shared", "published", "group", "version", "sha256", "mtime"}
+    fields = {k: v for k, v in meta.items() if k in AgentSpec.model_fields and k not in trusted}
     return AgentSpec.model_validate(
         {
             **fields,
@@ -165,33 +168,51 @@ def parse_agent(nb: Any, path: str = "") -> AgentSpec:
     )
 
 
-def load_agent(path: Path, *, shared: bool = False, label: str = "") -> AgentSpec:
-    data = path.read_bytes()
+def load_agent(
+    path: Path,
+    *,
+    shared: bool = False,
+    label: str = "",
+    owner_prefix: str = "",
+    published: bool = False,
+    group: str = "",
+) -> AgentSpec:
+    """The agent in ``path``, with owner and version from the file system (see
+    :mod:`oraculo.extensions.agents.trust`): what the notebook says of itself is ignored."""
+    data, st = read_file(path, follow=not shared)  # a link in a group folder is not followed
     nb = nbformat.reads(data.decode("utf-8"), as_version=4)
     spec = parse_agent(nb, label or str(path))
-    st = path.stat()
-    try:
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        owner = str(st.st_uid)
-    spec.owner = str(((nb.metadata.get("oraculo") or {}).get("agent") or {}).get("owner") or owner)
+    spec.owner = hub_owner(st.st_uid, owner_prefix)
     spec.shared = shared
-    spec.sha256 = hashlib.sha256(data).hexdigest()[:16]
+    spec.published = published
+    spec.group = group
+    spec.sha256 = hashlib.sha256(data).hexdigest()
+    spec.version = spec.sha256[:12]
     spec.mtime = st.st_mtime
-    spec.version = spec.version or spec.sha256[:8]
     return spec
 
 
 def scan(
-    folder: Path, *, shared: bool, root: Path | None = None, depth: int = 3
+    folder: Path,
+    *,
+    shared: bool,
+    root: Path | None = None,
+    depth: int = 3,
+    owner_prefix: str = "",
+    published: bool = False,
+    skip: tuple[str, ...] = (),
 ) -> list[AgentSpec]:
-    """Agent notebooks under ``folder`` (not hidden, at most ``depth`` levels down)."""
+    """Agent notebooks under ``folder`` (not hidden, not in ``skip`` folders at its top, at most
+    ``depth`` levels down)."""
     found: list[AgentSpec] = []
     if not folder.is_dir():
         return found
     base_depth = len(folder.parts)
+    group = str(folder.parent if published else folder) if shared else ""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if Path(dirpath) == folder:
+            dirnames[:] = [d for d in dirnames if d not in skip]
         if len(Path(dirpath).parts) - base_depth >= depth:
             dirnames[:] = []
         for fn in filenames:
@@ -207,7 +228,16 @@ def scan(
                 label = (
                     str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
                 )
-                found.append(load_agent(path, shared=shared, label=label))
+                found.append(
+                    load_agent(
+                        path,
+                        shared=shared,
+                        label=label,
+                        owner_prefix=owner_prefix,
+                        published=published,
+                        group=group,
+                    )
+                )
             except (BadRequest, OSError, ValueError, UnicodeDecodeError):
                 continue  # not an agent notebook, or unreadable: not in the catalogue
     return found

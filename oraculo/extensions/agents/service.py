@@ -6,9 +6,14 @@ goal and its predecessor's answer, and the last one's answer is the run's. Each 
 steps; a step is one call to the model service with the agent's tools plus ``final_answer`` and
 ``tool_choice: "required"`` (so, with the model service's constrained decoding, every step is a
 valid tool call, even from the bundled 135M model). A tool call runs in the user's sandbox kernel
-through the execute service (origin ``agent:<name>``): the tool's definition is executed first,
-then the function is called with the JSON arguments, so the call shares state with the notebook,
-obeys the kernel's limits and is audited. ``final_answer`` hands over to the next agent.
+through the execute service (origin ``agent:<name>@<sha256 of its notebook>``): the tool's
+definition is executed first, then the function is called with the JSON arguments, so the call
+shares state with the notebook, obeys the kernel's limits and is audited. ``final_answer`` hands
+over to the next agent.
+
+A shared agent (from a group folder) runs only once the runner approved its exact digest
+(:mod:`oraculo.extensions.agents.trust`): ``start`` answers 409 ``approval_required`` with the
+code to review otherwise. Members publish releases to the group's ``published/`` folder.
 
 Runs are bounded (steps, tokens, wall clock: the run's bounds, each agent's own ``max_steps``),
 can be cancelled, and are event-sourced (:mod:`oraculo.extensions.agents.runs`) under
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -39,7 +45,21 @@ from oraculo.extensions.agents.runs import (
     make_event,
     messages,
 )
-from oraculo.extensions.base.errors import BadRequest, Conflict, NotFound, OraculoError
+from oraculo.extensions.agents.trust import (
+    PUBLISHED,
+    ApprovalRequired,
+    Approvals,
+    os_user_prefix,
+    publish_copy,
+    read_file,
+)
+from oraculo.extensions.base.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    OraculoError,
+)
 from oraculo.extensions.base.modelclient import ModelClient
 
 FINAL = "final_answer"
@@ -96,6 +116,16 @@ class AgentsService(LoggingConfigurable):
     runs_dir = Unicode(
         config=True, help="Where run logs are kept. Default: ~/.oraculo/agents/runs."
     )
+    owner_prefix = Unicode(
+        config=True,
+        help="""Prefix of the OS accounts the hub makes for its users (jupyter- in
+        system-users mode): a file owned by jupyter-ana is ana's. Default
+        ORACULO_OS_USER_PREFIX, else read from this server's own account name.""",
+    )
+    approvals_path = Unicode(
+        config=True,
+        help="The user's approved agent digests. Default: ~/.oraculo/agents/approvals.json.",
+    )
     default_max_steps = Int(12, config=True, help="Steps a run may take when it names no bound.")
     default_max_tokens = Int(
         20_000, config=True, help="Model tokens a run may spend when it names no bound."
@@ -114,6 +144,14 @@ class AgentsService(LoggingConfigurable):
                 if folder and folder not in folders:
                     folders.append(folder)
         return folders
+
+    @default("owner_prefix")
+    def _default_owner_prefix(self) -> str:
+        return os_user_prefix(os.environ.get("JUPYTERHUB_USER", ""))
+
+    @default("approvals_path")
+    def _default_approvals_path(self) -> str:
+        return str(Path.home() / ".oraculo" / "agents" / "approvals.json")
 
     @default("runs_dir")
     def _default_runs_dir(self) -> str:
@@ -135,22 +173,84 @@ class AgentsService(LoggingConfigurable):
         self._execute = execute
         self._runs: dict[str, _Run] = {}
         Path(self.runs_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.approvals = Approvals(Path(self.approvals_path))
 
     # --- catalogue ------------------------------------------------------------------------------
 
-    def _catalogue(self) -> list[AgentSpec]:
+    def _catalogue(self, releases: bool = True) -> list[AgentSpec]:
+        """Own agents first, then the groups' published releases (unless not ``releases``),
+        then the groups' working copies; the first of a name is the one that runs."""
         seen: dict[str, AgentSpec] = {}
+        prefix = self.owner_prefix
         own = [self.root / self.agents_dir, *(self.root / d for d in self.search_dirs)]
         for folder in own:
-            for spec in scan(folder, shared=False, root=self.root):
+            for spec in scan(folder, shared=False, root=self.root, owner_prefix=prefix):
+                seen.setdefault(spec.name, spec)
+        for shared in self.shared_dirs if releases else []:
+            folder = Path(shared) / PUBLISHED
+            for spec in scan(folder, shared=True, owner_prefix=prefix, published=True, depth=1):
                 seen.setdefault(spec.name, spec)
         for shared in self.shared_dirs:
-            for spec in scan(Path(shared), shared=True):
+            for spec in scan(Path(shared), shared=True, owner_prefix=prefix, skip=(PUBLISHED,)):
                 seen.setdefault(spec.name, spec)
-        return sorted(seen.values(), key=lambda s: (s.shared, s.name))
+        return sorted(seen.values(), key=lambda s: (s.shared, not s.published, s.name))
 
     async def list_agents(self) -> list[dict[str, Any]]:
-        return [s.summary() for s in await asyncio.to_thread(self._catalogue)]
+        approvals = self.approvals.read()
+        return [
+            s.summary() | {"needs_approval": s.shared and s.sha256 not in approvals}
+            for s in await asyncio.to_thread(self._catalogue)
+        ]
+
+    # --- trust: approvals and releases ------------------------------------------------------------
+
+    def _check_approvals(self, specs: list[AgentSpec], approve: list[str]) -> None:
+        """Refuse (409 with each digest and the code to review) unless every shared agent's
+        current digest is approved, now (``approve``) or before; keep the new approvals."""
+        approved = self.approvals.read()
+        needed = [s for s in specs if s.shared and s.sha256 not in approved]
+        missing = [s for s in needed if s.sha256 not in approve]
+        if missing:
+            raise ApprovalRequired(missing)
+        if needed:
+            self.approvals.add(needed)
+
+    def _group_folder(self, spec: AgentSpec, group: str | None) -> Path:
+        folders = [Path(f) for f in self.shared_dirs]
+        if group:
+            chosen = [f for f in folders if str(f) == group or f.name == group]
+            if not chosen:
+                raise NotFound(f"No group folder {group!r} among yours")
+        elif spec.group:
+            chosen = [Path(spec.group)]
+        else:
+            chosen = folders if len(folders) == 1 else []
+        if not chosen:
+            names = ", ".join(f.name for f in folders) or "none"
+            raise BadRequest(f"Name one of your group folders to publish to (yours: {names})")
+        return chosen[0]
+
+    async def publish(self, name: str, group: str | None, user: str) -> dict[str, Any]:
+        """Copy the agent ``name`` as it is now (the user's own, or a group's working copy)
+        into its group's ``published/`` folder."""
+        drafts = await asyncio.to_thread(self._catalogue, False)
+        spec = next((s for s in drafts if s.name == name), None)
+        if spec is None:
+            raise NotFound(f"No agent called {name!r} to publish")
+        folder = self._group_folder(spec, group)
+        source = Path(spec.path) if Path(spec.path).is_absolute() else self.root / spec.path
+        data, _ = await asyncio.to_thread(read_file, source, follow=not spec.shared)
+        if hashlib.sha256(data).hexdigest() != spec.sha256:
+            raise Conflict(f"{spec.path} changed while publishing; publish again")
+        try:
+            target = await asyncio.to_thread(publish_copy, data, folder, spec.name)
+        except PermissionError as e:
+            raise Forbidden(str(e)) from e
+        self.log.info("%s published agent %s %s to %s", user, name, spec.version, target)
+        for s in await asyncio.to_thread(self._catalogue):
+            if s.published and s.path == str(target):
+                return s.summary()
+        raise OraculoError(f"{target} was written but is not in the catalogue")
 
     async def agent(self, name: str) -> AgentSpec:
         for spec in await asyncio.to_thread(self._catalogue):
@@ -170,6 +270,8 @@ class AgentsService(LoggingConfigurable):
             if specs[-1].handoff in {s.name for s in specs}:
                 break
             specs.append(await self.agent(specs[-1].handoff))
+        approve = [req.approve] if isinstance(req.approve, str) else list(req.approve or [])
+        self._check_approvals(specs, approve)
         run_id = uuid.uuid4().hex
         run = _Run(RunState(id=run_id), EventLog(Path(self.runs_dir), run_id))
         self._runs[run_id] = run
@@ -429,7 +531,11 @@ class AgentsService(LoggingConfigurable):
         timeout = max(1.0, min(spec.timeout, left, execute.limits.wall_clock_seconds))
         t0 = time.monotonic()
         result = await execute.execute(
-            code, session=st.session, origin=f"agent:{spec.name}", actor=st.owner, timeout=timeout
+            code,
+            session=st.session,
+            origin=f"agent:{spec.name}@{spec.sha256}",  # the audit names the exact version
+            actor=st.owner,
+            timeout=timeout,
         )
         value = ""
         for bundle in result.results:

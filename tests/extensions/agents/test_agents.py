@@ -128,7 +128,7 @@ async def test_catalogue_lists_agent_notebooks(alice: User, mallory: User) -> No
     assert agents["recorder"]["path"] == "agents/recorder.ipynb"
     # the team's example notebook is found anywhere under the home
     cleaner = agents["data-cleaner"]
-    assert cleaner["tools"] == ["profile", "drop_missing"] and cleaner["version"] == "1"
+    assert cleaner["tools"] == ["profile", "drop_missing"] and len(cleaner["version"]) == 12
     assert cleaner["path"] == "team/data_cleaner.ipynb" and not cleaner["shared"]
     r = await api(alice, "GET", "/recorder")
     tool = r.json()["tools"][0]
@@ -138,6 +138,18 @@ async def test_catalogue_lists_agent_notebooks(alice: User, mallory: User) -> No
         "required": ["label"],
     }
     assert "def record" in tool["source"]
+    # publishing: only to a group folder (alice has none here), never on another's server
+    r = await mallory.api("POST", f"/user/{alice.name}/api/v1/agents/recorder/publish", json={})
+    assert r.status_code in (403, 404), r.text
+    r = await api(alice, "POST", "/recorder/publish", json={})
+    assert r.status_code == 400 and set(r.json()) == ENVELOPE, r.text
+    assert "group folder" in r.json()["message"]
+    r = await api(alice, "POST", "/recorder/publish", json={"group": 3})
+    assert r.status_code == 400 and set(r.json()) == ENVELOPE
+    r = await api(
+        alice, "POST", "/runs", json={"goal": "x", "agents": ["recorder"], "approve": "z"}
+    )
+    assert r.status_code == 400 and set(r.json()) == ENVELOPE
     # errors: unknown agent, bad run request; mallory's token is refused on alice's server
     r = await api(alice, "GET", "/nobody")
     assert r.status_code == 404 and set(r.json()) == ENVELOPE
@@ -180,7 +192,8 @@ async def test_multi_agent_run_calls_a_notebook_tool_in_the_kernel(alice: User) 
         "GET", f"/user/{alice.name}/api/v1/execute/audit?execution_id={result['execution_id']}"
     )
     assert r.status_code == 200, r.text
-    assert "agent:recorder" in r.text
+    spec = await api(alice, "GET", "/recorder")
+    assert f"agent:recorder@{spec.json()['sha256']}" in r.text
     # the run: listed, with tokens and time per agent; exported as a notebook
     r = await api(alice, "GET", f"/runs/{run['id']}")
     body = r.json()
@@ -276,7 +289,7 @@ async def test_cancel_stops_the_tool_running_in_the_kernel(alice: User) -> None:
     async def audited(event: str) -> dict[str, Any] | None:
         r = await alice.api("GET", f"/user/{alice.name}/api/v1/execute/audit")
         for rec in r.json()["records"]:
-            if rec["event"] == event and rec["origin"] == "agent:sleeper":
+            if rec["event"] == event and rec["origin"].startswith("agent:sleeper@"):
                 return dict(rec)
         return None
 
@@ -475,7 +488,7 @@ async def test_catalogue_own_and_shared_folders(tmp_path: Path) -> None:
     )
     cleaner = agents["data-cleaner"]
     assert cleaner["shared"] and cleaner["path"] == str(shared / "cleaner.ipynb")
-    assert cleaner["owner"] and cleaner["version"] == "1" and len(cleaner["sha256"]) == 16
+    assert cleaner["owner"] and len(cleaner["version"]) == 12 and len(cleaner["sha256"]) == 64
     spec = await svc.agent("data-cleaner")
     assert [t.name for t in spec.tools] == ["profile", "drop_missing"]
     assert spec.tools[1].parameters == {

@@ -1,0 +1,253 @@
+"""Teams share agent notebooks, in system-users mode (real OS accounts, real group folders).
+
+Ana writes an agent notebook with two tools in the team's folder (its metadata claiming Ben
+wrote it) and publishes it; Ben sees it with Ana as owner, is refused until he approves that
+exact digest, and the tools run in his kernel as his OS account on his data, audited with the
+digest; Ben cannot replace Ana's release; Ana edits the tools and publishes again, and Ben is
+refused until he approves the new version. Eve, outside the team, sees none of it.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nbformat import v4
+
+from tests.harness import ADMIN_PASSWORD, HubClient, HubProcess, User, new_user, wait_for
+
+pytestmark = pytest.mark.root
+ENVELOPE = {"message", "reason", "type"}
+
+WHOAMI = '''def whoami(detail: "Literal['account']") -> str:
+    """Name the OS account this tool runs as and its home.
+
+    Args:
+        detail: what to name
+    """
+    import os, pwd
+    entry = pwd.getpwuid(os.getuid())
+    return f"{entry.pw_name} in {entry.pw_dir}"'''
+FILES = '''def home_files(pattern: "Literal['*.csv']") -> str:
+    """List the data files in the home folder.
+
+    Args:
+        pattern: which files
+    """
+    import pathlib
+    return ", ".join(sorted(p.name for p in pathlib.Path.home().glob(pattern)))'''
+
+
+def cleaner_notebook(tools: list[str]) -> dict[str, Any]:
+    cells = [v4.new_markdown_cell("You inspect the runner's workspace. Call a tool, then answer.")]
+    cells += [v4.new_code_cell(src) for src in tools]
+    # the metadata lies about who wrote it and its version: the catalogue must not believe it
+    meta = {"name": "inspector", "max_steps": 2, "require_tool": True, "temperature": 0.0}
+    meta |= {"owner": "BEN", "version": "reviewed-by-ben"}
+    return dict(v4.new_notebook(cells=cells, metadata={"oraculo": {"agent": meta}}))
+
+
+class Team:
+    def __init__(self, hub: HubProcess, group: str, users: list[User]) -> None:
+        self.hub, self.group = hub, group
+        self.ana, self.ben, self.eve = users
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.hub.env["ORACULO_GROUPS_DIR"]) / self.group
+
+    async def run_code(self, user: User, code: str) -> dict[str, Any]:
+        kernel = await user.start_kernel()
+        return await user.execute(kernel, code)
+
+
+@pytest.fixture(scope="module")
+async def team(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Team]:
+    tag = uuid.uuid4().hex[:6]
+    groups_dir = Path(f"/tmp/oraculo-teams-{tag}")  # /tmp lets other accounts traverse
+    hub = HubProcess(
+        tmp_path_factory.mktemp("hub-teams"),
+        spawner="system-users",
+        models=True,
+        env={"ORACULO_GROUPS_DIR": str(groups_dir)},
+    )
+    await hub.start()
+    group = f"team-{tag}"
+    names = [f"t{tag}{n}" for n in ("a", "b", "e")]
+    admin_client = HubClient(hub)
+    people: list[User] = []
+    try:
+        await admin_client.login("admin", ADMIN_PASSWORD)
+        admin = User("admin", await admin_client.token("admin"), admin_client)
+        signup = HubClient(hub)
+        for name in names:
+            people.append(await new_user(signup, name))
+        await signup.aclose()
+        r = await admin.api("POST", f"/hub/api/groups/{group}", json={"users": names[:2]})
+        assert r.status_code == 201, r.text
+
+        async def models_loaded() -> bool:
+            async with httpx.AsyncClient(timeout=5) as c:
+                r = await c.get(f"{hub.url}/services/models/health")
+                return r.status_code == 200 and r.json().get("status") == "ok"
+
+        await wait_for(models_loaded, 180, "the hub's model service to load", 0.25)
+        for person in people:
+            await person.spawn()
+        yield Team(hub, group, people)
+    finally:
+        for person in people:
+            await person.client.aclose()
+        await admin_client.aclose()
+        hub.stop()
+        for name in names:
+            subprocess.run(["userdel", "--remove", f"jupyter-{name}"], capture_output=True)
+        subprocess.run(["groupdel", f"oraculo-{group}"], capture_output=True)
+        shutil.rmtree(groups_dir, ignore_errors=True)
+
+
+async def agents_api(user: User, method: str, path: str, **kw: Any) -> httpx.Response:
+    return await user.api(method, f"/user/{user.name}/api/v1/agents{path}", timeout=60, **kw)
+
+
+async def catalogue(user: User) -> dict[str, dict[str, Any]]:
+    r = await agents_api(user, "GET", "")
+    assert r.status_code == 200, r.text
+    return {a["name"]: a for a in r.json()["agents"]}
+
+
+async def write_as(team: Team, user: User, path: Path, nb: dict[str, Any]) -> None:
+    """``user`` writes the notebook from their own kernel (so the file is their account's)."""
+    out = await team.run_code(
+        user, f"import pathlib; pathlib.Path({str(path)!r}).write_text({json.dumps(nb)!r})"
+    )
+    assert out["error"] is None, out
+
+
+async def finished(user: User, run_id: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        r = await agents_api(user, "GET", f"/runs/{run_id}")
+        body: dict[str, Any] = r.json()
+        return body if body["status"] != "running" else None
+
+    return await wait_for(done, 240, "the agent run to finish", 0.5)
+
+
+async def test_a_teammate_runs_a_published_agent_only_once_approved(team: Team) -> None:
+    ana, ben, eve = team.ana, team.ben, team.eve
+    draft = team.folder / "inspector.ipynb"
+    await write_as(team, ana, draft, cleaner_notebook([WHOAMI, FILES]))
+    await team.run_code(
+        ben, "import pathlib; (pathlib.Path.home() / 'ben_sales.csv').write_text('a')"
+    )
+
+    # Ana publishes: a copy owned by her, 0644, in the team's sticky published/ folder
+    r = await agents_api(ana, "POST", "/inspector/publish", json={})
+    assert r.status_code == 201, r.text
+    release = r.json()
+    target = team.folder / "published" / "inspector.ipynb"
+    assert release["published"] and release["path"] == str(target) and release["owner"] == ana.name
+    st, folder = target.stat(), target.parent.stat()
+    assert st.st_uid == pwd.getpwnam(f"jupyter-{ana.name}").pw_uid
+    assert stat.S_IMODE(st.st_mode) == 0o644
+    assert folder.st_uid == 0 and stat.S_IMODE(folder.st_mode) == 0o3770  # made by the hub
+    assert (
+        folder.st_mode & stat.S_ISVTX
+        and folder.st_gid == grp.getgrnam(f"oraculo-{team.group}").gr_gid
+    )
+
+    # Ben sees it with Ana as owner and the file's digest as version, whatever its metadata says
+    agent = (await catalogue(ben))["inspector"]
+    assert agent["owner"] == ana.name and agent["published"] and agent["needs_approval"]
+    assert agent["sha256"] == release["sha256"] and agent["version"] == release["sha256"][:12]
+    assert "inspector" not in await catalogue(eve)  # not in the team
+
+    # Ben's first run is refused until he approves that exact version, shown its code
+    body = {"goal": "Who runs you, and which data files are there?", "agents": ["inspector"]}
+    r = await agents_api(ben, "POST", "/runs", json=body)
+    assert r.status_code == 409, r.text
+    refusal = r.json()
+    assert ENVELOPE <= set(refusal) and refusal["type"] == "approval_required"
+    assert refusal["digest"] == release["sha256"] and refusal["owner"] == ana.name
+    assert [t["source"] for t in refusal["tools"]] == [WHOAMI, FILES]
+    r = await agents_api(ben, "POST", "/runs", json={**body, "approve": "0" * 64})
+    assert r.status_code == 409, r.text
+    # another user's token approves nothing on Ben's server
+    r = await eve.api(
+        "POST", f"/user/{ben.name}/api/v1/agents/runs", json={**body, "approve": refusal["digest"]}
+    )
+    assert r.status_code in (403, 404), r.text
+    r = await agents_api(ben, "POST", "/runs", json={**body, "approve": refusal["digest"]})
+    assert r.status_code == 201, r.text
+    run = await finished(ben, r.json()["id"])
+
+    # the tools ran in Ben's kernel, as his OS account, on his data, audited with the digest
+    results = [e for e in run["events"] if e["type"] == "tool_result"]
+    assert results, run["events"]
+    first = results[0]
+    assert first["error"] is None, first
+    assert f"jupyter-{ben.name}" in first["content"] or "ben_sales.csv" in first["content"], first
+    r = await ben.api(
+        "GET", f"/user/{ben.name}/api/v1/execute/audit?execution_id={first['execution_id']}"
+    )
+    origins = {rec["origin"] for rec in r.json()["records"]}
+    assert origins == {f"agent:inspector@{release['sha256']}"}, origins
+    approvals = Path(pwd.getpwnam(f"jupyter-{ben.name}").pw_dir) / ".oraculo"
+    path = approvals / "agents" / "approvals.json"
+    assert release["sha256"] in json.loads(path.read_text())
+    assert (
+        stat.S_IMODE(path.stat().st_mode) == 0o600
+        and stat.S_IMODE(approvals.stat().st_mode) == 0o700
+    )
+    assert path.stat().st_uid == pwd.getpwnam(f"jupyter-{ben.name}").pw_uid
+
+    # approved once: the next run of the same release needs no approval
+    r = await agents_api(ben, "POST", "/runs", json=body)
+    assert r.status_code == 201, r.text
+    await agents_api(ben, "POST", f"/runs/{r.json()['id']}/cancel")
+
+    # Ben cannot replace Ana's release: not from his kernel, not through the API
+    attack = (
+        "import os, pathlib\n"
+        f"t = pathlib.Path({str(target)!r})\n"
+        "fake = t.with_name('evil.ipynb'); fake.write_text('{}')\n"
+        "outcome = []\n"
+        "for how in (lambda: os.replace(fake, t), lambda: t.unlink(), lambda: t.write_text('x')):\n"
+        "    try:\n"
+        "        how(); outcome.append('done')\n"
+        "    except PermissionError:\n"
+        "        outcome.append('refused')\n"
+        "fake.unlink(); print(outcome)"
+    )
+    out = await team.run_code(ben, attack)
+    assert out["stdout"].strip() == "['refused', 'refused', 'refused']", out
+    r = await agents_api(ben, "POST", "/inspector/publish", json={})
+    assert r.status_code == 403 and set(r.json()) == ENVELOPE, r.text
+    assert target.stat().st_uid == pwd.getpwnam(f"jupyter-{ana.name}").pw_uid
+
+    # Ana edits the tools and publishes again: Ben is refused until he approves the new version
+    changed = WHOAMI.replace("in {entry.pw_dir}", "with uid {entry.pw_uid}")
+    await write_as(team, ana, draft, cleaner_notebook([changed, FILES]))
+    r = await agents_api(ana, "POST", "/inspector/publish", json={})
+    assert r.status_code == 201, r.text
+    second = r.json()["sha256"]
+    assert second != release["sha256"]
+    r = await agents_api(ben, "POST", "/runs", json=body)
+    assert r.status_code == 409 and r.json()["digest"] == second, r.text
+    assert "pw_uid" in r.json()["tools"][0]["source"]
+    r = await agents_api(ben, "POST", "/runs", json={**body, "approve": second})
+    assert r.status_code == 201, r.text
+    await agents_api(ben, "POST", f"/runs/{r.json()['id']}/cancel")
+    assert os.path.exists(target)
+

@@ -1,0 +1,149 @@
+"""Trust in shared agents, in process: owner and version from the file system, approvals of
+exact digests, published releases in a sticky folder (the system-users journey is in
+tests/e2e/test_teams.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from oraculo.extensions.agents.models import RunRequest
+from oraculo.extensions.agents.service import AgentsService
+from oraculo.extensions.agents.trust import ApprovalRequired, hub_owner
+from oraculo.extensions.base.errors import Forbidden
+from oraculo.extensions.base.modelclient import ModelClient
+from tests.extensions.agents.test_agents import WORKER, agent_notebook
+
+TOOL = '''def shout(text: str) -> str:
+    """Shout the text."""
+    return text.upper()'''
+
+
+def write(path: Path, nb: dict[str, object]) -> bytes:
+    nbformat.write(nbformat.from_dict(nb), path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+async def svc(tmp_path: Path) -> AsyncIterator[AgentsService]:
+    home, team = tmp_path / "home", tmp_path / "groups" / "team"
+    (home / "agents").mkdir(parents=True)
+    team.mkdir(parents=True)
+    service = AgentsService(
+        root_dir=str(home),
+        user="ben",
+        models=ModelClient(),
+        execute=lambda: None,
+        shared_dirs=[str(team)],
+        runs_dir=str(home / ".oraculo" / "agents" / "runs"),
+        approvals_path=str(home / ".oraculo" / "agents" / "approvals.json"),
+        owner_prefix="",
+    )
+    yield service
+    for run in list(service._runs):
+        await service.cancel(run, "ben")
+    await service.stop()
+
+
+def test_owner_maps_the_os_account_to_the_hub_user() -> None:
+    root = hub_owner(0, "jupyter-")
+    assert root == "root"  # no prefix: named as it is
+    assert hub_owner(0, "ro") == "ot"  # an account with the prefix is the hub user after it
+    assert hub_owner(0, "root") == "root"  # the prefix alone is no user
+
+
+async def test_owner_and_version_come_from_the_file_not_its_metadata(
+    svc: AgentsService, tmp_path: Path
+) -> None:
+    team = Path(svc.shared_dirs[0])
+    forged = agent_notebook("shouter", "Shout.", [TOOL], owner="ana", version="9", sha256="0" * 64)
+    data = write(team / "shouter.ipynb", forged)
+    (agent,) = [a for a in await svc.list_agents() if a["name"] == "shouter"]
+    assert agent["owner"] == hub_owner(os.getuid(), "") != "ana"
+    assert agent["sha256"] == hashlib.sha256(data).hexdigest()
+    assert agent["version"] == agent["sha256"][:12]
+    assert agent["shared"] and agent["needs_approval"] and not agent["published"]
+    assert agent["group"] == str(team)
+
+
+async def test_a_shared_agent_runs_only_once_its_exact_digest_is_approved(
+    svc: AgentsService,
+) -> None:
+    team = Path(svc.shared_dirs[0])
+    data = write(team / "shouter.ipynb", agent_notebook("shouter", "Shout.", [TOOL]))
+    digest = hashlib.sha256(data).hexdigest()
+    req = RunRequest(goal="shout hi", agents=["shouter"])
+    with pytest.raises(ApprovalRequired) as refused:
+        await svc.start(req, "ben")
+    body = refused.value.to_json()
+    assert refused.value.status == 409 and body["type"] == "approval_required"
+    assert body["digest"] == digest and body["agent"] == "shouter"
+    assert body["tools"] == [{"name": "shout", "source": TOOL}]
+    assert {"message", "reason", "type"} <= set(body)
+    # a wrong digest is no approval
+    with pytest.raises(ApprovalRequired):
+        await svc.start(req.model_copy(update={"approve": "f" * 64}), "ben")
+    run = await svc.start(req.model_copy(update={"approve": digest}), "ben")
+    assert run["agents"] == ["shouter"]
+    # kept per user, by digest, in a private file
+    path = Path(svc.approvals_path)
+    assert digest in json.loads(path.read_text())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
+    await svc.start(req, "ben")  # approved once: runs without asking again
+    (agent,) = [a for a in await svc.list_agents() if a["name"] == "shouter"]
+    assert not agent["needs_approval"]
+    # a changed tool is a new version: refused until approved again
+    changed = TOOL.replace("text.upper()", "__import__('os').getcwd()")
+    write(team / "shouter.ipynb", agent_notebook("shouter", "Shout.", [changed]))
+    with pytest.raises(ApprovalRequired) as refused:
+        await svc.start(req, "ben")
+    assert refused.value.to_json()["digest"] != digest
+    assert "getcwd" in refused.value.to_json()["tools"][0]["source"]
+
+
+async def test_own_agents_need_no_approval_and_handoffs_are_checked(svc: AgentsService) -> None:
+    home, team = svc.root, Path(svc.shared_dirs[0])
+    write(home / "agents" / "recorder.ipynb", WORKER)
+    await svc.start(RunRequest(goal="record alpha", agents=["recorder"]), "ben")
+    # an own lead that hands over to a shared agent: the shared one still needs approval
+    write(home / "agents" / "lead.ipynb", agent_notebook("lead", "Lead.", [], handoff="shouter"))
+    write(team / "shouter.ipynb", agent_notebook("shouter", "Shout.", [TOOL]))
+    with pytest.raises(ApprovalRequired) as refused:
+        await svc.start(RunRequest(goal="go", agents=["lead"]), "ben")
+    assert refused.value.to_json()["agent"] == "shouter"
+
+
+async def test_publish_a_release(svc: AgentsService) -> None:
+    team = Path(svc.shared_dirs[0])
+    write(team / "shouter.ipynb", agent_notebook("shouter", "Shout.", [TOOL]))
+    release = await svc.publish("shouter", None, "ben")
+    target = team / "published" / "shouter.ipynb"
+    assert release["published"] and release["path"] == str(target)
+    assert release["sha256"] == hashlib.sha256(target.read_bytes()).hexdigest()
+    st, folder = target.stat(), target.parent.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.geteuid()
+    assert folder.st_mode & stat.S_ISVTX and stat.S_IMODE(folder.st_mode) & 0o070 == 0o070
+    # the release is what runs by that name; editing the working copy does not change it
+    write(team / "shouter.ipynb", agent_notebook("shouter", "Whisper.", [TOOL]))
+    agents = {a["name"]: a for a in await svc.list_agents()}
+    assert agents["shouter"]["published"] and agents["shouter"]["sha256"] == release["sha256"]
+    again = await svc.publish("shouter", "team", "ben")  # a new release from the working copy
+    assert again["sha256"] != release["sha256"]
+    if os.geteuid() != 0:
+        return
+    # a teammate's release is not replaced (as root: the sticky bit is tested in test_teams)
+    os.chown(target, 65534, -1)
+    with pytest.raises(Forbidden):
+        await svc.publish("shouter", str(team), "ben")
+    with pytest.raises(Exception, match="group folder"):
+        await svc.publish("shouter", "elsewhere", "ben")
+

@@ -20,6 +20,7 @@ DEFAULT_FEATURES = [
     "oraculo.extensions.memory.feature:MemoryFeature",
     "oraculo.extensions.voice.feature:VoiceFeature",
     "oraculo.extensions.agents.feature:AgentsFeature",
+    "oraculo.extensions.usage.feature:UsageFeature",
 ]
 
 

@@ -83,7 +83,16 @@ class ModelService:
 
     #: Endpoints that leave no usage row (a refusal, 429, still does: the dashboard counts them).
     UNMETERED = frozenset(
-        {"", "models", "usage", "usage.summary", "usage.kernels", "budget", "budgets"}
+        {
+            "",
+            "models",
+            "usage",
+            "usage.summary",
+            "usage.events",
+            "usage.kernels",
+            "budget",
+            "budgets",
+        }
     )
 
     def __init__(

@@ -255,3 +255,48 @@ def _rounded(t: dict[str, float]) -> dict[str, float]:
         k: (round(v, 3) if k.endswith("seconds") else round(v, 6) if k == "cost" else int(v))
         for k, v in t.items()
     }
+
+
+#: The columns of :func:`events_columns`, in order.
+EVENT_COLUMNS = (
+    "ts",
+    "model",
+    "endpoint",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "cpu_seconds",
+    "gpu_seconds",
+    "voice_seconds",
+    "ref",
+    "error_type",
+)
+
+
+def events_columns(
+    store: UsageStore, user: str, since: float, until: float, limit: int
+) -> dict[str, Any]:
+    """One user's rows in ``[since, until)``, newest first, as ``{"columns": [...], "rows":
+    [[...], ...]}`` (compact, and what polars reads straight into a frame)."""
+    c = usage_events.c
+    q = (
+        sa.select(
+            c.ts,
+            c.model,
+            c.endpoint,
+            c.status,
+            c.prompt_tokens,
+            c.completion_tokens,
+            c.cpu_seconds,
+            c.gpu_seconds,
+            c.audio_seconds,
+            c.ref,
+            c.error_type,
+        )
+        .where(c.user == user, c.ts >= since, c.ts < until)
+        .order_by(c.ts.desc())
+        .limit(limit)
+    )
+    with store.engine.connect() as conn:
+        rows = [list(r) for r in conn.execute(q)]
+    return {"columns": list(EVENT_COLUMNS), "rows": rows, "truncated": len(rows) >= limit}

@@ -3,6 +3,8 @@
 - ``GET v1/usage/summary?period=day|week|month`` (or ``since``/``until``, unix times), with
   ``user=`` or ``group=``: what a user or group used, per unit and per model (and per user for
   operators). A user reads their own and their groups'; an operator (usage read-all) anyone's.
+- ``GET v1/usage/events?since=&until=&limit=``: the caller's own rows (newest first), as
+  columns: what the Usage panel charts.
 - ``POST v1/usage/kernels`` ``{"samples": [{"kernel_id", "cpu_seconds", "gpu_seconds"}]}``: a
   user's server reports the compute its kernels used since its last report (for the user its
   credential names).
@@ -26,10 +28,12 @@ from .budgets import Budget
 from .errors import Forbidden, InvalidRequest, NotFound
 from .handlers import BaseHandler
 from .metering import UsageEvent, groups_column
-from .usage import UNITS, period_end, period_start, summary
+from .usage import UNITS, events_columns, period_end, period_start, summary
 
 #: Most compute one report may claim per kernel: a day's worth on 1,024 cores.
 MAX_SAMPLE_SECONDS = 86400.0 * 1024
+#: Most usage rows one ``GET v1/usage/events`` returns.
+MAX_EVENTS = 100_000
 
 
 class KernelSample(BaseModel):
@@ -116,6 +120,29 @@ class UsageSummaryHandler(BaseHandler):
             until=until,
             by_user=by_user and user is None,
         )
+
+
+class UsageEventsHandler(BaseHandler):
+    """The caller's own usage rows in a period, as columns (for the Usage panel's charts)."""
+
+    endpoint = "usage.events"
+
+    async def get(self) -> None:
+        who = self.identity
+        assert who is not None
+        now = time.time()
+        since = _float_arg(self, "since")
+        until = _float_arg(self, "until")
+        since = period_start("month", now) if since is None else since
+        until = now + 1 if until is None else until
+        try:
+            limit = min(max(int(self.get_argument("limit", "20000")), 1), MAX_EVENTS)
+        except ValueError:
+            raise InvalidRequest("'limit' must be an integer.", param="limit") from None
+        columns = await asyncio.to_thread(
+            events_columns, self.service.store, who.name, since, until, limit
+        )
+        self.write_json({"object": "usage.events", "user": who.name, **columns})
 
 
 class KernelUsageHandler(BaseHandler):
@@ -210,6 +237,7 @@ def usage_routes(prefix: str, kw: dict[str, Any]) -> list[tuple[str, type, dict[
     return [
         (rf"{prefix}v1/usage/summary", UsageSummaryHandler, kw),
         (rf"{prefix}v1/usage/kernels", KernelUsageHandler, kw),
+        (rf"{prefix}v1/usage/events", UsageEventsHandler, kw),
         (rf"{prefix}v1/budget", BudgetHandler, kw),
         (rf"{prefix}v1/budgets", BudgetsHandler, kw),
     ]

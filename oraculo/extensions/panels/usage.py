@@ -1,0 +1,361 @@
+"""The Usage panel: this user's usage over time in each unit, against their budgets.
+
+A client of the extension's public API like the other panels: it reads ``GET api/v1/usage``
+(totals per unit and model from the model service, the budgets that bound the user with what is
+used and when they reset, and the period's usage rows), aggregates the rows with polars into
+hourly (today) or daily (week, month) buckets and draws them with Bokeh, every asset served by
+the panel server itself.
+
+Stable hooks for tests: ``[data-testid=oraculo-usage]`` (``data-state`` loading, ready or
+error; ``data-period`` once ready), ``usage-totals``, ``usage-budgets``, ``usage-top``; the period selector carries the CSS
+class ``usage-period``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from typing import Any
+
+import panel as pn
+import param
+import polars as pl
+from bokeh.models import ColumnDataSource
+from bokeh.models.annotations import Span
+from bokeh.plotting import figure
+
+from oraculo.extensions.panels.client import ServerAPIError, ServerClient
+
+TEST_ID = "oraculo-usage"
+
+#: The units charted, with their labels.
+UNITS = {
+    "tokens": "Model tokens",
+    "cpu_seconds": "Kernel CPU seconds",
+    "gpu_seconds": "Kernel GPU seconds",
+    "voice_seconds": "Voice seconds",
+}
+PERIODS = {"Today": "day", "This week": "week", "This month": "month"}
+_PERIODS = {"day": "Daily", "month": "Monthly"}
+
+CSS = """
+:host { width: 100%; }
+.ous { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2933; }
+.ous-grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); gap: 12px; }
+.ous-card { background: #fff; border: 1px solid #e4e7eb; border-radius: 10px; padding: 12px 16px; }
+.ous-card h2 { font-size: 12px; font-weight: 600; letter-spacing: .06em; text-transform: uppercase;
+               color: #616e7c; margin: 0 0 6px; }
+.ous-big { font-size: 22px; font-weight: 600; margin: 0; }
+.ous-sub { font-size: 12px; color: #616e7c; margin: 4px 0 0; }
+.ous table { width: 100%; border-collapse: collapse; font-size: 13px; }
+.ous th { text-align: left; font-weight: 600; color: #616e7c; font-size: 12px;
+          border-bottom: 1px solid #e4e7eb; padding: 6px 8px; }
+.ous td { padding: 6px 8px; border-bottom: 1px solid #f0f2f4; }
+.ous-bar { height: 8px; background: #f0f2f4; border-radius: 4px; overflow: hidden; margin: 6px 0; }
+.ous-bar > span { display: block; height: 100%; background: #2f9e44; }
+.ous-bar.over > span { background: #e03131; } .ous-bar.near > span { background: #f08c00; }
+.ous-error { background: #fff5f5; border: 1px solid #ffc9c9; color: #c92a2a; border-radius: 10px;
+             padding: 12px 16px; }
+"""
+
+
+class UsageClient(ServerClient):
+    """Reads ``GET <server>/api/v1/usage`` with the panel's credential."""
+
+    path = "api/v1/usage"
+    timeout = 30.0
+
+    async def fetch(self, period: str) -> dict[str, Any]:
+        data: dict[str, Any] = await self.request("GET", "", params={"period": period})
+        return data
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: float) -> str:
+    if value >= 100 or float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:,.2f}"
+
+
+# --- aggregation (polars) -----------------------------------------------------------------------
+
+
+def frame(events: dict[str, Any]) -> pl.DataFrame:
+    """The usage rows as a frame, with ``tokens`` and a UTC ``time`` column."""
+    columns = list(events.get("columns") or [])
+    rows = events.get("rows") or []
+    schema = {
+        "ts": pl.Float64,
+        "model": pl.String,
+        "endpoint": pl.String,
+        "status": pl.Int64,
+        "prompt_tokens": pl.Int64,
+        "completion_tokens": pl.Int64,
+        "cpu_seconds": pl.Float64,
+        "gpu_seconds": pl.Float64,
+        "voice_seconds": pl.Float64,
+        "ref": pl.String,
+        "error_type": pl.String,
+    }
+    df = pl.DataFrame(rows, schema={c: schema.get(c, pl.String) for c in columns}, orient="row")
+    if df.is_empty():
+        df = pl.DataFrame(schema=schema)
+    return df.with_columns(
+        pl.col("cpu_seconds", "gpu_seconds", "voice_seconds").fill_null(0.0),
+        (pl.col("prompt_tokens").fill_null(0) + pl.col("completion_tokens").fill_null(0)).alias(
+            "tokens"
+        ),
+        pl.from_epoch((pl.col("ts") * 1000).cast(pl.Int64), time_unit="ms")
+        .dt.replace_time_zone("UTC")
+        .alias("time"),
+    )
+
+
+def buckets(df: pl.DataFrame, period: str) -> pl.DataFrame:
+    """Each unit summed per hour (``day``) or per day (``week``, ``month``), oldest first."""
+    every = "1h" if period == "day" else "1d"
+    return (
+        df.with_columns(pl.col("time").dt.truncate(every).alias("bucket"))
+        .group_by("bucket")
+        .agg(pl.col(*UNITS).sum())
+        .sort("bucket")
+    )
+
+
+def top_items(df: pl.DataFrame, limit: int = 8) -> pl.DataFrame:
+    """The most expensive things this period: kernels by CPU seconds (summed over their
+    reports), model requests by tokens, voice requests by seconds."""
+    kernels = (
+        df.filter(pl.col("endpoint") == "kernel")
+        .group_by("ref", "model")
+        .agg(pl.col("cpu_seconds").sum().alias("amount"), pl.col("time").max())
+        .select(
+            pl.lit("kernel").alias("kind"),
+            pl.format("{} {}", pl.col("model"), pl.col("ref").str.slice(0, 8)).alias("what"),
+            pl.col("amount"),
+            pl.lit("CPU s").alias("unit"),
+            pl.col("time"),
+        )
+    )
+    requests = df.filter(pl.col("endpoint") != "kernel")
+    voice = requests.filter(pl.col("voice_seconds") > 0).select(
+        pl.col("endpoint").alias("kind"),
+        pl.col("model").alias("what"),
+        pl.col("voice_seconds").alias("amount"),
+        pl.lit("voice s").alias("unit"),
+        pl.col("time"),
+    )
+    tokens = requests.filter(pl.col("tokens") > 0).select(
+        pl.col("endpoint").alias("kind"),
+        pl.col("model").alias("what"),
+        pl.col("tokens").cast(pl.Float64).alias("amount"),
+        pl.lit("tokens").alias("unit"),
+        pl.col("time"),
+    )
+    parts = [p for p in (kernels, voice, tokens) if not p.is_empty()]
+    if not parts:
+        return pl.DataFrame(
+            schema={"kind": pl.String, "what": pl.String, "amount": pl.Float64, "unit": pl.String}
+        )
+    ranked = pl.concat(parts, how="vertical_relaxed").with_columns(
+        (pl.col("amount") / pl.col("amount").max().over("unit")).alias("share")
+    )
+    return ranked.sort(["share", "amount"], descending=True).head(limit).drop("share")
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def render_totals(summary: dict[str, Any]) -> str:
+    t = summary.get("totals") or {}
+    cards = "".join(
+        f'<div class="ous-card"><h2>{_e(label)}</h2>'
+        f'<p class="ous-big" data-unit="{unit}">{_num(float(t.get(unit, 0)))}</p></div>'
+        for unit, label in UNITS.items()
+    )
+    cost = float(t.get("cost", 0))
+    cards += (
+        f'<div class="ous-card"><h2>Cost</h2><p class="ous-big" data-unit="cost">{cost:,.4f}</p>'
+        f'<p class="ous-sub">{_e(summary.get("since", ""))[:10]} to '
+        f"{_e(summary.get('until', ''))[:10]}</p></div>"
+    )
+    models = summary.get("models") or []
+    rows = "".join(
+        f"<tr><td>{_e(m['model'])}</td><td>{_num(m['tokens'])}</td>"
+        f"<td>{_num(m['cpu_seconds'])}</td><td>{_num(m['voice_seconds'])}</td>"
+        f"<td>{float(m['cost']):,.4f}</td></tr>"
+        for m in models
+    )
+    table = (
+        '<div class="ous-card" style="grid-column:1/-1"><h2>Per model</h2><table><tr>'
+        "<th>Model</th><th>Tokens</th><th>CPU s</th><th>Voice s</th><th>Cost</th></tr>"
+        f"{rows or '<tr><td colspan=5>Nothing used yet.</td></tr>'}</table></div>"
+    )
+    return f'<div class="ous ous-grid" data-testid="usage-totals">{cards}{table}</div>'
+
+
+def render_budgets(budgets: list[dict[str, Any]]) -> str:
+    if not budgets:
+        body = '<p class="ous-sub">No budget bounds you.</p>'
+    else:
+        items = []
+        for b in budgets:
+            limit, used = float(b["limit"]), float(b["used"])
+            share = 1.0 if limit <= 0 else min(1.0, used / limit)
+            level = "over" if b.get("exceeded") else "near" if share >= 0.8 else ""
+            whose = "you" if b["scope"] == "user" else f"group {b['name']}"
+            items.append(
+                f'<div data-budget="{_e(b["unit"])}"><strong>{_PERIODS[b["period"]]} '
+                f"{_e(UNITS.get(b['unit'], b['unit']))}</strong> ({_e(whose)}): "
+                f"{_num(used)} of {_num(limit)}"
+                f'<div class="ous-bar {level}"><span style="width:{share * 100:.1f}%"></span></div>'
+                f'<p class="ous-sub">Resets at {_e(b["resets_at"])}'
+                f"{' — spent: new work is refused until then' if b.get('exceeded') else ''}</p>"
+                "</div>"
+            )
+        body = "".join(items)
+    return f'<div class="ous ous-card" data-testid="usage-budgets"><h2>Budgets</h2>{body}</div>'
+
+
+def render_top(top: pl.DataFrame) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(r['kind'])}</td><td><code>{_e(r['what'])}</code></td>"
+        f"<td>{_num(float(r['amount']))} {_e(r['unit'])}</td></tr>"
+        for r in top.iter_rows(named=True)
+    )
+    return (
+        '<div class="ous ous-card" data-testid="usage-top"><h2>Most expensive</h2><table>'
+        "<tr><th>What</th><th></th><th>Used</th></tr>"
+        f"{rows or '<tr><td colspan=3>Nothing used yet.</td></tr>'}</table></div>"
+    )
+
+
+def chart(per: pl.DataFrame, unit: str, period: str, budgets: list[dict[str, Any]]) -> Any:
+    """Bars of ``unit`` per bucket; a budget over the bucket's span is drawn as a red line."""
+    width = 3_000_000 if period == "day" else 72_000_000  # ms: most of an hour / a day
+    source = ColumnDataSource(
+        {"bucket": per["bucket"].to_list(), "value": per[unit].to_list()}
+        if not per.is_empty()
+        else {"bucket": [], "value": []}
+    )
+    fig = figure(
+        title=UNITS[unit],
+        x_axis_type="datetime",
+        height=220,
+        sizing_mode="stretch_width",
+        toolbar_location=None,
+        tools="",
+    )
+    fig.vbar(x="bucket", top="value", width=width, source=source, color="#3b5bdb", alpha=0.85)
+    span_period = "day" if period in ("day", "week") else "month"
+    for b in budgets:
+        if b["unit"] == unit and (b["period"] == "day" or span_period == "month"):
+            fig.add_layout(
+                Span(
+                    location=float(b["limit"]),
+                    dimension="width",
+                    line_color="#e03131",
+                    line_dash="dashed",
+                    line_width=2,
+                )
+            )
+    fig.y_range.start = 0  # type: ignore[attr-defined]
+    return fig
+
+
+class UsagePanel(pn.viewable.Viewer):
+    """This user's usage, charted against their budgets."""
+
+    period: Any = param.Selector(
+        default="week", objects=list(PERIODS.values()), doc="The period shown."
+    )
+    data = param.Dict(default=None, allow_None=True, doc="The last answer of api/v1/usage.")
+    error = param.String(default="", doc="Why the last refresh failed; empty when it succeeded.")
+
+    def __init__(self, client: UsageClient, **params: Any) -> None:
+        super().__init__(**params)
+        self._client = client
+        self._state = pn.pane.HTML(self._marker("loading"), sizing_mode="stretch_width")
+        self._totals = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+        self._budgets = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+        self._top = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+        self._charts = pn.GridBox(ncols=2, sizing_mode="stretch_width")
+        self._select = pn.widgets.RadioButtonGroup(
+            options=PERIODS, value=self.period, css_classes=["usage-period"]
+        )
+        self._select.param.watch(self._on_period, "value")
+        refresh = pn.widgets.Button(name="Refresh", button_type="primary", width=100)
+        refresh.on_click(self._on_click)
+        self._layout = pn.Column(
+            pn.Row(
+                pn.pane.HTML(
+                    '<h1 style="margin:0;font:600 24px system-ui,sans-serif;color:#1f2933">'
+                    "Usage</h1>"
+                ),
+                pn.HSpacer(),
+                self._select,
+                refresh,
+                align="center",
+                sizing_mode="stretch_width",
+            ),
+            self._state,
+            self._totals,
+            self._budgets,
+            self._charts,
+            self._top,
+            sizing_mode="stretch_width",
+            styles={"max-width": "1100px", "margin": "0 auto", "padding": "24px"},
+        )
+
+    def _marker(self, state: str, message: str = "") -> str:
+        inner = f'<div class="ous-error">{_e(message)}</div>' if message else ""
+        return f'<div class="ous" data-testid="{TEST_ID}" data-state="{state}">{inner}</div>'
+
+    async def refresh(self) -> None:
+        try:
+            data = await self._client.fetch(self.period)
+        except ServerAPIError as e:
+            self.error = str(e)
+            self._state.object = self._marker("error", self.error)
+            return
+        self.data, self.error = data, ""
+        df = frame(data.get("events") or {})
+        per = buckets(df, self.period)
+        budgets = data.get("budgets") or []
+        self._totals.object = render_totals(data.get("summary") or {})
+        self._budgets.object = render_budgets(budgets)
+        self._top.object = render_top(top_items(df))
+        self._charts.objects = [
+            pn.pane.Bokeh(chart(per, unit, self.period, budgets), sizing_mode="stretch_width")
+            for unit in UNITS
+        ]
+        when = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
+        self._state.object = self._marker("ready").replace(
+            "></div>", f' data-period="{self.period}" data-updated="{when}"></div>'
+        )
+
+    async def _on_period(self, event: Any) -> None:
+        self.period = event.new
+        await self.refresh()
+
+    async def _on_click(self, event: Any) -> None:
+        await self.refresh()
+
+    def start(self) -> None:
+        pn.state.onload(self.refresh)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._layout
+
+
+def create_app() -> UsagePanel:
+    """The Usage page, reading the usage of the server's user."""
+    if pn.state.curdoc is not None:
+        rel = pn.state.rel_path or "."
+        pn.state.curdoc.template_variables["app_favicon"] = f"{rel}/oraculo/usage.svg"
+    panel = UsagePanel(UsageClient.from_environment())
+    panel.start()
+    return panel

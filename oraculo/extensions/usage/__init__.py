@@ -1,0 +1,1 @@
+"""Usage: kernel compute reported to the model service, budgets checked before new work."""

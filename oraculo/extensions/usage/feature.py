@@ -1,0 +1,53 @@
+"""The usage feature: reports the kernels' compute to the model service, refuses new executions
+(through the API, chat's code runs and agents' tools) while a compute budget is spent, and
+answers ``GET /api/v1/usage`` for the Usage panel. A notebook's own cells never pass through
+here, so a running cell is never cut."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tornado.ioloop import IOLoop
+from traitlets import Instance, Type
+
+from oraculo.extensions.base.feature import Feature
+from oraculo.extensions.usage.handlers import UsageHandler
+from oraculo.extensions.usage.sampler import KernelSampler
+
+
+class UsageFeature(Feature):
+    name = "usage"
+
+    sampler_class = Type(
+        KernelSampler,
+        klass=KernelSampler,
+        config=True,
+        help="Samples the kernels' CPU/GPU time and checks compute budgets.",
+    )
+    sampler = Instance(KernelSampler)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        ext = self.extension
+        # the extension's model-service credential (the server's own token): reports and
+        # checks count for this server's user
+        models = self.models
+        self.sampler = self.sampler_class(
+            parent=self,
+            kernel_manager=ext.serverapp.kernel_manager,
+            models_url=models.models_url if models is not None else ext.models_url,
+            token=models.token if models is not None else "",
+        )
+        IOLoop.current().add_callback(self.sampler.start)
+
+    def handlers(self) -> list[tuple[str, Any]]:
+        return [(r"/api/v1/usage", UsageHandler)]
+
+    def connect(self, features: Mapping[str, Feature]) -> None:
+        execute = features.get("execute")
+        if execute is not None:
+            execute.service.admission = self.sampler.admit  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        await self.sampler.stop()

@@ -1,0 +1,180 @@
+"""Budgets end to end on the session hub: a user's server reports its kernel's CPU time with its
+own credential, and a spent budget refuses new executions through the API and chat, with the
+budget and its reset in the error envelope, while a running notebook cell is never cut."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from oraculo.extensions.panels.usage import TEST_ID
+from tests.harness import (
+    ADMIN_PASSWORD,
+    HubClient,
+    HubProcess,
+    User,
+    new_user,
+    signed_in_panel,
+    wait_for,
+)
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+
+
+@pytest.fixture(scope="module")
+async def people(hub: HubProcess, hub_client: HubClient) -> AsyncIterator[dict[str, User]]:
+    admin = HubClient(hub)
+    await admin.login("admin", ADMIN_PASSWORD)
+    out = {
+        "admin": User(name="admin", token=await admin.token("admin"), client=admin),
+        "uma": await new_user(hub_client, "uma"),
+        "vic": await new_user(hub_client, "vic"),
+    }
+    await out["uma"].spawn()
+    try:
+        yield out
+    finally:
+        for key in ("uma", "vic"):
+            await out[key].client.aclose()
+        await admin.aclose()
+
+
+def models(hub: HubProcess) -> str:
+    return f"{hub.url}/services/models/"
+
+
+async def budget(hub: HubProcess, who: User, method: str, expect: int, **b: Any) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30) as c:
+        if method == "PUT":
+            r = await c.put(models(hub) + "v1/budgets", json=b, headers=who.auth)
+        else:
+            b.pop("limit", None)
+            r = await c.delete(models(hub) + "v1/budgets", params=b, headers=who.auth)
+    assert r.status_code == expect, r.text
+    return r
+
+
+async def execute(user: User, code: str, expect: int = 200) -> dict[str, Any]:
+    r = await user.api("POST", f"/user/{user.name}/api/v1/execute", json={"code": code}, timeout=60)
+    assert r.status_code == expect, r.text
+    return dict(r.json())
+
+
+async def test_kernel_time_counts_and_a_spent_budget_refuses_new_work(
+    hub: HubProcess, people: dict[str, User]
+) -> None:
+    uma, vic, admin = people["uma"], people["vic"], people["admin"]
+    assert (await execute(uma, BURN.format(s=1.5)))["status"] == "ok"
+    # the next execution first reports what the kernel used (the sampler also runs every 10 s)
+    assert (await execute(uma, "1 + 1"))["status"] == "ok"
+
+    async def cpu() -> float | None:
+        async with httpx.AsyncClient(timeout=30) as c:
+            r = await c.get(models(hub) + "v1/usage/summary", headers=uma.auth)
+        assert r.status_code == 200, r.text
+        seconds = float(r.json()["totals"]["cpu_seconds"])
+        return seconds if seconds >= 1.5 else None
+
+    assert await wait_for(cpu, 30, "uma's kernel CPU seconds") < 30
+
+    b = {"scope": "user", "name": "uma", "period": "day", "unit": "cpu_seconds", "limit": 1}
+    await budget(hub, vic, "PUT", 403, **b)  # a user's token may not set budgets
+    await budget(hub, admin, "PUT", 200, **b)
+    try:
+        err = await execute(uma, "1 + 1", expect=429)
+        assert set(err) == {"message", "reason", "type"} and err["type"] == "budget_exceeded"
+        assert "daily CPU-seconds budget of user uma (1 cpu_seconds)" in err["message"]
+        assert "resets at" in err["message"]
+        # a notebook's own cell (the kernel websocket) is never refused or cut
+        kernel_id = await uma.start_kernel("oraculo")
+        out = await uma.execute(kernel_id, BURN.format(s=0.5) + "print('finished')")
+        assert out["error"] is None and out["stdout"] == "finished\n"
+        # another user is not bound by uma's budget
+        await vic.spawn()
+        assert (await execute(vic, "2 + 2"))["status"] == "ok"
+    finally:
+        await budget(hub, admin, "DELETE", 204, **b)
+    assert (await execute(uma, "3 + 3"))["status"] == "ok"
+
+
+async def test_a_spent_token_budget_refuses_chat(hub: HubProcess, people: dict[str, User]) -> None:
+    uma, admin = people["uma"], people["admin"]
+    b = {"scope": "user", "name": "uma", "period": "month", "unit": "tokens", "limit": 0}
+    await budget(hub, admin, "PUT", 200, **b)
+    try:
+        r = await uma.api(
+            "POST",
+            "/user/uma/api/v1/chat",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+            timeout=60,
+        )
+        assert r.status_code == 429, r.text
+        err = r.json()
+        assert set(err) == {"message", "reason", "type"}
+        assert "monthly token budget of user uma (0 tokens)" in err["message"]
+        assert "resets at" in err["message"]
+    finally:
+        await budget(hub, admin, "DELETE", 204, **b)
+
+
+@pytest.mark.browser
+async def test_usage_panel_charts_real_usage_against_a_budget(
+    hub: HubProcess, people: dict[str, User], artifacts: Path
+) -> None:
+    uma, admin = people["uma"], people["admin"]
+    # real usage in every unit: the kernel's CPU, a chat reply, speech
+    assert (await execute(uma, BURN.format(s=0.5)))["status"] == "ok"
+    r = await uma.api(
+        "POST",
+        "/user/uma/api/v1/chat",
+        json={"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    async with httpx.AsyncClient(timeout=60) as c:
+        r = await c.post(
+            models(hub) + "v1/audio/speech",
+            json={"model": "tts-1", "input": "Usage is counted.", "voice": "alloy"},
+            headers=uma.auth,
+        )
+    assert r.status_code == 200, r.text
+    b = {"scope": "user", "name": "uma", "period": "day", "unit": "tokens", "limit": 100000}
+    await budget(hub, admin, "PUT", 200, **b)
+    try:
+        async with signed_in_panel(uma, "usage", {"width": 1200, "height": 1400}) as p:
+            page = p.page
+            ready = page.locator(f"[data-testid={TEST_ID}][data-state=ready][data-period=week]")
+            await ready.wait_for(state="attached", timeout=60_000)
+            totals = page.get_by_test_id("usage-totals")
+            for unit in ("tokens", "cpu_seconds", "voice_seconds"):
+                text = await totals.locator(f"[data-unit={unit}]").inner_text()
+                assert float(text.replace(",", "")) > 0, (unit, text)
+            await page.locator(".bk-Canvas, canvas").first.wait_for(timeout=30_000)
+            budgets = page.get_by_test_id("usage-budgets")
+            assert "Daily Model tokens" in await budgets.inner_text()
+            assert "kernel" in await page.get_by_test_id("usage-top").inner_text()
+            await page.screenshot(path=str(artifacts / "usage-panel.png"), full_page=True)
+            # another period, through the selector
+            await page.locator(".usage-period button", has_text="This month").click()
+            month = f"[data-testid={TEST_ID}][data-state=ready][data-period=month]"
+            await page.locator(month).wait_for(state="attached", timeout=30_000)
+            await page.screenshot(path=str(artifacts / "usage-panel-month.png"), full_page=True)
+            assert p.offsite() == []
+            assert not [u for u in p.bad if "/oraculo-panels/" in u or "/api/v1/usage" in u]
+    finally:
+        await budget(hub, admin, "DELETE", 204, **b)
+
+
+async def test_usage_api_is_the_users_own(hub: HubProcess, people: dict[str, User]) -> None:
+    uma, vic = people["uma"], people["vic"]
+    r = await uma.api("GET", "/user/uma/api/v1/usage", params={"period": "year"})
+    assert r.status_code == 400 and set(r.json()) == {"message", "reason", "type"}
+    r = await vic.api("GET", "/user/uma/api/v1/usage")
+    assert r.status_code in (403, 404), r.text  # another user's token never reaches it
+    r = await uma.api("GET", "/user/uma/api/v1/usage", params={"period": "day"})
+    assert r.status_code == 200, r.text
+    assert r.json()["summary"]["user"] == "uma"

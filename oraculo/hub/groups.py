@@ -67,10 +67,17 @@ def user_groups(spawner: Any) -> list[str]:
 _GROUPADD_LOCK = threading.Lock()
 
 
-def _run(cmd: list[str]) -> None:
-    """Run a shadow-utils command; retry briefly while another one holds /etc/group's lock."""
+#: One shadow-utils command (useradd, groupadd, gpasswd) at a time from this hub: spawns run
+#: them in threads, side by side, and each locks /etc/passwd or /etc/group while it runs.
+SHADOW_LOCK = threading.Lock()
+
+
+def run_shadow_command(cmd: list[str]) -> None:
+    """Run a shadow-utils command; retry briefly while another process holds /etc/group's
+    lock."""
     for attempt in range(10):
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        with SHADOW_LOCK:
+            done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode == 0:
             return
         if "lock" not in done.stderr.lower() or attempt == 9:
@@ -200,7 +207,7 @@ class GroupFolders(LoggingConfigurable):
             except KeyError:
                 pass
             try:
-                _run(["groupadd", name])
+                run_shadow_command(["groupadd", name])
                 self.log.info("Created OS group %s for hub group %s", name, group)
             except RuntimeError:
                 if not _group_exists(name):  # another hub made it meanwhile: fine
@@ -217,10 +224,10 @@ class GroupFolders(LoggingConfigurable):
             if g.gr_name.startswith(self.os_group_prefix) and os_user in g.gr_mem
         }
         for name in sorted(want - have):
-            _run(["gpasswd", "--add", os_user, name])
+            run_shadow_command(["gpasswd", "--add", os_user, name])
             self.log.info("Added %s to OS group %s", os_user, name)
         for name in sorted(have - want):
-            _run(["gpasswd", "--delete", os_user, name])
+            run_shadow_command(["gpasswd", "--delete", os_user, name])
             self.log.info("Removed %s from OS group %s", os_user, name)
 
     # --- links in the user's home ---------------------------------------------------------------

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import pwd
-import subprocess
 from typing import Any
 
 from dockerspawner import DockerSpawner
@@ -27,7 +26,13 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Unicode, default
 
 from oraculo.hub.gpus import shared_allocator
-from oraculo.hub.groups import SHARED_DIRS_ENV, GroupFolders, reachable_by_others, user_groups
+from oraculo.hub.groups import (
+    SHARED_DIRS_ENV,
+    GroupFolders,
+    reachable_by_others,
+    run_shadow_command,
+    user_groups,
+)
 from oraculo.hub.sandbox import docker_host_config, sandbox_env
 
 
@@ -263,7 +268,7 @@ class SystemUserSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
             if not self.create_system_users:
                 raise
             home = os.path.join(self.home_base, self.os_user)
-            subprocess.run(
+            run_shadow_command(
                 [
                     "useradd",
                     "--create-home",
@@ -273,9 +278,7 @@ class SystemUserSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
                     "/bin/bash",
                     "--user-group",
                     self.os_user,
-                ],
-                check=True,
-                capture_output=True,
+                ]
             )
             entry = pwd.getpwnam(self.os_user)
             self.log.info("Created OS user %s (uid %d)", self.os_user, entry.pw_uid)

@@ -256,3 +256,45 @@ async def test_leaving_the_group_takes_access_away_at_the_next_start(cohort: Coh
     assert os_user not in grp.getgrnam(f"oraculo-{cohort.group}").gr_mem
     home = Path(pwd.getpwnam(os_user).pw_dir)
     assert not os.path.lexists(home / "shared" / cohort.group)
+
+
+@pytest.mark.root
+async def test_first_starts_side_by_side_make_every_account_and_membership(
+    tmp_path: Path, group_names: list[str]
+) -> None:
+    """Spawns run useradd, groupadd and gpasswd in threads, side by side; each locks
+    /etc/passwd or /etc/group while it runs, so the hub runs one at a time."""
+    from jupyterhub.objects import Hub
+
+    from oraculo.hub.spawners import SystemUserSpawner
+    from tests.hub.fakes import HubGroup, HubUser
+
+    config = Config()
+    config.GroupFolders.root = str(tmp_path / "groups")
+    config.SystemUserSpawner.home_base = str(tmp_path / "homes")
+    (tmp_path / "homes").mkdir()
+    tag = uuid.uuid4().hex[:6]
+    names = [f"c{tag}{i}" for i in range(6)]
+    spawners = []
+    for name in names:
+        user = HubUser(name, groups=[HubGroup(g) for g in group_names])
+        spawners.append(
+            SystemUserSpawner(
+                user=user,
+                hub=Hub(ip="127.0.0.1", port=8081, base_url="/hub/"),
+                config=config,
+                server=user.server,
+            )
+        )
+    try:
+        await asyncio.gather(*(s.prepare_account() for s in spawners))
+        await asyncio.gather(*(s.make_group_folders() for s in spawners))
+        for s in spawners:
+            assert pwd.getpwnam(s.os_user).pw_dir == str(tmp_path / "homes" / s.os_user)
+            assert len(s.group_dirs) == 2
+        for group in group_names:
+            members = set(grp.getgrnam(f"oraculo-{group_slug(group)}").gr_mem)
+            assert members >= {s.os_user for s in spawners}
+    finally:
+        for s in spawners:
+            subprocess.run(["userdel", "--remove", s.os_user], capture_output=True)

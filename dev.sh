@@ -80,6 +80,22 @@ setup_postgres() {
   fi
 }
 
+# The DockerSpawner test runs a real Docker daemon: Debian's docker.io, started here where it is
+# not running (CI has no init system), and debootstrap for the base image (no registry is
+# reachable from these machines).
+setup_docker() {
+  [ "$(id -u)" = 0 ] || return 0
+  if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+    log "installing Debian's docker.io and debootstrap for the DockerSpawner test"
+    apt_install docker.io debootstrap
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd (log in /var/log/oraculo-dockerd.log)"
+    nohup dockerd >/var/log/oraculo-dockerd.log 2>&1 &
+    for _ in $(seq 1 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+  fi
+}
+
 # In system-users mode servers run as other OS accounts, which must be able to reach this
 # checkout and its Python (traverse, not list: o+x only).
 ensure_traversable() {
@@ -115,6 +131,7 @@ case "$cmd" in
     setup_node
     setup_browser
     setup_postgres
+    setup_docker
     ensure_traversable
     log "ruff"
     "$VENV/bin/ruff" check oraculo tests benchmarks

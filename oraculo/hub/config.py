@@ -388,7 +388,7 @@ class OraculoHub(LoggingConfigurable):
 
         c.JupyterHub.spawner_class = SPAWNERS[self.spawner]
         if self.spawner == "docker":  # the image's command, in the image's Python
-            c.DockerSpawner.cmd = []
+            c.DockerSpawner.cmd = None  # (DockerSpawner refuses an empty list)
         else:
             c.Spawner.cmd = [sys.executable, "-m", "oraculo.singleuser"]
         c.Spawner.args = self.singleuser_args()

@@ -2,9 +2,10 @@
 
 One machine keeps the hub's state in sqlite and the model service's usage in a sqlite file of its
 own. Past one machine both go to PostgreSQL, by URL, through psycopg 3 (the ``postgres`` extra):
-``postgresql://user:password@host:5432/oraculo``. SQLAlchemy reads a bare ``postgresql://`` as
-psycopg2, which is not installed, so :func:`sqlalchemy_url` names the driver; an operator may
-also write ``postgresql+psycopg://`` themselves.
+``postgresql://user:password@host:5432/oraculo``. SQLAlchemy 2.1 reads a bare ``postgresql://``
+as psycopg 3; :func:`sqlalchemy_url` names the driver all the same (and turns Heroku-style
+``postgres://``, which SQLAlchemy refuses, into it), so the URL means the same under any
+SQLAlchemy the hub image carries.
 
 The hub's tables and ``usage_events`` do not overlap, so one PostgreSQL database can hold both:
 with a PostgreSQL ``db_url`` the model service uses it too unless ``usage_db_url`` says otherwise

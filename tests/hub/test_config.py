@@ -60,7 +60,7 @@ def test_environment_overrides(clean_env: None, monkeypatch: pytest.MonkeyPatch)
     assert c.JupyterHub.bind_url == "http://127.0.0.1:9000"
     assert c.JupyterHub.spawner_class == "oraculo-docker"
     # the image's own command and Python, never the hub's interpreter path
-    assert c.DockerSpawner.cmd == [] and "cmd" not in c.Spawner
+    assert c.DockerSpawner.cmd is None and "cmd" not in c.Spawner
     assert c.Authenticator.admin_users == {"ada", "grace"}
     assert c.JupyterHub.db_url == "postgresql://hub@db/hub"
 

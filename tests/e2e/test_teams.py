@@ -251,3 +251,112 @@ async def test_a_teammate_runs_a_published_agent_only_once_approved(team: Team) 
     await agents_api(ben, "POST", f"/runs/{r.json()['id']}/cancel")
     assert os.path.exists(target)
 
+
+BREAKER = '''def explode(reason: "Literal['now']") -> str:
+    """Always fails.
+
+    Args:
+        reason: why
+    """
+    raise ValueError("boom: " + reason)'''
+
+
+def own_notebook(name: str, tools: list[str]) -> dict[str, Any]:
+    cells = [v4.new_markdown_cell("Call your tool.")] + [v4.new_code_cell(t) for t in tools]
+    meta = {"name": name, "max_steps": 3, "require_tool": True, "temperature": 0.0}
+    return dict(v4.new_notebook(cells=cells, metadata={"oraculo": {"agent": meta}}))
+
+
+@pytest.mark.browser
+async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Path) -> None:
+    """Eve: the examples in ~/agents at her first start, the empty hint, a new notebook that
+    appears by itself. Ben: approving Ana's new release from the panel (its code and digest
+    shown), a bounded run said in words and colour, Cancel on a finished run."""
+    from playwright.async_api import expect
+
+    from tests.harness import signed_in_panel
+
+    eve, ben, ana = team.eve, team.ben, team.ana
+    eve_home = Path(pwd.getpwnam(f"jupyter-{eve.name}").pw_dir)
+    example = eve_home / "agents" / "team_data_cleaner_agent.ipynb"
+    assert example.stat().st_uid == pwd.getpwnam(f"jupyter-{eve.name}").pw_uid
+    out = await team.run_code(eve, f"import os; os.remove({str(example)!r})")
+    assert out["error"] is None, out
+    viewport = {"width": 1300, "height": 1000}
+    async with signed_in_panel(eve, "backstage", viewport) as panel:
+        page = panel.page
+        hint = page.get_by_test_id("backstage-empty")
+        await expect(hint).to_be_visible(timeout=90_000)
+        await expect(hint).to_contain_text("~/agents")
+        await page.screenshot(path=str(artifacts / "teams-1-empty-backstage.png"), full_page=True)
+        # a notebook added to ~/agents appears without reopening the panel
+        await write_as(
+            team, eve, eve_home / "agents" / "shouter.ipynb", own_notebook("s", [WHOAMI])
+        )
+        await expect(hint).to_have_count(0, timeout=30_000)
+        await page.screenshot(path=str(artifacts / "teams-2-agent-appeared.png"), full_page=True)
+    assert not panel.offsite(), panel.offsite()
+
+    # Ana edits the tools and publishes a new release; Ben approves it from the panel
+    changed = WHOAMI.replace("in {entry.pw_dir}", "(release 3)")
+    await write_as(team, ana, team.folder / "inspector.ipynb", cleaner_notebook([changed, FILES]))
+    r = await agents_api(ana, "POST", "/inspector/publish", json={})
+    assert r.status_code == 201, r.text
+    digest = r.json()["sha256"]
+    ben_home = Path(pwd.getpwnam(f"jupyter-{ben.name}").pw_dir)
+    await write_as(
+        team, ben, ben_home / "agents" / "breaker.ipynb", own_notebook("breaker", [BREAKER])
+    )
+    async with signed_in_panel(ben, "backstage", viewport) as panel:
+        page = panel.page
+        root = page.get_by_test_id("oraculo-backstage")
+        await expect(root).to_be_visible(timeout=90_000)
+        await page.locator(".oraculo-backstage-goal input").fill("Who runs you?")
+        await page.locator(".oraculo-backstage-agents input[type=search]").click()
+        option = page.locator(".choices__list--dropdown .choices__item", has_text="inspector")
+        await expect(option).to_contain_text(f"published by {ana.name}")
+        await expect(option).to_contain_text("needs your approval")
+        await option.click()
+        await page.keyboard.press("Escape")
+        await page.locator(".oraculo-backstage-start button").click()
+        approval = page.get_by_test_id("backstage-approval")
+        await expect(approval).to_be_visible(timeout=30_000)
+        await expect(approval).to_contain_text("(release 3)")  # the new tool's source
+        await expect(approval).to_contain_text(ana.name)
+        agent = page.get_by_test_id("backstage-approval-agent")
+        await expect(agent).to_have_attribute("data-digest", digest)
+        await page.screenshot(path=str(artifacts / "teams-3-approve.png"), full_page=True)
+        await page.locator(".oraculo-backstage-approve button").click()
+        await expect(approval).to_have_count(0, timeout=30_000)
+        await expect(root).not_to_have_attribute("data-run", "", timeout=30_000)
+        run_id = await root.get_attribute("data-run")
+        assert run_id
+        await finished(ben, run_id)
+        outcome = page.get_by_test_id("backstage-outcome").first
+        await expect(outcome).not_to_have_attribute("data-outcome", "running", timeout=30_000)
+        await page.screenshot(path=str(artifacts / "teams-4-approved-run.png"), full_page=True)
+
+        # a run that stops at its step bound with a failed tool says so, in words and colour
+        r = await agents_api(
+            ben, "POST", "/runs", json={"goal": "Explode.", "agents": ["breaker"], "max_steps": 1}
+        )
+        assert r.status_code == 201, r.text
+        bounded = await finished(ben, r.json()["id"])
+        assert bounded["status"] == "bounded" and bounded["tool_errors"] == 1, bounded
+        await expect(root).to_have_attribute("data-run", bounded["id"], timeout=30_000)
+        badge = page.locator("[data-testid=backstage-outcome][data-outcome=bounded]").first
+        await expect(badge).to_be_visible(timeout=30_000)
+        await expect(badge).to_contain_text("Stopped at a bound: step bound of 1 reached")
+        await expect(badge).to_contain_text("1 tool call failed")
+        color = await badge.evaluate("e => getComputedStyle(e).backgroundColor")
+        assert color == "rgb(230, 119, 0)", color  # amber, not a green "done"
+        node = page.get_by_test_id("backstage-node").first
+        await expect(node).to_have_attribute("data-status", "bounded")
+        await page.screenshot(path=str(artifacts / "teams-5-bounded.png"), full_page=True)
+        # Cancel on a finished run says so
+        await page.locator(".oraculo-backstage-cancel button").click()
+        note = page.get_by_test_id("backstage-note")
+        await expect(note).to_contain_text("already finished (stopped at a bound)")
+        await page.screenshot(path=str(artifacts / "teams-6-cancel-finished.png"), full_page=True)
+    assert not panel.offsite(), panel.offsite()
+    assert not [b for b in panel.bad if "/api/v1/agents/runs" not in b], panel.bad

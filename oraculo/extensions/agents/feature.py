@@ -56,6 +56,10 @@ class AgentsFeature(Feature):
             models=self.models,
             execute=lambda: getattr(ext.loaded.get("execute"), "service", None),
         )
+        try:  # a new user finds the example agents in ~/agents
+            self.service.copy_examples()
+        except OSError as e:
+            self.log.warning("Could not copy the example agents: %s", e)
         # runs left going by the last server resume once the server's loop runs
         io_loop = getattr(app, "io_loop", None)
         if io_loop is not None:

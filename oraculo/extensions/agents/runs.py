@@ -43,6 +43,7 @@ class AgentStats:
     tokens: int = 0
     seconds: float = 0.0
     tool_calls: int = 0
+    tool_errors: int = 0
 
 
 @dataclass
@@ -115,6 +116,7 @@ class RunState:
             )
             st = self.stats[agent]
             st.tool_calls += 1
+            st.tool_errors += 1 if event.get("error") else 0
             st.seconds += event.get("seconds", 0.0)
         elif kind == "run_finished":
             self.status = event["status"]
@@ -137,6 +139,12 @@ class RunState:
             "tokens": self.tokens,
             "bounds": self.bounds,
             "current": self.names[self.current] if self.specs and not self.done else None,
+            # the agent whose turn it was when the run stopped short (bounded, failed, cancelled)
+            "stopped_at": self.names[self.current]
+            if self.specs and self.done and self.status != "succeeded"
+            else None,
+            "tool_errors": sum(s.tool_errors for s in self.stats.values()),
+            "digests": {s.name: s.sha256 for s in self.specs},
             "per_agent": {k: vars(v) for k, v in self.stats.items()},
             "events": len(self.events),
         }

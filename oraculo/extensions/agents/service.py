@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -145,6 +146,18 @@ class AgentsService(LoggingConfigurable):
                     folders.append(folder)
         return folders
 
+    examples_dir = Unicode(
+        config=True,
+        help="""Folder of example agent notebooks copied into a new user's agents folder at
+        the first start (those absent there; never again once done). "" copies none. Default:
+        the notebooks/ folder of this checkout.""",
+    )
+
+    @default("examples_dir")
+    def _default_examples_dir(self) -> str:
+        folder = Path(__file__).resolve().parents[3] / "notebooks"
+        return str(folder) if folder.is_dir() else ""
+
     @default("owner_prefix")
     def _default_owner_prefix(self) -> str:
         return os_user_prefix(os.environ.get("JUPYTERHUB_USER", ""))
@@ -174,6 +187,26 @@ class AgentsService(LoggingConfigurable):
         self._runs: dict[str, _Run] = {}
         Path(self.runs_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.approvals = Approvals(Path(self.approvals_path))
+
+    def copy_examples(self) -> list[str]:
+        """At a user's first start: the example agent notebooks into their agents folder (those
+        not there already). A marker next to the run logs keeps it from happening again, so an
+        example the user deleted stays deleted. Returns the files copied."""
+        marker = Path(self.runs_dir).parent / "examples-copied"
+        if not self.examples_dir or marker.exists():
+            return []
+        target = self.root / self.agents_dir
+        copied: list[str] = []
+        for spec in scan(Path(self.examples_dir), shared=False, depth=1):
+            source = Path(spec.path)
+            dest = target / source.name
+            if dest.exists():
+                continue
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+            copied.append(str(dest))
+        marker.write_text("\n".join(copied) + "\n")
+        return copied
 
     # --- catalogue ------------------------------------------------------------------------------
 

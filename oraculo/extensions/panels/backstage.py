@@ -6,10 +6,18 @@ messages between them and each tool call's code and output as they happen; a fin
 downloaded as a notebook. Like the other panels it is a client of the server's public API
 (``api/v1/agents``), reached with ``ORACULO_SERVER_URL``/``_TOKEN``/``_SOCKET``.
 
+A run's outcome is said in words and colour (``backstage-outcome``: succeeded, stopped at a
+bound, failed, cancelled, with the reason and the number of failed tool calls). A shared agent's
+first run (or its first after a change) shows the code to approve and its digest; "Approve"
+starts the run with that digest. The catalogue is read again every few seconds, so a notebook
+added to ~/agents appears by itself; an empty one says where agents come from.
+
 Test hooks: ``data-testid`` ``oraculo-backstage`` (root; ``data-state`` = the shown run's status,
 or ``idle``/``error``), ``backstage-node`` (``data-agent``, ``data-status``), ``backstage-event``
-(``data-type``), ``backstage-message``; widgets carry CSS classes ``oraculo-backstage-{runs,goal,
-agents,start,cancel,export}``.
+(``data-type``), ``backstage-message``, ``backstage-outcome`` (``data-outcome``),
+``backstage-empty``, ``backstage-note``, ``backstage-approval`` (``backstage-approval-agent`` with
+``data-digest``); widgets carry CSS classes ``oraculo-backstage-{runs,goal,agents,start,cancel,
+export,approve}``.
 """
 
 from __future__ import annotations
@@ -44,12 +52,31 @@ CSS = """
 .ob-ev pre { background: #f5f7fa; padding: 6px 8px; border-radius: 6px; white-space: pre-wrap;
              margin: 4px 0; font-size: 12px; max-height: 240px; overflow: auto; }
 .ob-err { color: #c92a2a; }
+.ob-node[data-status=bounded] { border-color: #e67700; background: #fff4e6; }
+.ob-node[data-status=failed] { border-color: #c92a2a; background: #fff5f5; }
+.ob-node[data-status=cancelled] { border-color: #868e96; background: #f1f3f5; }
+.ob-outcome { display: inline-block; border-radius: 6px; padding: 2px 8px; font-weight: 600;
+              font-size: 13px; color: #fff; background: #1971c2; }
+.ob-outcome[data-outcome=succeeded] { background: #2b8a3e; }
+.ob-outcome[data-outcome=bounded] { background: #e67700; }
+.ob-outcome[data-outcome=failed] { background: #c92a2a; }
+.ob-outcome[data-outcome=cancelled] { background: #868e96; }
+.ob-note { background: #fff9db; border: 1px solid #fab005; border-radius: 8px; padding: 8px 12px;
+           margin: 6px 0; font-size: 13px; }
+.ob-approval { border: 2px solid #e67700; border-radius: 10px; padding: 8px 12px; margin: 6px 0; }
+.ob-approval pre { background: #f5f7fa; padding: 6px 8px; border-radius: 6px; font-size: 12px;
+                   white-space: pre-wrap; max-height: 320px; overflow: auto; }
 .ob-sub { font-size: 12px; color: #616e7c; }
 """
 
 
 class AgentsAPIError(ServerAPIError):
-    """The server answered with an error; ``message`` is its envelope's message."""
+    """The server answered with an error; ``str()`` is its envelope's message, ``body`` the
+    whole answer (an ``approval_required`` one carries the code to review)."""
+
+    def __init__(self, message: str, body: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.body = body or {}
 
 
 class AgentsClient(ServerClient):
@@ -58,27 +85,119 @@ class AgentsClient(ServerClient):
     path = "api/v1/agents"
     error = AgentsAPIError
 
+    async def request(self, method: str, path: str = "", **kw: Any) -> Any:
+        """As :meth:`ServerClient.request`, keeping an error answer's whole body."""
+        try:
+            async with self.connect() as client:
+                r = await client.request(method, self.base + path, **kw)
+        except httpx.HTTPError as e:
+            raise AgentsAPIError(f"The server did not answer ({type(e).__name__}).") from e
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+            except ValueError:
+                body = {}
+            raise AgentsAPIError(
+                self.error_message(r.status_code, r.content), body if isinstance(body, dict) else {}
+            )
+        return r.json() if r.content else None
+
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+#: A finished run's outcome in words (never a plain "done": a run that stopped at a bound or
+#: failed says so, in words and colour).
+OUTCOMES = {
+    "running": "Running",
+    "succeeded": "Succeeded",
+    "bounded": "Stopped at a bound",
+    "failed": "Failed",
+    "cancelled": "Cancelled",
+}
+
+
+def render_outcome(run: dict[str, Any]) -> str:
+    """The run's status as a coloured badge in words, with its reason and its tool errors."""
+    status = str(run.get("status", ""))
+    words = OUTCOMES.get(status, status)
+    if run.get("reason"):
+        words += f": {run['reason']}"
+    errors = int(run.get("tool_errors") or 0)
+    if errors:
+        words += f" · {errors} tool call{'s' if errors > 1 else ''} failed"
+    return (
+        f'<span class="ob-outcome" data-testid="backstage-outcome" data-outcome="{_e(status)}">'
+        f"{_e(words)}</span>"
+    )
+
+
 def render_graph(run: dict[str, Any]) -> str:
-    """The run's agents as nodes in chain order, with what each has spent."""
+    """The run's agents as nodes in chain order, with what each has spent; the agent where a
+    run stopped short shows how it stopped (bounded, failed, cancelled), never "done"."""
     names: list[str] = run.get("agents", [])
-    current = run.get("current")
+    current = run.get("current") or run.get("stopped_at")
     done_upto = names.index(current) if current in names else len(names)
     parts = []
     for i, name in enumerate(names):
-        status = "working" if name == current else ("done" if i < done_upto else "waiting")
+        status = "done" if i < done_upto else "waiting"
+        if name == current:
+            status = "working" if run.get("current") else str(run.get("status"))
         st = run.get("per_agent", {}).get(name, {})
+        errors = st.get("tool_errors", 0)
+        failed = f' · <span class="ob-err">{errors} failed</span>' if errors else ""
         parts.append(
             f'<div class="ob-node" data-testid="backstage-node" data-agent="{_e(name)}" '
-            f'data-status="{status}"><b>{_e(name)}</b>'
-            f"<span>{status} · {st.get('steps', 0)} steps · {st.get('tokens', 0)} tokens · "
-            f"{st.get('tool_calls', 0)} tool calls · {st.get('seconds', 0.0):.1f} s</span></div>"
+            f'data-status="{_e(status)}"><b>{_e(name)}</b>'
+            f"<span>{_e(OUTCOMES.get(status, status))} · {st.get('steps', 0)} steps · "
+            f"{st.get('tokens', 0)} tokens · {st.get('tool_calls', 0)} tool calls{failed} · "
+            f"{st.get('seconds', 0.0):.1f} s</span></div>"
         )
     return '<div class="ob ob-graph">' + '<div class="ob-arrow">→</div>'.join(parts) + "</div>"
+
+
+EMPTY_HINT = (
+    "No agents yet. An agent is a notebook with <code>metadata.oraculo.agent</code>: its markdown "
+    "cells are the instructions and each top-level function a tool. Put one in "
+    "<code>~/agents</code> (the examples are copied there at your first start) or in a group's "
+    "shared folder, <code>~/shared/&lt;group&gt;</code>. It appears here by itself."
+)
+
+
+def agent_label(agent: dict[str, Any]) -> str:
+    """How the catalogue names an agent: who owns it, which version, whether it needs approval."""
+    where = (
+        "published by" if agent.get("published") else ("shared by" if agent.get("shared") else "")
+    )
+    label = str(agent["name"])
+    if where:
+        label += f" ({where} {agent.get('owner', '?')}, {agent.get('version', '')})"
+    if agent.get("needs_approval"):
+        label += " · needs your approval"
+    return label
+
+
+def render_approval(body: dict[str, Any]) -> str:
+    """A 409 ``approval_required``: each shared agent's digest, owner and code to review."""
+    parts = []
+    for a in body.get("approvals") or []:
+        code = "\n\n".join(
+            [*(a.get("setup") or []), *(t.get("source", "") for t in a.get("tools") or [])]
+        )
+        parts.append(
+            f'<div data-testid="backstage-approval-agent" data-digest="{_e(a.get("digest"))}">'
+            f"<b>{_e(a.get('agent'))}</b> by <b>{_e(a.get('owner'))}</b> · "
+            f"{'published release' if a.get('published') else 'working copy'} · "
+            f"<code>{_e(a.get('path'))}</code><br>sha256 <code>{_e(a.get('digest'))}</code>"
+            f"<pre>{_e(code)}</pre></div>"
+        )
+    return (
+        '<div class="ob ob-approval" data-testid="backstage-approval">'
+        "<b>Approve shared code before it runs as you.</b> These tools will run in your kernel, "
+        "as your account, on your data. Approve this exact version (a changed notebook asks "
+        f"again):{''.join(parts)}</div>"
+    )
 
 
 def render_event(ev: dict[str, Any]) -> str:
@@ -116,10 +235,7 @@ def render_event(ev: dict[str, Any]) -> str:
             f"<div{cls}>{_e(text)}</div></div>"
         )
     if kind == "run_finished":
-        return (
-            f"{head}{when}Run {_e(ev.get('status'))} {_e(ev.get('reason', ''))}"
-            f"<div>{_e(ev.get('answer', ''))}</div></div>"
-        )
+        return f"{head}{when}{render_outcome(ev)}<div>{_e(ev.get('answer', ''))}</div></div>"
     if kind == "run_started":
         return f"{head}{when}Run started: {_e(ev.get('goal'))}</div>"
     return f"{head}{when}{_e(kind)}</div>"
@@ -129,6 +245,9 @@ class BackstagePanel(pn.viewable.Viewer):
     """Lists runs, starts one, and follows the chosen run live."""
 
     period = param.Integer(default=1000, bounds=(200, None), doc="Milliseconds between polls.")
+    catalogue_period = param.Integer(
+        default=3000, bounds=(500, None), doc="Milliseconds between reads of the agent catalogue."
+    )
     run_id = param.String(default="", doc="The run shown.")
     status = param.String(default="idle", doc="The shown run's status, idle or error.")
 
@@ -166,6 +285,16 @@ class BackstagePanel(pn.viewable.Viewer):
             css_classes=["oraculo-backstage-export"],
             disabled=True,
         )
+        self.approve_button = pn.widgets.Button(
+            name="Approve and run",
+            button_type="warning",
+            css_classes=["oraculo-backstage-approve"],
+            visible=False,
+        )
+        self.approve_button.on_click(self._on_approve)
+        self._pending: dict[str, Any] = {}  # the run waiting for approval: request and digests
+        self.note = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self.approval = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self.header = pn.pane.HTML(self._header(""), sizing_mode="stretch_width", stylesheets=[CSS])
         self.graph = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self.timeline = pn.Column(sizing_mode="stretch_width")
@@ -177,7 +306,7 @@ class BackstagePanel(pn.viewable.Viewer):
         if self._run:
             r = self._run
             summary = (
-                f"{_e(r.get('goal', ''))} · {_e(r.get('status'))} · {r.get('steps', 0)} steps · "
+                f"{render_outcome(r)} {_e(r.get('goal', ''))} · {r.get('steps', 0)} steps · "
                 f"{r.get('tokens', 0)} tokens"
             )
         return (
@@ -186,14 +315,38 @@ class BackstagePanel(pn.viewable.Viewer):
             f'<div class="ob-sub">{summary}</div>{msg}</div>'
         )
 
-    async def load(self) -> None:
+    async def load_agents(self) -> None:
+        """Read the catalogue again: a notebook added to ~/agents appears without a reload."""
         try:
-            agents = await self._client.request("GET")
+            agents = (await self._client.request("GET"))["agents"]
+        except AgentsAPIError as e:
+            self.header.object = self._header(str(e))
+            return
+        options = {agent_label(a): a["name"] for a in agents}
+        if options != self.agents.options:
+            chosen = [v for v in self.agents.value if v in options.values()]
+            self.agents.options = options
+            self.agents.value = chosen
+        hint = (
+            ""
+            if agents
+            else f'<div class="ob ob-note" data-testid="backstage-empty">{EMPTY_HINT}</div>'
+        )
+        if self.note.object != hint and (
+            not self.note.object or "backstage-empty" in str(self.note.object)
+        ):
+            self.note.object = hint
+
+    def _say(self, text: str, testid: str = "backstage-note") -> None:
+        self.note.object = f'<div class="ob ob-note" data-testid="{testid}">{_e(text)}</div>'
+
+    async def load(self) -> None:
+        await self.load_agents()
+        try:
             runs = await self._client.request("GET", "/runs")
         except AgentsAPIError as e:
             self.header.object = self._header(str(e))
             return
-        self.agents.options = [a["name"] for a in agents["agents"]]
         wanted = pn.state.session_args.get("run", [b""])[0].decode()
         if wanted:
             self._follow_latest = False
@@ -223,24 +376,53 @@ class BackstagePanel(pn.viewable.Viewer):
             pn.state.execute(self.poll)
 
     async def _on_start(self, _: Any) -> None:
+        await self._start({"goal": self.goal.value, "agents": list(self.agents.value)})
+
+    async def _on_approve(self, _: Any) -> None:
+        if self._pending:
+            body = {**self._pending["request"], "approve": self._pending["digests"]}
+            await self._start(body)
+
+    async def _start(self, body: dict[str, Any]) -> None:
         try:
-            run = await self._client.request(
-                "POST", "/runs", json={"goal": self.goal.value, "agents": list(self.agents.value)}
-            )
+            run = await self._client.request("POST", "/runs", json=body)
             runs = await self._client.request("GET", "/runs")
         except AgentsAPIError as e:
+            if e.body.get("type") == "approval_required":
+                # show the code to review and the digest; the run starts once approved
+                digests = [a["digest"] for a in e.body.get("approvals") or []]
+                request = {k: v for k, v in body.items() if k != "approve"}
+                self._pending = {"request": request, "digests": digests}
+                self.approval.object = render_approval(e.body)
+                self.approve_button.name = "Approve " + ", ".join(d[:12] for d in digests)
+                self.approve_button.visible = True
+                return
             self.header.object = self._header(str(e))
             return
+        self._pending = {}
+        self.approval.object = ""
+        self.approve_button.visible = False
+        self.note.object = ""
+        await self.load_agents()  # what was approved no longer says it needs approval
         self._follow_latest = True
         self._set_runs([r for r in runs["runs"] if r["id"] == run["id"]] + runs["runs"])
 
     async def _on_cancel(self, _: Any) -> None:
-        if self.run_id:
-            try:
-                await self._client.request("POST", f"/runs/{self.run_id}/cancel")
-            except AgentsAPIError as e:
-                self.header.object = self._header(str(e))
-            await self.poll()
+        if not self.run_id:
+            self._say("No run is shown: nothing to cancel.")
+            return
+        before = self._run.get("status") if self._run.get("id") == self.run_id else None
+        try:
+            run = await self._client.request("POST", f"/runs/{self.run_id}/cancel")
+        except AgentsAPIError as e:
+            self.header.object = self._header(str(e))
+            return
+        if before not in (None, "running") or run["status"] != "cancelled":
+            words = OUTCOMES.get(run["status"], run["status"]).lower()
+            self._say(f"This run had already finished ({words}): there is nothing to cancel.")
+        else:
+            self._say("Run cancelled.")
+        await self.poll()
 
     async def poll(self) -> None:
         """Refresh the list of runs; fetch the shown run and add its new events."""
@@ -288,12 +470,16 @@ class BackstagePanel(pn.viewable.Viewer):
     def start(self) -> None:
         pn.state.onload(self.load)
         pn.state.add_periodic_callback(cast(Any, self.poll), period=self.period)
+        pn.state.add_periodic_callback(cast(Any, self.load_agents), period=self.catalogue_period)
 
     def __panel__(self) -> pn.viewable.Viewable:
         controls = pn.Row(self.goal, self.agents, self.start_button, sizing_mode="stretch_width")
         return pn.Column(
             self.header,
+            self.note,
             controls,
+            self.approval,
+            self.approve_button,
             pn.Row(self.runs, self.cancel, self.export),
             self.graph,
             self.timeline,

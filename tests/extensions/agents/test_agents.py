@@ -118,6 +118,7 @@ async def start(user: User, **body: Any) -> dict[str, Any]:
 async def test_catalogue_lists_agent_notebooks(alice: User, mallory: User) -> None:
     await setup_agents(alice)
     team = nbformat.read(NOTEBOOKS / "team_data_cleaner_agent.ipynb", as_version=4)
+    team.metadata.oraculo.agent.name = "team-cleaner"
     await put_notebook(alice, "team/data_cleaner.ipynb", dict(team))
     r = await api(alice, "GET", "")
     assert r.status_code == 200, r.text
@@ -126,8 +127,10 @@ async def test_catalogue_lists_agent_notebooks(alice: User, mallory: User) -> No
     assert agents["recorder"]["tools"] == ["record"]
     assert agents["recorder"]["owner"] and agents["recorder"]["version"]
     assert agents["recorder"]["path"] == "agents/recorder.ipynb"
-    # the team's example notebook is found anywhere under the home
-    cleaner = agents["data-cleaner"]
+    # the example agent was copied into ~/agents at her first start
+    assert agents["data-cleaner"]["path"] == "agents/team_data_cleaner_agent.ipynb"
+    # a notebook is found anywhere under the home
+    cleaner = agents["team-cleaner"]
     assert cleaner["tools"] == ["profile", "drop_missing"] and len(cleaner["version"]) == 12
     assert cleaner["path"] == "team/data_cleaner.ipynb" and not cleaner["shared"]
     r = await api(alice, "GET", "/recorder")

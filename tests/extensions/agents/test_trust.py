@@ -147,3 +147,43 @@ async def test_publish_a_release(svc: AgentsService) -> None:
     with pytest.raises(Exception, match="group folder"):
         await svc.publish("shouter", "elsewhere", "ben")
 
+
+def test_examples_are_copied_once_into_a_new_users_agents(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[3] / "notebooks"
+    home = tmp_path / "home"
+    home.mkdir()
+    service = AgentsService(
+        root_dir=str(home),
+        user="eve",
+        models=ModelClient(),
+        execute=lambda: None,
+        runs_dir=str(home / ".oraculo" / "agents" / "runs"),
+        examples_dir=str(examples),
+    )
+    copied = service.copy_examples()
+    assert copied == [str(home / "agents" / "team_data_cleaner_agent.ipynb")]  # agents only
+    Path(copied[0]).unlink()
+    assert service.copy_examples() == []  # what the user deleted stays deleted
+    assert not Path(copied[0]).exists()
+
+
+def test_backstage_says_how_a_run_ended() -> None:
+    from oraculo.extensions.panels.backstage import render_graph, render_outcome
+
+    run = {
+        "status": "bounded",
+        "reason": "step bound of 1 reached",
+        "tool_errors": 4,
+        "agents": ["planner", "worker"],
+        "current": None,
+        "stopped_at": "worker",
+        "per_agent": {"worker": {"tool_errors": 4}},
+    }
+    badge = render_outcome(run)
+    assert 'data-outcome="bounded"' in badge
+    assert "Stopped at a bound: step bound of 1 reached · 4 tool calls failed" in badge
+    graph = render_graph(run)
+    assert 'data-agent="planner" data-status="done"' in graph
+    assert 'data-agent="worker" data-status="bounded"' in graph and "4 failed" in graph
+    assert "Succeeded" in render_outcome({"status": "succeeded"})
+

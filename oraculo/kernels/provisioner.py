@@ -166,6 +166,10 @@ class SandboxProvisioner(LocalProvisioner):
         if km.transport == "ipc" and _socket_dir and os.path.dirname(km.ip) == _socket_dir:
             if _private(_socket_dir):
                 return  # a restart: the same sockets
+        if km.transport == "ipc":
+            # A restart whose folder went (a /tmp cleaner): new sockets, so a new connection
+            # file, which the kernel reads them from.
+            km.cleanup_connection_file()
         name = self.kernel_id or f"kernel-{os.getpid()}-{next(_launches)}"
         km.transport = "ipc"
         km.ip = os.path.join(kernel_socket_dir(), name)

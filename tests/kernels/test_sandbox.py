@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
+import stat
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,6 +136,35 @@ async def test_provisioner_env_and_limits(kernel: tuple[Any, Any]) -> None:
     assert "hub-secret-token" not in out["stdout"]
     out = await run(kc, "fs = [open('/dev/null') for _ in range(100)]")
     assert out["error"] is not None and "Too many open files" in out["error"]
+
+
+async def test_the_kernel_listens_on_private_unix_sockets(kernel: tuple[Any, Any]) -> None:
+    km, kc = kernel
+    folder = os.path.dirname(km.ip)
+    st = os.lstat(folder)
+    assert km.transport == "ipc"
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o700, os.geteuid())
+    assert sorted(os.listdir(folder)) == sorted(
+        f"{os.path.basename(km.ip)}-{port}" for port in km.ports
+    )
+    assert (await run(kc, "print('over ipc')"))["stdout"] == "over ipc\n"
+
+    # A restart keeps its sockets; one after the folder went (a /tmp cleaner) gets new ones.
+    await km.restart_kernel(now=True)
+    await kc.wait_for_ready(timeout=60)
+    assert os.path.dirname(km.ip) == folder
+    shutil.rmtree(folder)
+    await km.restart_kernel(now=True)
+    kc.stop_channels()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        assert os.path.dirname(km.ip) != folder
+        assert stat.S_IMODE(os.stat(os.path.dirname(km.ip)).st_mode) == 0o700
+        assert (await run(kc, "print('again')"))["stdout"] == "again\n"
+    finally:
+        kc.stop_channels()
 
 
 async def test_cpu_time_limit_ends_the_kernel(kernel: tuple[Any, Any]) -> None:

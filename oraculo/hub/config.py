@@ -45,6 +45,9 @@ CUSTOM_SCOPES = {
     "custom:oraculo:budgets:write": {
         "description": "Set and remove usage budgets of users and groups.",
     },
+    "custom:oraculo:audit:read-all": {
+        "description": "Read and export every user's execution audit trail.",
+    },
 }
 
 #: What a user's server token may do: the JupyterHub defaults, reaching the model service, and

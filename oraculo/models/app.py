@@ -29,6 +29,7 @@ from traitlets.config import Application
 
 from oraculo.hub.database import redacted, sqlalchemy_url
 
+from .audit import audit_routes
 from .auth import Authenticator, HubAuthenticator, StaticKeyAuthenticator
 from .budgets import Budgets
 from .handlers import routes
@@ -211,7 +212,9 @@ class ModelServiceApp(Application):
         """Listen at once (health says 'loading'), load models in a thread, serve until SIGTERM."""
         self.service = service = self._build_service()
         app = web.Application(
-            usage_routes(self.base_url, {"service": service}) + routes(self.base_url, service),
+            usage_routes(self.base_url, {"service": service})
+            + audit_routes(self.base_url, service)
+            + routes(self.base_url, service),
             log_function=self._log_request,
         )
         server = httpserver.HTTPServer(app, max_body_size=self.max_body_size, xheaders=True)

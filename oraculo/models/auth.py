@@ -20,6 +20,7 @@ from .errors import Forbidden, Unauthenticated
 
 USAGE_READ_ALL = "custom:oraculo:usage:read-all"
 BUDGETS_WRITE = "custom:oraculo:budgets:write"
+AUDIT_READ_ALL = "custom:oraculo:audit:read-all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Identity:
     kind: str = "user"
     #: May set and remove budgets (operators).
     can_manage_budgets: bool = False
+    #: May append execution audit records: the user's server (its token has users:activity), or
+    #: the user's own full token; never a kernel's or the panel server's narrow token.
+    can_write_audit: bool = False
+    #: May read and export everyone's audit records (operators).
+    can_read_all_audit: bool = False
 
 
 class Authenticator(LoggingConfigurable):
@@ -93,6 +99,9 @@ class HubAuthenticator(Authenticator):
             can_read_all_usage=USAGE_READ_ALL in scopes,
             kind=model.get("kind", "user"),
             can_manage_budgets=BUDGETS_WRITE in scopes,
+            can_write_audit=model.get("kind", "user") == "user"
+            and any(s.split("!", 1)[0] == "users:activity" for s in scopes),
+            can_read_all_audit=AUDIT_READ_ALL in scopes,
         )
 
 
@@ -153,4 +162,6 @@ def _identity(entry: Any) -> Identity:
         groups=tuple(entry.get("groups", ())),
         can_read_all_usage=bool(entry.get("admin", False)),
         can_manage_budgets=bool(entry.get("admin", False)),
+        can_write_audit=True,
+        can_read_all_audit=bool(entry.get("admin", False)),
     )

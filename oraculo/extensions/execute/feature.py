@@ -11,6 +11,7 @@ from typing import Any
 from traitlets import Instance, Type
 
 from oraculo.extensions.base.feature import Feature
+from oraculo.extensions.execute.audit import AuditLog
 from oraculo.extensions.execute.handlers import AuditHandler, ExecuteHandler, ExecutionHandler
 from oraculo.extensions.execute.service import ExecuteService
 
@@ -31,6 +32,8 @@ class ExecuteFeature(Feature):
         app = self.extension.serverapp
         self.service = self.service_class(
             parent=self,
+            # Kept by the model service, out of the audited code's reach (see audit.py).
+            audit=AuditLog(parent=self, models=self.models),
             kernel_manager=app.kernel_manager,
             session_manager=app.session_manager,
             root_dir=app.root_dir,
@@ -46,3 +49,4 @@ class ExecuteFeature(Feature):
 
     async def stop(self) -> None:
         await self.service.stop()
+        await self.service.audit.stop()

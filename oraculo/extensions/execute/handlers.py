@@ -72,11 +72,12 @@ class AuditHandler(OraculoAPIHandler):
             self.set_header("Content-Type", "application/x-ndjson")
             self.set_header("Content-Disposition", 'attachment; filename="executions.jsonl"')
             # APIHandler.finish would relabel the body application/json.
-            web.RequestHandler.finish(self, audit.export())
+            web.RequestHandler.finish(self, await audit.export())
             return
         try:
             limit = int(self.get_query_argument("limit", "1000"))
         except ValueError as e:
             raise BadRequest("limit must be an integer") from e
         execution_id = self.get_query_argument("execution_id", "")
-        self.finish({"records": audit.read(limit=max(limit, 0), execution_id=execution_id)})
+        records = await audit.read(limit=max(limit, 0), execution_id=execution_id)
+        self.finish({"records": records})

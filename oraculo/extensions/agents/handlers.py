@@ -11,7 +11,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from oraculo.extensions.agents.models import PublishRequest, RunRequest
+from oraculo.extensions.agents.models import NoteRequest, PublishRequest, RunRequest
 from oraculo.extensions.base.errors import BadRequest, OraculoError
 from oraculo.extensions.base.handlers import OraculoAPIHandler
 
@@ -90,12 +90,22 @@ class RunHandler(_AgentsHandler):
 
 
 class RunMessagesHandler(_AgentsHandler):
-    """``GET /api/v1/agents/runs/{id}/messages``: the typed messages between the agents."""
+    """``GET /api/v1/agents/runs/{id}/messages``: the typed messages between the agents;
+    ``POST`` (``{"content", "to"?}``): a message to the running agent, read at its next step
+    (201, the event; 409 once the run has finished)."""
 
     @web.authenticated
     @authorized
     async def get(self, run_id: str) -> None:
         self.finish({"messages": self.agents.messages(run_id, self.user)})
+
+    @web.authenticated
+    @authorized
+    async def post(self, run_id: str) -> None:
+        req = self.parse_body(NoteRequest)
+        event = await self.agents.send(run_id, self.user, req.content, req.to)
+        self.set_status(201)
+        self.finish(event)
 
 
 class RunCancelHandler(_AgentsHandler):

@@ -107,13 +107,24 @@ class PublishRequest(BaseModel):
     group: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
 
 
+class NoteRequest(BaseModel):
+    """Body of ``POST /api/v1/agents/runs/{id}/messages``: a message to a running agent."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    content: Annotated[str, Field(min_length=1, max_length=4000)]
+    #: the agent it is for; default: the one whose turn it is
+    to: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
 class AgentMessage(BaseModel):
     """One typed message of a run: the goal or an answer handed over (``input``), an agent's
-    reply with its tool calls (``reply``), or a tool's result back to the agent (``tool``)."""
+    reply with its tool calls (``reply``), a tool's result back to the agent (``tool``), or a
+    message sent to the running agent (``note``)."""
 
     seq: int
     time: str
-    kind: Literal["input", "reply", "tool"]
+    kind: Literal["input", "reply", "tool", "note"]
     sender: str = Field(serialization_alias="from")
     to: str
     content: str | None = None

@@ -9,8 +9,10 @@ Events (``type``):
 - ``run_started``: ``goal``, ``agents`` (the agent specs as they were when the run started, so a
   resumed run uses the same versions), ``owner``, ``bounds``, ``session``;
 - ``message``: a typed message ``from`` → ``to`` with ``content``; ``kind`` ``input`` (the goal or
-  the previous agent's answer, to an agent) or ``reply`` (an agent's model reply, with
-  ``tool_calls`` in OpenAI's shape, ``tokens`` and ``seconds``);
+  the previous agent's answer, to an agent), ``reply`` (an agent's model reply, with
+  ``tool_calls`` in OpenAI's shape, ``tokens`` and ``seconds``) or ``note`` (a message sent to
+  a running agent, ``POST runs/{id}/messages``: the agent reads it at its next step; sent while
+  its tool calls are going, it waits until their results are in, so the transcript stays valid);
 - ``tool_call``: ``agent``, ``call_id``, ``tool``, ``arguments`` and the ``code`` run in the kernel;
 - ``tool_result``: ``agent``, ``call_id``, ``tool``, ``content``, ``output``, ``error``,
   ``execution_id``, ``seconds``;
@@ -66,6 +68,7 @@ class RunState:
     tokens: int = 0
     transcripts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     pending_calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # call_id → call
+    inbox: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # notes held back
     stats: dict[str, AgentStats] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -94,6 +97,13 @@ class RunState:
             to = event["to"]
             self.current = self.names.index(to)
             self.transcripts[to].append({"role": "user", "content": event["content"]})
+        elif kind == "message" and event.get("kind") == "note":
+            to = event["to"]
+            note = {"role": "user", "content": f"Message from {event['from']}: {event['content']}"}
+            if any(c["agent"] == to for c in self.pending_calls.values()):
+                self.inbox.setdefault(to, []).append(note)
+            else:
+                self.transcripts[to].append(note)
         elif kind == "message" and event.get("kind") == "reply":
             sender = event["from"]
             msg: dict[str, Any] = {"role": "assistant", "content": event.get("content")}
@@ -114,6 +124,8 @@ class RunState:
             self.transcripts[agent].append(
                 {"role": "tool", "tool_call_id": event["call_id"], "content": event["content"]}
             )
+            if not any(c["agent"] == agent for c in self.pending_calls.values()):
+                self.transcripts[agent].extend(self.inbox.pop(agent, []))
             st = self.stats[agent]
             st.tool_calls += 1
             st.tool_errors += 1 if event.get("error") else 0

@@ -345,6 +345,20 @@ class AgentsService(LoggingConfigurable):
         """The run's typed messages (from, to, content, tool calls, tool results)."""
         return messages(self._own(run_id, user).state)
 
+    async def send(self, run_id: str, user: str, content: str, to: str | None) -> dict[str, Any]:
+        """A message to a running agent (``to``, default the one whose turn it is), read at its
+        next step. 409 once the run has finished."""
+        run = self._own(run_id, user)
+        if run.state.done:
+            raise Conflict(f"Run {run_id} has finished ({run.state.status}): nobody reads it")
+        names = run.state.names
+        target = to or names[run.state.current]
+        if target not in names:
+            raise BadRequest(f"No agent {target!r} in this run (its agents: {', '.join(names)})")
+        return await run.emit(
+            "message", kind="note", **{"from": user, "to": target}, content=content
+        )
+
     def export(self, run_id: str, user: str) -> dict[str, Any]:
         return export_notebook(self._own(run_id, user).state)
 

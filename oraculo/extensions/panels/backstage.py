@@ -16,8 +16,9 @@ Test hooks: ``data-testid`` ``oraculo-backstage`` (root; ``data-state`` = the sh
 or ``idle``/``error``), ``backstage-node`` (``data-agent``, ``data-status``), ``backstage-event``
 (``data-type``), ``backstage-message``, ``backstage-outcome`` (``data-outcome``),
 ``backstage-empty``, ``backstage-note``, ``backstage-approval`` (``backstage-approval-agent`` with
-``data-digest``); widgets carry CSS classes ``oraculo-backstage-{runs,goal,agents,start,cancel,
-export,approve}``.
+``data-digest``); events carry ``data-kind`` (a message's kind: ``note`` for one sent to the
+running agent with Send); widgets carry CSS classes ``oraculo-backstage-{runs,goal,agents,start,
+cancel,export,approve,say,send}``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ CSS = """
 .ob-ev { border-left: 3px solid #cbd2d9; padding: 4px 10px; margin: 6px 0; font-size: 13px; }
 .ob-ev[data-type=tool_call] { border-color: #e67700; }
 .ob-ev[data-type=tool_result] { border-color: #2b8a3e; }
+.ob-ev[data-type=tool_result][data-error] { border-color: #c92a2a; }
+.ob-ev[data-kind=note] { border-color: #7048e8; background: #f3f0ff; }
 .ob-ev[data-type=run_finished] { border-color: #1971c2; font-weight: 600; }
 .ob-ev pre { background: #f5f7fa; padding: 6px 8px; border-radius: 6px; white-space: pre-wrap;
              margin: 4px 0; font-size: 12px; max-height: 240px; overflow: auto; }
@@ -203,7 +206,12 @@ def render_approval(body: dict[str, Any]) -> str:
 def render_event(ev: dict[str, Any]) -> str:
     """One event as HTML (every value escaped)."""
     kind = ev.get("type", "")
-    head = f'<div class="ob ob-ev" data-testid="backstage-event" data-type="{_e(kind)}">'
+    extra_attrs = f' data-kind="{_e(ev["kind"])}"' if ev.get("kind") else ""
+    if kind == "tool_result" and ev.get("error"):
+        extra_attrs += " data-error"
+    head = (
+        f'<div class="ob ob-ev" data-testid="backstage-event" data-type="{_e(kind)}"{extra_attrs}>'
+    )
     when = f'<span class="ob-sub">{_e(ev.get("time", "")[11:19])}</span> '
     if kind == "message":
         body = _e(ev.get("content") or "")
@@ -285,6 +293,13 @@ class BackstagePanel(pn.viewable.Viewer):
             css_classes=["oraculo-backstage-export"],
             disabled=True,
         )
+        self.say = pn.widgets.TextInput(
+            placeholder="A message to the running agent (read at its next step)",
+            css_classes=["oraculo-backstage-say"],
+            width=420,
+        )
+        self.send = pn.widgets.Button(name="Send", css_classes=["oraculo-backstage-send"])
+        self.send.on_click(self._on_send)
         self.approve_button = pn.widgets.Button(
             name="Approve and run",
             button_type="warning",
@@ -407,6 +422,21 @@ class BackstagePanel(pn.viewable.Viewer):
         self._follow_latest = True
         self._set_runs([r for r in runs["runs"] if r["id"] == run["id"]] + runs["runs"])
 
+    async def _on_send(self, _: Any) -> None:
+        if not self.run_id or not self.say.value:
+            self._say("Pick a running run and write a message first.")
+            return
+        try:
+            await self._client.request(
+                "POST", f"/runs/{self.run_id}/messages", json={"content": self.say.value}
+            )
+        except AgentsAPIError as e:
+            self._say(str(e))
+            return
+        self.say.value = ""
+        self.note.object = ""
+        await self.poll()
+
     async def _on_cancel(self, _: Any) -> None:
         if not self.run_id:
             self._say("No run is shown: nothing to cancel.")
@@ -481,6 +511,7 @@ class BackstagePanel(pn.viewable.Viewer):
             self.approval,
             self.approve_button,
             pn.Row(self.runs, self.cancel, self.export),
+            pn.Row(self.say, self.send),
             self.graph,
             self.timeline,
             sizing_mode="stretch_width",

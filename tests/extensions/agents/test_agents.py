@@ -308,6 +308,30 @@ async def test_cancel_stops_the_tool_running_in_the_kernel(alice: User) -> None:
     assert r.json()["results"] == [{"text/plain": "2"}], r.text
 
 
+async def test_a_message_to_a_running_agent(alice: User, mallory: User) -> None:
+    await setup_agents(alice)
+    await put_notebook(alice, "agents/sleeper.ipynb", SLEEPER)
+    run = await start(alice, goal="Take a nap.", agents=["sleeper"])
+    path = f"/runs/{run['id']}/messages"
+    r = await api(alice, "POST", path, json={"content": "Wake up after the nap."})
+    assert r.status_code == 201, r.text
+    note = r.json()
+    assert (note["kind"], note["from"], note["to"]) == ("note", alice.name, "sleeper")
+    for bad in ({}, {"content": ""}, {"content": "x", "to": "nobody"}, {"content": 3}):
+        r = await api(alice, "POST", path, json=bad)
+        assert r.status_code == 400 and set(r.json()) == ENVELOPE, (bad, r.text)
+    r = await api(mallory, "POST", path, json={"content": "hi"})
+    assert r.status_code == 404 and set(r.json()) == ENVELOPE
+    r = await mallory.api("POST", f"/user/{alice.name}/api/v1/agents{path}", json={"content": "hi"})
+    assert r.status_code in (403, 404), r.text
+    r = await api(alice, "GET", path)
+    notes = [m for m in r.json()["messages"] if m["kind"] == "note"]
+    assert [(m["from"], m["content"]) for m in notes] == [(alice.name, "Wake up after the nap.")]
+    await api(alice, "POST", f"/runs/{run['id']}/cancel")
+    r = await api(alice, "POST", path, json={"content": "too late"})
+    assert r.status_code == 409 and "finished" in r.json()["message"], r.text
+
+
 async def test_a_run_resumes_after_a_server_restart(alice: User) -> None:
     await setup_agents(alice)
     run = await start(alice, goal="Record beta.", agents=["planner", "recorder"])
@@ -367,6 +391,21 @@ async def test_backstage_follows_a_live_run(alice: User, artifacts: Path) -> Non
         download = await info.value
         nb = nbformat.reads(Path(await download.path()).read_text(), as_version=4)
         assert any("def record" in c.source for c in nb.cells if c.cell_type == "code")
+        # a message to a running agent, then Cancel, from the panel
+        await put_notebook(alice, "agents/sleeper.ipynb", SLEEPER)
+        nap = await start(alice, goal="Take a nap.", agents=["sleeper"])
+        await expect(root).to_have_attribute("data-run", nap["id"], timeout=30_000)
+        await page.locator(".oraculo-backstage-say input").fill("Wake up gently.")
+        await page.locator(".oraculo-backstage-send button").click()
+        note = page.locator("[data-testid=backstage-event][data-kind=note]")
+        await expect(note).to_contain_text("Wake up gently.", timeout=30_000)
+        await expect(note).to_contain_text(f"{alice.name} → sleeper")
+        await page.screenshot(path=str(artifacts / "backstage-message.png"), full_page=True)
+        await page.locator(".oraculo-backstage-cancel button").click()
+        await expect(root).to_have_attribute("data-state", "cancelled", timeout=60_000)
+        outcome = page.get_by_test_id("backstage-outcome").first
+        await expect(outcome).to_have_attribute("data-outcome", "cancelled")
+        await expect(page.get_by_test_id("backstage-note")).to_contain_text("Run cancelled.")
     assert not panel.offsite(), panel.offsite()
     assert not panel.bad, panel.bad
 

@@ -187,3 +187,33 @@ def test_backstage_says_how_a_run_ended() -> None:
     assert 'data-agent="worker" data-status="bounded"' in graph and "4 failed" in graph
     assert "Succeeded" in render_outcome({"status": "succeeded"})
 
+
+def test_a_note_to_a_running_agent_waits_for_its_tool_results() -> None:
+    """A message sent while the agent's tool call runs is read after the tool's result (an
+    OpenAI transcript needs the result right after the call); otherwise at once."""
+    from oraculo.extensions.agents.runs import RunState, make_event, messages
+
+    st = RunState(id="r")
+    spec = agent_notebook("worker", "Work.", [TOOL])
+    from oraculo.extensions.agents.notebook import parse_agent
+
+    agent = parse_agent(nbformat.from_dict(spec)).model_dump()
+    call = {"id": "c1", "type": "function", "function": {"name": "shout", "arguments": "{}"}}
+    for kind, fields in [
+        ("run_started", {"owner": "ben", "goal": "g", "agents": [agent], "bounds": {}}),
+        ("message", {"kind": "input", "from": "user", "to": "worker", "content": "g"}),
+        ("message", {"kind": "reply", "from": "worker", "to": "tools", "tool_calls": [call]}),
+        ("message", {"kind": "note", "from": "ben", "to": "worker", "content": "use beta"}),
+    ]:
+        st.apply(make_event(st, kind, **fields))
+    assert [m["role"] for m in st.transcripts["worker"]] == ["user", "assistant"]
+    st.apply(
+        make_event(st, "tool_result", agent="worker", call_id="c1", tool="shout", content="HI")
+    )
+    roles = [m["role"] for m in st.transcripts["worker"]]
+    assert roles == ["user", "assistant", "tool", "user"]
+    assert st.transcripts["worker"][-1]["content"] == "Message from ben: use beta"
+    st.apply(make_event(st, "message", kind="note", to="worker", content="now", **{"from": "x"}))
+    assert st.transcripts["worker"][-1]["content"] == "Message from x: now"
+    notes = [m for m in messages(st) if m["kind"] == "note"]
+    assert [(n["from"], n["to"]) for n in notes] == [("ben", "worker"), ("x", "worker")]

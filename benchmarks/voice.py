@@ -201,6 +201,11 @@ def report(result: dict[str, Any]) -> str:
                 f"| server: {key.replace('_', ' ')} (ms, after the previous step) | "
                 f"{statistics.median(v):.0f} | {pct(v, 0.95):.0f} | {len(v)} |"
             )
+    if parts:
+        held = sum(1 for p in parts if p.get("speculative"))
+        lines.append(
+            f"| replies started during the endpoint silence | {held} of {len(parts)} | | |"
+        )
     return "\n".join(lines)
 
 

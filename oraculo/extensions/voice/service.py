@@ -9,7 +9,10 @@ reaches ``max_utterance_s``, or on ``commit``). Fixed chunks transcribed apart l
 borders; a growing buffer does not (MEASURED.md).
 
 To save the transcription's time at the end of an utterance, a candidate final is started after
-``speculate_silence_ms`` of silence; if the silence lasts, it *is* the final.
+``speculate_silence_ms`` of silence; if the silence lasts, it *is* the final. And once the
+candidate's text is there while the silence still runs, the reply to it starts too, held back
+(:class:`HeldOutput`): when the utterance ends with that same text, what it has generated and
+spoken so far goes out at once; when the user speaks again, it is dropped unseen and unstored.
 
 The final goes to the chat service in-process (same context assembly, memories and stored
 conversation as ``/api/v1/chat``). Its reply streams back as text and is cut into sentences; each
@@ -33,7 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from traitlets import Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.errors import OraculoError, Unavailable
@@ -112,6 +115,31 @@ class SentenceSplitter:
         return [rest] if rest else []
 
 
+class HeldOutput:
+    """What a speculative reply sends, kept back until its transcript is confirmed."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.live = False
+        self.items: list[dict[str, Any] | bytes] = []
+        self.conversation_id: str | None = None
+
+    def __call__(self, item: dict[str, Any] | bytes) -> bool:
+        if self.live:
+            return self.send(item)
+        self.items.append(item)
+        return True
+
+    def release(self, timing: Callable[[], dict[str, int]]) -> None:
+        """Send what was held (the first audio's ``timing_ms`` as of now), then pass through."""
+        self.live = True
+        for item in self.items:
+            if isinstance(item, dict) and "timing_ms" in item:
+                item = {**item, "timing_ms": {**timing(), "speculative": 1}}
+            self.send(item)
+        self.items = []
+
+
 class VoiceService(LoggingConfigurable):
     """Settings, the VAD model and the model service connection shared by all voice sessions."""
 
@@ -127,6 +155,14 @@ class VoiceService(LoggingConfigurable):
         160,
         config=True,
         help="Silence after which the final transcription starts, in case the silence lasts.",
+    )
+    speculate_reply = Bool(
+        True,
+        config=True,
+        help="""Start the reply to the candidate transcript while the endpoint silence still
+        runs, held back until the utterance ends with that text (dropped, unstored, if the
+        speaker goes on). Saves up to endpoint - speculate silence of every turn; costs a
+        wasted chat request at each pause that is not the end.""",
     )
     min_speech_ms = Integer(
         128, config=True, help="Speech shorter than this does not start an utterance."
@@ -253,6 +289,8 @@ class VoiceSession:
         self._last_partial = 0
         self._partial: asyncio.Task[None] | None = None
         self._candidate: tuple[int, asyncio.Task[str]] | None = None
+        #: a reply started from the candidate's text: (utterance, text, task, its held output)
+        self._spec: tuple[int, str, asyncio.Task[None], HeldOutput] | None = None
         self._turn: asyncio.Task[None] | None = None
         self._replying_task: asyncio.Task[None] | None = None
         self._playing_until = 0.0
@@ -284,6 +322,7 @@ class VoiceSession:
                 task.cancel()
         if self._candidate is not None:
             self._candidate[1].cancel()
+        self._drop_speculation()
         await asyncio.gather(self._worker, *self._tasks, return_exceptions=True)
 
     # --- processing ---------------------------------------------------------------------------
@@ -334,6 +373,7 @@ class VoiceSession:
                 if self._candidate is not None:
                     self._candidate[1].cancel()
                     self._candidate = None
+                    self._drop_speculation()  # the user goes on: that was not the end
             else:
                 self._silence += WINDOW
             ms = self._silence * 1000 // SAMPLE_RATE
@@ -344,7 +384,9 @@ class VoiceSession:
             elif self._utt_len >= self.svc.max_utterance_s * SAMPLE_RATE:
                 self._finalise(forced=True)
             elif self._candidate is None and ms >= self.svc.speculate_silence_ms:
-                self._candidate = (self._utt_id, self._spawn(self._stt(self._utterance(), 5)))
+                candidate = self._spawn(self._stt(self._utterance(), 5))
+                self._candidate = (self._utt_id, candidate)
+                candidate.add_done_callback(self._speculate)
             elif (
                 self._silence == 0
                 and self._utt_len - self._last_partial >= self.svc.partial_interval_s * SAMPLE_RATE
@@ -399,6 +441,27 @@ class VoiceSession:
         if was:
             self.send({"type": why, "utterance": self._utt_id})
 
+    def _speculate(self, candidate: asyncio.Task[str]) -> None:
+        """The candidate transcript is there and the silence still runs: start its reply."""
+        if not self.svc.speculate_reply:
+            return
+        if self._candidate is None or self._candidate[1] is not candidate or not self._in_speech:
+            return  # superseded, or the utterance has ended (the turn uses it as the final)
+        if candidate.cancelled() or candidate.exception() is not None:
+            return
+        text = candidate.result()
+        if not any(c.isalnum() for c in text) or self._replying():
+            return  # nothing said, or a reply still playing (this speech may be a barge-in)
+        held = HeldOutput(self.send)
+        task = asyncio.ensure_future(self._reply(self._utt_id, text, held))
+        task.add_done_callback(self._done)
+        self._spec = (self._utt_id, text, task, held)
+
+    def _drop_speculation(self) -> None:
+        if self._spec is not None:
+            self._spec[2].cancel()
+            self._spec = None
+
     def _finalise(self, forced: bool, commit: bool = False) -> None:
         if not self._in_speech and commit:
             # push-to-talk released: whatever was said counts, even if the VAD heard little
@@ -411,6 +474,9 @@ class VoiceSession:
         audio = self._utterance()
         candidate = self._candidate if self._candidate and not forced else None
         self._candidate = None
+        spec, self._spec = (self._spec if candidate else None), None
+        if spec is None:
+            self._drop_speculation()
         self._in_speech, self._utt, self._utt_len, self._silence = False, [], 0, 0
         self._preroll = []
         if self._partial is not None:
@@ -418,7 +484,7 @@ class VoiceSession:
         self._stop_reply("barge_in")
         stt = candidate[1] if candidate else self._spawn(self._stt(audio, 5))
         self._timing = {"endpoint": time.monotonic()}
-        self._turn = self._spawn(self._take_turn(self._utt_id, stt, forced))
+        self._turn = self._spawn(self._take_turn(self._utt_id, stt, forced, spec))
 
     async def _stt(self, audio: np.ndarray, beam: int) -> str:
         return await self.svc.transcribe(audio, beam) or ""
@@ -434,7 +500,13 @@ class VoiceSession:
 
     # --- the reply ----------------------------------------------------------------------------
 
-    async def _take_turn(self, utt: int, stt: asyncio.Task[str], forced: bool) -> None:
+    async def _take_turn(
+        self,
+        utt: int,
+        stt: asyncio.Task[str],
+        forced: bool,
+        spec: tuple[int, str, asyncio.Task[None], HeldOutput] | None = None,
+    ) -> None:
         # finals go out in utterance order, though a short utterance's transcription may
         # finish before a long one's that started earlier
         before, mine = self._last_final, asyncio.get_running_loop().create_future()
@@ -443,6 +515,8 @@ class VoiceSession:
             try:
                 text = await stt
             except OraculoError as e:
+                if spec is not None:
+                    spec[2].cancel()
                 self.send({"type": "error", "utterance": utt, "error": e.to_json()})
                 return
             self._timing["final"] = time.monotonic()
@@ -451,9 +525,22 @@ class VoiceSession:
             self.send({"type": "final", "utterance": utt, "text": text, "forced": forced})
         finally:
             mine.set_result(None)
+        confirmed = spec is not None and spec[0] == utt and spec[1] == text and not spec[2].done()
+        if spec is not None and not confirmed:
+            spec[2].cancel()
         if not any(c.isalnum() for c in text) or utt != self._utt_id or self._in_speech:
+            if confirmed and spec is not None:
+                spec[2].cancel()
             return  # nothing said, or the user has gone on speaking: no reply to this one
-        self._replying_task = asyncio.ensure_future(self._reply(utt, text))
+        if confirmed and spec is not None:
+            # the reply started during the silence: what it has so far goes out now
+            held = spec[3]
+            if held.conversation_id:
+                self.conversation_id = held.conversation_id
+            held.release(self._timings)
+            self._replying_task = spec[2]
+        else:
+            self._replying_task = asyncio.ensure_future(self._reply(utt, text))
         try:
             await self._replying_task
         except OraculoError as e:
@@ -465,8 +552,12 @@ class VoiceSession:
             err = OraculoError("Unhandled error").to_json()
             self.send({"type": "error", "utterance": utt, "error": err})
 
-    async def _reply(self, utt: int, text: str) -> None:
+    async def _reply(self, utt: int, text: str, out: HeldOutput | None = None) -> None:
+        """Generate and speak the reply to ``text``; with ``out`` (a speculative reply) all it
+        sends is held there until released, and if it never is, nothing of it is stored."""
         from oraculo.extensions.chat.service import ChatRequest, Message
+
+        send: Send = out if out is not None else self.send
 
         req = ChatRequest(
             messages=[Message(role="user", content=text)],
@@ -479,18 +570,24 @@ class VoiceSession:
         speaker: asyncio.Queue[str | None] = asyncio.Queue()
         try:
             reply = await self.svc.chat().open_stream(req)
-            tts = asyncio.ensure_future(self._speak_all(utt, speaker))
+            tts = asyncio.ensure_future(self._speak_all(utt, speaker, send))
             splitter = SentenceSplitter()
             async for chunk in reply:
+                held = out is not None and not out.live
                 extra = chunk.get("oraculo") or {}
                 if extra.get("conversation_id"):
-                    self.conversation_id = extra["conversation_id"]
+                    # a held reply's new conversation exists only once the reply is confirmed
+                    if out is not None and held:
+                        out.conversation_id = extra["conversation_id"]
+                    else:
+                        self.conversation_id = extra["conversation_id"]
                 for choice in chunk.get("choices") or []:
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
-                        self._timing.setdefault("first_token", time.monotonic())
+                        if not held:
+                            self._timing.setdefault("first_token", time.monotonic())
                         parts.append(delta)
-                        self.send({"type": "reply", "utterance": utt, "delta": delta})
+                        send({"type": "reply", "utterance": utt, "delta": delta})
                         for sentence in splitter.feed(delta):
                             speaker.put_nowait(sentence)
             for sentence in splitter.flush():
@@ -502,7 +599,7 @@ class VoiceSession:
             # nothing awaited here: this may run in a cancelled task
             if tts is not None and not tts.done():
                 tts.cancel()
-            self.send(
+            send(
                 {
                     "type": "reply_end",
                     "utterance": utt,
@@ -511,7 +608,9 @@ class VoiceSession:
                     "cancelled": cancelled,
                 }
             )
-            if reply is not None:
+            if reply is not None and out is not None and not out.live:
+                reply.cancel()  # a speculation dropped: stop it, and store nothing of it
+            elif reply is not None:
                 if cancelled:
                     reply.cancel()
                 self._spawn(reply.close())  # stores the turn (what was said, if cut short)
@@ -527,7 +626,10 @@ class VoiceSession:
         out["to_first_audio"] = round((now - last) * 1000)
         return out
 
-    async def _speak_all(self, utt: int, sentences: asyncio.Queue[str | None]) -> None:
+    async def _speak_all(
+        self, utt: int, sentences: asyncio.Queue[str | None], send: Send | None = None
+    ) -> None:
+        send = send if send is not None else self.send
         n = 0
         while (sentence := await sentences.get()) is not None:
             said = speakable(sentence)
@@ -547,8 +649,10 @@ class VoiceSession:
             }
             if n == 0:
                 header["timing_ms"] = self._timings()
-            self.send(header)
-            self.send(pcm)
+            send(header)
+            send(pcm)
             n += 1
+            if isinstance(send, HeldOutput) and not send.live:
+                continue  # not playing: it may never be
             seconds = len(pcm) / 2 / rate
             self._playing_until = max(self._playing_until, time.monotonic()) + seconds

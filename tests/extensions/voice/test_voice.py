@@ -233,6 +233,40 @@ async def test_barge_in_stops_the_reply(
     assert events[-1]["cancelled"] is True
 
 
+async def test_a_pause_that_is_not_the_end_leaves_no_trace(
+    ws: ClientConnection, alice: User, speech: dict[str, np.ndarray]
+) -> None:
+    """A pause longer than the speculation's silence but shorter than the endpoint: a reply
+    may have started from the text so far, held back; the user goes on, so it is dropped. One
+    final, one reply to all of it, and one stored turn."""
+    first, second = SENTENCES[0], SENTENCES[3]
+
+    def trimmed(a: np.ndarray) -> np.ndarray:  # Piper's own silences vary: cut them
+        loud = np.nonzero(np.abs(a) > 0.02)[0]
+        return a[loud[0] : loud[-1] + 1]
+
+    pause = silence(0.3)  # speculate_silence_ms 160 < 300 < endpoint_silence_ms 500
+    audio = np.concatenate([trimmed(speech[first]), pause, speech[second], silence(1.0)])
+    sender = asyncio.ensure_future(send_audio(ws, audio, True))
+    events = await events_until(ws, lambda ev, _: ev["type"] == "reply_end", timeout=180)
+    await sender
+    kinds = [e["type"] for e in events]
+    assert "error" not in kinds, events
+    assert kinds.count("final") == 1 and "reply" not in kinds[: kinds.index("final")], kinds
+    final = next(e for e in events if e["type"] == "final")
+    assert wer(words(first) + words(second), words(final["text"])) <= 0.2, final["text"]
+    end = events[-1]
+    assert end["cancelled"] is False and end["utterance"] == final["utterance"]
+    assert {e["utterance"] for e in events if e["type"] in ("reply", "audio")} == {
+        final["utterance"]
+    }
+    r = await alice.api("GET", f"/user/alice/api/v1/chat/conversations/{end['conversation_id']}")
+    assert r.status_code == 200, r.text
+    said = [m["content"] for m in r.json()["messages"] if m["role"] == "user"]
+    assert said == [final["text"]], "a new conversation with one turn: none for the pause"
+    await ws.send(json.dumps({"type": "cancel"}))
+
+
 async def test_malformed_frames_are_reported_and_the_session_goes_on(
     ws: ClientConnection,
 ) -> None:

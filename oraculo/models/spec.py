@@ -40,7 +40,20 @@ class ModelSpec(BaseModel):
     )
     max_output_tokens: int | None = Field(None, description="largest max_tokens accepted")
     default_max_tokens: int = 512
-    default_temperature: float = 1.0
+    default_temperature: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="temperature of a request that sets none (None: the model's own recommended "
+        "settings, see oraculo.models.sampling)",
+    )
+    default_top_p: float | None = Field(None, gt=0, le=1)
+    default_top_k: int | None = Field(None, ge=0)
+    prefill_dtype: str = Field(
+        "auto",
+        description="dtype that prompts are prefilled in (a copy of the weights; decoding keeps "
+        "dtype). auto: bfloat16 for a float32 model on a CPU with AMX, else dtype",
+    )
     aliases: list[str] = []
     default: bool = False
     # upstream only

@@ -75,6 +75,37 @@ async def test_sse_wire_format(http: httpx.AsyncClient) -> None:
     assert all("usage" not in c for c in chunks)
 
 
+async def test_unset_sampling_follows_the_models_own_settings(
+    server: ModelServer, client: openai.AsyncOpenAI
+) -> None:
+    """A request without temperature/top_p gets the model's recommended settings, not 1.0: the
+    bundled GGUF recommends none and its generation config has ``do_sample`` false, so it is
+    decoded greedily, as its own ``generate()`` would (oraculo.models.sampling)."""
+    stats = await server.chat_stats()
+    assert stats["sampling_defaults"] == {
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "source": "generation_config",
+    }
+    answers = [
+        (await client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=16))
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
+    assert "Paris" in (answers[0] or "") and answers[0] == answers[1]
+    hello = await client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Say hello in three words."}],
+        max_tokens=24,
+    )
+    # no greeting from this 135M model at any setting tried (greedy: "Alejandro, a wise and just
+    # soul..."), but words, not the byte soup that temperature 1 gave
+    text = hello.choices[0].message.content or ""
+    assert text and "\ufffd" not in text and sum(c.isalpha() for c in text) > len(text) / 2
+
+
 async def test_stop_and_seed(client: openai.AsyncOpenAI) -> None:
     r = await client.chat.completions.create(
         model="smollm2", messages=QUESTION, temperature=0, max_tokens=24, stop=["Paris"]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+import torch
 
 from oraculo.models.backends.local import TransformersChatBackend
 from oraculo.models.engine import BatchEngine, EngineEvent, GenSequence, SamplingParams
@@ -190,3 +191,24 @@ def test_a_model_declaration_sets_the_scheduling() -> None:
             backend.engine.stop()
     with pytest.raises(ValueError, match="prefill_chunk_tokens"):
         ModelSpec.model_validate({**SPEC, "prefill_chunk_tokens": -1})
+
+
+def test_bf16_prefill_keeps_the_answer(lm: tuple[Any, Any, list[int]]) -> None:
+    """Prompts prefilled by a bf16 copy of the weights (all but their last token; see
+    ``BatchEngine._prefill_forward``), a reused prefix included, decode to the float32 answer."""
+    tokenizer = lm[1]
+    greedy = SamplingParams(max_tokens=12, temperature=0)
+    prompts = [
+        chat(tokenizer, "Say hello in three words."),
+        chat(tokenizer, "What is the capital of France?"),
+    ]
+    answers = {}
+    for dtype in (None, torch.bfloat16):
+        run = Run(lm, prefill_chunk_tokens=128, prefix_cache_tokens=2048, prefill_dtype=dtype)
+        for p in prompts:
+            run.submit(p, greedy)
+        answers[dtype] = run.finish()
+        assert run.engine.stats.prefill_tokens < sum(len(p) for p in prompts)  # a reuse
+    assert run.engine.prefill_dtype == torch.bfloat16
+    assert "Paris" in answers[torch.bfloat16][1]
+    assert answers[torch.bfloat16][1] == answers[None][1]

@@ -22,6 +22,7 @@ from .. import constrained
 from ..engine import BatchEngine, EngineEvent, QueueFull, SamplingParams
 from ..errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from ..protocol import ChatCompletionRequest
+from ..sampling import SamplingDefaults, sampling_defaults
 from .base import Backend, ChatStream
 
 
@@ -31,6 +32,28 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def _has_amx() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any("amx_bf16" in line for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def _prefill_dtype(name: str, model_dtype: Any, device: str) -> Any:
+    """``prefill_dtype`` of a model entry: ``auto`` is bfloat16 for a float32 model on a CPU with
+    AMX (prompt processing ~2.5x faster there, measured; decoding stays in float32, where bf16 is
+    slower on this CPU), else the model's own dtype."""
+    import torch
+
+    if name != "auto":
+        return _dtype(name)
+    if device == "cpu" and model_dtype == torch.float32 and _has_amx():
+        return torch.bfloat16
+    return model_dtype
 
 
 def _dtype(name: str) -> Any:
@@ -46,6 +69,7 @@ class TransformersChatBackend(Backend):
     """A chat model run by ``BatchEngine`` (continuous batching) on CPU or CUDA."""
 
     engine: BatchEngine | None = None
+    defaults: SamplingDefaults = SamplingDefaults(temperature=0.0)
 
     cache_dir = Unicode(
         help="""Where a GGUF model, once dequantized, is saved as a normal checkpoint so that later
@@ -89,6 +113,7 @@ class TransformersChatBackend(Backend):
         if self.tokenizer.eos_token_id is not None:
             eos_ids.add(self.tokenizer.eos_token_id)
         self._ctx = ctx
+        self.defaults = sampling_defaults(spec, getattr(model, "generation_config", None))
         self.grammars = constrained.Grammars(self.tokenizer, int(model.config.vocab_size))
         self.engine = BatchEngine(
             model,
@@ -100,11 +125,18 @@ class TransformersChatBackend(Backend):
             max_prefill_tokens=spec.max_prefill_tokens,
             prefill_chunk_tokens=spec.prefill_chunk_tokens,
             prefix_cache_tokens=spec.prefix_cache_tokens,
+            prefill_dtype=_prefill_dtype(spec.prefill_dtype, model.dtype, model.device.type),
             name=spec.name,
         )
         self.engine.start()
         self.log.info(
-            "loaded %s from %s on %s (context %d)", spec.name, path, self.engine.device, ctx
+            "loaded %s from %s on %s (context %d, prefill in %s, sampling defaults %s)",
+            spec.name,
+            path,
+            self.engine.device,
+            ctx,
+            self.engine.prefill_dtype,
+            self.defaults,
         )
 
     def _converted(self, folder: Path, gguf_file: str) -> Path:
@@ -160,6 +192,8 @@ class TransformersChatBackend(Backend):
                 waiting=self.engine.queue_depth,
                 max_batch_size=self.engine.max_batch_size,
                 max_waiting=self.engine.max_waiting,
+                prefill_dtype=str(self.engine.prefill_dtype).removeprefix("torch."),
+                sampling_defaults=self.defaults.to_json(),
                 **vars(self.engine.stats),
             )
         return info
@@ -200,15 +234,15 @@ class TransformersChatBackend(Backend):
                 prompt_tokens=prompt_len,
             )
         max_tokens = wanted or min(self.spec.default_max_tokens, ctx - prompt_len)
-        temperature = (
-            request.temperature
-            if request.temperature is not None
-            else self.spec.default_temperature
-        )
+        # unset: the model's own recommended settings (oraculo.models.sampling); a request that
+        # sets its temperature gets no top-k it did not ask for
+        d = self.defaults
+        unset = request.temperature is None
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=request.top_p if request.top_p is not None else 1.0,
+            temperature=d.temperature if unset else float(request.temperature or 0.0),
+            top_p=request.top_p if request.top_p is not None else d.top_p,
+            top_k=d.top_k if unset else 0,
             seed=request.seed,
             stop=request.stop_list,
         )

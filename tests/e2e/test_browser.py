@@ -76,6 +76,13 @@ async def test_sign_in_lab_and_workspace_panel(
 
         tile = page.locator('.jp-LauncherCard[title="Workspace"]')
         await tile.wait_for(timeout=60_000)
+        # Only sandboxed kernels: the launcher's notebook and console cards are Oráculo's.
+        cards = await page.locator(".jp-LauncherCard").evaluate_all(
+            "els => els.map(e => (e.getAttribute('title') || '') + ' ' + e.innerText)"
+        )
+        assert any("Oráculo (Python 3)" in c for c in cards), cards
+        assert not any("ipykernel" in c for c in cards), cards
+        await page.screenshot(path=str(artifacts / "e2e-launcher-sandboxed-kernels-only.png"))
         # One tile per panel app, all served by the one panel server.
         for app, title in TILES.items():
             if (APPS_DIR / f"{app}.py").exists():

@@ -1,0 +1,236 @@
+"""Many people on one hub at once: Locust users through the hub's proxy (``locustfile.py``).
+
+One hub (``process`` spawner, the model service loaded) on free ports; ``--users`` accounts made
+first; then Locust starts that many users (``--spawn-rate`` a second), each signing in through
+the login form, starting its server and then chatting, writing and searching memories, running
+code and listing agents for ``--run-time``. It reports p50/p95 and errors per endpoint (Locust's
+own statistics), the hub's, proxy's and model service's CPU and peak RSS while it ran, each
+user's memory (server, kernels, panel server) at the end, and whether every acknowledged memory
+write and stored conversation is there afterwards.
+
+    .venv/bin/python -m benchmarks.load --users 50 --run-time 180
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from tests.harness import PASSWORD, REPO, HubClient, HubProcess, new_user, wait_for
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+class Sampler(threading.Thread):
+    """CPU (% of one core) and RSS of named processes, once a second."""
+
+    def __init__(self, roles: dict[str, psutil.Process]) -> None:
+        super().__init__(daemon=True)
+        self.roles = roles
+        self.samples: dict[str, list[tuple[float, int]]] = {k: [] for k in roles}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        for p in self.roles.values():
+            p.cpu_percent(None)
+        while not self.done.wait(1.0):
+            for role, p in self.roles.items():
+                try:
+                    self.samples[role].append((p.cpu_percent(None), p.memory_info().rss))
+                except psutil.NoSuchProcess:
+                    pass
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for role, s in self.samples.items():
+            if s:
+                cpu = [c for c, _ in s]
+                out[role] = {
+                    "cpu_mean_pct": round(statistics.mean(cpu), 1),
+                    "cpu_max_pct": round(max(cpu), 1),
+                    "rss_max_mb": round(max(r for _, r in s) / 2**20, 1),
+                }
+        return out
+
+
+def hub_roles(hub: HubProcess) -> dict[str, psutil.Process]:
+    assert hub.proc is not None
+    root = psutil.Process(hub.proc.pid)
+    roles = {"hub": root}
+    for child in root.children(recursive=True):
+        line = " ".join(child.cmdline())
+        if "configurable-http-proxy" in line:
+            roles["proxy"] = child
+        elif "oraculo.models" in line:
+            roles["model service"] = child
+    return roles
+
+
+def per_user_memory(hub: HubProcess, names: list[str]) -> dict[str, float]:
+    """Mean RSS per user (MB) of the server, its kernels and its panel server."""
+    assert hub.proc is not None
+    parts: dict[str, dict[str, float]] = {
+        n: {"server": 0, "kernels": 0, "panels": 0} for n in names
+    }
+    for p in psutil.Process(hub.proc.pid).children(recursive=True):
+        try:
+            line = " ".join(p.cmdline())
+            if "oraculo.singleuser" not in line:
+                continue
+            user = p.environ().get("JUPYTERHUB_USER", "")
+            if user not in parts:
+                continue
+            parts[user]["server"] += p.memory_info().rss / 2**20
+            for c in p.children(recursive=True):
+                kind = "panels" if "panel" in " ".join(c.cmdline()) else "kernels"
+                parts[user][kind] += c.memory_info().rss / 2**20
+        except psutil.Error:
+            continue
+    seen = [v for v in parts.values() if v["server"]]
+    out = {
+        k: round(statistics.mean(v[k] for v in seen), 1) for k in ("server", "kernels", "panels")
+    }
+    out["total"] = round(sum(out.values()), 1)
+    out["users_measured"] = len(seen)
+    return out
+
+
+def read_stats(prefix: Path) -> list[dict[str, Any]]:
+    with open(f"{prefix}_stats.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        {
+            "endpoint": r["Name"],
+            "requests": int(r["Request Count"]),
+            "failures": int(r["Failure Count"]),
+            "p50_ms": float(r["50%"] or 0),
+            "p95_ms": float(r["95%"] or 0),
+        }
+        for r in rows
+    ]
+
+
+async def check_acks(hub: HubProcess, tokens: dict[str, str], acks: Path) -> dict[str, int]:
+    counts = {"memory": 0, "conversation": 0, "missing memory": 0, "missing conversation": 0}
+    if not acks.exists():
+        return counts
+    async with httpx.AsyncClient(base_url=hub.url, timeout=60) as http:
+        for line in acks.read_text().splitlines():
+            ack = json.loads(line)
+            auth = {"Authorization": f"token {tokens[ack['user']]}"}
+            base = f"/user/{ack['user']}/api/v1"
+            if ack["kind"] == "memory":
+                r = await http.get(f"{base}/memory", params={"key": ack["value"]}, headers=auth)
+                found = r.status_code == 200 and r.json().get("key") == ack["value"]
+            else:
+                r = await http.get(f"{base}/chat/conversations/{ack['value']}", headers=auth)
+                found = r.status_code == 200
+            counts[ack["kind"]] += 1
+            counts[f"missing {ack['kind']}"] += 0 if found else 1
+    return counts
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="oraculo-load-"))
+    hub = await HubProcess(work / "hub", models=True, env={"ORACULO_CULL_IDLE_TIMEOUT": "0"}).start(
+        timeout=180
+    )
+    try:
+
+        async def loaded() -> bool:
+            async with httpx.AsyncClient(timeout=5) as c:
+                r = await c.get(f"{hub.url}/services/models/health")
+                return r.status_code == 200 and r.json()["status"] == "ok"
+
+        await wait_for(loaded, 300, "the model service", 0.5)
+        client = HubClient(hub)
+        users = [await new_user(client, f"load{i:03d}") for i in range(args.users)]
+        tokens = {u.name: u.token for u in users}
+        (work / "users.json").write_text(
+            json.dumps([{"name": n, "token": t} for n, t in tokens.items()])
+        )
+        acks = work / "acks.jsonl"
+        sampler = Sampler(hub_roles(hub))
+        sampler.start()
+        env = {
+            **os.environ,
+            "LOAD_USERS": str(work / "users.json"),
+            "LOAD_ACKS": str(acks),
+            "LOAD_PASSWORD": PASSWORD,
+        }
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "locust"),
+                "-f", str(REPO / "benchmarks" / "locustfile.py"),
+                "--headless", "--host", hub.url,
+                "-u", str(args.users), "-r", str(args.spawn_rate),
+                "-t", f"{args.run_time}s", "--csv", str(work / "locust"),
+                "--only-summary", "--stop-timeout", "60",
+            ],
+            env=env, check=False, cwd=work,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - started
+        sampler.done.set()
+        sampler.join()
+        memory = per_user_memory(hub, list(tokens))
+        health = httpx.get(f"{hub.url}/hub/health", timeout=10).status_code
+        lost = await check_acks(hub, tokens, acks)
+        for u in users:
+            await u.client.aclose()
+        await client.aclose()
+        return {
+            "users": args.users,
+            "run_time_s": round(elapsed, 1),
+            "endpoints": read_stats(work / "locust"),
+            "processes": sampler.summary(),
+            "per_user_mb": memory,
+            "hub_health_after": health,
+            "acknowledged": lost,
+        }
+    finally:
+        hub.stop()
+
+
+def report(result: dict[str, Any]) -> None:
+    print(f"\n{result['users']} users, {result['run_time_s']} s")
+    print(f"{'endpoint':<22}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}")
+    for e in result["endpoints"]:
+        print(
+            f"{e['endpoint']:<22}{e['requests']:>9}{e['failures']:>8}"
+            f"{e['p50_ms']:>9.0f}{e['p95_ms']:>9.0f}"
+        )
+    for role, s in result["processes"].items():
+        print(
+            f"{role:<14} CPU mean {s['cpu_mean_pct']}% max {s['cpu_max_pct']}%"
+            f"  RSS max {s['rss_max_mb']} MB"
+        )
+    print(f"per user (MB): {result['per_user_mb']}")
+    print(f"acknowledged writes checked afterwards: {result['acknowledged']}")
+    print(f"hub health after: {result['hub_health_after']}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--spawn-rate", type=float, default=1.0)
+    parser.add_argument("--run-time", type=int, default=180)
+    args = parser.parse_args()
+    result = asyncio.run(main(args))
+    report(result)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"load-{args.users}.json").write_text(json.dumps(result, indent=2))

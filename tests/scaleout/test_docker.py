@@ -24,7 +24,8 @@ from tests.harness import ADMIN_PASSWORD, HubClient, HubProcess, User, new_user
 
 from .docker_images import daemon_running, docker, ensure_user_image, host_mounts
 
-pytestmark = pytest.mark.root
+# The first run on a machine makes the base image with debootstrap (3 min on a busy 2-core box).
+pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
 
 
 def bridge_gateway() -> str:

@@ -27,6 +27,9 @@ from tests.models.conftest import ALICE, BOB, KEYS, LIMITED, ModelServer, assert
 
 from .checkpoint import save_smollm2
 
+# Setting up saves a checkpoint and loads it in transformers serve: 2-3 minutes on a busy machine.
+pytestmark = pytest.mark.timeout(600)
+
 WEATHER_TOOL = {
     "type": "function",
     "function": {

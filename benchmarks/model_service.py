@@ -1,33 +1,53 @@
-"""Benchmark the model service over HTTP against sequential HF ``generate``, in one run.
+"""Benchmark the model service against fair baselines, in one run, on the same prompts.
 
-1. Baseline: the same model, loaded the same way, answering the same prompts one after another with
-   ``model.generate`` (greedy, same ``max_tokens``) in this process.
-2. The service (``python -m oraculo.models``, standalone, started here on a free port) at 1, 4,
-   16 and 32 concurrent streaming clients (``--streams``): aggregate completion tokens/s, time to
-   first token p50/p95, per-stream tokens/s (median over requests, from first token to last).
-   ``--engines`` starts one service per engine scheduling (prefill chunk budget / prefix cache
-   tokens; ``0/0`` is the original all-at-once prefill) and measures them in turn at each level,
-   so that the comparison shares the machine's state of the moment.
-3. Optional: llama.cpp single-stream on the same GGUF, when ``llama_cpp`` is importable.
+Three ways of serving the same model (SmolLM2-135M, float32 weights, greedy), each at 1, 4, 8, 16
+and 32 concurrent streams (``--levels``), on two workloads (``--workload``):
+
+- ``fixed``: every reply is capped at ``--max-tokens`` (64);
+- ``mixed``: each request's cap is drawn from 16..256 with a fixed seed, as real chats are.
+
+Each stream sends ``--requests-per-stream`` requests one after another; every request's prompt is
+distinct (numbered), all ask for writing that runs past the cap. The three:
+
+1. **oraculo.models**: the service (``python -m oraculo.models``, standalone, on a free port),
+   streaming over HTTP (SSE);
+2. **HF generate, static batch**: ``model.generate`` in this process on a left-padded batch of the
+   level's size; a batch runs until its longest row is done (the cost continuous batching removes),
+   and a stream's next request waits for the whole batch. Time to first token is the batch's
+   prefill (``max_new_tokens=1``, timed apart and not counted in the wall time);
+3. **transformers serve --continuous-batching**: transformers' own OpenAI-compatible server with
+   its paged continuous batching (256 KV blocks, 512 batch tokens: MEASURED.md's settings that keep
+   its cache small on CPU), streaming over HTTP. Needs the ``serving`` extra (fastapi, uvicorn;
+   pinned in requirements/constraints.txt as the ``bench`` extra).
+
+Levels run in turn on all three, so they share the machine's state of the moment. Reported per
+level: aggregate completion tokens/s (each row counts the tokens it really generated, up to its
+cap), time to first token p50/p95, and the ratios of ours to each baseline.
 
 Usage::
 
-    .venv/bin/python -m benchmarks.model_service                   # CPU, 1/4/16/32 streams
-    .venv/bin/python -m benchmarks.model_service --device cuda --streams 1,16,64
-    .venv/bin/python -m benchmarks.model_service --skip-baseline --engines 0/0,128/0,128/2048
+    .venv/bin/python -m benchmarks.model_service                          # everything (long)
+    .venv/bin/python -m benchmarks.model_service --levels 16 --workload mixed
+    .venv/bin/python -m benchmarks.model_service --levels 1,16 --baselines static
+    .venv/bin/python -m benchmarks.model_service --device cuda --levels 1,16,64 --baselines static
+    .venv/bin/python -m benchmarks.model_service --baselines none --engines 0/0,128/2048
 
-Writes a markdown table to stdout and JSON to ``benchmarks/results/model_service-<time>.json``.
+``--engines`` starts one service per engine scheduling (prefill chunk budget / prefix cache tokens;
+``0/0`` is the original all-at-once prefill) and measures them in turn. ``--prefill-dtype`` sets
+the service's prefill dtype (``auto``: bf16 on a CPU with AMX). Writes a markdown table to stdout
+and JSON to ``benchmarks/results/model_service-<time>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
+import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +73,7 @@ PROMPTS = [
     "List the planets of the solar system and one fact about each.",
 ]
 KEY = "bench-key-0123456789"
+MIXED_MIN, MIXED_MAX = 16, 256  # the mixed workload's reply caps
 
 
 def free_port() -> int:
@@ -78,97 +99,169 @@ def pct(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def baseline(args: argparse.Namespace) -> dict[str, Any]:
-    """Sequential HF generate on the same prompts."""
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One request of a workload: which stream sends it, in which turn, its prompt and its cap."""
+
+    stream: int
+    turn: int
+    prompt: str
+    max_tokens: int
+
+
+def workload(name: str, streams: int, per_stream: int, max_tokens: int) -> list[Request]:
+    """The requests of one level; the same list goes to every system."""
+    rng = random.Random(f"{name}-{streams}")  # fixed seed: the same caps in every run
+    out = []
+    for j in range(per_stream):
+        for i in range(streams):
+            k = j * streams + i
+            cap = max_tokens if name == "fixed" else rng.randint(MIXED_MIN, MIXED_MAX)
+            out.append(Request(i, j, f"Request {k}: {PROMPTS[k % len(PROMPTS)]}", cap))
+    return out
+
+
+def load_hf(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model as the service loads it (the GGUF's converted float32 checkpoint)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oraculo.models.registry import DEFAULT_MODELS, ModelSpec
-
     torch.set_num_threads(args.threads)
-    spec = ModelSpec.model_validate(DEFAULT_MODELS[0])
-    path, gguf = spec.local_path(), spec.gguf_file
-    tok: Any = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
+    path = checkpoint()
+    tok: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(
-        path, gguf_file=gguf, dtype=getattr(torch, args.dtype)
+        path, dtype=getattr(torch, args.dtype), local_files_only=True
     )
-    device = "cuda" if args.device == "cuda" else "cpu"
-    model.to(device).eval()  # type: ignore[arg-type]
-    n = args.baseline_requests
-    tokens, ttfts = 0, []
-    with torch.no_grad():
-        warm = tok.apply_chat_template(
-            [{"role": "user", "content": "hi"}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        ).to(device)
-        model.generate(**warm, max_new_tokens=4, do_sample=False)
-        t0 = time.perf_counter()
-        for i in range(n):
-            msgs = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
-            enc = tok.apply_chat_template(
-                msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            ).to(device)
-            t1 = time.perf_counter()
-            model.generate(**enc, max_new_tokens=1, do_sample=False)
-            ttfts.append(time.perf_counter() - t1)
-            out = model.generate(**enc, max_new_tokens=args.max_tokens, do_sample=False)
-            tokens += out.shape[1] - enc["input_ids"].shape[1]
-        # the max_new_tokens=1 calls measure time to first token; take them out of the total
-        wall = time.perf_counter() - t0 - sum(ttfts)
-    del model
-    return {
-        "mode": "HF generate, sequential",
-        "streams": 1,
-        "requests": n,
-        "tokens": tokens,
-        "wall_s": wall,
-        "agg_tok_s": tokens / wall,
-        "ttft_p50_ms": pct(ttfts, 0.5) * 1000,
-        "ttft_p95_ms": pct(ttfts, 0.95) * 1000,
-        "per_stream_tok_s": tokens / wall,
-    }
+    model.to("cuda" if args.device == "cuda" else "cpu").eval()  # type: ignore[arg-type]
+    return model, tok
 
 
-def llama_cpp_single(args: argparse.Namespace) -> dict[str, Any] | None:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
+def checkpoint() -> Path:
+    """The bundled GGUF as a normal checkpoint folder (the service's own conversion cache)."""
+    from oraculo.models.backends.local import TransformersChatBackend
     from oraculo.models.registry import DEFAULT_MODELS, ModelSpec
 
     spec = ModelSpec.model_validate(DEFAULT_MODELS[0])
-    llm = Llama(
-        model_path=str(spec.local_path() / str(spec.gguf_file)),
-        n_threads=args.threads,
-        n_ctx=2048,
-        verbose=False,
-    )
-    tokens, ttfts, t0 = 0, [], time.perf_counter()
-    for i in range(args.baseline_requests):
-        t1, first = time.perf_counter(), None
-        for chunk in llm.create_chat_completion(
-            [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-            max_tokens=args.max_tokens,
-            temperature=0,
-            stream=True,
-        ):
-            if chunk["choices"][0]["delta"].get("content"):
-                first = first or time.perf_counter()
-                tokens += 1  # one chunk per token
-        ttfts.append((first or time.perf_counter()) - t1)
-    wall = time.perf_counter() - t0
+    backend = TransformersChatBackend(spec=spec)
+    return backend._converted(spec.local_path(), str(spec.gguf_file))
+
+
+def static_batches(model: Any, tok: Any, requests: list[Request], streams: int) -> dict[str, Any]:
+    """HF ``generate`` on static batches: one batch per turn, each as long as its longest row."""
+    import torch
+
+    device = next(model.parameters()).device
+    tokens, ttfts, wall = 0, [], 0.0
+    turns = sorted({r.turn for r in requests})
+    with torch.no_grad():
+        for turn in turns:
+            batch = [r for r in requests if r.turn == turn]
+            texts = [
+                tok.apply_chat_template(
+                    [{"role": "user", "content": r.prompt}],
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
+                for r in batch
+            ]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            t0 = time.perf_counter()
+            model.generate(**enc, max_new_tokens=1, do_sample=False)
+            ttft = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = model.generate(
+                **enc,
+                max_new_tokens=max(r.max_tokens for r in batch),
+                do_sample=False,
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
+            wall += time.perf_counter() - t0
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            for r, row in zip(batch, new, strict=True):
+                row = row[: r.max_tokens]
+                ends = [k for k, t in enumerate(row) if t == tok.eos_token_id]
+                tokens += ends[0] if ends else len(row)  # as usage counts: not the end token
+                ttfts.append(ttft)
+    return summary("HF generate, static batch", streams, len(requests), tokens, wall, ttfts)
+
+
+class Serve:
+    """``transformers serve --continuous-batching`` as a subprocess on a free port."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model = str(checkpoint())
+        self.log_path = workdir / "serve.log"
+        self.log = open(self.log_path, "wb")
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(args.threads),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("transformers")),
+                "serve",
+                self.model,
+                "--continuous-batching",
+                "--cb-num-blocks",
+                "256",
+                "--cb-max-batch-tokens",
+                "512",
+                "--device",
+                "cuda" if args.device == "cuda" else "cpu",
+                "--dtype",
+                args.dtype,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+
+    async def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=5) as c:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    tail = self.log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"transformers serve exited:\n{tail}")
+                try:
+                    if (await c.get(f"{self.url}/health")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.5)
+        raise TimeoutError("transformers serve did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def summary(
+    mode: str, streams: int, requests: int, tokens: int, wall: float, ttfts: list[float]
+) -> dict[str, Any]:
     return {
-        "mode": "llama.cpp, sequential",
-        "streams": 1,
-        "requests": args.baseline_requests,
+        "mode": mode,
+        "streams": streams,
+        "requests": requests,
         "tokens": tokens,
-        "wall_s": wall,
-        "agg_tok_s": tokens / wall,
+        "wall_s": round(wall, 2),
+        "agg_tok_s": tokens / wall if wall else float("nan"),
         "ttft_p50_ms": pct(ttfts, 0.5) * 1000,
         "ttft_p95_ms": pct(ttfts, 0.95) * 1000,
-        "per_stream_tok_s": tokens / wall,
     }
 
 
@@ -192,6 +285,7 @@ class Service:
             "aliases": ["smollm2"],
             "device": args.device,
             "dtype": args.dtype,
+            "prefill_dtype": args.prefill_dtype,
             "max_batch_size": max(args.streams),
             "max_waiting": max(args.streams),
         }
@@ -249,18 +343,20 @@ class Service:
         self.log.close()
 
 
-async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> dict[str, float]:
+async def one_request(
+    http: httpx.AsyncClient, model: str, req: Request, count: Any
+) -> tuple[float, int]:
+    """Stream one chat completion; returns (time to first token, completion tokens)."""
     body = {
-        "model": "smollm2",
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
+        "model": model,
+        "messages": [{"role": "user", "content": req.prompt}],
+        "max_tokens": req.max_tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     t0 = time.perf_counter()
-    first = last = None
-    tokens = 0
+    first, tokens, text = None, None, []
     async with http.stream("POST", "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -269,89 +365,72 @@ async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> 
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
                 first = first or time.perf_counter()
-                last = time.perf_counter()
-    first = first or time.perf_counter()
-    last = last or first
-    return {
-        "ttft": first - t0,
-        "tokens": tokens,
-        "stream_tok_s": (tokens - 1) / (last - first) if last > first else float("nan"),
-    }
+                text.append(chunk["choices"][0]["delta"]["content"])
+    if tokens is None:  # a server that reports no usage: count the text's tokens
+        tokens = min(req.max_tokens, count("".join(text)))
+    return (first or time.perf_counter()) - t0, tokens
 
 
-async def run_level(
-    url: str,
-    streams: int,
-    per_stream: int,
-    max_tokens: int,
-    mode: str = "oraculo.models",
-    tag: str = "Question",
+async def run_http(
+    mode: str, url: str, model: str, requests: list[Request], streams: int, count: Any
 ) -> dict[str, Any]:
+    """Each stream sends its requests one after another; all streams at once."""
     limits = httpx.Limits(max_connections=streams + 4)
     async with httpx.AsyncClient(
-        base_url=url, timeout=600, limits=limits, headers={"Authorization": f"Bearer {KEY}"}
+        base_url=url, timeout=1800, limits=limits, headers={"Authorization": f"Bearer {KEY}"}
     ) as http:
 
-        async def client(i: int) -> list[dict[str, float]]:
-            return [
-                # numbered, so that no two requests send the same prompt (a prefix cache would
-                # otherwise skip all but one token of a repeat); they still share the system prompt
-                await one_request(
-                    http,
-                    f"{tag} {j * streams + i}: {PROMPTS[(i + j) % len(PROMPTS)]}",
-                    max_tokens,
-                )
-                for j in range(per_stream)
-            ]
+        async def client(i: int) -> list[tuple[float, int]]:
+            mine = sorted((r for r in requests if r.stream == i), key=lambda r: r.turn)
+            return [await one_request(http, model, r, count) for r in mine]
 
         t0 = time.perf_counter()
-        per_client = await asyncio.gather(*(client(i) for i in range(streams)))
-        results = [r for rs in per_client for r in rs]
+        results = [
+            x for xs in await asyncio.gather(*(client(i) for i in range(streams))) for x in xs
+        ]
         wall = time.perf_counter() - t0
-    tokens = sum(r["tokens"] for r in results)
-    ttfts = [r["ttft"] for r in results]
-    rates = [r["stream_tok_s"] for r in results if r["stream_tok_s"] == r["stream_tok_s"]]
-    return {
-        "mode": f"{mode} (HTTP, SSE)",
-        "streams": streams,
-        "requests": len(results),
-        "tokens": tokens,
-        "wall_s": wall,
-        "agg_tok_s": tokens / wall,
-        "ttft_p50_ms": pct(ttfts, 0.5) * 1000,
-        "ttft_p95_ms": pct(ttfts, 0.95) * 1000,
-        "per_stream_tok_s": statistics.median(rates) if rates else float("nan"),
-        "ttfts_ms": [round(t * 1000) for t in ttfts],
-    }
+    return summary(
+        mode, streams, len(results), sum(n for _, n in results), wall, [t for t, _ in results]
+    )
 
 
-def table(rows: list[dict[str, Any]], base: float) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| mode | streams | requests | tokens | agg tok/s | × baseline | TTFT p50 ms | TTFT p95 ms "
-        "| per-stream tok/s |",
+        "| workload | streams | mode | requests | tokens | agg tok/s | ours × this "
+        "| TTFT p50 ms | TTFT p95 ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        ours = next(
+            (
+                o["agg_tok_s"]
+                for o in rows
+                if o["mode"].startswith("oraculo")
+                and (o["workload"], o["streams"]) == (r["workload"], r["streams"])
+            ),
+            float("nan"),
+        )
         out.append(
-            f"| {r['mode']} | {r['streams']} | {r['requests']} | {r['tokens']} | "
-            f"{r['agg_tok_s']:.1f} | {r['agg_tok_s'] / base:.2f} | {r['ttft_p50_ms']:.0f} | "
-            f"{r['ttft_p95_ms']:.0f} | {r['per_stream_tok_s']:.1f} |"
+            f"| {r['workload']} | {r['streams']} | {r['mode']} | {r['requests']} | {r['tokens']} "
+            f"| {r['agg_tok_s']:.1f} | {ours / r['agg_tok_s']:.2f} | {r['ttft_p50_ms']:.0f} "
+            f"| {r['ttft_p95_ms']:.0f} |"
         )
     return "\n".join(out)
 
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--streams", default="1,4,16,32", help="concurrency levels, comma separated")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--requests-per-stream", type=int, default=2)
-    p.add_argument("--baseline-requests", type=int, default=8)
+    p.add_argument("--levels", default="1,4,8,16,32", help="concurrent streams, comma separated")
+    p.add_argument("--workload", default="fixed,mixed", help="fixed, mixed or both")
+    p.add_argument("--baselines", default="static,serve", help="static, serve, both or none")
+    p.add_argument("--max-tokens", type=int, default=64, help="the fixed workload's reply cap")
+    p.add_argument("--requests-per-stream", type=int, default=1)
     p.add_argument("--threads", type=int, default=default_torch_threads())
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--prefill-dtype", default="auto", help="the service's prefill dtype")
     p.add_argument(
         "--engines",
         default="",
@@ -359,53 +438,84 @@ async def main() -> None:
         "tokens (0/0: the original all-at-once prefill); default: the engine's defaults only",
     )
     args = p.parse_args()
-    args.streams = [int(s) for s in args.streams.split(",")]
+    args.streams = [int(s) for s in args.levels.split(",")]
+    workloads = [w for w in args.workload.split(",") if w]
+    baselines = {b for b in args.baselines.split(",") if b and b != "none"}
     engines: list[tuple[int, int] | None] = [None]
     if args.engines:
         engines = [(int(e.split("/")[0]), int(e.split("/")[1])) for e in args.engines.split(",")]
 
+    model = tok = None
+    if "static" in baselines:
+        print("loading the model for HF generate ...", file=sys.stderr)
+        model, tok = load_hf(args)
+    if tok is None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(checkpoint(), local_files_only=True)
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
     rows: list[dict[str, Any]] = []
-    if not args.skip_baseline:
-        print("baseline: sequential HF generate ...", file=sys.stderr)
-        rows.append(baseline(args))
-    ref = llama_cpp_single(args)
-    if ref:
-        rows.append(ref)
-    first_service_row = len(rows)
     with tempfile.TemporaryDirectory() as tmp:
         services: list[Service] = []
+        serve: Serve | None = None
         try:
             for engine in engines:
                 services.append(Service(args, Path(tmp), engine))
+            if "serve" in baselines:
+                serve = Serve(args, Path(tmp))
             for svc in services:
                 await svc.wait_ready()
-                await run_level(svc.url, 1, 1, 8, tag="Warm-up")
-            for n in args.streams:
-                # each level on every engine in turn: they share the machine's noise
-                for svc in services:
-                    mode = "oraculo.models"
-                    if svc.engine is not None:
-                        mode += f" chunk={svc.engine[0]} prefix={svc.engine[1]}"
-                    print(f"{mode}: {n} streams ...", file=sys.stderr)
-                    rows.append(
-                        await run_level(svc.url, n, args.requests_per_stream, args.max_tokens, mode)
-                    )
+                await run_http("warm-up", svc.url, "smollm2", workload("fixed", 1, 1, 8), 1, count)
+            if serve is not None:
+                await serve.wait_ready()
+                warm = workload("fixed", 1, 1, 8)
+                await run_http("warm-up", serve.url, serve.model, warm, 1, count)
+            for name in workloads:
+                for n in args.streams:
+                    # each level on every system in turn: they share the machine's noise
+                    reqs = workload(name, n, args.requests_per_stream, args.max_tokens)
+                    level: list[dict[str, Any]] = []
+                    for svc in services:
+                        mode = "oraculo.models"
+                        if svc.engine is not None:
+                            mode += f" chunk={svc.engine[0]} prefix={svc.engine[1]}"
+                        print(f"{name} {n}: {mode} ...", file=sys.stderr)
+                        level.append(await run_http(mode, svc.url, "smollm2", reqs, n, count))
+                    if model is not None:
+                        print(f"{name} {n}: static generate ...", file=sys.stderr)
+                        level.append(static_batches(model, tok, reqs, n))
+                    if serve is not None:
+                        print(f"{name} {n}: transformers serve ...", file=sys.stderr)
+                        mode = "transformers serve --continuous-batching"
+                        level.append(await run_http(mode, serve.url, serve.model, reqs, n, count))
+                    for row in level:
+                        row["workload"] = name
+                        print(json.dumps(row), file=sys.stderr)
+                    rows += level
         finally:
             for svc in services:
                 svc.stop()
-    base = rows[0]["agg_tok_s"] if not args.skip_baseline else rows[first_service_row]["agg_tok_s"]
+            if serve is not None:
+                serve.stop()
     meta = {
         "device": args.device,
         "device_name": device_name(args.device),
         "dtype": args.dtype,
+        "prefill_dtype": args.prefill_dtype,
         "threads": args.threads,
-        "max_tokens": args.max_tokens,
+        "fixed_max_tokens": args.max_tokens,
+        "mixed_max_tokens": [MIXED_MIN, MIXED_MAX],
+        "requests_per_stream": args.requests_per_stream,
         "engines": args.engines,
         "cpu_count": os.cpu_count(),
+        "load_avg": os.getloadavg(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(f"\n{meta}\n")
-    print(table(rows, base))
+    print(table(rows))
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"model_service-{int(time.time())}.json").write_text(

@@ -24,7 +24,8 @@ setup_python() {
   # Everything pip installs from here: dependencies, and the config files and kernelspec that
   # the editable install copies into the venv.
   want=$(cat pyproject.toml requirements/*.txt jupyter-config/*.json jupyter-config/*/*.json \
-    oraculo/kernels/kernelspec/*/kernel.json | sha256sum | cut -d' ' -f1)
+    oraculo/kernels/kernelspec/*/kernel.json oraculo/labextension/package.json \
+    oraculo/labextension/static/*.js | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages (pinned by requirements/constraints.txt)"
     "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,kubernetes,postgres,oauth,test]" 2>&1 \

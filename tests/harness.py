@@ -279,12 +279,19 @@ class User:
         base = self.client.hub.url.replace("http://", "ws://")
         return f"{base}/user/{self.name}/api/kernels/{kernel_id}/channels"
 
-    async def execute(self, kernel_id: str, code: str, timeout: float = 60) -> dict[str, Any]:
-        """Run ``code`` over the kernel websocket; return stdout, stderr, results and error."""
-        return await execute_over_ws(self.kernel_ws_url(kernel_id), self.auth, code, timeout)
+    async def execute(
+        self, kernel_id: str, code: str, timeout: float = 60, store_history: bool = False
+    ) -> dict[str, Any]:
+        """Run ``code`` over the kernel websocket; return stdout, stderr, results and error.
+        ``store_history``: as JupyterLab runs a cell (it goes in the kernel's input history)."""
+        return await execute_over_ws(
+            self.kernel_ws_url(kernel_id), self.auth, code, timeout, store_history
+        )
 
 
-def execute_request(code: str, username: str = "test") -> tuple[str, dict[str, Any]]:
+def execute_request(
+    code: str, username: str = "test", store_history: bool = False
+) -> tuple[str, dict[str, Any]]:
     """A kernel ``execute_request`` message for the websocket, and its msg_id."""
     msg_id = uuid.uuid4().hex
     request = {
@@ -301,7 +308,7 @@ def execute_request(code: str, username: str = "test") -> tuple[str, dict[str, A
         "content": {
             "code": code,
             "silent": False,
-            "store_history": False,
+            "store_history": store_history,
             "user_expressions": {},
             "allow_stdin": False,
             "stop_on_error": True,
@@ -311,9 +318,9 @@ def execute_request(code: str, username: str = "test") -> tuple[str, dict[str, A
 
 
 async def execute_over_ws(
-    url: str, headers: dict[str, str], code: str, timeout: float = 60
+    url: str, headers: dict[str, str], code: str, timeout: float = 60, store_history: bool = False
 ) -> dict[str, Any]:
-    msg_id, request = execute_request(code)
+    msg_id, request = execute_request(code, store_history=store_history)
     out: dict[str, Any] = {"stdout": "", "stderr": "", "results": [], "error": None}
     async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
         await ws.send(json.dumps(request))

@@ -1,4 +1,5 @@
-"""``%%chat`` and ``%memory`` in the oraculo kernel, and the summary of a namespace's variables.
+"""``%%chat``, ``%explain`` and ``%memory`` in the oraculo kernel, and the summary of a
+namespace's variables.
 
 The magics call the user's own Jupyter server (``/api/v1/chat``, ``/api/v1/memory``) at
 ``ORACULO_SERVER_URL`` with ``ORACULO_KERNEL_TOKEN``, the narrow, expiring token the kernel
@@ -10,7 +11,6 @@ the server also sends its source to a running kernel to describe that kernel's v
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -18,14 +18,31 @@ from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
+from oraculo.extensions.base.wire import iter_events, read_error
+from oraculo.kernels import chat_inputs
 
-def summarize_namespace(ns: dict[str, Any], limit: int = 40) -> list[dict[str, Any]]:
+
+def summarize_namespace(
+    ns: dict[str, Any], limit: int = 40, preview_rows: int = 0, preview_max_rows: int = 100_000
+) -> list[dict[str, Any]]:
     """Describe the user's variables: dataframes, arrays, tensors, collections and scalars.
 
     Names starting with ``_``, modules, functions, classes and IPython's own names are left out.
-    Nothing is computed that could be slow on a big object (no ``repr`` of a dataframe).
+    Nothing is computed that could be slow on a big object (no ``repr`` of a whole dataframe):
+    with ``preview_rows``, a dataframe of at most ``preview_max_rows`` rows also gets its first
+    rows as CSV (``preview``, at most 600 characters).
     """
     import types
+
+    def preview(frame: Any) -> str | None:
+        if preview_rows <= 0 or int(frame.shape[0]) > preview_max_rows:
+            return None
+        head = frame.head(preview_rows)
+        if hasattr(head, "write_csv"):  # polars
+            text = str(head.write_csv())
+        else:  # pandas
+            text = str(head.to_csv(index=False))
+        return text if len(text) <= 600 else text[:599] + "…"
 
     skip = {"In", "Out", "exit", "quit", "get_ipython", "open"}
     out: list[dict[str, Any]] = []
@@ -54,6 +71,9 @@ def summarize_namespace(ns: dict[str, Any], limit: int = 40) -> list[dict[str, A
                 else:
                     item["dtypes"] = dict(zip(cols, (str(d) for d in dtypes), strict=False))
                 item["columns_total"] = len(value.columns)
+                rows = preview(value)
+                if rows:
+                    item["preview"] = rows
             elif (
                 mod in ("pandas", "polars") and hasattr(value, "dtype") and hasattr(value, "shape")
             ):
@@ -111,6 +131,9 @@ def render_variables(variables: list[dict[str, Any]]) -> str:
             lines.append(
                 f"{head} {shape}; columns: {cols}" + (f" and {more} more" if more > 0 else "")
             )
+            if v.get("preview"):
+                rows = str(v["preview"]).strip().replace("\n", "\n    ")
+                lines.append(f"  first rows of {v['name']} (CSV):\n    {rows}")
         elif kind in ("array", "series"):
             shape = "×".join(str(d) for d in v.get("shape", []))
             lines.append(f"{head} shape {shape}, dtype {v.get('dtype')}")
@@ -161,17 +184,13 @@ class ServerClient:
 
 
 def _describe_error(status: int, content: bytes) -> str:
-    try:
-        body = json.loads(content)
-        message = body.get("message") or body.get("error", {}).get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return f"HTTP {status}: {message or content[:200].decode('utf-8', 'replace')}"
+    return f"HTTP {status}: {read_error(status, content).message}"
 
 
 @magics_class
 class ChatMagics(Magics):
-    """``%%chat`` (ask the assistant, with this notebook's variables) and ``%memory``."""
+    """``%%chat`` (ask the assistant, with this notebook's variables), ``%explain`` (the last
+    error) and ``%memory``."""
 
     conversation_id: str | None = None
 
@@ -180,7 +199,11 @@ class ChatMagics(Magics):
         """Ask the assistant; the reply streams into the output.
 
         Options: ``--model NAME``, ``--new`` (start a new conversation), ``--no-vars`` (do not
-        send the variables' summary), ``--max-tokens N``, ``--temperature T``.
+        send the variables' summary), ``--max-tokens N``, ``--temperature T``, ``--seed N``,
+        ``--sample NAME`` (add the first rows of a variable; repeatable), ``--rows N`` (rows of
+        a sample or ``{name}``, default 5), ``--insert`` (put the reply's first code block in a
+        new cell below), ``--code`` (ask for code only, and insert it). ``{name}`` in the
+        question is replaced by the variable (``{{`` and ``}}`` for literal braces).
         """
         opts = _parse_options(line)
         if opts is None:
@@ -193,47 +216,115 @@ class ChatMagics(Magics):
         except RuntimeError as e:
             print(f"%%chat: {e}", file=sys.stderr)
             return
+        ns = self.shell.user_ns if self.shell is not None else {}
+        rows = int(opts.get("rows") or 5)
+        question, _ = chat_inputs.interpolate(cell, ns, rows)
+        if opts.get("sample"):
+            try:
+                question += "\n\n" + chat_inputs.samples(opts["sample"], ns, rows)
+            except KeyError as e:
+                print(f"%%chat: --sample {e.args[0]}: no such variable", file=sys.stderr)
+                return
         if opts.get("new"):
             self.conversation_id = None
-        body: dict[str, Any] = {"messages": [{"role": "user", "content": cell}], "stream": True}
-        for key in ("model", "max_tokens", "temperature"):
+        body: dict[str, Any] = {
+            "messages": [{"role": "user", "content": question}],
+            "stream": True,
+            "store": True,
+        }
+        for key in ("model", "max_tokens", "temperature", "seed"):
             if opts.get(key) is not None:
                 body[key] = opts[key]
+        if opts.get("code"):
+            body["response_format"] = chat_inputs.CODE_FORMAT
         if self.conversation_id:
             body["conversation_id"] = self.conversation_id
         variables: list[dict[str, Any]] = []
         if not opts.get("no_vars") and self.shell is not None:
             variables = summarize_namespace(self.shell.user_ns)
             body["context"] = {"variables": variables}
-        self._stream(client, body, variables)
+        reply = self._stream(client, body, variables, echo=not opts.get("code"))
+        if reply is None:
+            return
+        if opts.get("code"):
+            code = chat_inputs.code_of(reply)
+            if code is None:
+                print("%%chat: the reply held no code.", file=sys.stderr)
+                return
+            print(code)
+            self._insert(code)
+        elif opts.get("insert"):
+            code = chat_inputs.first_code_block(reply)
+            if code is None:
+                print("%%chat: no code block in the reply to insert.", file=sys.stderr)
+                return
+            self._insert(code)
 
-    def _stream(self, client: ServerClient, body: dict[str, Any], variables: list[Any]) -> None:
+    def _insert(self, code: str) -> None:
+        """A new cell below this one holding ``code``, for the user to review and run
+        (IPython's ``set_next_input`` payload, which JupyterLab and Notebook honour)."""
+        if self.shell is not None:
+            self.shell.set_next_input(code.rstrip("\n"), replace=False)
+            print("(inserted in a new cell below)")
+
+    @line_magic
+    def explain(self, line: str) -> None:
+        """Explain the last error in this kernel (its traceback and the cell that raised it).
+
+        Options as ``%%chat`` (``--model``, ``--max-tokens``, ``--temperature``, ``--seed``,
+        ``--insert`` to put the fixed code in a new cell below).
+        """
+        opts = _parse_options(line, "%explain")
+        if opts is None:
+            return
+        error = chat_inputs.last_error(self.shell)
+        if error is None:
+            print("%explain: no error in this kernel yet.")
+            return
+        try:
+            client = ServerClient.from_environment()
+        except RuntimeError as e:
+            print(f"%explain: {e}", file=sys.stderr)
+            return
+        print(f"Explaining {error['error']}\n")
+        body: dict[str, Any] = {
+            "messages": [{"role": "user", "content": chat_inputs.explain_prompt(error)}],
+            "stream": True,
+            "store": True,
+        }
+        for key in ("model", "max_tokens", "temperature", "seed"):
+            if opts.get(key) is not None:
+                body[key] = opts[key]
+        reply = self._stream(client, body, [])
+        if reply is not None and opts.get("insert"):
+            code = chat_inputs.first_code_block(reply)
+            if code is not None:
+                self._insert(code)
+
+    def _stream(
+        self, client: ServerClient, body: dict[str, Any], variables: list[Any], echo: bool = True
+    ) -> str | None:
+        """Post a streamed chat, print the reply as it comes (``echo``) and a footer; return
+        the reply's text (None after an error, which is printed)."""
         extra: dict[str, Any] = {}
+        parts: list[str] = []
         with client._client() as c, c.stream("POST", "api/v1/chat", json=body) as r:
             if r.status_code != 200:
                 print(f"%%chat: {_describe_error(r.status_code, r.read())}", file=sys.stderr)
-                return
-            event = ""
-            for raw in r.iter_lines():
-                if raw.startswith("event:"):
-                    event = raw[6:].strip()
-                    continue
-                if not raw.startswith("data:"):
-                    continue
-                data = raw[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if event == "error" or "error" in chunk:
-                    err = chunk.get("error") or {}
-                    print(f"\n%%chat: {err.get('message', 'error')}", file=sys.stderr)
-                    return
+                return None
+            for event in iter_events(r.iter_lines()):
+                if event.is_error:
+                    print(f"\n%%chat: {read_error(502, event.data).message}", file=sys.stderr)
+                    return None
+                chunk = event.data if isinstance(event.data, dict) else {}
                 extra.update(chunk.get("oraculo") or {})
                 for choice in chunk.get("choices") or []:
                     text = (choice.get("delta") or {}).get("content")
                     if text:
-                        sys.stdout.write(text)
-                        sys.stdout.flush()
+                        parts.append(text)
+                        if echo:
+                            sys.stdout.write(text)
+                            sys.stdout.flush()
         self.conversation_id = extra.get("conversation_id") or self.conversation_id
         notes = []
         if variables:
@@ -244,6 +335,7 @@ class ChatMagics(Magics):
         if extra.get("memories"):
             notes.append("memories: " + ", ".join(m["key"] for m in extra["memories"]))
         print("\n\n— " + " · ".join([extra.get("model", ""), *notes]).strip(" ·"))
+        return "".join(parts)
 
     @line_magic
     def memory(self, line: str) -> Any:
@@ -275,31 +367,36 @@ class ChatMagics(Magics):
         return None
 
 
-def _parse_options(line: str) -> dict[str, Any] | None:
+_FLAGS = ("--new", "--no-vars", "--insert", "--code")
+_VALUED = {
+    "--model": str,
+    "--max-tokens": int,
+    "--temperature": float,
+    "--seed": int,
+    "--rows": int,
+}
+
+
+def _parse_options(line: str, magic: str = "%%chat") -> dict[str, Any] | None:
     opts: dict[str, Any] = {}
     try:
         words = shlex.split(line)
         i = 0
         while i < len(words):
             w = words[i]
-            if w in ("--new", "--no-vars"):
+            if w in _FLAGS:
                 opts[w[2:].replace("-", "_")] = True
-            elif w in ("--model", "--max-tokens", "--temperature") and i + 1 < len(words):
-                key = w[2:].replace("-", "_")
-                value = words[i + 1]
-                opts[key] = (
-                    int(value)
-                    if key == "max_tokens"
-                    else float(value)
-                    if key == "temperature"
-                    else value
-                )
+            elif w in _VALUED and i + 1 < len(words):
+                opts[w[2:].replace("-", "_")] = _VALUED[w](words[i + 1])
+                i += 1
+            elif w == "--sample" and i + 1 < len(words):
+                opts.setdefault("sample", []).append(words[i + 1])
                 i += 1
             else:
                 raise ValueError(f"unknown option {w!r}")
             i += 1
     except ValueError as e:
-        print(f"%%chat: {e}", file=sys.stderr)
+        print(f"{magic}: {e}", file=sys.stderr)
         return None
     return opts
 

@@ -58,6 +58,84 @@ usage_events = sa.Table(
 )
 sa.Index("ix_usage_user_ts", usage_events.c.user, usage_events.c.ts)
 
+#: The same use summed per UTC day, user, groups and model, kept in the same transaction as the
+#: rows: what day-aligned questions ("this week", "this month", a budget's use) read, so they
+#: cost the number of user-days, not of requests and kernel reports.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("day", sa.Float, nullable=False),
+    sa.Column("user", sa.String(255), nullable=False),
+    sa.Column("groups", sa.String(1024), nullable=False),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("cpu_seconds", sa.Float, nullable=False),
+    sa.Column("gpu_seconds", sa.Float, nullable=False),
+    sa.Column("audio_seconds", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("day", "user", "groups", "model", name="pk_usage_daily"),
+)
+sa.Index("ix_usage_daily_user_day", usage_daily.c.user, usage_daily.c.day)
+_SUMMED = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cpu_seconds",
+    "gpu_seconds",
+    "audio_seconds",
+)
+
+
+def utc_day(ts: float) -> float:
+    """The UTC midnight at or before ``ts``."""
+    return ts - ts % 86400
+
+
+def _daily_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: dict[tuple[float, str, str, str], dict[str, Any]] = {}
+    for r in rows:
+        key = (utc_day(r["ts"]), r["user"], r.get("groups") or "", r["model"])
+        d = out.get(key)
+        if d is None:
+            d = out[key] = dict(zip(("day", "user", "groups", "model"), key, strict=True))
+            d.update(dict.fromkeys(_SUMMED, 0))
+        d["requests"] += 0 if r["endpoint"] == "kernel" else 1
+        d["prompt_tokens"] += r.get("prompt_tokens") or 0
+        d["completion_tokens"] += r.get("completion_tokens") or 0
+        d["cpu_seconds"] += r.get("cpu_seconds") or 0.0
+        d["gpu_seconds"] += r.get("gpu_seconds") or 0.0
+        d["audio_seconds"] += r.get("audio_seconds") or 0.0
+    return list(out.values())
+
+
+def add_daily(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Add rows (``usage_events`` dicts) to ``usage_daily`` (an upsert on SQLite and
+    PostgreSQL; read-then-write elsewhere)."""
+    daily = _daily_rows(rows)
+    if not daily:
+        return
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = sqlite.insert if name == "sqlite" else postgresql.insert
+        stmt = insert(usage_daily)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["day", "user", "groups", "model"],
+            set_={k: usage_daily.c[k] + stmt.excluded[k] for k in _SUMMED},
+        )
+        conn.execute(stmt, daily)
+        return
+    t = usage_daily.c
+    for d in daily:
+        key = (t.day == d["day"]) & (t.user == d["user"]) & (t.groups == d["groups"])
+        key = key & (t.model == d["model"])
+        if conn.execute(sa.select(t.day).where(key)).first() is None:
+            conn.execute(usage_daily.insert().values(**d))
+        else:
+            conn.execute(usage_daily.update().where(key).values({k: t[k] + d[k] for k in _SUMMED}))
+
 
 @dataclasses.dataclass
 class UsageEvent:
@@ -96,6 +174,7 @@ class UsageStore:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         metadata.create_all(self.engine)
         self._add_missing_columns()
+        self._backfill_daily()
 
     def _add_missing_columns(self) -> None:
         """Columns added after a store was first created (``audio_seconds``) are added in place."""
@@ -108,20 +187,35 @@ class UsageStore:
                         f"ALTER TABLE usage_events ADD COLUMN {column.name} {kind}"
                     )
 
+    def _backfill_daily(self) -> None:
+        """A store from before ``usage_daily`` gets its days summed once, from its rows."""
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(usage_daily.c.day).limit(1)).first() is not None:
+                return
+            if conn.execute(sa.select(usage_events.c.id).limit(1)).first() is None:
+                return
+            result = conn.execute(sa.select(usage_events))
+            while chunk := result.fetchmany(50_000):
+                add_daily(conn, [dict(r._mapping) for r in chunk])
+
     def close(self) -> None:
         self.engine.dispose()
 
     def record(self, event: UsageEvent) -> None:
+        row = dataclasses.asdict(event)
         with self.engine.begin() as conn:
-            conn.execute(usage_events.insert().values(**dataclasses.asdict(event)))
+            conn.execute(usage_events.insert().values(**row))
+            add_daily(conn, [row])
 
     async def arecord(self, event: UsageEvent) -> None:
         await asyncio.to_thread(self.record, event)
 
     def record_many(self, events: list[UsageEvent]) -> None:
         if events:
+            rows = [dataclasses.asdict(e) for e in events]
             with self.engine.begin() as conn:
-                conn.execute(usage_events.insert(), [dataclasses.asdict(e) for e in events])
+                conn.execute(usage_events.insert(), rows)
+                add_daily(conn, rows)
 
     def tokens_since(self, user: str, since: float) -> int:
         c = usage_events.c

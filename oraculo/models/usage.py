@@ -18,7 +18,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
-from .metering import UsageEvent, UsageStore, usage_events
+from .metering import UsageEvent, UsageStore, usage_daily, usage_events
 
 #: The units a budget may count, ``cost`` being the weighted one.
 UNITS = ("tokens", "cpu_seconds", "gpu_seconds", "voice_seconds", "cost")
@@ -134,59 +134,83 @@ def iso(ts: float) -> str:
 # --- queries ------------------------------------------------------------------------------------
 
 
-def _like_group(group: str) -> sa.ColumnElement[bool]:
+def _like_group(t: sa.Table, group: str) -> sa.ColumnElement[bool]:
     escaped = group.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return usage_events.c.groups.like(f"%,{escaped},%", escape="\\")
+    return t.c.groups.like(f"%,{escaped},%", escape="\\")
+
+
+def _table(since: float | None, until: float | None) -> sa.Table:
+    """``usage_daily`` when the window is whole UTC days (every period is), else the rows."""
+    if (since is None or since % 86400 == 0) and (until is None or until % 86400 == 0):
+        return usage_daily
+    return usage_events
 
 
 def _filters(
-    user: str | None, group: str | None, since: float | None, until: float | None
+    t: sa.Table, user: str | None, group: str | None, since: float | None, until: float | None
 ) -> list[sa.ColumnElement[bool]]:
-    c = usage_events.c
+    c = t.c
+    ts = c.day if t is usage_daily else c.ts
     where: list[sa.ColumnElement[bool]] = []
     if user is not None:
         where.append(c.user == user)
     if group is not None:
-        where.append(_like_group(group))
+        where.append(_like_group(t, group))
     if since is not None:
-        where.append(c.ts >= since)
+        where.append(ts >= since)
     if until is not None:
-        where.append(c.ts < until)
+        where.append(ts < until)
     return where
 
 
-def _sums(*group_by: sa.ColumnElement[Any]) -> list[Any]:
-    c = usage_events.c
-    kernel = c.endpoint == "kernel"
+def _cost(t: sa.Table, prices: Prices) -> sa.ColumnElement[Any]:
+    """The weighted unit of each row, in SQL (the token price by model)."""
+    c = t.c
+    price: sa.ColumnElement[Any] = sa.literal(prices.per_1k_tokens)
+    if prices.models:
+        price = sa.case(
+            *((c.model == m, sa.literal(p)) for m, p in prices.models.items()),
+            else_=sa.literal(prices.per_1k_tokens),
+        )
+    zero = sa.literal(0.0)
+    return (
+        (sa.func.coalesce(c.prompt_tokens, 0) + sa.func.coalesce(c.completion_tokens, 0))
+        * price
+        / 1000.0
+        + sa.func.coalesce(c.cpu_seconds, zero) * (prices.per_cpu_hour / 3600)
+        + sa.func.coalesce(c.gpu_seconds, zero) * (prices.per_gpu_hour / 3600)
+        + sa.func.coalesce(c.audio_seconds, zero) * (prices.per_voice_minute / 60)
+    )
+
+
+def _sums(t: sa.Table, prices: Prices, *group_by: sa.ColumnElement[Any]) -> list[Any]:
+    c = t.c
+    if t is usage_daily:
+        requests = sa.func.sum(c.requests)
+    else:
+        requests = sa.func.sum(sa.case((c.endpoint == "kernel", 0), else_=1))
     return [
         *group_by,
-        sa.func.sum(sa.case((kernel, 0), else_=1)).label("requests"),
+        requests.label("requests"),
         sa.func.coalesce(sa.func.sum(c.prompt_tokens), 0).label("prompt_tokens"),
         sa.func.coalesce(sa.func.sum(c.completion_tokens), 0).label("completion_tokens"),
         sa.func.coalesce(sa.func.sum(c.cpu_seconds), 0.0).label("cpu_seconds"),
         sa.func.coalesce(sa.func.sum(c.gpu_seconds), 0.0).label("gpu_seconds"),
         sa.func.coalesce(sa.func.sum(c.audio_seconds), 0.0).label("voice_seconds"),
+        sa.func.coalesce(sa.func.sum(_cost(t, prices)), 0.0).label("cost"),
     ]
 
 
-def _row_totals(row: Any, prices: Prices) -> dict[str, float]:
+def _row_totals(row: Any) -> dict[str, float]:
     m = row._mapping
-    tokens = int(m["prompt_tokens"]) + int(m["completion_tokens"])
-    model = m.get("model", "-") if "model" in m else "-"
     return {
-        "tokens": tokens,
+        "tokens": int(m["prompt_tokens"]) + int(m["completion_tokens"]),
         "prompt_tokens": int(m["prompt_tokens"]),
         "completion_tokens": int(m["completion_tokens"]),
         "cpu_seconds": float(m["cpu_seconds"]),
         "gpu_seconds": float(m["gpu_seconds"]),
         "voice_seconds": float(m["voice_seconds"]),
-        "cost": prices.cost(
-            model,
-            tokens,
-            float(m["cpu_seconds"]),
-            float(m["gpu_seconds"]),
-            float(m["voice_seconds"]),
-        ),
+        "cost": float(m["cost"]),
         "requests": int(m["requests"] or 0),
     }
 
@@ -201,12 +225,12 @@ def totals(
     until: float | None = None,
 ) -> dict[str, float]:
     """Every unit summed over one user's (or group's, or everyone's) rows in ``[since, until)``."""
-    c = usage_events.c
-    q = sa.select(*_sums(c.model)).where(*_filters(user, group, since, until)).group_by(c.model)
+    t = _table(since, until)
+    q = sa.select(*_sums(t, prices)).where(*_filters(t, user, group, since, until))
     out = empty_totals()
     with store.engine.connect() as conn:
         for row in conn.execute(q):
-            add_totals(out, _row_totals(row, prices))
+            add_totals(out, _row_totals(row))
     return out
 
 
@@ -222,20 +246,20 @@ def summary(
 ) -> dict[str, Any]:
     """What ``user`` or ``group`` (or everyone) used in ``[since, until)``: totals in every unit,
     per model and (``by_user``) per user."""
-    c = usage_events.c
-    where = _filters(user, group, since, until)
-    keys = [c.user, c.model] if by_user else [c.model]
-    q = sa.select(*_sums(*keys)).where(*where).group_by(*keys)
+    table = _table(since, until)
+    where = _filters(table, user, group, since, until)
     overall = empty_totals()
     models: dict[str, dict[str, float]] = {}
     users: dict[str, dict[str, float]] = {}
     with store.engine.connect() as conn:
-        for row in conn.execute(q):
-            t = _row_totals(row, prices)
-            add_totals(overall, t)
-            add_totals(models.setdefault(row.model, empty_totals()), t)
-            if by_user:
-                add_totals(users.setdefault(row.user, empty_totals()), t)
+        q = sa.select(*_sums(table, prices, table.c.model)).where(*where)
+        for row in conn.execute(q.group_by(table.c.model)):
+            models[row.model] = _row_totals(row)
+            add_totals(overall, models[row.model])
+        if by_user:
+            q = sa.select(*_sums(table, prices, table.c.user)).where(*where)
+            for row in conn.execute(q.group_by(table.c.user)):
+                users[row.user] = _row_totals(row)
     out: dict[str, Any] = {
         "user": user,
         "group": group,

@@ -114,3 +114,25 @@ def test_config_budgets_do_not_override_the_store(store: UsageStore) -> None:
         Budget.model_validate({**b, "unit": "bananas"})
     with pytest.raises(ValueError):
         Budget.model_validate({**b, "limit": -1})
+
+
+def test_day_aligned_questions_read_the_daily_sums_and_agree_with_the_rows(
+    store: UsageStore, tmp_path: Path
+) -> None:
+    from oraculo.models.metering import usage_daily
+
+    since, until = period_start("month", NOW), period_end("month", NOW)
+    by_day = summary(store, PRICES, since=since, until=until, by_user=True)
+    # a window one second off whole days reads the rows themselves
+    by_row = summary(store, PRICES, since=since + 1, until=until - 1, by_user=True)
+    assert by_day["totals"] == by_row["totals"] and by_day["users"] == by_row["users"]
+    assert by_day["models"] == by_row["models"]
+    with store.engine.connect() as conn:
+        days = conn.execute(usage_daily.select()).all()
+    assert len(days) == 7  # ada x 4 models + bob x 2 this month, ada's old chat last month
+    # a store from before the daily sums gets them from its rows when opened
+    with store.engine.begin() as conn:
+        conn.execute(usage_daily.delete())
+    reopened = UsageStore(str(store.url))
+    again = summary(reopened, PRICES, since=since, until=until, by_user=True)
+    assert again["totals"] == by_day["totals"]

@@ -7,6 +7,7 @@ execute feature's service. Runs left going by a previous server resume at start.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from traitlets import Instance, Type
@@ -22,9 +23,8 @@ from oraculo.extensions.agents.handlers import (
     RunNotebookHandler,
     RunsHandler,
 )
-from oraculo.extensions.agents.service import AgentsService
+from oraculo.extensions.agents.service import AGENT_MODEL_PREFIX, AgentsService, chat_reply
 from oraculo.extensions.base.feature import Feature
-from oraculo.extensions.base.modelclient import ModelClient
 
 _RUN = r"([0-9a-f]{32})"
 
@@ -38,23 +38,19 @@ class AgentsFeature(Feature):
         AgentsService, klass=AgentsService, config=True, help="The service that runs agents."
     )
     service = Instance(AgentsService)
-    models = Instance(ModelClient)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         ext = self.extension
         app = ext.serverapp
-        self.models = ModelClient(
-            parent=self,
-            models_url=ext.models_url,
-            token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
-        )
+        assert self.models is not None
+        self._execute: Any = None
         self.service = self.service_class(
             parent=self,
             root_dir=app.root_dir,
             user=os.environ.get("JUPYTERHUB_USER", ""),
             models=self.models,
-            execute=lambda: getattr(ext.loaded.get("execute"), "service", None),
+            execute=lambda: self._execute,
         )
         try:  # a new user finds the example agents in ~/agents
             self.service.copy_examples()
@@ -64,6 +60,17 @@ class AgentsFeature(Feature):
         io_loop = getattr(app, "io_loop", None)
         if io_loop is not None:
             io_loop.add_callback(self.service.resume_all)
+
+    def connect(self, features: Mapping[str, Feature]) -> None:
+        # tools run through the execute feature's service, in the user's sandboxed kernels
+        self._execute = getattr(features.get("execute"), "service", None)
+        chat: Any = features.get("chat")
+        if chat is not None:
+            chat.service.register_responder(AGENT_MODEL_PREFIX, self._chat_reply)
+
+    async def _chat_reply(self, model: str, messages: list[dict[str, Any]]) -> Any:
+        """``model: "agent:<name>"`` in chat: a run of that agent answers."""
+        return await chat_reply(self.service, model, messages, self.service.user)
 
     def handlers(self) -> list[tuple[str, Any]]:
         return [
@@ -80,4 +87,3 @@ class AgentsFeature(Feature):
 
     async def stop(self) -> None:
         await self.service.stop()
-        await self.models.aclose()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import json
 import math
 import re
 import textwrap
@@ -34,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from traitlets import Float, Int, Unicode
+from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.errors import BadRequest, NotFound
@@ -66,7 +67,9 @@ def estimate_tokens(text: str) -> int:
 
 def message_tokens(message: dict[str, Any]) -> int:
     """Estimated tokens of one chat message, with its role and template markers."""
-    return estimate_tokens(str(message.get("content") or "")) + 4
+    calls = message.get("tool_calls")
+    extra = estimate_tokens(json.dumps(calls)) if calls else 0
+    return estimate_tokens(str(message.get("content") or "")) + 4 + extra
 
 
 @dataclass
@@ -82,7 +85,7 @@ class Assembled:
 
 
 MemoryGetter = Callable[[], Any]
-KernelSummary = Callable[[str], Awaitable[list[dict[str, Any]]]]
+KernelSummary = Callable[..., Awaitable[dict[str, Any]]]
 
 
 class ContextService(LoggingConfigurable):
@@ -118,6 +121,18 @@ class ContextService(LoggingConfigurable):
         1200, config=True, help="Longest passage, memory or cell sent, in characters."
     )
     notebook_cells = Int(8, config=True, help="Most recent notebook cells sent on request.")
+    kernel_inputs = Int(
+        6,
+        config=True,
+        help="""Most recent inputs of the kernel's history sent with a kernel's context (what
+        was run there, saved in the notebook or not); 0: none.""",
+    )
+    variable_previews = Bool(
+        True,
+        config=True,
+        help="""Send the first rows of small dataframes (at most 100,000 rows; 3 rows, 600
+        characters) with the kernel's variables. Off: names, types, shapes and columns only.""",
+    )
     retrieval_timeout = Float(
         8.0,
         config=True,
@@ -201,12 +216,14 @@ class ContextService(LoggingConfigurable):
             )
         return cells[-self.notebook_cells :]
 
-    async def _kernel(self, kernel_id: str, skipped: list[str]) -> list[dict[str, Any]] | None:
+    async def _kernel(self, kernel_id: str, skipped: list[str]) -> dict[str, Any] | None:
+        """``{"variables": [...], "inputs": [...]}`` of a live kernel."""
         if self._kernel_summary is None:
             return None
-        result: list[dict[str, Any]] | None = await self._guard(
-            "kernel variables", self._kernel_summary(kernel_id), skipped
+        found = self._kernel_summary(
+            kernel_id, previews=self.variable_previews, inputs=self.kernel_inputs
         )
+        result: dict[str, Any] | None = await self._guard("kernel variables", found, skipped)
         return result
 
     # --- assembly -----------------------------------------------------------------------------
@@ -223,11 +240,13 @@ class ContextService(LoggingConfigurable):
         variables: list[dict[str, Any]] | None = None,
         workspace: bool = True,
         scale: float = 1.0,
+        reserved: int = 0,
     ) -> Assembled:
         """Fit system prompt, context and history into the model's window (module docstring).
 
         ``scale`` multiplies the token estimate: more than 1 where the model service said that
-        the estimate fell short for this conversation.
+        the estimate fell short for this conversation. ``reserved`` tokens always go besides
+        the messages (the tools' schemas, a response format).
         """
         window = context_length or self.fallback_context_length
         reserve = min(max_tokens or self.reply_tokens, window // 2)
@@ -243,7 +262,9 @@ class ContextService(LoggingConfigurable):
         base_system = "\n\n".join(
             [self.system_prompt, *(str(m.get("content") or "") for m in client_system)]
         ).strip()
-        fixed = estimate_tokens(base_system) + 4 + sum(message_tokens(m) for m in new_turn)
+        fixed = (
+            estimate_tokens(base_system) + 4 + sum(message_tokens(m) for m in new_turn) + reserved
+        )
         if fixed > budget:
             raise BadRequest(
                 f"The messages take about {fixed} tokens; the model's {window}-token window "
@@ -274,15 +295,31 @@ class ContextService(LoggingConfigurable):
             context_left -= cost
             return True
 
-        all_vars = [*(variables or []), *(kernel_vars or [])]
+        live = kernel_vars or {}
+        all_vars = [*(variables or []), *(live.get("variables") or [])]
         if all_vars:
             from oraculo.kernels.chat_magics import render_variables  # imports IPython
 
-            lines = render_variables(all_vars).splitlines()
-            kept = [ln for ln in lines if take(ln)]
+            kept = [text for text in (render_variables([v]) for v in all_vars) if take(text)]
             if kept:
                 sections.append("## Variables in the user's kernel\n" + "\n".join(kept))
                 info["variables"] = len(kept)
+                info["previews"] = sum("first rows of" in text for text in kept)
+
+        saved = {c["source"].strip() for c in cells or []}
+        inputs = [i for i in live.get("inputs") or [] if i.strip() and i.strip() not in saved]
+        if inputs:
+            kept_inputs: list[str] = []
+            for source in reversed(inputs):  # newest first
+                text = "```python\n" + _cut(source.strip(), self.max_item_chars) + "\n```"
+                if take(text):
+                    kept_inputs.append(text)
+            if kept_inputs:
+                sections.append(
+                    "## Code run in the kernel lately (not in the saved notebook)\n"
+                    + "\n".join(reversed(kept_inputs))
+                )
+                info["kernel_inputs"] = len(kept_inputs)
 
         if cells:
             kept_cells: list[str] = []
@@ -337,7 +374,7 @@ class ContextService(LoggingConfigurable):
         if skipped:
             info["skipped"] = skipped
         system = "\n\n".join([base_system, *sections])
-        used = estimate_tokens(system) + 4 + sum(message_tokens(m) for m in new_turn)
+        used = estimate_tokens(system) + 4 + sum(message_tokens(m) for m in new_turn) + reserved
         history_left = budget - used
         kept_history: list[dict[str, Any]] = []
         for m in reversed(history):  # newest first; stop at the first that does not fit
@@ -351,8 +388,8 @@ class ContextService(LoggingConfigurable):
 
         messages = [
             {"role": "system", "content": system},
-            *({"role": m["role"], "content": m.get("content") or ""} for m in kept_history),
-            *({"role": m["role"], "content": m.get("content") or ""} for m in new_turn),
+            *(_wire(m) for m in kept_history),
+            *(_wire(m) for m in new_turn),
         ]
         return Assembled(
             messages=messages,
@@ -362,6 +399,12 @@ class ContextService(LoggingConfigurable):
             prompt_tokens_estimate=used,
             history_dropped=len(history) - len(kept_history),
         )
+
+
+def _wire(m: dict[str, Any]) -> dict[str, Any]:
+    out = {"role": m["role"], "content": m.get("content") or ""}
+    out.update({k: m[k] for k in ("tool_calls", "tool_call_id") if m.get(k)})
+    return out
 
 
 async def _nothing() -> None:
@@ -408,7 +451,7 @@ def _render_cell(cell: dict[str, Any], limit: int) -> str:
 # --- kernel variables ---------------------------------------------------------------------------
 
 
-def summary_expression() -> str:
+def summary_expression(preview_rows: int = 0) -> str:
     """A Python expression that, evaluated in a kernel's namespace, returns the summary as JSON.
 
     It carries the source of :func:`~oraculo.kernels.chat_magics.summarize_namespace`, so the
@@ -419,8 +462,19 @@ def summary_expression() -> str:
     source = textwrap.dedent(inspect.getsource(chat_magics.summarize_namespace))
     return (
         "(lambda g: (exec(compile(" + repr(source) + ", '<oraculo>', 'exec'), g),"
-        " __import__('json').dumps(g['summarize_namespace'](globals()), default=str))[1])"
+        " __import__('json').dumps(g['summarize_namespace'](globals(), preview_rows="
+        + str(int(preview_rows))
+        + "), default=str))[1])"
         "({'Any': object})"
+    )
+
+
+def inputs_expression(n: int) -> str:
+    """The last ``n`` inputs of an IPython kernel's history, as JSON ([] elsewhere)."""
+    return (
+        "__import__('json').dumps([s for s in (getattr(get_ipython(), 'history_manager', None)"
+        f" and get_ipython().history_manager.input_hist_raw or [])[-{int(n)}:] if s.strip()]"
+        " if 'get_ipython' in globals() else [])"
     )
 
 
@@ -430,13 +484,21 @@ class KernelInspector:
     def __init__(self, kernel_manager: Any, timeout: float = 5.0) -> None:
         self.kernel_manager = kernel_manager
         self.timeout = timeout
-        self._expression = ""
+        self._expressions: dict[int, str] = {}
 
-    async def summary(self, kernel_id: str) -> list[dict[str, Any]]:
+    async def summary(
+        self, kernel_id: str, previews: bool = True, inputs: int = 0
+    ) -> dict[str, Any]:
+        """``{"variables": [...], "inputs": [...]}``: the kernel's variables (with the first
+        rows of small frames when ``previews``) and its last ``inputs`` inputs."""
         if kernel_id not in self.kernel_manager:
             raise NotFound(f"No kernel {kernel_id!r}.", reason="Unknown kernel")
-        if not self._expression:
-            self._expression = summary_expression()
+        rows = 3 if previews else 0
+        if rows not in self._expressions:
+            self._expressions[rows] = summary_expression(rows)
+        expressions = {"oraculo": self._expressions[rows]}
+        if inputs > 0:
+            expressions["inputs"] = inputs_expression(inputs)
         client = self.kernel_manager.get_kernel(kernel_id).client()
         client.start_channels()
         try:
@@ -444,7 +506,7 @@ class KernelInspector:
                 "",
                 silent=True,
                 store_history=False,
-                user_expressions={"oraculo": self._expression},
+                user_expressions=expressions,
             )
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout
@@ -454,12 +516,16 @@ class KernelInspector:
                     break
         finally:
             client.stop_channels()
-        result = reply["content"].get("user_expressions", {}).get("oraculo", {})
+        found = reply["content"].get("user_expressions", {})
+        result = found.get("oraculo", {})
         if result.get("status") != "ok":
             self_error = result.get("ename", "error")
             raise RuntimeError(f"the kernel could not describe its variables ({self_error})")
-        text = result["data"]["text/plain"]
-        import json
-
-        data: list[dict[str, Any]] = json.loads(ast.literal_eval(text))
-        return data
+        out: dict[str, Any] = {
+            "variables": json.loads(ast.literal_eval(result["data"]["text/plain"])),
+            "inputs": [],
+        }
+        history = found.get("inputs") or {}
+        if history.get("status") == "ok":  # a kernel without IPython's history has none
+            out["inputs"] = json.loads(ast.literal_eval(history["data"]["text/plain"]))
+        return out

@@ -76,6 +76,9 @@ class ConversationStore(LoggingConfigurable):
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(conversations)")}
+            if "notebook" not in columns:  # conversations kept before bindings existed
+                conn.execute("ALTER TABLE conversations ADD COLUMN notebook TEXT")
             conn.row_factory = sqlite3.Row
             self._conn = conn
         return self._conn
@@ -95,16 +98,19 @@ class ConversationStore(LoggingConfigurable):
 
     # --- conversations ------------------------------------------------------------------------
 
-    async def create(self, title: str = "", model: str = "", cid: str = "") -> dict[str, Any]:
-        """A new, empty conversation (``cid`` chosen by the caller, or a fresh one)."""
+    async def create(
+        self, title: str = "", model: str = "", cid: str = "", notebook: str | None = None
+    ) -> dict[str, Any]:
+        """A new, empty conversation (``cid`` chosen by the caller, or a fresh one), bound to
+        ``notebook`` (a path) or to none."""
 
         def run(db: sqlite3.Connection) -> dict[str, Any]:
             now = time.time()
             cid_ = cid or new_id()
             db.execute(
-                "INSERT INTO conversations (id, title, model, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (cid_, _title(title) or "New conversation", model, now, now),
+                "INSERT INTO conversations (id, title, model, created_at, updated_at, notebook)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (cid_, _title(title) or "New conversation", model, now, now, notebook),
             )
             return _conversation(_get_row(db, cid_), 0)
 
@@ -148,6 +154,18 @@ class ConversationStore(LoggingConfigurable):
                 "UPDATE conversations SET title = ?, updated_at = ? WHERE id = ?",
                 (_title(title), time.time(), cid),
             )
+            n = db.execute("SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (cid,))
+            return _conversation(_get_row(db, cid), n.fetchone()[0])
+
+        result: dict[str, Any] = await self._run(run)
+        return result
+
+    async def bind(self, cid: str, notebook: str | None) -> dict[str, Any]:
+        """Bind the conversation to the notebook at ``notebook`` (None: unbind)."""
+
+        def run(db: sqlite3.Connection) -> dict[str, Any]:
+            _get_row(db, cid)
+            db.execute("UPDATE conversations SET notebook = ? WHERE id = ?", (notebook, cid))
             n = db.execute("SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (cid,))
             return _conversation(_get_row(db, cid), n.fetchone()[0])
 
@@ -221,6 +239,7 @@ def _conversation(row: sqlite3.Row, n: int) -> dict[str, Any]:
         "created_at": _iso(row["created_at"]),
         "updated_at": _iso(row["updated_at"]),
         "message_count": n,
+        "notebook": row["notebook"],
     }
 
 

@@ -11,12 +11,13 @@ from tornado.iostream import StreamClosedError
 
 from oraculo.extensions.base.errors import OraculoError
 from oraculo.extensions.base.handlers import OraculoAPIHandler
-from oraculo.extensions.chat.service import (
+from oraculo.extensions.chat.models import (
+    CellInsert,
     ChatRequest,
     ConversationCreate,
     ConversationUpdate,
-    StreamingReply,
 )
+from oraculo.extensions.chat.service import StreamingReply
 
 
 def _dumps(body: Any) -> str:
@@ -95,7 +96,7 @@ class ConversationsHandler(OraculoAPIHandler):
     @authorized
     async def post(self) -> None:
         body = self.parse_body(ConversationCreate)
-        conv = await self.feature("chat").conversations.create(body.title)
+        conv = await self.feature("chat").conversations.create(body.title, notebook=body.notebook)
         self.set_status(201)
         self.set_header("Location", f"{self.request.path.rstrip('/')}/{conv['id']}")
         self.finish(conv)
@@ -111,7 +112,13 @@ class ConversationHandler(OraculoAPIHandler):
     @authorized
     async def patch(self, cid: str) -> None:
         body = self.parse_body(ConversationUpdate)
-        self.finish(await self.feature("chat").conversations.rename(cid, body.title))
+        conversations = self.feature("chat").conversations
+        conv = await conversations.get(cid, with_messages=False)
+        if body.title is not None:
+            conv = await conversations.rename(cid, body.title)
+        if "notebook" in body.model_fields_set:
+            conv = await conversations.bind(cid, body.notebook)
+        self.finish(conv)
 
     @web.authenticated
     @authorized
@@ -119,3 +126,24 @@ class ConversationHandler(OraculoAPIHandler):
         await self.feature("chat").conversations.delete(cid)
         self.set_status(204)
         self.finish()
+
+
+class NotebooksHandler(OraculoAPIHandler):
+    """The user's open notebooks (their sessions), for binding a conversation to one."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish({"notebooks": await self.feature("chat").notebooks.list_open()})
+
+
+class CellsHandler(OraculoAPIHandler):
+    """Code into an open notebook, through the JupyterLab pages that show it (202: asked)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.parse_body(CellInsert)
+        sent = await self.feature("chat").cells.insert(body.notebook, body.code, body.mode)
+        self.set_status(202)
+        self.finish(sent)

@@ -10,119 +10,72 @@ chunk of a stream).
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 from traitlets.config import LoggingConfigurable
 
+from oraculo.extensions.base.errors import NotFound
 from oraculo.extensions.base.modelclient import (
     ChatStream,
     ModelClient,
     ModelInfo,
     ModelServiceError,
 )
-from oraculo.extensions.chat.context import Assembled, ContextService
+from oraculo.extensions.chat.context import Assembled, ContextService, estimate_tokens
 from oraculo.extensions.chat.conversations import ConversationStore, new_id
-
-# --- wire models ------------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: Annotated[str, Field(max_length=200_000)]
-
-
-class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, Field(max_length=200_000)] | list[TextPart] | None = None
-    name: str | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content)
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
-
-
-class ChatContextRequest(_Strict):
-    """``context`` extra field: what of the workspace to send besides memories and passages."""
-
-    notebook: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
-    kernel: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    #: A variables summary the client made itself (the ``%%chat`` magic does, in the kernel).
-    variables: Annotated[list[dict[str, Any]], Field(max_length=200)] | None = None
-    #: Search the user's memories and workspace files (false: send neither, cite nothing).
-    workspace: bool = True
-
-
-class ChatRequest(_Strict):
-    """OpenAI's chat-completions request, plus ``conversation_id``, ``context`` and ``store``."""
-
-    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    messages: Annotated[list[Message], Field(min_length=1, max_length=1000)]
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    # extra fields
-    conversation_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
-    context: ChatContextRequest | None = None
-    store: bool = True
-
-    @field_validator("stop")
-    @classmethod
-    def _no_empty_stop(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if v is not None and any(s == "" for s in ([v] if isinstance(v, str) else v)):
-            raise ValueError("stop sequences must not be empty")
-        return v
-
-    @property
-    def requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
-
-
-class ConversationCreate(_Strict):
-    title: Annotated[str, Field(max_length=500)] = ""
-
-
-class ConversationUpdate(_Strict):
-    title: Annotated[str, Field(min_length=1, max_length=500)]
-
-
-# --- service ----------------------------------------------------------------------------------
-
-_PROMPT_TOKENS = re.compile(r"\((\d+) in the messages")
+from oraculo.extensions.chat.models import (
+    ChatContextRequest,
+    ChatRequest,
+)
+from oraculo.extensions.chat.notebooks import NotebookSessions
 
 
 def refit_scale(error: ModelServiceError, estimate: int) -> float | None:
     """How much to scale the token estimate after ``context_length_exceeded`` (None: other
-    errors). The model service says how many tokens the messages really took; without that, 2.
+    errors). The model service says how many tokens the messages really took (the envelope's
+    ``prompt_tokens`` field); without that, 2.
     """
     if error.type != "context_length_exceeded" or estimate <= 0:
         return None
-    found = _PROMPT_TOKENS.search(error.message)
-    real = int(found.group(1)) if found else 2 * estimate
+    real = error.details.get("prompt_tokens")
+    if not isinstance(real, int) or real <= 0:
+        real = 2 * estimate
     return max(1.1, 1.05 * real / estimate)
 
 
 _SAMPLING = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed")
+#: Passed to the model service as they came (validated above), so any OpenAI client gets
+#: structured output and tool calls.
+_PASSED = ("response_format", "tools", "tool_choice", "parallel_tool_calls")
+
+
+_TOOL_FIELDS = ("tool_calls", "tool_call_id")
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return value
+
+
+def _from_stored(m: dict[str, Any]) -> dict[str, Any]:
+    """A stored message as history: role, content and the tool fields kept in its meta."""
+    out = {"role": m["role"], "content": m["content"]}
+    meta = m.get("oraculo") or {}
+    out.update({k: meta[k] for k in _TOOL_FIELDS if meta.get(k)})
+    return out
+
+
+def _to_stored(m: dict[str, Any]) -> dict[str, Any]:
+    """A message of the new turn as stored: tool fields go in its meta."""
+    meta = {k: m[k] for k in _TOOL_FIELDS if m.get(k)}
+    return {"role": m["role"], "content": m["content"], **({"meta": meta} if meta else {})}
 
 
 @dataclass
@@ -135,11 +88,14 @@ class PreparedChat:
     new_turn: list[dict[str, Any]]
     assembled: Assembled
     body: dict[str, Any]
+    #: The notebook this chat is about, and its live kernel (None: not open).
+    binding: dict[str, Any] | None = None
 
     def extra(self, **more: Any) -> dict[str, Any]:
         a = self.assembled
         return {
             "conversation_id": self.conversation_id,
+            "binding": self.binding,
             "model": self.model.id,
             "citations": a.citations,
             "memories": a.memories,
@@ -150,6 +106,10 @@ class PreparedChat:
         }
 
 
+#: Answers a chat for the models under a prefix: ``(model, messages) -> reply``.
+Responder = Callable[[str, list[dict[str, Any]]], Awaitable[Any]]
+
+
 class ChatService(LoggingConfigurable):
     """Answers chat requests for this server's user."""
 
@@ -158,35 +118,61 @@ class ChatService(LoggingConfigurable):
         models: ModelClient,
         context: ContextService,
         conversations: ConversationStore,
+        notebooks: NotebookSessions | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.models = models
         self.context = context
         self.conversations = conversations
+        self.notebooks = notebooks
+        #: Model-name prefix → the feature's responder (see :meth:`register_responder`).
+        self.responders: dict[str, Responder] = {}
 
     async def prepare(self, req: ChatRequest, scale: float = 1.0) -> PreparedChat:
         model = await self.models.resolve(req.model)
         history: list[dict[str, Any]] = []
         cid, is_new = req.conversation_id, False
+        bound: str | None = None
         if cid is not None:
             conv = await self.conversations.get(cid)
-            history = [{"role": m["role"], "content": m["content"]} for m in conv["messages"]]
+            history = [_from_stored(m) for m in conv["messages"]]
+            bound = conv.get("notebook")
         elif req.store:
             cid, is_new = new_id(), True
-        new_turn = [{"role": m.role, "content": m.text()} for m in req.messages]
+        new_turn = [m.wire() for m in req.messages]
+        passed = {k: getattr(req, k) for k in _PASSED if getattr(req, k) is not None}
+        wired = {k: _dump(v) for k, v in passed.items()}
         ctx = req.context or ChatContextRequest()
-        assembled = await self.context.assemble(
-            history,
-            new_turn,
-            context_length=model.context_length,
-            max_tokens=req.requested_max_tokens,
-            notebook=ctx.notebook,
-            kernel=ctx.kernel,
-            variables=ctx.variables,
-            workspace=ctx.workspace,
-            scale=scale,
-        )
+        # A notebook named here, else the one the conversation is bound to; its live kernel
+        # (when it is open) gives the variables and what was run but not saved.
+        notebook, kernel = ctx.notebook or bound, ctx.kernel
+        if notebook and kernel is None and self.notebooks is not None:
+            kernel = await self.notebooks.kernel_for(notebook)
+        binding = {"notebook": notebook, "kernel": kernel} if notebook else None
+
+        async def assemble(notebook: str | None) -> Assembled:
+            return await self.context.assemble(
+                history,
+                new_turn,
+                context_length=model.context_length,
+                max_tokens=req.requested_max_tokens,
+                reserved=estimate_tokens(json.dumps(wired)) if wired else 0,
+                notebook=notebook,
+                kernel=kernel,
+                variables=ctx.variables,
+                workspace=ctx.workspace,
+                scale=scale,
+            )
+
+        try:
+            assembled = await assemble(notebook)
+        except NotFound:
+            if ctx.notebook or not bound or kernel is not None:
+                raise
+            # the bound notebook was moved or deleted: chat goes on without its cells
+            assembled = await assemble(None)
+            assembled.context.setdefault("skipped", []).append(f"notebook {bound}: not found")
         body: dict[str, Any] = {"model": model.id, "messages": assembled.messages}
         for key in _SAMPLING:
             value = getattr(req, key)
@@ -194,7 +180,8 @@ class ChatService(LoggingConfigurable):
                 body[key] = value
         if req.stream_options is not None:
             body["stream_options"] = req.stream_options.model_dump()
-        return PreparedChat(model, cid, is_new, new_turn, assembled, body)
+        body.update(wired)
+        return PreparedChat(model, cid, is_new, new_turn, assembled, body, binding)
 
     async def complete(self, req: ChatRequest) -> dict[str, Any]:
         """A whole reply: OpenAI's ``chat.completion`` plus ``oraculo``."""
@@ -208,8 +195,10 @@ class ChatService(LoggingConfigurable):
             prep = await self._refit(req, prep, e)
             body = await self.models.complete(prep.body)
         choice = (body.get("choices") or [{}])[0]
-        text = str((choice.get("message") or {}).get("content") or "")
-        await self.save(prep, text, str(choice.get("finish_reason") or "stop"))
+        message = choice.get("message") or {}
+        text = str(message.get("content") or "")
+        finish = str(choice.get("finish_reason") or "stop")
+        await self.save(prep, text, finish, message.get("tool_calls"))
         body["oraculo"] = prep.extra()
         return body
 
@@ -226,18 +215,24 @@ class ChatService(LoggingConfigurable):
             upstream = await self.models.open_stream(prep.body)
         return StreamingReply(self, prep, upstream)
 
-    async def _agent_reply(self, req: ChatRequest) -> Any:
-        """``model: "agent:<name>"``: a run of that agent answers (agents feature), else None."""
-        if not (req.model or "").startswith("agent:"):
-            return None
-        from oraculo.extensions.agents.service import chat_reply
-        from oraculo.extensions.base.errors import NotFound
+    def register_responder(self, prefix: str, responder: Responder) -> None:
+        """Let another feature answer the models whose names start with ``prefix`` (the agents
+        feature answers ``agent:<name>``). The responder gets the model name and the messages,
+        and returns a reply with the interface of :class:`StreamingReply` (``body()``, chunks,
+        ``cancel()``, ``close()``)."""
+        self.responders[prefix] = responder
 
-        feature = self.parent.extension.loaded.get("agents") if self.parent is not None else None
-        if feature is None:
-            raise NotFound(f"The model '{req.model}' does not exist.", reason="Unknown model")
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        return await chat_reply(feature.service, req.model or "", messages, feature.service.user)
+    async def _agent_reply(self, req: ChatRequest) -> Any:
+        """A registered responder's reply for a model under its prefix; None for other models."""
+        model = req.model or ""
+        for prefix, responder in self.responders.items():
+            if model.startswith(prefix):
+                messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+                return await responder(model, messages)
+        if model.startswith("agent:"):
+            # the agents feature is not loaded: no agent answers
+            raise NotFound(f"The model '{model}' does not exist.", reason="Unknown model")
+        return None
 
     async def _refit(
         self, req: ChatRequest, prep: PreparedChat, error: ModelServiceError
@@ -250,24 +245,38 @@ class ChatService(LoggingConfigurable):
         self.log.info("chat: prompt estimate short by %.2fx; re-fitting", scale)
         return await self.prepare(req, scale)
 
-    async def save(self, prep: PreparedChat, reply: str, finish_reason: str) -> None:
+    async def save(
+        self,
+        prep: PreparedChat,
+        reply: str,
+        finish_reason: str,
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> None:
         """Store the new turn and the reply; a failure is logged, the reply still goes out."""
         if prep.conversation_id is None:
             return
-        meta = {
+        meta: dict[str, Any] = {
             "model": prep.model.id,
             "finish_reason": finish_reason,
             "citations": prep.assembled.citations,
             "memories": [m.get("key") for m in prep.assembled.memories],
             "context": prep.assembled.context,
         }
+        if tool_calls:
+            meta["tool_calls"] = tool_calls
         try:
             if prep.is_new:
                 first = next((m["content"] for m in prep.new_turn if m["role"] == "user"), "")
-                await self.conversations.create(first, prep.model.id, prep.conversation_id)
+                notebook = (prep.binding or {}).get("notebook")
+                await self.conversations.create(
+                    first, prep.model.id, prep.conversation_id, notebook=notebook
+                )
             await self.conversations.append(
                 prep.conversation_id,
-                [*prep.new_turn, {"role": "assistant", "content": reply, "meta": meta}],
+                [
+                    *(_to_stored(m) for m in prep.new_turn),
+                    {"role": "assistant", "content": reply, "meta": meta},
+                ],
                 prep.model.id,
             )
         except Exception:
@@ -282,6 +291,7 @@ class StreamingReply:
     prep: PreparedChat
     upstream: ChatStream
     parts: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     _closed: bool = False
     _closing: asyncio.Future[None] | None = None
@@ -291,9 +301,12 @@ class StreamingReply:
         async for chunk in self.upstream:
             finished = False
             for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content")
+                delta = choice.get("delta") or {}
+                text = delta.get("content")
                 if text:
                     self.parts.append(text)
+                for call in delta.get("tool_calls") or []:
+                    self._add_call(call)
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
                     finished = True
@@ -301,6 +314,18 @@ class StreamingReply:
                 chunk["oraculo"] = self.prep.extra()
                 first = False
             yield chunk
+
+    def _add_call(self, piece: dict[str, Any]) -> None:
+        """Join a streamed tool call's pieces by index (OpenAI streams arguments in parts)."""
+        index = int(piece.get("index", len(self.tool_calls)))
+        while len(self.tool_calls) <= index:
+            self.tool_calls.append({"type": "function", "function": {"name": "", "arguments": ""}})
+        call = self.tool_calls[index]
+        if piece.get("id"):
+            call["id"] = piece["id"]
+        fn = piece.get("function") or {}
+        call["function"]["name"] += fn.get("name") or ""
+        call["function"]["arguments"] += fn.get("arguments") or ""
 
     def cancel(self) -> None:
         """The client went away: stop reading (the model service stops generating)."""
@@ -313,4 +338,6 @@ class StreamingReply:
             return
         self._closed = True
         await self.upstream.aclose()
-        await self.service.save(self.prep, "".join(self.parts), self.finish_reason or "cancelled")
+        await self.service.save(
+            self.prep, "".join(self.parts), self.finish_reason or "cancelled", self.tool_calls
+        )

@@ -7,26 +7,35 @@ come from ``api/v1/chat/models`` and ``api/v1/chat/conversations``; "Run" on a c
 it to ``api/v1/execute`` and is shown only when the server has the execute feature.
 
 Stable hooks for tests: ``[data-testid=oraculo-chat]`` (``data-state`` loading, idle,
-streaming, done, stopped or error), ``chat-citations``, ``chat-error``, ``chat-run-output``;
-the widgets carry the CSS classes ``chat-model``, ``chat-conversations``, ``chat-new``,
-``chat-rename``, ``chat-delete`` and ``chat-run``.
+streaming, done, stopped or error), ``chat-citations``, ``chat-error``, ``chat-run-output``
+(its ``data-where`` is the notebook the code ran in, or ``assistant``), ``chat-run-where``,
+``chat-insert-note``, ``chat-binding``; the
+widgets carry the CSS classes ``chat-model``, ``chat-conversations``, ``chat-new``,
+``chat-rename``, ``chat-delete``, ``chat-notebook``, ``chat-notebooks-refresh`` and ``chat-run``.
+
+A conversation can be bound to one of the user's open notebooks (``api/v1/chat/notebooks``):
+the server then takes the context from that notebook and its live kernel, and "Run" executes in
+that kernel (``session``: the notebook's path), saying where it ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import html
-import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 import httpx
 import panel as pn
 import param
 
+from oraculo.extensions.base.wire import aiter_events, read_error
 from oraculo.extensions.panels.client import ServerAPIError, ServerClient
+from oraculo.extensions.panels.workspace import static_url
+from oraculo.kernels.chat_inputs import CODE_FORMAT, code_of
 
 TEST_ID = "oraculo-chat"
 ASSISTANT = "Oráculo"
@@ -39,6 +48,8 @@ CSS = """
 .och-error { color: #c92a2a; }
 .och-out { font: 12px ui-monospace, monospace; white-space: pre-wrap; background: #f5f7fa;
            border-radius: 6px; padding: 6px 8px; margin: 4px 0 0; }
+.och-where { font: 11px system-ui, sans-serif; color: #616e7c; margin: 4px 0 0; }
+.och-cites a { color: #1f5fbf; }
 """
 
 # Inline icons: Bokeh fetches its Tabler icon font from a CDN, and the hub may be offline.
@@ -62,6 +73,9 @@ _OFFLINE_ICONS_JS = """(function () {
 
 _MESSAGE_PARAMS = {"show_reaction_icons": False, "show_copy_icon": False}
 
+#: Longest code-only reply (tokens): a few lines, which a small model on a CPU writes in seconds.
+CODE_MAX_TOKENS = 160
+
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
 
 
@@ -84,19 +98,10 @@ class ChatClient(ServerClient):
         async with self.connect() as c, c.stream("POST", self.base + "api/v1/chat", json=body) as r:
             if r.status_code != 200:
                 raise ChatAPIError(_message(r.status_code, await r.aread()))
-            event = ""
-            async for line in r.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                    continue
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                chunk = json.loads(data)
-                if event == "error" or "error" in chunk:
-                    raise ChatAPIError(str((chunk.get("error") or {}).get("message", "error")))
+            async for event in aiter_events(r.aiter_lines()):
+                if event.is_error:
+                    raise ChatAPIError(read_error(502, event.data).message)
+                chunk = event.data if isinstance(event.data, dict) else {}
                 text = "".join(
                     (ch.get("delta") or {}).get("content") or "" for ch in chunk.get("choices", [])
                 )
@@ -104,19 +109,23 @@ class ChatClient(ServerClient):
 
 
 def _message(status: int, content: bytes) -> str:
-    try:
-        body = json.loads(content)
-        return f"{body.get('message') or body} (HTTP {status})"
-    except ValueError:
-        return f"HTTP {status}"
+    return f"{read_error(status, content).message} (HTTP {status})"
 
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def render_citations(citations: list[dict[str, Any]], memories: list[dict[str, Any]]) -> str:
-    """The sources a reply used, as escaped HTML."""
+def lab_url(base_path: str, path: str) -> str:
+    """JupyterLab's address that opens ``path`` (a file or notebook of the user's)."""
+    return base_path.rstrip("/") + "/lab/tree/" + quote(str(path).lstrip("/"))
+
+
+def render_citations(
+    citations: list[dict[str, Any]], memories: list[dict[str, Any]], base_path: str = ""
+) -> str:
+    """The sources a reply used, as escaped HTML; each passage links to its file in
+    JupyterLab (opened in a new tab)."""
     items: list[str] = []
     for c in citations:
         where = _e(c.get("path"))
@@ -124,7 +133,11 @@ def render_citations(citations: list[dict[str, Any]], memories: list[dict[str, A
             where += f", cell {_e(c['cell'])}"
         if c.get("start_line"):
             where += f", lines {_e(c['start_line'])}–{_e(c.get('end_line'))}"
-        items.append(f"<li>[{_e(c.get('index', len(items) + 1))}] <code>{where}</code></li>")
+        label = f"<code>{where}</code>"
+        if base_path and c.get("path"):
+            href = _e(lab_url(base_path, str(c["path"])))
+            label = f'<a href="{href}" target="_blank" rel="noopener">{label}</a>'
+        items.append(f"<li>[{_e(c.get('index', len(items) + 1))}] {label}</li>")
     for m in memories:
         items.append(f"<li>memory <code>{_e(m.get('key'))}</code></li>")
     if not items:
@@ -147,10 +160,30 @@ class ChatPanel(pn.viewable.Viewer):
     can_execute = param.Boolean(
         default=False, doc="Whether the server runs code (POST api/v1/execute)."
     )
+    notebook = param.String(
+        default="", doc="The notebook the conversation is bound to (empty: none)."
+    )
 
     def __init__(self, client: ChatClient, **params: Any) -> None:
         super().__init__(**params)
         self._client = client
+        #: The server's base path as the browser sees it (links into JupyterLab).
+        self._base_path = urlparse(client.base).path or "/"
+        self._notebooks = pn.widgets.Select(
+            name="Notebook", options={"(no notebook)": ""}, width=240, css_classes=["chat-notebook"]
+        )
+        self._notebooks.param.watch(self._on_bind, "value")
+        self._refresh_notebooks = pn.widgets.Button(
+            name="↻", width=36, css_classes=["chat-notebooks-refresh"], description="Refresh"
+        )
+        self._refresh_notebooks.on_click(self._on_refresh_notebooks)
+        self._binding = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+        self._confirming = False
+        self._code_only = pn.widgets.Checkbox(
+            name="Reply with code only", value=False, css_classes=["chat-code-only"]
+        )
+        #: Each model's context window (tokens), to say how much of it the context used.
+        self._windows: dict[str, int] = {}
         self._status = pn.pane.HTML(
             self._status_html(""), stylesheets=[CSS], sizing_mode="stretch_width", min_height=24
         )
@@ -199,7 +232,10 @@ class ChatPanel(pn.viewable.Viewer):
                 self._conversations,
                 pn.Row(self._title, self._rename),
                 self._delete,
-                width=260,
+                pn.Row(self._notebooks, self._refresh_notebooks, align="end"),
+                self._binding,
+                self._code_only,
+                width=290,
             ),
             pn.Column(
                 pn.Row(self._models, self._status, align="end"),
@@ -231,8 +267,10 @@ class ChatPanel(pn.viewable.Viewer):
             info = await self._client.request("GET", "api/v1/chat/models")
             self.can_execute = bool(info.get("features", {}).get("execute"))
             self._models.options = [m["id"] for m in info["models"]]
+            self._windows = {m["id"]: m.get("context_length") or 2048 for m in info["models"]}
             self._models.value = self.model or info["default"]
             await self._refresh_conversations()
+            await self._load_notebooks()
         except (ChatAPIError, httpx.HTTPError) as e:
             self._set_state("error", error=str(e) or type(e).__name__)
             return
@@ -246,7 +284,47 @@ class ChatPanel(pn.viewable.Viewer):
         self._conversations.options = options
         self._conversations.value = self.conversation_id
 
+    async def _load_notebooks(self) -> None:
+        """The user's open notebooks as the binding choices (the bound one stays listed)."""
+        data = await self._client.request("GET", "api/v1/chat/notebooks")
+        options = {"(no notebook)": ""}
+        for n in data["notebooks"]:
+            options[f"{n['path']} · {n['state']}"] = n["path"]
+        if self.notebook and self.notebook not in options.values():
+            options[f"{self.notebook} · not open"] = self.notebook
+        self._notebooks.options = options
+        self._notebooks.value = self.notebook
+        self._show_binding()
+
+    def _show_binding(self) -> None:
+        if self.notebook:
+            text = f"Bound to <b>{_e(self.notebook)}</b>: its cells and kernel are the context"
+            if self.can_execute:
+                text += "; Run executes there"
+        else:
+            text = "No notebook: Run uses the assistant's own kernel"
+        self._binding.object = f'<div class="och-where" data-testid="chat-binding">{text}</div>'
+
     # --- events -------------------------------------------------------------------------------
+
+    async def _on_refresh_notebooks(self, event: Any) -> None:
+        try:
+            await self._load_notebooks()
+        except (ChatAPIError, httpx.HTTPError) as e:
+            self._set_state("error", error=str(e) or type(e).__name__)
+
+    async def _on_bind(self, event: Any) -> None:
+        path = event.new or ""
+        if path == self.notebook:
+            return
+        self.notebook = path
+        self._show_binding()
+        if self.conversation_id:
+            conv = f"api/v1/chat/conversations/{self.conversation_id}"
+            try:
+                await self._client.request("PATCH", conv, json={"notebook": path or None})
+            except (ChatAPIError, httpx.HTTPError) as e:
+                self._set_state("error", error=str(e) or type(e).__name__)
 
     def _on_model(self, event: Any) -> None:
         self.model = event.new or ""
@@ -261,6 +339,8 @@ class ChatPanel(pn.viewable.Viewer):
             return
         conv = await self._client.request("GET", f"api/v1/chat/conversations/{cid}")
         self._title.value = conv["title"]
+        self.notebook = conv.get("notebook") or ""
+        await self._load_notebooks()
         for m in conv["messages"]:
             if m["role"] not in ("user", "assistant"):
                 continue
@@ -273,6 +353,7 @@ class ChatPanel(pn.viewable.Viewer):
                     user=user,
                     footer_objects=footer,
                     avatar=user[0],
+                    **_when(m.get("created_at")),  # when it was said, not now
                     **_MESSAGE_PARAMS,
                 ),
                 respond=False,
@@ -282,6 +363,7 @@ class ChatPanel(pn.viewable.Viewer):
         self.conversation_id = ""
         self._conversations.value = ""
         self._title.value = ""
+        self._cancel_delete()
         self.interface.clear()
 
     async def _on_rename(self, event: Any) -> None:
@@ -290,13 +372,27 @@ class ChatPanel(pn.viewable.Viewer):
             await self._client.request("PATCH", path, json={"title": self._title.value})
             await self._refresh_conversations()
 
+    def _cancel_delete(self) -> None:
+        self._confirming = False
+        self._delete.name = "Delete"
+        self._delete.button_style = "outline"
+
     async def _on_delete(self, event: Any) -> None:
-        if self.conversation_id:
-            path = f"api/v1/chat/conversations/{self.conversation_id}"
-            await self._client.request("DELETE", path)
-            self.conversation_id = ""
-            self.interface.clear()
-            await self._refresh_conversations()
+        """The first click asks (the button reads "Really delete?"); the second deletes."""
+        if not self.conversation_id:
+            return
+        if not self._confirming:
+            self._confirming = True
+            self._delete.name = "Really delete?"
+            self._delete.button_style = "solid"
+            return
+        self._cancel_delete()
+        path = f"api/v1/chat/conversations/{self.conversation_id}"
+        await self._client.request("DELETE", path)
+        self.conversation_id = ""
+        self._title.value = ""
+        self.interface.clear()
+        await self._refresh_conversations()
 
     # --- replies ------------------------------------------------------------------------------
 
@@ -305,11 +401,19 @@ class ChatPanel(pn.viewable.Viewer):
         body: dict[str, Any] = {
             "messages": [{"role": "user", "content": str(contents)}],
             "stream": True,
+            "store": True,
         }
         if self.model:
             body["model"] = self.model
         if self.conversation_id:
             body["conversation_id"] = self.conversation_id
+        if self.notebook:
+            body["context"] = {"notebook": self.notebook}
+        code_only = bool(self._code_only.value)
+        if code_only:  # constrained to {"code": ...}, greedy: a code block, the same each time
+            body["response_format"] = CODE_FORMAT
+            body["temperature"] = 0
+            body["max_tokens"] = CODE_MAX_TOKENS
         message = pn.chat.ChatMessage("", user=ASSISTANT, avatar="O", **_MESSAGE_PARAMS)
         yield message
         text, extra = "", {}
@@ -321,59 +425,130 @@ class ChatPanel(pn.viewable.Viewer):
                     text += delta
                     yield text
         except asyncio.CancelledError:
+            if not text:  # stopped before a word: no empty bubble left behind
+                self.interface.objects = [o for o in self.interface.objects if o is not message]
             self._set_state("stopped", "Stopped")
             raise
         except (ChatAPIError, httpx.HTTPError) as e:
             self._set_state("error", error=str(e) or type(e).__name__)
             return
+        if code_only:
+            code = code_of(text)
+            text = f"```python\n{code}\n```" if code else text
+            message.object = text
         message.footer_objects = self._footer(
             text, extra.get("citations") or [], extra.get("memories") or []
         )
         if extra.get("conversation_id") and extra["conversation_id"] != self.conversation_id:
             self.conversation_id = extra["conversation_id"]
             await self._refresh_conversations()
-        skipped = (extra.get("context") or {}).get("skipped") or []
-        note = f" · without {'; '.join(skipped)}" if skipped else ""
-        self._set_state("done", f"{extra.get('model') or self.model}{note}")
+        self._set_state("done", self._usage_text(extra))
+
+    def _usage_text(self, extra: dict[str, Any]) -> str:
+        """The model, what context went with the question and how much of the model's window
+        the prompt took (the server's estimate)."""
+        model = extra.get("model") or self.model
+        context = extra.get("context") or {}
+        parts = [model]
+        sent = []
+        if context.get("variables"):
+            sent.append(f"{context['variables']} variables")
+        if context.get("notebook"):
+            sent.append(
+                f"{context['notebook'].get('cells', 0)} cells of {context['notebook']['path']}"
+            )
+        if context.get("kernel_inputs"):
+            sent.append(f"{context['kernel_inputs']} inputs run in its kernel")
+        if extra.get("memories"):
+            sent.append(f"{len(extra['memories'])} memories")
+        if extra.get("citations"):
+            sent.append(f"{len(extra['citations'])} passages")
+        if sent:
+            parts.append("context: " + ", ".join(sent))
+        window = self._windows.get(model)
+        if extra.get("prompt_tokens_estimate") and window:
+            used = int(extra["prompt_tokens_estimate"])
+            parts.append(f"{used}/{window} tokens of the window ({100 * used // window}%)")
+        skipped = context.get("skipped") or []
+        if skipped:
+            parts.append(f"without {'; '.join(skipped)}")
+        return " · ".join(parts)
 
     def _footer(
         self, text: str, citations: list[dict[str, Any]], memories: list[dict[str, Any]]
     ) -> list[Any]:
         footer: list[Any] = []
-        cites = render_citations(citations, memories)
+        cites = render_citations(citations, memories, self._base_path)
         if cites:
             footer.append(pn.pane.HTML(cites, stylesheets=[CSS]))
-        if self.can_execute:
-            for code in _CODE_BLOCK.findall(text):
-                footer.append(self._run_button(code))
+        for code in _CODE_BLOCK.findall(text):
+            footer.append(self._code_actions(code))
         return footer
 
-    def _run_button(self, code: str) -> pn.viewable.Viewable:
+    def _code_actions(self, code: str) -> pn.viewable.Viewable:
+        """Under each code block: Run (when the server executes code) and Insert (into the
+        bound notebook, below its active cell, through JupyterLab)."""
+        insert, inserted = self._insert_button(code)
+        if not self.can_execute:
+            return pn.Column(insert, inserted)
+        run, ran = self._run_button(code)
+        return pn.Column(pn.Row(run, insert), ran, inserted)
+
+    def _insert_button(self, code: str) -> tuple[Any, Any]:
+        output = pn.pane.HTML("", stylesheets=[CSS])
+        button = pn.widgets.Button(name="Insert", width=72, css_classes=["chat-insert"])
+
+        async def insert(event: Any) -> None:
+            notebook = self.notebook
+            if not notebook:
+                note = "Bind this chat to a notebook to insert code into it."
+            else:
+                body = {"notebook": notebook, "code": code, "mode": "below"}
+                try:
+                    await self._client.request("POST", "api/v1/chat/cells", json=body)
+                    note = f"Inserted below the active cell of {notebook}"
+                except (ChatAPIError, httpx.HTTPError) as e:
+                    note = str(e)
+            output.object = (
+                f'<div class="och-where" data-testid="chat-insert-note">{_e(note)}</div>'
+            )
+
+        button.on_click(insert)
+        return button, output
+
+    def _run_button(self, code: str) -> tuple[Any, Any]:
         output = pn.pane.HTML("", stylesheets=[CSS])
         button = pn.widgets.Button(name="Run", width=64, css_classes=["chat-run"])
 
         async def run(event: Any) -> None:
             button.loading = True
+            notebook = self.notebook  # the binding when Run is pressed
+            body: dict[str, Any] = {"code": code, "language": "python", "timeout": 60}
+            if notebook:
+                body["session"] = notebook
+            where = f"Ran in {notebook}" if notebook else "Ran in the assistant's own kernel"
             try:
-                result = await self._client.request(
-                    "POST",
-                    "api/v1/execute",
-                    json={"code": code, "language": "python", "timeout": 60},
-                )
+                result = await self._client.request("POST", "api/v1/execute", json=body)
                 shown = result.get("output") or ""
                 for bundle in result.get("results") or []:
                     shown += str(bundle.get("text/plain", "")) + "\n"
                 if result.get("error"):
                     err = result["error"]
                     shown += f"{err.get('name')}: {err.get('value')}"
+                where += f" (kernel {str(result.get('session') or '')[:8]})"
             except (ChatAPIError, httpx.HTTPError) as e:
                 shown = str(e)
+                where = f"Could not run in {notebook}" if notebook else "Could not run"
             finally:
                 button.loading = False
-            output.object = f'<pre class="och-out" data-testid="chat-run-output">{_e(shown)}</pre>'
+            output.object = (
+                f'<div class="och-where" data-testid="chat-run-where">{_e(where)}</div>'
+                f'<pre class="och-out" data-testid="chat-run-output" '
+                f'data-where="{_e(notebook or "assistant")}">{_e(shown)}</pre>'
+            )
 
         button.on_click(run)
-        return pn.Column(button, output)
+        return button, output
 
     def start(self) -> None:
         pn.state.onload(self.load)
@@ -382,10 +557,32 @@ class ChatPanel(pn.viewable.Viewer):
         return self._layout
 
 
+def _when(iso: Any) -> dict[str, Any]:
+    """A stored message's time (UTC ISO 8601) as ChatMessage's ``timestamp`` in the browser's
+    time zone, with the day when it was not today."""
+    if not isinstance(iso, str):
+        return {}
+    try:
+        when = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return {}
+    zone: Any = None
+    name = getattr(pn.state.browser_info, "timezone", None) if pn.state.browser_info else None
+    if name:
+        try:
+            from zoneinfo import ZoneInfo
+
+            zone = ZoneInfo(name)
+        except (KeyError, ValueError):
+            zone = None
+    local = when.astimezone(zone)
+    today = dt.datetime.now(local.tzinfo).date()
+    fmt = "%H:%M" if local.date() == today else "%d %b %Y %H:%M"
+    return {"timestamp": local.replace(tzinfo=None), "timestamp_format": fmt}
+
+
 def create_app() -> ChatPanel:
     """The Chat page, talking to the server that started this process."""
-    from oraculo.extensions.panels.workspace import static_url
-
     pn.extension(
         js_files={"oraculo_offline_icons": "data:text/javascript," + quote(_OFFLINE_ICONS_JS)}
     )

@@ -154,6 +154,10 @@ def _socket_path() -> str:
     return os.path.join(folder, "socket")
 
 
+#: The launcher section of the Oráculo tiles.
+LAUNCHER_CATEGORY = "Oráculo"
+
+
 def _launcher_entry(app: str) -> dict[str, Any]:
     icon = STATIC_DIR / f"{app}.svg"
     return {
@@ -161,8 +165,9 @@ def _launcher_entry(app: str) -> dict[str, Any]:
         "title": TILES[app],
         "icon_path": str(icon if icon.exists() else STATIC_DIR / "workspace.svg"),
         "path_info": f"{PROXY_NAME}/{app}",
-        # JupyterLab's launcher shows an entry's icon only in its kernel categories.
-        "category": "Notebook",
+        # A launcher section of its own. JupyterLab's launcher shows an entry's icon only in
+        # its kernel categories; Oráculo's lab extension (oraculo/labextension) shows these.
+        "category": LAUNCHER_CATEGORY,
     }
 
 

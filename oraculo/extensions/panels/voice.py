@@ -17,7 +17,8 @@ Test hooks (``data-testid``): ``oraculo-voice`` (root; ``data-state`` idle, conn
 listening, replying, error), ``voice-start``, ``voice-stop``, ``voice-talk`` (push-to-talk),
 ``voice-mode`` (a select), ``voice-partial``, ``voice-transcript`` (finals, one per line),
 ``voice-reply``, ``voice-played`` (``data-count``: sentences whose audio finished playing),
-``voice-error``.
+``voice-error``; without a microphone, ``voice-text-form`` and ``voice-text`` (a typed question,
+answered as text through ``api/v1/chat``; ``data-state`` typed when the reply is in).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ const CSS = `
 .ov-line { margin: 2px 0; }
 .ov-error { color: #c92a2a; font-size: 13px; }
 .ov-error:empty { display: none; }
+.ov-typed { display: flex; gap: 8px; margin: 8px 0; }
+.ov-typed[hidden] { display: none; }
+.ov-typed input { flex: 1; font: 14px system-ui, sans-serif; padding: 6px 8px; }
 `;
 
 export function render({ model, el }) {
@@ -69,6 +73,11 @@ export function render({ model, el }) {
       <span class="ov-status" data-testid="voice-status">Not connected</span>
     </div>
     <div class="ov-error" data-testid="voice-error"></div>
+    <form class="ov-typed" data-testid="voice-text-form" hidden>
+      <input data-testid="voice-text" aria-label="Type your question"
+        placeholder="Type your question">
+      <button class="primary" type="submit">Send</button>
+    </form>
     <div class="ov-card"><h2>You</h2>
       <div data-testid="voice-transcript"></div>
       <div class="ov-partial" data-testid="voice-partial"></div></div>
@@ -187,7 +196,8 @@ export function render({ model, el }) {
       await out.resume();
       await startMic();
     } catch (e) {
-      setState("error", "Microphone unavailable"); errorBox.textContent = String(e);
+      setState("error", "Microphone unavailable"); errorBox.textContent = micMessage(e);
+      typedForm.hidden = false; typedInput.focus();
       startBtn.disabled = false; modeSel.disabled = false; return;
     }
     ws = new WebSocket(voiceUrl());
@@ -206,6 +216,77 @@ export function render({ model, el }) {
     stopBtn.disabled = false;
     talkBtn.disabled = modeSel.value !== "push_to_talk";
   }
+
+  function micMessage(e) {
+    const name = (e && e.name) || "";
+    if (name === "NotFoundError" || name === "OverconstrainedError") {
+      return "No microphone was found on this computer. Type your question below instead.";
+    }
+    if (name === "NotAllowedError" || name === "SecurityError") {
+      return "The browser was not allowed to use the microphone. Allow it in the address " +
+        "bar and press Start again, or type your question below.";
+    }
+    return "The microphone could not be started. Type your question below instead.";
+  }
+
+  // Without a microphone: the question goes to the chat API as text, the reply shows as text.
+  const typedForm = $("voice-text-form"), typedInput = $("voice-text");
+  let conversation = null;
+  function apiBase() {
+    const path = location.pathname, i = path.indexOf("/oraculo-panels/");
+    return i >= 0 ? path.slice(0, i + 1) : "/";
+  }
+  async function ask(text) {
+    const xsrf = (document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [])[1] || "";
+    const body = { messages: [{ role: "user", content: text }], stream: true, store: true };
+    if (conversation) body.conversation_id = conversation;
+    const line = document.createElement("div");
+    line.className = "ov-line"; line.textContent = text; transcript.appendChild(line);
+    reply.textContent = ""; setState("replying", "Replying");
+    const r = await fetch(apiBase() + "api/v1/chat", {
+      method: "POST", credentials: "same-origin", body: JSON.stringify(body),
+      headers: { "Content-Type": "application/json", "X-XSRFToken": decodeURIComponent(xsrf) },
+    });
+    if (!r.ok) {
+      let message = `HTTP ${r.status}`;
+      try { message = (await r.json()).message || message; } catch (e) { /* not JSON */ }
+      errorBox.textContent = message; setState("error", "Error"); return;
+    }
+    const reader = r.body.getReader(), decoder = new TextDecoder();
+    let buffer = "", event = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const raw = buffer.slice(0, nl).trim(); buffer = buffer.slice(nl + 1);
+        if (raw.startsWith("event:")) { event = raw.slice(6).trim(); continue; }
+        if (!raw.startsWith("data:")) continue;
+        const data = raw.slice(5).trim();
+        if (data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        if (event === "error" || chunk.error) {
+          errorBox.textContent = (chunk.error && chunk.error.message) || "Error";
+        }
+        event = "";
+        if (chunk.oraculo && chunk.oraculo.conversation_id) {
+          conversation = chunk.oraculo.conversation_id;
+        }
+        for (const c of chunk.choices || []) {
+          if (c.delta && c.delta.content) reply.textContent += c.delta.content;
+        }
+      }
+    }
+    setState("typed", "Replied (typed)");
+  }
+  typedForm.onsubmit = (e) => {
+    e.preventDefault();
+    const text = typedInput.value.trim();
+    if (!text) return;
+    typedInput.value = "";
+    ask(text).catch((err) => { errorBox.textContent = String(err); setState("error", "Error"); });
+  };
 
   function stop(closeSocket = true) {
     if (closeSocket && ws) { setState("idle", "Not connected"); ws.close(1000); }

@@ -555,7 +555,7 @@ class VoiceSession:
     async def _reply(self, utt: int, text: str, out: HeldOutput | None = None) -> None:
         """Generate and speak the reply to ``text``; with ``out`` (a speculative reply) all it
         sends is held there until released, and if it never is, nothing of it is stored."""
-        from oraculo.extensions.chat.service import ChatRequest, Message
+        from oraculo.extensions.chat.models import ChatRequest, Message
 
         send: Send = out if out is not None else self.send
 
@@ -564,6 +564,7 @@ class VoiceSession:
             stream=True,
             conversation_id=self.conversation_id,
             max_tokens=self.svc.max_reply_tokens,
+            store=True,
         )
         parts: list[str] = []
         cancelled, reply, tts = True, None, None

@@ -157,6 +157,11 @@ async def test_unknown_model_is_404(ana: User) -> None:
 async def test_json_reply_with_extra_fields(ana: User) -> None:
     r = await ana.api("POST", url(ana, CHAT), json=ask("What is the capital of France?"))
     assert r.status_code == 200, r.text
+    assert r.json()["oraculo"]["conversation_id"] is None  # API clients: not stored by default
+    r = await ana.api(
+        "POST", url(ana, CHAT), json=ask("What is the capital of France?", store=True)
+    )
+    assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["role"] == "assistant"
@@ -169,7 +174,7 @@ async def test_json_reply_with_extra_fields(ana: User) -> None:
 
 
 async def test_stream_format(ana: User) -> None:
-    events = await sse(ana, ask("Say hello.", stream_options={"include_usage": True}))
+    events = await sse(ana, ask("Say hello.", stream_options={"include_usage": True}, store=True))
     assert events[-1] == ("message", "[DONE]")
     chunks = [data for _, data in events[:-1]]
     assert all(e == "message" for e, _ in events)
@@ -194,7 +199,7 @@ async def test_openai_client_through_the_hub(ana: User) -> None:
             max_tokens=12,
         )
         assert "Paris" in (r.choices[0].message.content or "")
-        assert r.model_extra and len(r.model_extra["oraculo"]["conversation_id"]) == 32
+        assert r.model_extra and r.model_extra["oraculo"]["conversation_id"] is None
         stream = await client.chat.completions.create(
             model="smollm2-135m-instruct",
             messages=[{"role": "user", "content": "hi"}],
@@ -396,7 +401,7 @@ async def test_reply_cites_workspace_passages_and_memories(ana: User) -> None:
         "POST", url(ana, "api/v1/memory"), json={"key": "units", "value": "Use metres, never feet."}
     )
     assert r.status_code in (200, 201), r.text
-    events = await sse(ana, ask("How deep is the Quilotoa crater lake?"))
+    events = await sse(ana, ask("How deep is the Quilotoa crater lake?", store=True))
     final = next(d for _, d in events if d != "[DONE]" and d["choices"][0]["finish_reason"])
     extra = final["oraculo"]
     cited = [c for c in extra["citations"] if c["path"] == "notes/quilotoa.md"]

@@ -131,11 +131,9 @@ def test_refit_scale_reads_the_model_services_count() -> None:
     from oraculo.extensions.base.modelclient import ModelServiceError
     from oraculo.extensions.chat.service import refit_scale
 
-    msg = (
-        "This model's maximum context length is 8192 tokens. However, you requested 9000 "
-        "tokens (8990 in the messages, 10 in the completion). Please reduce the length."
-    )
-    scale = refit_scale(ModelServiceError(400, msg, "context_length_exceeded"), 4000)
-    assert scale == pytest.approx(1.05 * 8990 / 4000)
+    # the numbers come from the envelope's fields, never from the message's wording
+    details = {"context_length": 8192, "tokens": 9000, "prompt_tokens": 8990}
+    error = ModelServiceError(400, "worded any way", "context_length_exceeded", details=details)
+    assert refit_scale(error, 4000) == pytest.approx(1.05 * 8990 / 4000)
     assert refit_scale(ModelServiceError(400, "other", "invalid_request_error"), 4000) is None
     assert refit_scale(ModelServiceError(400, "no count", "context_length_exceeded"), 10) == 2.1

@@ -1,0 +1,47 @@
+"""The usage store, its daily sums and budgets on a real PostgreSQL (the scale-out path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from oraculo.hub.database import sqlalchemy_url
+from oraculo.models.auth import Identity
+from oraculo.models.budgets import Budget, BudgetExceeded, Budgets
+from oraculo.models.metering import UsageEvent, UsageStore
+from oraculo.models.usage import Prices, period_end, period_start, summary
+from tests.scaleout.postgres import PostgresServer
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    server = PostgresServer().start()
+    try:
+        yield sqlalchemy_url(server.database("usage"))
+    finally:
+        server.stop()
+
+
+async def test_daily_sums_and_budgets_on_postgresql(pg_url: str) -> None:
+    store = UsageStore(pg_url)
+    prices = Prices(per_1k_tokens=1.0, models={"big": 4.0}, per_cpu_hour=3600.0)
+    now = 1_800_000_000.0
+    events = [
+        UsageEvent("ada", "big", "chat.completions", 200, 500, 500, groups=",g_1,", ts=now),
+        UsageEvent("ada", "big", "chat.completions", 200, 100, 0, groups=",g_1,", ts=now + 1),
+        UsageEvent("ada", "kernel", "kernel", 200, cpu_seconds=2.5, groups=",g_1,", ts=now + 2),
+    ]
+    store.record_many(events[:2])
+    store.record(events[2])  # the same day and key as earlier rows: summed, not duplicated
+    since, until = period_start("month", now), period_end("month", now)
+    by_day = summary(store, prices, group="g_1", since=since, until=until, by_user=True)
+    by_row = summary(store, prices, group="g_1", since=since + 1, until=until, by_user=True)
+    assert by_day["totals"] == by_row["totals"]
+    assert by_day["totals"]["tokens"] == 1100 and by_day["totals"]["cpu_seconds"] == 2.5
+    assert by_day["totals"]["cost"] == pytest.approx(1.1 * 4.0 + 2.5)
+    budgets = Budgets(store, prices)
+    await budgets.put(Budget(scope="group", name="g_1", period="day", unit="cost", limit=5), "t")
+    with pytest.raises(BudgetExceeded, match="daily cost budget of group g_1"):
+        await budgets.check(Identity("bo", groups=("g_1",)), ["tokens"], now=now + 10)
+    store.close()

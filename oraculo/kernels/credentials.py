@@ -17,8 +17,10 @@ kernel gets no token at all.
 from __future__ import annotations
 
 import ctypes
+import datetime as dt
 import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,8 @@ NARROW_NOTES = ("oraculo kernel", "oraculo panel")
 
 _server_token: str | None = None
 _panel_token: KernelToken | None = None
+_panel_ready = threading.Event()
+_panel_ready.set()
 #: sha256 of every narrow token this server minted and has not revoked.
 _narrow: set[str] = set()
 
@@ -93,14 +97,24 @@ def server_token() -> str:
     return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
 
-def hold_panel_token(token: KernelToken) -> None:
-    """Keep the panel server's token, minted by the launcher, for the panel proxy."""
+def minting_panel_token() -> None:
+    """Say that the panel server's token is being minted (in the launcher's thread):
+    :func:`panel_token` waits for :func:`hold_panel_token`."""
+    _panel_ready.clear()
+
+
+def hold_panel_token(token: KernelToken | None) -> None:
+    """Keep the panel server's token, minted by the launcher, for the panel proxy (None: it
+    could not be minted)."""
     global _panel_token
     _panel_token = token
+    _panel_ready.set()
 
 
-def panel_token() -> KernelToken | None:
-    """The panel server's narrow token, where the launcher minted one."""
+def panel_token(wait: float = 10.0) -> KernelToken | None:
+    """The panel server's narrow token, where the launcher minted one (waiting up to ``wait``
+    seconds for a mint under way: the panel server starts at the first panel request)."""
+    _panel_ready.wait(wait)
     return _panel_token
 
 
@@ -179,17 +193,25 @@ class HubTokens:
             r = client.post(url, json=body, headers=self._headers())
         return self._minted(r, expires_in)
 
-    def revoke_stale_sync(self) -> int:
-        """Revoke the user's narrow tokens left by an earlier server (kernels outlive a server
-        that is killed, and this server would not know their tokens for narrow). Returns how
-        many; run before this server mints any."""
+    def revoke_stale_sync(self, before: float) -> int:
+        """Revoke the user's narrow tokens made before ``before`` (unix time: when this server
+        started), left by an earlier server: kernels outlive a server that is killed, and this
+        server would not know their tokens for narrow. Returns how many."""
         base = f"{self.api_url}/users/{self.user}/tokens"
         revoked = 0
         with httpx.Client(timeout=self.timeout, trust_env=False) as client:
             r = client.get(base, headers=self._headers())
             r.raise_for_status()
             for token in r.json().get("api_tokens", []):
-                if str(token.get("note") or "").startswith(NARROW_NOTES):
+                if not str(token.get("note") or "").startswith(NARROW_NOTES):
+                    continue
+                try:
+                    created = dt.datetime.fromisoformat(str(token["created"]))
+                except (KeyError, ValueError):
+                    continue
+                if created.tzinfo is None:
+                    created = created.replace(tzinfo=dt.UTC)
+                if created.timestamp() < before:
                     d = client.delete(f"{base}/{token['id']}", headers=self._headers())
                     revoked += d.status_code == 204
         return revoked

@@ -24,6 +24,7 @@ from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.errors import NotFound, OraculoError, Unavailable
 from oraculo.extensions.base.wire import WireError, aiter_events, read_error
+from oraculo.kernels.credentials import server_token
 
 
 class ModelServiceError(OraculoError):
@@ -92,7 +93,7 @@ class ModelClient(LoggingConfigurable):
     token = Unicode(
         config=True,
         help="""Bearer token for the model service. Default ORACULO_MODELS_TOKEN, else the
-        server's own JUPYTERHUB_API_TOKEN (its server role may reach the model service).""",
+        server's own hub token (its server role may reach the model service).""",
     )
     default_model = Unicode(
         "",
@@ -112,7 +113,9 @@ class ModelClient(LoggingConfigurable):
 
     @default("token")
     def _default_token(self) -> str:
-        return os.environ.get("ORACULO_MODELS_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        # The server's hub token: the launcher takes it out of the environment (see
+        # oraculo.singleuser) and keeps it in oraculo.kernels.credentials.
+        return os.environ.get("ORACULO_MODELS_TOKEN") or server_token()
 
     _client: httpx.AsyncClient | None = None
     _models: list[ModelInfo] | None = None

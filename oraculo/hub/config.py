@@ -333,6 +333,9 @@ class OraculoHub(LoggingConfigurable):
                         ),
                     },
                     "oauth_no_confirm": True,
+                    # its root answers no page for people yet: keep it out of the Services menu,
+                    # where every user would find a link that fails
+                    "display": False,
                 }
             )
         if self.cull_idle_timeout:

@@ -178,3 +178,10 @@ async def test_usage_api_is_the_users_own(hub: HubProcess, people: dict[str, Use
     r = await uma.api("GET", "/user/uma/api/v1/usage", params={"period": "day"})
     assert r.status_code == 200, r.text
     assert r.json()["summary"]["user"] == "uma"
+
+
+async def test_no_user_sees_a_services_link_that_fails(people: dict[str, User]) -> None:
+    for who in (people["uma"], people["admin"]):
+        r = await who.client.http.get("/hub/home")
+        assert r.status_code == 200, r.text[:300]
+        assert "/services/models" not in r.text

@@ -304,7 +304,9 @@ class ContextService(LoggingConfigurable):
             if kept:
                 sections.append("## Variables in the user's kernel\n" + "\n".join(kept))
                 info["variables"] = len(kept)
-                info["previews"] = sum("first rows of" in text for text in kept)
+                previews = sum("first rows of" in text for text in kept)
+                if previews:
+                    info["previews"] = previews
 
         saved = {c["source"].strip() for c in cells or []}
         inputs = [i for i in live.get("inputs") or [] if i.strip() and i.strip() not in saved]

@@ -75,6 +75,8 @@ usage_daily = sa.Table(
     sa.Column("gpu_seconds", sa.Float, nullable=False),
     sa.Column("audio_seconds", sa.Float, nullable=False),
     sa.PrimaryKeyConstraint("day", "user", "groups", "model", name="pk_usage_daily"),
+    # on SQLite the key is the table: a range of days is read in order, with no row lookups
+    sqlite_with_rowid=False,
 )
 sa.Index("ix_usage_daily_user_day", usage_daily.c.user, usage_daily.c.day)
 _SUMMED = (

@@ -251,15 +251,16 @@ def summary(
     overall = empty_totals()
     models: dict[str, dict[str, float]] = {}
     users: dict[str, dict[str, float]] = {}
+    keys = [table.c.model, table.c.user] if by_user else [table.c.model]
+    q = sa.select(*_sums(table, prices, *keys)).where(*where).group_by(*keys)
     with store.engine.connect() as conn:
-        q = sa.select(*_sums(table, prices, table.c.model)).where(*where)
-        for row in conn.execute(q.group_by(table.c.model)):
-            models[row.model] = _row_totals(row)
-            add_totals(overall, models[row.model])
+        rows = conn.execute(q).all()  # one pass over the window, however it is split
+    for row in rows:
+        t = _row_totals(row)
+        add_totals(overall, t)
+        add_totals(models.setdefault(row.model, empty_totals()), t)
         if by_user:
-            q = sa.select(*_sums(table, prices, table.c.user)).where(*where)
-            for row in conn.execute(q.group_by(table.c.user)):
-                users[row.user] = _row_totals(row)
+            add_totals(users.setdefault(row.user, empty_totals()), t)
     out: dict[str, Any] = {
         "user": user,
         "group": group,

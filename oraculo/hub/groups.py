@@ -173,27 +173,27 @@ class GroupFolders(LoggingConfigurable):
         return made
 
     def _ensure_published(self, folder: Path, gid: int) -> None:
-        """``<folder>/published``: root-owned, the group's, 3770 (sticky: a release there can be
-        replaced only by its publisher, see oraculo.extensions.agents.trust). Members can write
-        in ``folder``, so nothing in it is followed."""
+        """``<folder>/published`` and ``<folder>/runs``: root-owned, the group's, 3770 (sticky:
+        a release or a shared run there can be replaced only by whoever wrote it, see
+        oraculo.extensions.agents.trust). Members can write in ``folder``, so nothing in it is
+        followed."""
         parent = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            try:
-                os.mkdir("published", 0o700, dir_fd=parent)
-            except FileExistsError:
-                pass
-            try:
-                fd = os.open(
-                    "published", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent
-                )
-            except OSError as e:
-                self.log.error("%s/published is not a folder (%s): no releases there", folder, e)
-                return
-            try:
-                os.fchown(fd, 0, gid)
-                os.fchmod(fd, 0o3770)
-            finally:
-                os.close(fd)
+            for name in ("published", "runs"):
+                try:
+                    os.mkdir(name, 0o700, dir_fd=parent)
+                except FileExistsError:
+                    pass
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+                except OSError as e:
+                    self.log.error("%s/%s is not a folder (%s): left alone", folder, name, e)
+                    continue
+                try:
+                    os.fchown(fd, 0, gid)
+                    os.fchmod(fd, 0o3770)
+                finally:
+                    os.close(fd)
         finally:
             os.close(parent)
 

@@ -27,7 +27,7 @@ from nbformat import v4
 
 from tests.harness import ADMIN_PASSWORD, HubClient, HubProcess, User, new_user, wait_for
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
 ENVELOPE = {"message", "reason", "type"}
 
 WHOAMI = '''def whoami(detail: "Literal['account']") -> str:
@@ -212,6 +212,34 @@ async def test_a_teammate_runs_a_published_agent_only_once_approved(team: Team) 
     )
     assert path.stat().st_uid == pwd.getpwnam(f"jupyter-{ben.name}").pw_uid
 
+    # Ben shares the run with the team: Ana reads it (read-only), Eve cannot, nobody replaces it
+    r = await agents_api(ben, "POST", f"/runs/{run['id']}/share", json={})
+    assert r.status_code == 200, r.text
+    copy = team.folder / "runs" / f"{run['id']}.jsonl"
+    assert r.json()["shared_to"] == [str(copy)]
+    assert copy.stat().st_uid == pwd.getpwnam(f"jupyter-{ben.name}").pw_uid
+    r = await agents_api(ana, "GET", "/shared-runs")
+    (listed,) = [x for x in r.json()["runs"] if x["id"] == run["id"]]
+    assert listed["shared_by"] == ben.name and listed["owner"] == ben.name
+    r = await agents_api(ana, "GET", f"/shared-runs/{run['id']}")
+    assert r.status_code == 200, r.text
+    seen = [e for e in r.json()["events"] if e["type"] == "tool_result"]
+    assert seen[0]["content"] == first["content"]
+    r = await agents_api(ana, "POST", f"/runs/{run['id']}/cancel")
+    assert r.status_code == 404  # read-only: not hers to cancel
+    r = await agents_api(eve, "GET", f"/shared-runs/{run['id']}")
+    assert r.status_code == 404 and set(r.json()) == ENVELOPE
+    r = await eve.api("GET", f"/user/{ana.name}/api/v1/agents/shared-runs")
+    assert r.status_code in (403, 404), r.text
+    out = await team.run_code(
+        ana,
+        f"import os\ntry:\n    os.unlink({str(copy)!r}); print('done')\n"
+        "except PermissionError:\n    print('refused')",
+    )
+    assert out["stdout"].strip() == "refused", out
+    out = await team.run_code(eve, f"print(open({str(copy)!r}).read())")
+    assert out["error"] is not None and out["error"]["name"] == "PermissionError", out
+
     # approved once: the next run of the same release needs no approval
     r = await agents_api(ben, "POST", "/runs", json=body)
     assert r.status_code == 201, r.text
@@ -326,15 +354,24 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
         agent = page.get_by_test_id("backstage-approval-agent")
         await expect(agent).to_have_attribute("data-digest", digest)
         await page.screenshot(path=str(artifacts / "teams-3-approve.png"), full_page=True)
+        before = await root.get_attribute("data-run")
         await page.locator(".oraculo-backstage-approve button").click()
         await expect(approval).to_have_count(0, timeout=30_000)
-        await expect(root).not_to_have_attribute("data-run", "", timeout=30_000)
-        run_id = await root.get_attribute("data-run")
-        assert run_id
+
+        async def new_run() -> str | None:
+            shown = await root.get_attribute("data-run")
+            return shown if shown and shown != before else None
+
+        run_id = await wait_for(new_run, 30, "the approved run to be shown", 0.1)
         await finished(ben, run_id)
         outcome = page.get_by_test_id("backstage-outcome").first
         await expect(outcome).not_to_have_attribute("data-outcome", "running", timeout=30_000)
         await page.screenshot(path=str(artifacts / "teams-4-approved-run.png"), full_page=True)
+        # Ben shares this run with the team from the panel
+        await page.locator(".oraculo-backstage-share button").click()
+        await expect(page.get_by_test_id("backstage-note")).to_contain_text(
+            "Shared with the team", timeout=30_000
+        )
 
         # a run that stops at its step bound with a failed tool says so, in words and colour
         r = await agents_api(
@@ -360,3 +397,19 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
         await page.screenshot(path=str(artifacts / "teams-6-cancel-finished.png"), full_page=True)
     assert not panel.offsite(), panel.offsite()
     assert not [b for b in panel.bad if "/api/v1/agents/runs" not in b], panel.bad
+
+    # Ana reads Ben's shared run in her Backstage: its timeline and tool calls, read-only
+    async with signed_in_panel(ana, "backstage", viewport) as panel:
+        page = panel.page
+        root = page.get_by_test_id("oraculo-backstage")
+        await expect(root).to_be_visible(timeout=90_000)
+        option = page.locator(".oraculo-backstage-runs option", has_text=run_id[:8])
+        await expect(option).to_contain_text(f"shared by {ben.name}", timeout=30_000)
+        label = await option.text_content()
+        await page.locator(".oraculo-backstage-runs select").select_option(label=label)
+        await expect(root).to_have_attribute("data-run", run_id, timeout=30_000)
+        await expect(page.get_by_test_id("backstage-shared-by")).to_contain_text(ben.name)
+        calls = page.locator("[data-testid=backstage-event][data-type=tool_call]")
+        await expect(calls.first).to_contain_text("def ")
+        await page.screenshot(path=str(artifacts / "teams-7-shared-run.png"), full_page=True)
+    assert not panel.offsite(), panel.offsite()

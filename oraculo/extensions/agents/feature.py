@@ -21,7 +21,10 @@ from oraculo.extensions.agents.handlers import (
     RunHandler,
     RunMessagesHandler,
     RunNotebookHandler,
+    RunShareHandler,
     RunsHandler,
+    SharedRunHandler,
+    SharedRunsHandler,
 )
 from oraculo.extensions.agents.service import AGENT_MODEL_PREFIX, AgentsService, chat_reply
 from oraculo.extensions.base.feature import Feature
@@ -81,6 +84,9 @@ class AgentsFeature(Feature):
             (rf"/api/v1/agents/runs/{_RUN}/messages", RunMessagesHandler),
             (rf"/api/v1/agents/runs/{_RUN}/cancel", RunCancelHandler),
             (rf"/api/v1/agents/runs/{_RUN}/notebook", RunNotebookHandler),
+            (rf"/api/v1/agents/runs/{_RUN}/share", RunShareHandler),
+            (r"/api/v1/agents/shared-runs", SharedRunsHandler),
+            (rf"/api/v1/agents/shared-runs/{_RUN}", SharedRunHandler),
             (r"/api/v1/agents/([A-Za-z0-9_.-]{1,64})", AgentHandler),
             (r"/api/v1/agents/([A-Za-z0-9_.-]{1,64})/publish", PublishHandler),
         ]

@@ -11,7 +11,12 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from oraculo.extensions.agents.models import NoteRequest, PublishRequest, RunRequest
+from oraculo.extensions.agents.models import (
+    NoteRequest,
+    PublishRequest,
+    RunRequest,
+    ShareRequest,
+)
 from oraculo.extensions.base.errors import BadRequest, OraculoError
 from oraculo.extensions.base.handlers import OraculoAPIHandler
 
@@ -106,6 +111,35 @@ class RunMessagesHandler(_AgentsHandler):
         event = await self.agents.send(run_id, self.user, req.content, req.to)
         self.set_status(201)
         self.finish(event)
+
+
+class RunShareHandler(_AgentsHandler):
+    """``POST /api/v1/agents/runs/{id}/share``: share the run with a group, read-only (its
+    timeline, messages, tool calls and outputs; never the kernel)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, run_id: str) -> None:
+        req = self.parse_body(ShareRequest)
+        self.finish(await self.agents.share(run_id, self.user, req.group))
+
+
+class SharedRunsHandler(_AgentsHandler):
+    """``GET /api/v1/agents/shared-runs``: runs teammates shared with the user's groups."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish({"runs": await self.agents.list_shared_runs()})
+
+
+class SharedRunHandler(_AgentsHandler):
+    """``GET /api/v1/agents/shared-runs/{id}``: one shared run with its events (read-only)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, run_id: str) -> None:
+        self.finish(await self.agents.get_shared(run_id))
 
 
 class RunCancelHandler(_AgentsHandler):

@@ -107,6 +107,15 @@ class PublishRequest(BaseModel):
     group: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
 
 
+class ShareRequest(BaseModel):
+    """Body of ``POST /api/v1/agents/runs/{id}/share``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    #: the group folder (path or name); default: the shared agent's, or the user's only one
+    group: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+
 class NoteRequest(BaseModel):
     """Body of ``POST /api/v1/agents/runs/{id}/messages``: a message to a running agent."""
 

@@ -17,6 +17,8 @@ Events (``type``):
 - ``tool_result``: ``agent``, ``call_id``, ``tool``, ``content``, ``output``, ``error``,
   ``execution_id``, ``seconds``;
 - ``resumed``: the server restarted and picked the run up again;
+- ``shared``: the runner shared the run with a group (``path``: the copy of its events in the
+  group folder's ``runs/``, kept up to date while it goes);
 - ``run_finished``: ``status`` (succeeded, failed, cancelled, bounded), ``reason``, ``answer``.
 """
 
@@ -69,6 +71,7 @@ class RunState:
     transcripts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     pending_calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # call_id → call
     inbox: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # notes held back
+    shared_to: list[str] = field(default_factory=list)  # copies of the log in group folders
     stats: dict[str, AgentStats] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -130,6 +133,9 @@ class RunState:
             st.tool_calls += 1
             st.tool_errors += 1 if event.get("error") else 0
             st.seconds += event.get("seconds", 0.0)
+        elif kind == "shared":
+            if event["path"] not in self.shared_to:
+                self.shared_to.append(event["path"])
         elif kind == "run_finished":
             self.status = event["status"]
             self.reason = event.get("reason", "")
@@ -157,6 +163,7 @@ class RunState:
             else None,
             "tool_errors": sum(s.tool_errors for s in self.stats.values()),
             "digests": {s.name: s.sha256 for s in self.specs},
+            "shared_to": self.shared_to,
             "per_agent": {k: vars(v) for k, v in self.stats.items()},
             "events": len(self.events),
         }

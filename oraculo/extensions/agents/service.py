@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -48,11 +49,15 @@ from oraculo.extensions.agents.runs import (
 )
 from oraculo.extensions.agents.trust import (
     PUBLISHED,
+    SHARED_RUNS,
     ApprovalRequired,
     Approvals,
+    append_shared_run,
+    hub_owner,
     os_user_prefix,
     publish_copy,
     read_file,
+    write_shared_run,
 )
 from oraculo.extensions.base.errors import (
     BadRequest,
@@ -76,6 +81,13 @@ class _Stop(Exception):
 class _Run:
     """A live run: its state, its log, its task and whoever follows its events."""
 
+    def _mirror(self, event: dict[str, Any]) -> None:
+        """The event, appended to the copies shared with groups too (best effort)."""
+        line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
+        for path in self.state.shared_to:
+            with contextlib.suppress(OSError):
+                append_shared_run(Path(path), line)
+
     def __init__(self, state: RunState, log: EventLog) -> None:
         self.state = state
         self.log = log
@@ -87,6 +99,8 @@ class _Run:
         event = make_event(self.state, event_type, **fields)
         await asyncio.to_thread(self.log.append, event)
         self.state.apply(event)
+        if self.state.shared_to:
+            await asyncio.to_thread(self._mirror, event)
         async with self.changed:
             self.changed.notify_all()
         return event
@@ -224,7 +238,9 @@ class AgentsService(LoggingConfigurable):
             for spec in scan(folder, shared=True, owner_prefix=prefix, published=True, depth=1):
                 seen.setdefault(spec.name, spec)
         for shared in self.shared_dirs:
-            for spec in scan(Path(shared), shared=True, owner_prefix=prefix, skip=(PUBLISHED,)):
+            for spec in scan(
+                Path(shared), shared=True, owner_prefix=prefix, skip=(PUBLISHED, SHARED_RUNS)
+            ):
                 seen.setdefault(spec.name, spec)
         return sorted(seen.values(), key=lambda s: (s.shared, not s.published, s.name))
 
@@ -248,14 +264,14 @@ class AgentsService(LoggingConfigurable):
         if needed:
             self.approvals.add(needed)
 
-    def _group_folder(self, spec: AgentSpec, group: str | None) -> Path:
+    def _group_folder(self, default: str, group: str | None) -> Path:
         folders = [Path(f) for f in self.shared_dirs]
         if group:
             chosen = [f for f in folders if str(f) == group or f.name == group]
             if not chosen:
                 raise NotFound(f"No group folder {group!r} among yours")
-        elif spec.group:
-            chosen = [Path(spec.group)]
+        elif default:
+            chosen = [Path(default)]
         else:
             chosen = folders if len(folders) == 1 else []
         if not chosen:
@@ -270,7 +286,7 @@ class AgentsService(LoggingConfigurable):
         spec = next((s for s in drafts if s.name == name), None)
         if spec is None:
             raise NotFound(f"No agent called {name!r} to publish")
-        folder = self._group_folder(spec, group)
+        folder = self._group_folder(spec.group, group)
         source = Path(spec.path) if Path(spec.path).is_absolute() else self.root / spec.path
         data, _ = await asyncio.to_thread(read_file, source, follow=not spec.shared)
         if hashlib.sha256(data).hexdigest() != spec.sha256:
@@ -358,6 +374,58 @@ class AgentsService(LoggingConfigurable):
         return await run.emit(
             "message", kind="note", **{"from": user, "to": target}, content=content
         )
+
+    async def share(self, run_id: str, user: str, group: str | None) -> dict[str, Any]:
+        """Share the run with a group (read-only): its events, copied now and kept up to date,
+        in ``<group folder>/runs/<id>.jsonl``, a file of this account's in a sticky folder."""
+        run = self._own(run_id, user)
+        default = next((s.group for s in run.state.specs if s.group), "")
+        folder = self._group_folder(default, group)
+        path = folder / SHARED_RUNS / f"{run_id}.jsonl"
+        if str(path) not in run.state.shared_to:
+            await run.emit("shared", group=str(folder), path=str(path), by=user)
+        lines = [
+            json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n"
+            for e in run.state.events
+        ]
+        try:  # no await between the copy and the next event's append: nothing is missed
+            write_shared_run(folder, run_id, lines)
+        except PermissionError as e:
+            raise Forbidden(str(e)) from e
+        return run.state.summary()
+
+    def _shared_runs(self) -> list[tuple[Path, RunState, str]]:
+        found = []
+        for shared in self.shared_dirs:
+            folder = Path(shared) / SHARED_RUNS
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.glob("*.jsonl")):
+                if not re.fullmatch(r"[0-9a-f]{32}", path.stem):
+                    continue
+                try:
+                    data, st = read_file(path, follow=False)
+                    state = RunState(id=path.stem)
+                    for line in data.decode("utf-8").splitlines():
+                        state.apply(json.loads(line))
+                except (OSError, KeyError, ValueError, IndexError):
+                    continue  # cut short, or not a run log: not listed
+                found.append((path, state, hub_owner(st.st_uid, self.owner_prefix)))
+        return found
+
+    async def list_shared_runs(self) -> list[dict[str, Any]]:
+        """Runs teammates shared with the user's groups; ``owner`` is who wrote the copy."""
+        runs = [
+            s.summary() | {"owner": owner, "shared_by": owner, "path": str(p)}
+            for p, s, owner in await asyncio.to_thread(self._shared_runs)
+        ]
+        return sorted(runs, key=lambda r: r["started"], reverse=True)
+
+    async def get_shared(self, run_id: str) -> dict[str, Any]:
+        for _, s, owner in await asyncio.to_thread(self._shared_runs):
+            if s.id == run_id:
+                return s.summary() | {"owner": owner, "shared_by": owner, "events": s.events}
+        raise NotFound(f"No run {run_id!r} shared with your groups")
 
     def export(self, run_id: str, user: str) -> dict[str, Any]:
         return export_notebook(self._own(run_id, user).state)

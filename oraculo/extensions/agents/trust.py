@@ -29,6 +29,8 @@ from oraculo.extensions.base.errors import Conflict
 
 #: The folder, in a group folder, that holds the published releases of the team's agents.
 PUBLISHED = "published"
+#: The folder, in a group folder, that holds the runs members share with the team (read-only).
+SHARED_RUNS = "runs"
 #: Mode of the published folder: group-writable, sticky (only a file's owner replaces it),
 #: setgid (new files stay the group's).
 PUBLISHED_MODE = 0o3770
@@ -159,11 +161,9 @@ class Approvals:
             raise
 
 
-def publish_copy(data: bytes, group_folder: Path, name: str) -> Path:
-    """Write ``data`` as ``<group_folder>/published/<name>.ipynb``: a file owned by this account,
-    0644, in the sticky published folder (made here when the hub has not made it). Replacing a
-    teammate's release fails with PermissionError (the sticky bit)."""
-    folder = group_folder / PUBLISHED
+def sticky_folder(group_folder: Path, name: str) -> Path:
+    """``<group_folder>/<name>``, a sticky folder (made here when the hub has not made it)."""
+    folder = group_folder / name
     try:
         folder.mkdir(mode=PUBLISHED_MODE)
         os.chmod(folder, PUBLISHED_MODE)  # the umask took bits off
@@ -171,7 +171,38 @@ def publish_copy(data: bytes, group_folder: Path, name: str) -> Path:
         pass
     st = os.lstat(folder)
     if not stat.S_ISDIR(st.st_mode) or not st.st_mode & stat.S_ISVTX:
-        raise PermissionError(f"{folder} is not a sticky folder: not publishing there")
+        raise PermissionError(f"{folder} is not a sticky folder: not writing there")
+    return folder
+
+
+def write_shared_run(group_folder: Path, run_id: str, lines: list[str]) -> Path:
+    """A run's events as ``<group_folder>/runs/<id>.jsonl``: this account's file, 0644, in the
+    sticky runs folder (teammates read it; only its owner replaces it)."""
+    path = sticky_folder(group_folder, SHARED_RUNS) / f"{run_id}.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise PermissionError(f"{path} is another account's")
+        os.fchmod(fd, 0o644)
+        os.write(fd, "".join(lines).encode("utf-8"))
+    finally:
+        os.close(fd)
+    return path
+
+
+def append_shared_run(path: Path, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def publish_copy(data: bytes, group_folder: Path, name: str) -> Path:
+    """Write ``data`` as ``<group_folder>/published/<name>.ipynb``: a file owned by this account,
+    0644, in the sticky published folder (made here when the hub has not made it). Replacing a
+    teammate's release fails with PermissionError (the sticky bit)."""
+    folder = sticky_folder(group_folder, PUBLISHED)
     target = folder / f"{name}.ipynb"
     try:
         existing = os.lstat(target)

@@ -308,6 +308,11 @@ class BackstagePanel(pn.viewable.Viewer):
         )
         self.approve_button.on_click(self._on_approve)
         self._pending: dict[str, Any] = {}  # the run waiting for approval: request and digests
+        self._shared: list[dict[str, Any]] = []  # runs teammates shared with the user's groups
+        self.share = pn.widgets.Button(
+            name="Share with the team", css_classes=["oraculo-backstage-share"]
+        )
+        self.share.on_click(self._on_share)
         self.note = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self.approval = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self.header = pn.pane.HTML(self._header(""), sizing_mode="stretch_width", stylesheets=[CSS])
@@ -324,6 +329,11 @@ class BackstagePanel(pn.viewable.Viewer):
                 f"{render_outcome(r)} {_e(r.get('goal', ''))} · {r.get('steps', 0)} steps · "
                 f"{r.get('tokens', 0)} tokens"
             )
+            if r.get("shared_by"):
+                summary += (
+                    ' · <span data-testid="backstage-shared-by">'
+                    f"shared by {_e(r['shared_by'])}, read-only</span>"
+                )
         return (
             f'<div class="ob" data-testid="{TEST_ID}" data-state="{_e(state)}" '
             f'data-run="{_e(self.run_id)}"><h3 style="margin:0">Backstage</h3>'
@@ -342,6 +352,10 @@ class BackstagePanel(pn.viewable.Viewer):
             chosen = [v for v in self.agents.value if v in options.values()]
             self.agents.options = options
             self.agents.value = chosen
+        try:
+            self._shared = (await self._client.request("GET", "/shared-runs"))["runs"]
+        except AgentsAPIError:
+            self._shared = []
         hint = (
             ""
             if agents
@@ -371,6 +385,13 @@ class BackstagePanel(pn.viewable.Viewer):
 
     def _set_runs(self, runs: list[dict[str, Any]]) -> None:
         options = {f"{r['status']} · {r['goal'][:50]} · {r['id'][:8]}": r["id"] for r in runs}
+        own = set(options.values())
+        for r in self._shared:  # the team's runs, read-only
+            if r["id"] not in own:
+                label = (
+                    f"shared by {r['shared_by']} · {r['status']} · {r['goal'][:40]} · {r['id'][:8]}"
+                )
+                options[label] = r["id"]
         self._picking = True
         try:
             self.runs.options = options
@@ -422,6 +443,17 @@ class BackstagePanel(pn.viewable.Viewer):
         self._follow_latest = True
         self._set_runs([r for r in runs["runs"] if r["id"] == run["id"]] + runs["runs"])
 
+    async def _on_share(self, _: Any) -> None:
+        if not self.run_id or self._run.get("shared_by"):
+            self._say("Pick one of your runs to share.")
+            return
+        try:
+            run = await self._client.request("POST", f"/runs/{self.run_id}/share", json={})
+        except AgentsAPIError as e:
+            self._say(str(e))
+            return
+        self._say("Shared with the team, read-only: " + ", ".join(run.get("shared_to", [])))
+
     async def _on_send(self, _: Any) -> None:
         if not self.run_id or not self.say.value:
             self._say("Pick a running run and write a message first.")
@@ -463,8 +495,15 @@ class BackstagePanel(pn.viewable.Viewer):
             return
         if not self.run_id:
             return
+        shared = any(r["id"] == self.run_id for r in self._shared)
         try:
-            run = await self._client.request("GET", f"/runs/{self.run_id}")
+            try:
+                run = await self._client.request("GET", f"/runs/{self.run_id}")
+            except AgentsAPIError:
+                if not shared:
+                    raise
+                # a teammate's run, read-only
+                run = await self._client.request("GET", f"/shared-runs/{self.run_id}")
         except AgentsAPIError as e:
             self.header.object = self._header(str(e))
             return
@@ -510,7 +549,7 @@ class BackstagePanel(pn.viewable.Viewer):
             controls,
             self.approval,
             self.approve_button,
-            pn.Row(self.runs, self.cancel, self.export),
+            pn.Row(self.runs, self.cancel, self.export, self.share),
             pn.Row(self.say, self.send),
             self.graph,
             self.timeline,

@@ -17,7 +17,7 @@ import pytest
 from oraculo.extensions.agents.models import RunRequest
 from oraculo.extensions.agents.service import AgentsService
 from oraculo.extensions.agents.trust import ApprovalRequired, hub_owner
-from oraculo.extensions.base.errors import Forbidden
+from oraculo.extensions.base.errors import Forbidden, NotFound
 from oraculo.extensions.base.modelclient import ModelClient
 from tests.extensions.agents.test_agents import WORKER, agent_notebook
 
@@ -217,3 +217,37 @@ def test_a_note_to_a_running_agent_waits_for_its_tool_results() -> None:
     assert st.transcripts["worker"][-1]["content"] == "Message from x: now"
     notes = [m for m in messages(st) if m["kind"] == "note"]
     assert [(n["from"], n["to"]) for n in notes] == [("ben", "worker"), ("x", "worker")]
+
+
+async def test_a_run_shared_with_the_group_is_read_only_for_teammates(
+    svc: AgentsService, tmp_path: Path
+) -> None:
+    team = Path(svc.shared_dirs[0])
+    write(svc.root / "agents" / "recorder.ipynb", WORKER)
+    run = await svc.start(RunRequest(goal="record alpha", agents=["recorder"]), "ben")
+    summary = await svc.share(run["id"], "ben", None)  # the user's only group folder
+    copy = team / "runs" / f"{run['id']}.jsonl"
+    assert summary["shared_to"] == [str(copy)]
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o644 and copy.parent.stat().st_mode & stat.S_ISVTX
+    # kept up to date while the run goes (the run fails here, with no model: an event is added)
+    note = await svc._runs[run["id"]].emit("resumed", step=0)
+    assert json.loads(copy.read_text().splitlines()[-1]) == note
+    assert len(copy.read_text().splitlines()) == len(svc._runs[run["id"]].state.events)
+    # a teammate's server lists and reads it, with who wrote the copy as its owner
+    ana = AgentsService(
+        root_dir=str(tmp_path / "ana"),
+        user="ana",
+        models=ModelClient(),
+        execute=lambda: None,
+        shared_dirs=[str(team)],
+        runs_dir=str(tmp_path / "ana" / ".oraculo" / "agents" / "runs"),
+        owner_prefix="",
+    )
+    (listed,) = await ana.list_shared_runs()
+    assert listed["id"] == run["id"] and listed["shared_by"] == hub_owner(os.getuid(), "")
+    body = await ana.get_shared(run["id"])
+    assert body["events"][-1] == note and body["owner"] == listed["shared_by"]
+    with pytest.raises(NotFound):
+        await ana.get_shared("0" * 32)
+    with pytest.raises(NotFound):  # and it is not hers to cancel or message
+        await ana.send(run["id"], "ana", "hi", None)

@@ -238,6 +238,7 @@ async def test_the_analysts_journey(hub: HubProcess, artifacts: Path) -> None:
             await chat.locator(".chat-code-only input").uncheck()
             await box.fill("Which region is my favourite?")
             await box.press("Enter")
+            await expect(status).not_to_have_attribute("data-state", "done", timeout=30_000)
             await expect(status).to_have_attribute("data-state", "done", timeout=180_000)
             cites = chat.get_by_test_id("chat-citations").last
             await expect(cites).to_contain_text("memory favourite_region")

@@ -89,6 +89,7 @@ class ModelService:
             "usage",
             "usage.summary",
             "usage.events",
+            "usage.export",
             "usage.kernels",
             "budget",
             "budgets",

@@ -5,6 +5,8 @@
   operators). A user reads their own and their groups'; an operator (usage read-all) anyone's.
 - ``GET v1/usage/events?since=&until=&limit=``: the caller's own rows (newest first), as
   columns: what the Usage panel charts.
+- ``GET v1/usage/export?by=user|group&format=csv|parquet|json`` (and a period): billing
+  export for operators (:mod:`.billing`).
 - ``POST v1/usage/kernels`` ``{"samples": [{"kernel_id", "cpu_seconds", "gpu_seconds"}]}``: a
   user's server reports the compute its kernels used since its last report (for the user its
   credential names).
@@ -24,11 +26,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .billing import FORMATS, encode, export_frame
 from .budgets import Budget
 from .errors import Forbidden, InvalidRequest, NotFound
 from .handlers import BaseHandler
 from .metering import UsageEvent, groups_column
-from .usage import UNITS, events_columns, period_end, period_start, summary
+from .usage import UNITS, events_columns, iso, period_end, period_start, summary
 
 #: Most compute one report may claim per kernel: a day's worth on 1,024 cores.
 MAX_SAMPLE_SECONDS = 86400.0 * 1024
@@ -145,6 +148,44 @@ class UsageEventsHandler(BaseHandler):
         self.write_json({"object": "usage.events", "user": who.name, **columns})
 
 
+class UsageExportHandler(BaseHandler):
+    """Billing export for operators: per user or group, CSV, Parquet or JSON."""
+
+    endpoint = "usage.export"
+
+    async def get(self) -> None:
+        who = self.identity
+        assert who is not None
+        if not who.can_read_all_usage:
+            raise Forbidden("Billing export is for operators (usage read-all scope).")
+        by = self.get_argument("by", "user")
+        if by not in ("user", "group"):
+            raise InvalidRequest("'by' must be user or group.", param="by")
+        fmt = self.get_argument("format", "csv")
+        if fmt not in FORMATS:
+            raise InvalidRequest(f"'format' must be one of {', '.join(FORMATS)}.", param="format")
+        now = time.time()
+        period = self.get_argument("period", "month")
+        if period not in ("day", "week", "month"):
+            raise InvalidRequest("'period' must be day, week or month.", param="period")
+        since = _float_arg(self, "since")
+        until = _float_arg(self, "until")
+        since = period_start(period, now) if since is None else since
+        until = period_end(period, now) if until is None else until
+        if until <= since:
+            raise InvalidRequest("'until' must be after 'since'.", param="until")
+        prices = self.service.budgets.prices
+        frame = await asyncio.to_thread(export_frame, self.service.store, prices, since, until, by)
+        body = await asyncio.to_thread(encode, frame, fmt)
+        if isinstance(body, dict):
+            self.write_json(body)
+            return
+        name = f"usage-by-{by}-{iso(since)[:10]}.{fmt}"
+        self.set_header("Content-Type", FORMATS[fmt])
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.finish(body)
+
+
 class KernelUsageHandler(BaseHandler):
     endpoint = "usage.kernels"
 
@@ -238,6 +279,7 @@ def usage_routes(prefix: str, kw: dict[str, Any]) -> list[tuple[str, type, dict[
         (rf"{prefix}v1/usage/summary", UsageSummaryHandler, kw),
         (rf"{prefix}v1/usage/kernels", KernelUsageHandler, kw),
         (rf"{prefix}v1/usage/events", UsageEventsHandler, kw),
+        (rf"{prefix}v1/usage/export", UsageExportHandler, kw),
         (rf"{prefix}v1/budget", BudgetHandler, kw),
         (rf"{prefix}v1/budgets", BudgetsHandler, kw),
     ]

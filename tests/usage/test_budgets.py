@@ -241,3 +241,27 @@ async def test_users_read_only_their_own_usage_and_report_only_their_own(
     assert (await week(http, BOB))["totals"]["cpu_seconds"] == before
     mine = await week(http, ADA)
     assert mine["user"] == "ada" and mine["totals"]["cpu_seconds"] >= 2
+
+
+async def test_billing_export_is_for_operators(http: httpx.AsyncClient) -> None:
+    import io
+
+    import polars as pl
+
+    r = await http.get("/v1/usage/export", params={"by": "user"}, headers=bearer(OPERATOR))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]
+    rows = pl.read_csv(io.BytesIO(r.content))
+    assert {"ada", "bob", "student1"} <= set(rows["user"])
+    r = await http.get(
+        "/v1/usage/export", params={"by": "group", "format": "parquet"}, headers=bearer(OPERATOR)
+    )
+    assert r.status_code == 200, r.text
+    groups = pl.read_parquet(io.BytesIO(r.content))
+    assert "cohort" in set(groups["group"])
+    assert_envelope(await http.get("/v1/usage/export", headers=bearer(ADA)), 403)
+    r = await http.get("/v1/usage/export", params={"format": "xls"}, headers=bearer(OPERATOR))
+    assert_envelope(r, 400)
+    r = await http.get("/v1/usage/export", params={"by": "model"}, headers=bearer(OPERATOR))
+    assert_envelope(r, 400)

@@ -136,3 +136,27 @@ def test_day_aligned_questions_read_the_daily_sums_and_agree_with_the_rows(
     reopened = UsageStore(str(store.url))
     again = summary(reopened, PRICES, since=since, until=until, by_user=True)
     assert again["totals"] == by_day["totals"]
+
+
+def test_billing_export_per_user_and_per_group(store: UsageStore) -> None:
+    import io
+
+    import polars as pl
+
+    from oraculo.models.billing import encode, export_frame
+
+    since, until = period_start("month", NOW), period_end("month", NOW)
+    users = export_frame(store, PRICES, since, until, "user")
+    assert users["user"].to_list() == ["ada", "bob"]  # most expensive first
+    ada = users.row(0, named=True)
+    assert ada["tokens"] == 2000 and ada["cpu_seconds"] == 100.0 and ada["voice_seconds"] == 30.0
+    assert ada["cost"] == pytest.approx(2.9) and ada["period_start"] == "2026-11-01T00:00:00Z"
+    groups = export_frame(store, PRICES, since, until, "group")
+    assert set(groups["group"]) == {"cs_1", "cs-1", "csx1"}  # ada's voice row has no group
+    cs1 = groups.filter(pl.col("group") == "cs_1").row(0, named=True)
+    assert cs1["tokens"] == 2000 and cs1["voice_seconds"] == 0
+    csv = encode(users, "csv")
+    assert isinstance(csv, bytes) and csv.startswith(b"user,period_start,period_end,requests")
+    parquet = encode(groups, "parquet")
+    assert isinstance(parquet, bytes)
+    assert pl.read_parquet(io.BytesIO(parquet)).equals(groups)

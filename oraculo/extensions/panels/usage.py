@@ -7,8 +7,8 @@ hourly (today) or daily (week, month) buckets and draws them with Bokeh, every a
 the panel server itself.
 
 Stable hooks for tests: ``[data-testid=oraculo-usage]`` (``data-state`` loading, ready or
-error; ``data-period`` once ready), ``usage-totals``, ``usage-budgets``, ``usage-top``; the period selector carries the CSS
-class ``usage-period``.
+error; ``data-period`` once ready), ``usage-totals``, ``usage-budgets``, ``usage-top``; the
+period selector carries the CSS class ``usage-period``.
 """
 
 from __future__ import annotations

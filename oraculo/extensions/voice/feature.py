@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from typing import Any
 
 from traitlets import Instance, Type
@@ -24,13 +24,13 @@ class VoiceFeature(Feature):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        ext = self.extension
-        self.service = self.service_class(
-            parent=self,
-            chat=lambda: ext.feature("chat").service,
-            models_url=ext.models_url,
-            token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
-        )
+        assert self.models is not None
+        self._chat: Any = None
+        self.service = self.service_class(parent=self, chat=lambda: self._chat, models=self.models)
+
+    def connect(self, features: Mapping[str, Feature]) -> None:
+        # a spoken turn is a chat turn: the chat feature's service answers it
+        self._chat = getattr(features.get("chat"), "service", None)
 
     def handlers(self) -> list[tuple[str, Any]]:
         return [(r"/api/v1/voice", VoiceHandler)]

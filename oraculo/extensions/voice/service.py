@@ -35,11 +35,12 @@ import wave
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import httpx
-from traitlets import Bool, Float, Integer, Unicode
+from traitlets import Bool, Float, Instance, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
-from oraculo.extensions.base.errors import OraculoError, Unavailable
+from oraculo.extensions.base.errors import OraculoError
+from oraculo.extensions.base.modelclient import ModelClient
+from oraculo.extensions.chat.models import ChatRequest, Message
 
 if TYPE_CHECKING:  # numpy loads with the first voice session, not at every server start
     import numpy as np
@@ -143,8 +144,7 @@ class HeldOutput:
 class VoiceService(LoggingConfigurable):
     """Settings, the VAD model and the model service connection shared by all voice sessions."""
 
-    models_url = Unicode("", help="Base URL of the model service, ending in /.")
-    token = Unicode("", help="Bearer token for the model service (the server's hub token).")
+    models = Instance(ModelClient, help="The extension's one client of the model service.")
     stt_model = Unicode("whisper-1", config=True, help="Transcription model (name or alias).")
     tts_model = Unicode("tts-1", config=True, help="Speech model (name or alias).")
     tts_voice = Unicode("alloy", config=True, help="Voice of the speech model.")
@@ -187,7 +187,6 @@ class VoiceService(LoggingConfigurable):
         #: The chat feature's ChatService (looked up when needed: features load in turn).
         self.chat = chat
         self._vad: Any = None
-        self._client: httpx.AsyncClient | None = None
         self._stt_inflight = 0
 
     def vad(self) -> Any:
@@ -197,23 +196,8 @@ class VoiceService(LoggingConfigurable):
             self._vad = get_vad_model()
         return self._vad
 
-    def http(self) -> httpx.AsyncClient:
-        if not self.models_url:
-            raise OraculoError("No model service is configured for this server.")
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                base_url=self.models_url.rstrip("/") + "/",
-                headers={"Authorization": f"Bearer {self.token}"} if self.token else {},
-                timeout=httpx.Timeout(120.0, connect=5.0),
-                limits=httpx.Limits(max_keepalive_connections=32, keepalive_expiry=60),
-                trust_env=False,
-            )
-        return self._client
-
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        """Nothing of its own to close: the extension closes the shared model client."""
 
     async def transcribe(
         self, audio: np.ndarray, beam_size: int, partial: bool = False
@@ -229,39 +213,15 @@ class VoiceService(LoggingConfigurable):
             self._stt_inflight -= 1
 
     async def _transcribe(self, audio: np.ndarray, beam_size: int) -> str:
-        files = {"file": ("speech.wav", wav16k(audio), "audio/wav")}
-        data = {"model": self.stt_model, "language": "en", "beam_size": str(beam_size)}
-        try:
-            r = await self.http().post("v1/audio/transcriptions", files=files, data=data)
-        except httpx.HTTPError as e:
-            raise Unavailable(f"The model service did not answer ({type(e).__name__}).") from e
-        if r.status_code != 200:
-            raise _model_error("transcription", r)
-        return str(r.json().get("text") or "").strip()
+        return await self.models.transcribe(
+            wav16k(audio), self.stt_model, language="en", beam_size=str(beam_size)
+        )
 
     async def speak(self, text: str) -> tuple[int, bytes]:
-        body = {"model": self.tts_model, "input": text, "voice": self.tts_voice}
-        try:
-            r = await self.http().post("v1/audio/speech", json={**body, "response_format": "pcm"})
-        except httpx.HTTPError as e:
-            raise Unavailable(f"The model service did not answer ({type(e).__name__}).") from e
-        if r.status_code != 200:
-            raise _model_error("speech", r)
-        return int(r.headers.get("X-Sample-Rate", "22050")), r.content
+        return await self.models.speech(text, self.tts_model, self.tts_voice)
 
     def session(self, send: Send) -> VoiceSession:
         return VoiceSession(self, send)
-
-
-def _model_error(what: str, r: httpx.Response) -> OraculoError:
-    try:
-        msg = str(r.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        msg = f"HTTP {r.status_code}"
-    err = OraculoError(f"The model service's {what} failed: {msg}")
-    err.status = r.status_code if 400 <= r.status_code < 600 else 502
-    err.type = "model_service_error"
-    return err
 
 
 class VoiceSession:
@@ -555,10 +515,7 @@ class VoiceSession:
     async def _reply(self, utt: int, text: str, out: HeldOutput | None = None) -> None:
         """Generate and speak the reply to ``text``; with ``out`` (a speculative reply) all it
         sends is held there until released, and if it never is, nothing of it is stored."""
-        from oraculo.extensions.chat.models import ChatRequest, Message
-
         send: Send = out if out is not None else self.send
-
         req = ChatRequest(
             messages=[Message(role="user", content=text)],
             stream=True,

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 
+from oraculo.extensions.base.modelclient import ModelClient
 from oraculo.extensions.usage.sampler import BudgetExceeded, KernelSampler
 from tests.harness import wait_for
 from tests.models.conftest import ModelServer, bearer
@@ -38,9 +39,8 @@ async def test_a_running_cell_is_counted_while_it_runs(
     usage_server: ModelServer, http: httpx.AsyncClient, kernels: AsyncMultiKernelManager
 ) -> None:
     kernel_id = await kernels.start_kernel(kernel_name="python3")
-    sampler = KernelSampler(
-        kernel_manager=kernels, models_url=usage_server.url + "/", token=STUDENT1, interval=0
-    )
+    models = ModelClient(models_url=usage_server.url + "/", token=STUDENT1)
+    sampler = KernelSampler(kernel_manager=kernels, models=models, interval=0)
     client = kernels.get_kernel(kernel_id).client()
     client.start_channels()
     try:
@@ -65,12 +65,14 @@ async def test_a_running_cell_is_counted_while_it_runs(
     finally:
         client.stop_channels()
         await sampler.stop()
+        await models.aclose()
 
 
 async def test_a_spent_compute_budget_refuses_new_executions(
     usage_server: ModelServer, http: httpx.AsyncClient
 ) -> None:
-    sampler = KernelSampler(models_url=usage_server.url + "/", token=STUDENT2, interval=0)
+    models = ModelClient(models_url=usage_server.url + "/", token=STUDENT2)
+    sampler = KernelSampler(models=models, interval=0)
     await sampler.admit()  # nothing bounds it yet
     budget: dict[str, Any] = {
         "scope": "group",
@@ -96,3 +98,4 @@ async def test_a_spent_compute_budget_refuses_new_executions(
         assert r.status_code == 204
     await sampler.admit()
     await sampler.stop()
+    await models.aclose()

@@ -30,14 +30,8 @@ class UsageFeature(Feature):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         ext = self.extension
-        # the extension's model-service credential (the server's own token): reports and
-        # checks count for this server's user
-        models = self.models
         self.sampler = self.sampler_class(
-            parent=self,
-            kernel_manager=ext.serverapp.kernel_manager,
-            models_url=models.models_url if models is not None else ext.models_url,
-            token=models.token if models is not None else "",
+            parent=self, kernel_manager=ext.serverapp.kernel_manager, models=self.models
         )
         IOLoop.current().add_callback(self.sampler.start)
 

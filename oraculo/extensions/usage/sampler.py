@@ -21,13 +21,13 @@ import os
 import time
 from typing import Any
 
-import httpx
 import psutil
 from traitlets import Any as AnyTrait
-from traitlets import Float, Unicode, default
+from traitlets import Float, Instance, default
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.errors import BadRequest, OraculoError, Unavailable
+from oraculo.extensions.base.modelclient import ModelClient, ModelServiceError
 from oraculo.kernels import gpu
 
 
@@ -66,8 +66,12 @@ class KernelSampler(LoggingConfigurable):
     """Samples the server's kernels and reports their compute; asks for admission."""
 
     kernel_manager = AnyTrait(help="The server's MappingKernelManager.")
-    models_url = Unicode("", help="Base URL of the model service, ending in /.")
-    token = Unicode("", help="The server's hub token (reports count for its user).")
+    models = Instance(
+        ModelClient,
+        allow_none=True,
+        help="""The extension's one client of the model service; its credential is the server's
+        own, so reports and budget checks count for this server's user.""",
+    )
     interval = Float(
         config=True,
         help="""Seconds between two samples of the kernels' CPU and GPU time. Default
@@ -86,22 +90,11 @@ class KernelSampler(LoggingConfigurable):
         self._seen: dict[str, _Seen] = {}
         self._pending: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
         self._lock = asyncio.Lock()
 
     @property
     def configured(self) -> bool:
-        return bool(self.models_url)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                base_url=self.models_url.rstrip("/") + "/",
-                headers={"Authorization": f"Bearer {self.token}"} if self.token else {},
-                timeout=httpx.Timeout(10.0, connect=5.0),
-                trust_env=False,
-            )
-        return self._client
+        return self.models is not None and self.models.configured
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -161,16 +154,18 @@ class KernelSampler(LoggingConfigurable):
                 for e in self._pending.values()
                 if e["cpu_seconds"] >= self.min_report_seconds or e["gpu_seconds"] > 0
             ]
-            if not ready or not self.configured:
+            if not ready or self.models is None or not self.configured:
                 return 0
             try:
-                r = await self._http().post("v1/usage/kernels", json={"samples": ready})
-            except httpx.HTTPError as err:
-                self.log.warning("could not report kernel usage: %s", type(err).__name__)
+                await self.models.request(
+                    "POST", "v1/usage/kernels", json={"samples": ready}, timeout=10.0
+                )
+            except Unavailable as err:
+                self.log.warning("could not report kernel usage: %s", err.message)
                 return 0
-            if r.status_code != 204:
-                self.log.warning("kernel usage report refused: HTTP %d", r.status_code)
-                if r.status_code < 500:
+            except OraculoError as err:
+                self.log.warning("kernel usage report refused: HTTP %d", err.status)
+                if err.status < 500:
                     self._pending.clear()  # it will never be taken: do not resend it forever
                 return 0
             for sent in ready:
@@ -197,9 +192,6 @@ class KernelSampler(LoggingConfigurable):
             self._task = None
         with contextlib.suppress(Exception):
             await self.report()  # what ran since the last sample
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     # --- admission ---------------------------------------------------------------------------
 
@@ -207,23 +199,22 @@ class KernelSampler(LoggingConfigurable):
         """Refuse (429, the model service's message) when a budget for ``units`` is spent.
         What the kernels used since the last sample is reported first, so the answer counts it.
         Without a model service, or when it does not answer, the work is let through."""
-        if not self.configured:
+        if self.models is None or not self.configured:
             return
         try:
             await self.report()
         except Exception:
             self.log.exception("kernel usage sample failed")
         try:
-            r = await self._http().get("v1/budget", params={"units": ",".join(units)})
-        except httpx.HTTPError as e:
-            self.log.warning("budget check failed (%s): letting the work through", type(e).__name__)
-            return
-        if r.status_code == 429:
-            raise _model_error(r)
-        if r.status_code != 200:
-            self.log.warning(
-                "budget check answered HTTP %d: letting the work through", r.status_code
+            await self.models.request(
+                "GET", "v1/budget", params={"units": ",".join(units)}, timeout=10.0
             )
+        except Unavailable as e:
+            self.log.warning("budget check failed (%s): letting the work through", e.message)
+        except OraculoError as e:
+            if e.status == 429:
+                raise _refusal(e) from e
+            self.log.warning("budget check answered HTTP %d: letting the work through", e.status)
 
     # --- what the Usage panel shows ----------------------------------------------------------
 
@@ -232,24 +223,21 @@ class KernelSampler(LoggingConfigurable):
         budgets with what is used and when they reset, and the period's usage rows."""
         if period not in ("day", "week", "month"):
             raise BadRequest("period must be day, week or month")
-        if not self.configured:
+        if self.models is None or not self.configured:
             raise Unavailable("No model service is configured for this server.")
         await self.report()
-        http = self._http()
+        models = self.models
         try:
             summary, budget = await asyncio.gather(
-                http.get("v1/usage/summary", params={"period": period}),
-                http.get("v1/budget"),
+                models.request("GET", "v1/usage/summary", params={"period": period}),
+                models.request("GET", "v1/budget"),
             )
-            since = summary.json().get("since") if summary.status_code == 200 else None
-            events = await http.get(
-                "v1/usage/events", params={"since": _unix(since)} if since else {}
+            since = summary.json().get("since")
+            events = await models.request(
+                "GET", "v1/usage/events", params={"since": _unix(since)} if since else {}
             )
-        except httpx.HTTPError as e:
-            raise Unavailable(f"The model service did not answer ({type(e).__name__}).") from e
-        for r in (summary, budget, events):
-            if r.status_code != 200:
-                raise _model_error(r)
+        except ModelServiceError as e:
+            raise _refusal(e) from e
         return {
             "period": period,
             "summary": summary.json(),
@@ -258,24 +246,12 @@ class KernelSampler(LoggingConfigurable):
         }
 
 
-class ModelServiceRefused(OraculoError):
-    """The model service answered an error; its status and message are passed on."""
-
-    def __init__(self, status: int, message: str, type_: str) -> None:
-        super().__init__(message, reason="Model service error")
-        self.status = status if 400 <= status < 600 else 502
-        self.type = type_
-
-
-def _model_error(r: httpx.Response) -> OraculoError:
-    try:
-        err = r.json()["error"]
-        message, kind = str(err["message"]), str(err.get("code") or err.get("type") or "error")
-    except (ValueError, KeyError, TypeError):
-        message, kind = f"The model service answered HTTP {r.status_code}.", "model_service_error"
-    if r.status_code == 429 and kind == "budget_exceeded":
-        return BudgetExceeded(message)
-    return ModelServiceRefused(r.status_code, message, kind)
+def _refusal(error: OraculoError) -> OraculoError:
+    """A spent budget as :class:`BudgetExceeded` (its message names the budget); any other
+    refusal of the model service as it came."""
+    if error.status == 429 and error.type == "budget_exceeded":
+        return BudgetExceeded(error.message)
+    return error
 
 
 def _unix(iso: str) -> float:

@@ -39,6 +39,7 @@ from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.errors import BadRequest, NotFound
+from oraculo.kernels.namespace import render_variables, summarize_namespace
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are Oráculo, an assistant inside the user's Jupyter notebook workspace. Answer "
@@ -298,8 +299,6 @@ class ContextService(LoggingConfigurable):
         live = kernel_vars or {}
         all_vars = [*(variables or []), *(live.get("variables") or [])]
         if all_vars:
-            from oraculo.kernels.chat_magics import render_variables  # imports IPython
-
             kept = [text for text in (render_variables([v]) for v in all_vars) if take(text)]
             if kept:
                 sections.append("## Variables in the user's kernel\n" + "\n".join(kept))
@@ -456,12 +455,10 @@ def _render_cell(cell: dict[str, Any], limit: int) -> str:
 def summary_expression(preview_rows: int = 0) -> str:
     """A Python expression that, evaluated in a kernel's namespace, returns the summary as JSON.
 
-    It carries the source of :func:`~oraculo.kernels.chat_magics.summarize_namespace`, so the
+    It carries the source of :func:`~oraculo.kernels.namespace.summarize_namespace`, so the
     kernel need not import oraculo (any Python kernel works).
     """
-    from oraculo.kernels import chat_magics
-
-    source = textwrap.dedent(inspect.getsource(chat_magics.summarize_namespace))
+    source = textwrap.dedent(inspect.getsource(summarize_namespace))
     return (
         "(lambda g: (exec(compile(" + repr(source) + ", '<oraculo>', 'exec'), g),"
         " __import__('json').dumps(g['summarize_namespace'](globals(), preview_rows="

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbformat import v4
 
-from oraculo.kernels.chat_magics import render_variables, summarize_namespace
+from oraculo.kernels.namespace import render_variables, summarize_namespace
 from tests.extensions.chat.test_chat import ask, assert_envelope, url
 from tests.harness import HubClient, HubProcess, User, new_user
 

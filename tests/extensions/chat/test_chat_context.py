@@ -10,7 +10,7 @@ from jupyter_server.services.contents.largefilemanager import AsyncLargeFileMana
 
 from oraculo.extensions.base.errors import BadRequest, NotFound
 from oraculo.extensions.chat.context import ContextService, estimate_tokens, message_tokens
-from oraculo.kernels.chat_magics import render_variables, summarize_namespace
+from oraculo.kernels.namespace import render_variables, summarize_namespace
 
 
 def turns(n: int, size: int = 200) -> list[dict[str, str]]:

@@ -21,8 +21,8 @@ from oraculo.extensions.agents.handlers import (
     RunHandler,
     RunMessagesHandler,
     RunNotebookHandler,
-    RunShareHandler,
     RunsHandler,
+    RunShareHandler,
     SharedRunHandler,
     SharedRunsHandler,
 )

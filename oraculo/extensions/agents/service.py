@@ -649,6 +649,7 @@ class AgentsService(LoggingConfigurable):
             code,
             session=st.session,
             origin=f"agent:{spec.name}@{spec.sha256}",  # the audit names the exact version
+            run_id=st.id,
             actor=st.owner,
             timeout=timeout,
         )

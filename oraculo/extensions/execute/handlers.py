@@ -25,7 +25,8 @@ class ExecuteHandler(OraculoAPIHandler):
             language=body.language,
             timeout=body.timeout,
             session=body.session,
-            origin="api",
+            origin=body.origin,
+            conversation_id=body.conversation_id,
             actor=self.current_user.username,
             detach=body.detach,
         )

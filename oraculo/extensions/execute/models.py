@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+#: What a conversation's or a run's id looks like (the chat and agents features make them).
+SOURCE_ID = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class FileInfo(BaseModel):
@@ -28,6 +31,16 @@ class ExecuteRequest(BaseModel):
     timeout: float | None = Field(None, gt=0, description="Seconds; default: the user's default.")
     session: str | None = Field(None, min_length=1, max_length=1024)
     detach: bool = False
+    #: Who the execution is on behalf of, for the audit: a plain API call (the default), or
+    #: "Run" under a reply of the chat conversation ``conversation_id``.
+    origin: Literal["api", "chat"] = "api"
+    conversation_id: str | None = Field(None, pattern=SOURCE_ID)
+
+    @model_validator(mode="after")
+    def _conversation_with_chat(self) -> ExecuteRequest:
+        if (self.origin == "chat") != (self.conversation_id is not None):
+            raise ValueError("conversation_id goes with origin 'chat', and only with it")
+        return self
 
 
 class ExecutionError(BaseModel):
@@ -53,6 +66,8 @@ class ExecutionResult(BaseModel):
     session: str  # the kernel id
     origin: str
     actor: str
+    conversation_id: str | None = None  # origin "chat": the conversation the code came from
+    run_id: str | None = None  # origin "agent:...": the agent run
     started_at: str
     finished_at: str | None = None
     duration_seconds: float | None = None

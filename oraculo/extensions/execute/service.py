@@ -11,6 +11,8 @@ Other features call it in process (chat "run" blocks, agents' tool calls)::
                                    # user's dedicated assistant kernel
         origin="chat",             # "api" | "chat" | "agent:<name>": recorded in the audit log
         actor="alice",             # who asked (a hub user name)
+        conversation_id=None,      # origin "chat": the conversation (recorded in the audit)
+        run_id=None,               # origin "agent:...": the agent run (recorded in the audit)
         detach=False,              # True: return at once with status "running"
     )                              # -> ExecutionResult (pydantic)
     result = service.get(execution_id)            # the result so far (NotFound if unknown)
@@ -215,6 +217,8 @@ class ExecuteService(LoggingConfigurable):
         origin: str = "api",
         actor: str = "",
         detach: bool = False,
+        conversation_id: str | None = None,
+        run_id: str | None = None,
     ) -> ExecutionResult:
         """Run ``code``; see the module docstring."""
         language = language.lower()
@@ -239,6 +243,8 @@ class ExecuteService(LoggingConfigurable):
             session=kernel_id,
             origin=origin,
             actor=actor,
+            conversation_id=conversation_id,
+            run_id=run_id,
             started_at=_now(),
         )
         execution = _Execution(result)
@@ -250,6 +256,7 @@ class ExecuteService(LoggingConfigurable):
                 "execution_id": result.execution_id,
                 "actor": actor,
                 "origin": origin,
+                **_source(result),
                 "session": kernel_id,
                 "language": language,
                 "timeout": timeout,
@@ -628,6 +635,7 @@ class ExecuteService(LoggingConfigurable):
                 "execution_id": result.execution_id,
                 "actor": result.actor,
                 "origin": result.origin,
+                **_source(result),
                 "session": result.session,
                 "status": result.status,
                 "duration_seconds": result.duration_seconds,
@@ -651,6 +659,12 @@ class ExecuteService(LoggingConfigurable):
             if execution.done.is_set():
                 held -= execution.size
                 del self._executions[eid]
+
+
+def _source(result: ExecutionResult) -> dict[str, str]:
+    """The conversation or run an execution came from, for its audit records."""
+    out = {"conversation_id": result.conversation_id, "run_id": result.run_id}
+    return {k: v for k, v in out.items() if v}
 
 
 def _limit_of(name: str, value: str) -> str | None:

@@ -526,6 +526,8 @@ class ChatPanel(pn.viewable.Viewer):
             body: dict[str, Any] = {"code": code, "language": "python", "timeout": 60}
             if notebook:
                 body["session"] = notebook
+            if self.conversation_id:  # the audit says which conversation the code came from
+                body.update(origin="chat", conversation_id=self.conversation_id)
             where = f"Ran in {notebook}" if notebook else "Ran in the assistant's own kernel"
             try:
                 result = await self._client.request("POST", "api/v1/execute", json=body)

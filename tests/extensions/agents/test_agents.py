@@ -296,12 +296,15 @@ async def test_cancel_stops_the_tool_running_in_the_kernel(alice: User) -> None:
                 return dict(rec)
         return None
 
-    await wait_for(lambda: audited("started"), 120, "the agent's tool to start in the kernel")
+    started = await wait_for(
+        lambda: audited("started"), 120, "the agent's tool to start in the kernel"
+    )
+    assert started["run_id"] == run["id"], started  # the audit names the run
     r = await api(alice, "POST", f"/runs/{run['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
     # the nap is interrupted in the kernel, not left to run out its two minutes
     finished = await wait_for(lambda: audited("finished"), 20, "the tool's execution to stop")
-    assert finished["status"] == "cancelled", finished
+    assert finished["status"] == "cancelled" and finished["run_id"] == run["id"], finished
     r = await alice.api(
         "POST", f"/user/{alice.name}/api/v1/execute", json={"code": "1 + 1"}, timeout=30
     )

@@ -470,6 +470,39 @@ async def test_audit_log_records_who_ran_what(users: dict[str, User]) -> None:
     assert any(rec["execution_id"] == out["execution_id"] for rec in lines)
 
 
+async def test_audit_says_which_conversation_a_run_came_from(users: dict[str, User]) -> None:
+    """The Chat panel's Run says its conversation; the audit keeps it (the default stays api)."""
+    ana, max_ = users["ana"], users["max"]
+    out = await run(ana, code="from_chat = 1", origin="chat", conversation_id="c0ffee42")
+    assert out["origin"] == "chat" and out["conversation_id"] == "c0ffee42", out
+    base = f"/user/{ana.name}/api/v1/execute/audit"
+    r = await ana.api("GET", base, params={"execution_id": out["execution_id"]})
+    records = r.json()["records"]
+    assert [rec["event"] for rec in records] == ["started", "finished"], records
+    for rec in records:
+        assert rec["origin"] == "chat" and rec["conversation_id"] == "c0ffee42", rec
+    plain = await run(ana, code="1")
+    r = await ana.api("GET", base, params={"execution_id": plain["execution_id"]})
+    assert all(
+        rec["origin"] == "api" and "conversation_id" not in rec for rec in r.json()["records"]
+    )
+    url = f"/user/{ana.name}/api/v1/execute"
+    for bad in (
+        {"origin": "chat"},  # no conversation
+        {"origin": "chat", "conversation_id": "../x"},  # not an id
+        {"origin": "chat", "conversation_id": "a" * 65},
+        {"conversation_id": "c0ffee42"},  # an api call claims no conversation
+        {"origin": "agent:spy@0", "conversation_id": "c0ffee42"},  # agents run in process only
+    ):
+        r = await ana.api("POST", url, json={"code": "1", **bad})
+        assert_envelope(r, 400, "invalid_request")
+    # another user's token cannot run in ana's kernel on behalf of her conversation
+    r = await max_.api(
+        "POST", url, json={"code": "1", "origin": "chat", "conversation_id": "c0ffee42"}
+    )
+    assert r.status_code == 403, r.text
+
+
 async def test_metrics_count_executions_and_limit_hits(users: dict[str, User]) -> None:
     ana = users["ana"]
     await run(ana, code="1")

@@ -115,6 +115,13 @@ class ContextService(LoggingConfigurable):
     )
     memories_k = Int(5, config=True, help="Memories retrieved per request.")
     passages_k = Int(5, config=True, help="Workspace passages retrieved per request.")
+    min_memory_similarity = Float(
+        0.35,
+        config=True,
+        help="""A memory goes with a request only if the cosine similarity of its embedding
+        and the question's reaches this (so "Hello!" carries none). -1: every memory the
+        search finds (the best ``memories_k``), relevant or not.""",
+    )
     min_passage_score = Float(
         0.0, config=True, help="Passages scoring below this are not sent (nor cited)."
     )
@@ -175,7 +182,9 @@ class ContextService(LoggingConfigurable):
         hits = await self._guard(
             "memory search", feature.memories.search(query, self.memories_k), skipped
         )
-        return [_as_dict(h) for h in hits or []]
+        found = [_as_dict(h) for h in hits or []]
+        least = self.min_memory_similarity
+        return [m for m in found if float(m.get("similarity", 1.0)) >= least]
 
     async def _passages(self, query: str, skipped: list[str]) -> list[dict[str, Any]]:
         feature = self._memory()
@@ -340,7 +349,10 @@ class ContextService(LoggingConfigurable):
             text = f"- {m.get('key')}: {_cut(str(m.get('value')), self.max_item_chars)}"
             if take(text):
                 used_memories.append(
-                    {k: m.get(k) for k in ("key", "value", "scope", "score", "updated_at")}
+                    {
+                        k: m.get(k)
+                        for k in ("key", "value", "scope", "score", "similarity", "updated_at")
+                    }
                 )
         if used_memories:
             sections.append(

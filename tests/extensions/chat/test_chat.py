@@ -397,9 +397,8 @@ async def indexed(user: User) -> None:
 
 async def test_reply_cites_workspace_passages_and_memories(ana: User) -> None:
     await indexed(ana)
-    r = await ana.api(
-        "POST", url(ana, "api/v1/memory"), json={"key": "units", "value": "Use metres, never feet."}
-    )
+    memory = {"key": "lake_depths", "value": "Give lake depths in metres, never feet."}
+    r = await ana.api("POST", url(ana, "api/v1/memory"), json=memory)
     assert r.status_code in (200, 201), r.text
     events = await sse(ana, ask("How deep is the Quilotoa crater lake?", store=True))
     final = next(d for _, d in events if d != "[DONE]" and d["choices"][0]["finish_reason"])
@@ -407,7 +406,7 @@ async def test_reply_cites_workspace_passages_and_memories(ana: User) -> None:
     cited = [c for c in extra["citations"] if c["path"] == "notes/quilotoa.md"]
     assert cited and cited[0]["index"] >= 1 and cited[0]["start_line"] >= 1
     assert {"path", "cell", "start_line", "end_line", "score"} <= set(cited[0])
-    assert "units" in [m["key"] for m in extra["memories"]], extra
+    assert "lake_depths" in [m["key"] for m in extra["memories"]], extra
     # The stored reply keeps its citations.
     r = await ana.api("GET", url(ana, f"api/v1/chat/conversations/{extra['conversation_id']}"))
     assert r.json()["messages"][-1]["oraculo"]["citations"] == extra["citations"]

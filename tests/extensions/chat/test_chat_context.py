@@ -1,16 +1,22 @@
-"""The context budget policy, on the real ContextService and a real contents manager (no hub)."""
+"""The context budget policy, on the real ContextService and a real contents manager; which
+memories go, judged by the real embedding model of the session hub's model service."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import pytest
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 
+from benchmarks.retrieval import make_embeddings
 from oraculo.extensions.base.errors import BadRequest, NotFound
 from oraculo.extensions.chat.context import ContextService, estimate_tokens, message_tokens
+from oraculo.extensions.memory.service import MemoryService
 from oraculo.kernels.namespace import render_variables, summarize_namespace
+from tests.harness import HubClient, HubProcess, new_user
 
 
 def turns(n: int, size: int = 200) -> list[dict[str, str]]:
@@ -137,3 +143,58 @@ def test_refit_scale_reads_the_model_services_count() -> None:
     assert refit_scale(error, 4000) == pytest.approx(1.05 * 8990 / 4000)
     assert refit_scale(ModelServiceError(400, "other", "invalid_request_error"), 4000) is None
     assert refit_scale(ModelServiceError(400, "no count", "context_length_exceeded"), 10) == 2.1
+
+
+# --- memories are sent only when relevant, judged by the real embedding model ----------------
+
+
+@dataclass
+class _MemoryFeature:
+    memories: MemoryService
+    index: None = None
+
+
+MEMORIES = {
+    "favourite_region": "north, by revenue",
+    "units": "Use metres, never feet.",
+    "sales_data": "The quarterly sales are in data/sales_q3.parquet, revenue in euros.",
+    "expedition": "The user leads the Quilotoa expedition.",
+}
+
+
+async def test_only_relevant_memories_go_with_a_question(
+    tmp_path: Path, models_hub: HubProcess
+) -> None:
+    client = HubClient(models_hub)
+    user = await new_user(client, f"ctx-{uuid.uuid4().hex[:6]}")
+    embeddings, http = make_embeddings(f"{models_hub.url}/services/models/", user.token)
+    memories = MemoryService(embeddings, path=str(tmp_path / "memories"))
+    try:
+        for key, value in MEMORIES.items():
+            await memories.upsert(key, value)
+        ctx = ContextService(memory=lambda: _MemoryFeature(memories))
+
+        async def sent(question: str) -> list[str]:
+            new = [{"role": "user", "content": question}]
+            out = await ctx.assemble([], new, context_length=2048, max_tokens=64)
+            return [m["key"] for m in out.memories]
+
+        for small_talk in ("Hello!", "Thanks, that helps.", "Who are you?"):
+            assert await sent(small_talk) == [], small_talk
+        assert "favourite_region" in await sent("Which region is my favourite?")
+        assert "sales_data" in await sent("Where are the quarterly sales figures?")
+        assert "units" in await sent("What units should distances be in?")
+        # similarities here (all-MiniLM-L6-v2): small talk 0.20 at most, the related
+        # memories 0.62-0.75; an unrelated one (units, 0.09) does not ride along with a lake
+        assert "units" not in await sent("How deep is the Quilotoa crater lake?")
+        await memories.upsert("lake_depths", "Give lake depths in metres, never feet.")
+        assert "lake_depths" in await sent("How deep is the Quilotoa crater lake?")
+        assert "expedition" in await sent("Describe the Quilotoa crater lake in three sentences.")
+        # -1 sends whatever the search found, as before
+        ctx.min_memory_similarity = -1
+        assert await sent("Hello!") != []
+    finally:
+        await memories.close()
+        await http.aclose()
+        await user.client.aclose()
+        await client.aclose()

@@ -9,6 +9,8 @@ Test hooks: ``data-testid`` ``oraculo-memory`` (root; ``data-state`` loading, ok
 ``memory-message`` (the last action's result; ``data-state`` ok or error), ``memory-count``,
 ``memory-index-status`` (``data-state`` = the indexer's state); widgets carry CSS classes
 ``oraculo-memory-{table,key,value,scope,save,delete,new,search,search-button,clear,reindex}``.
+Delete asks first: the button reads "Really delete?" until a second click deletes (picking
+another memory, editing the form or any other button takes the question back).
 """
 
 from __future__ import annotations
@@ -159,8 +161,12 @@ class MemoryPanel(pn.viewable.Viewer):
             name="Save", button_type="primary", css_classes=["oraculo-memory-save"]
         )
         self.delete = pn.widgets.Button(
-            name="Delete", button_type="danger", css_classes=["oraculo-memory-delete"]
+            name="Delete",
+            button_type="danger",
+            button_style="outline",
+            css_classes=["oraculo-memory-delete"],
         )
+        self._confirming: str | None = None  # the key the Delete button asks about
         self.new = pn.widgets.Button(name="New", css_classes=["oraculo-memory-new"])
         self.query = pn.widgets.TextInput(
             placeholder="Search memories…", css_classes=["oraculo-memory-search"]
@@ -182,6 +188,10 @@ class MemoryPanel(pn.viewable.Viewer):
         ]:
             button.on_click(handler)
         self.query.param.watch(self._on_enter, "enter_pressed")
+        for widget in (self.key, self.value, self.scope):  # editing: no longer that memory
+            widget.param.watch(self._cancel_delete, "value_input")
+        for button in (self.save, self.new, self.search_button, self.clear, self.reindex):
+            button.on_click(self._cancel_delete)
         self._root = pn.pane.HTML(self._root_html(), stylesheets=[CSS])
         self._message = pn.pane.HTML(self._message_html(), stylesheets=[CSS])
         self._index = pn.pane.HTML(render_index_status(None), stylesheets=[CSS])
@@ -263,11 +273,28 @@ class MemoryPanel(pn.viewable.Viewer):
         self._say(f"Saved “{saved['key']}”.")
         await self._reshow()
 
+    def _cancel_delete(self, *_: Any) -> None:
+        """Back to a plain Delete: another memory was picked, or something else was done."""
+        if self._confirming is None:
+            return
+        self._confirming = None
+        self.delete.name = "Delete"
+        self.delete.button_style = "outline"
+
     async def _on_delete(self, event: Any) -> None:
+        """The first click asks (the button reads "Really delete?"); the second deletes that
+        memory, then empties the form."""
         key = _text(self.key)
         if not key:
             self._say("Select a memory (or type its key) to delete it.", ok=False)
             return
+        if self._confirming != key:
+            self._confirming = key
+            self.delete.name = "Really delete?"
+            self.delete.button_style = "solid"
+            self._say(f"Delete “{key}”? Click “Really delete?” to confirm.", ok=False)
+            return
+        self._cancel_delete()
         try:
             await self._client.delete(key)
         except MemoryAPIError as e:
@@ -313,6 +340,7 @@ class MemoryPanel(pn.viewable.Viewer):
     def _on_select(self, event: Any) -> None:
         if not event.new:
             return
+        self._cancel_delete()
         row = self.table.value.iloc[event.new[0]]
         _set(self.key, str(row["key"]))
         _set(self.value, str(row["value"]))

@@ -8,6 +8,7 @@ the page goes through the real API and real vectors.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -196,18 +197,32 @@ async def test_memory_panel_in_browser(server: Server, artifacts: Path) -> None:
                 )
                 assert r.json()["value"] == "Prefers Vega-Lite charts."
 
-                # Delete it.
-                await page.locator(".oraculo-memory-delete button").click()
+                # Delete asks first; the second click deletes it and empties the form.
+                delete = page.locator(".oraculo-memory-delete button")
+                await delete.click()
+                await expect(delete).to_have_text("Really delete?")
+                await expect(message).to_contain_text("Delete “chart style”?")
+                await page.screenshot(path=str(artifacts / "panels-memory-delete-confirm.png"))
+                r = await api.get(
+                    "/api/v1/memory", params={"key": "chart style"}, headers=server.auth
+                )
+                assert r.status_code == 200, "deleted without confirmation"
+                await delete.click()
                 await expect(message).to_contain_text("Deleted", timeout=30_000)
+                await expect(delete).to_have_text("Delete")
                 r = await api.get(
                     "/api/v1/memory", params={"key": "chart style"}, headers=server.auth
                 )
                 assert r.status_code == 404
+                await expect(page.locator(".oraculo-memory-key input")).to_have_value("")
+                await expect(page.locator(".oraculo-memory-value textarea")).to_have_value("")
+                await expect(table).not_to_contain_text("Vega-Lite")
 
-                # Reindex: the index card reports the workspace's file.
+                # Reindex: the index card reports the workspace's files (notes.md, and the
+                # agent notebook the agents feature seeds in a new home).
                 await page.locator(".oraculo-memory-reindex button").click()
                 status = page.locator("[data-testid=memory-index-status][data-state=idle]")
-                await expect(status).to_contain_text("1 files", timeout=60_000)
+                await expect(status).to_contain_text(re.compile(r"[1-9]\d* files"), timeout=60_000)
                 await page.screenshot(path=str(artifacts / "panels-memory.png"), full_page=True)
             finally:
                 await browser.close()

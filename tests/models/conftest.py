@@ -204,7 +204,18 @@ def assert_envelope(r: httpx.Response, status: int) -> dict[str, Any]:
     body = r.json()
     assert set(body) == {"error"}, body
     err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
+    # OpenAI's four fields; context_length_exceeded also carries its numbers as fields
+    extra = set(err) - {"message", "type", "param", "code"}
+    if err.get("code") == "context_length_exceeded":
+        assert (
+            {"context_length", "tokens"}
+            <= extra
+            <= {"context_length", "tokens", "prompt_tokens", "index"}
+        ), err
+        assert all(isinstance(err[k], int) for k in extra), err
+    else:
+        assert not extra, err
+    assert {"message", "type", "param", "code"} <= set(err), err
     assert isinstance(err["message"], str) and err["message"]
     assert "Traceback" not in err["message"]
     return dict(err)

@@ -191,6 +191,7 @@ async def test_bad_bindings_are_400_and_other_users_are_refused(
             kw: dict[str, Any] = {"json": body} if body is not None else {}
             r = await other.api(method, url(nina, path), **kw)
             assert r.status_code == 403, (path, r.status_code)
+        await other.client.aclose()
     finally:
         await client.aclose()
 

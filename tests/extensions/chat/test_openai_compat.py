@@ -245,5 +245,6 @@ async def test_another_users_token_gets_no_tool_call(olga: User, models_hub: Hub
         body = ask("Add 1 and 2.", tools=[ADD], tool_choice="required")
         r = await other.api("POST", url(olga, "api/v1/chat/completions"), json=body)
         assert r.status_code == 403, r.text
+        await other.client.aclose()
     finally:
         await client.aclose()

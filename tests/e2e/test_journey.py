@@ -51,17 +51,37 @@ class Journey:
         await expect(indicator).to_have_attribute("data-status", "idle", timeout=180_000)
 
     async def run_in_cell(self, index: int, code: str) -> None:
-        """Type ``code`` into cell ``index`` (select it, edit mode) and run it (Shift+Enter)."""
+        """Type ``code`` into cell ``index`` (select it, edit mode) and run it (Shift+Enter).
+
+        A freshly opened notebook sometimes loses the first keys while JupyterLab settles focus
+        (seen in CI: the cell stayed empty, "[ ]:"); the code is checked to be in the editor and
+        the cell to have started, and typed and run again if not."""
         cell = self.cells().nth(index)
-        await cell.locator(".cm-content").click()
-        await self.lab.keyboard.press("ControlOrMeta+a")
-        await self.lab.keyboard.insert_text(code)
-        await self.lab.keyboard.press("Shift+Enter")
+        editor = cell.locator(".cm-content")
+        prompt = cell.locator(".jp-InputPrompt")
+        first_line = code.splitlines()[0].strip()
+        for attempt in range(3):
+            await editor.click()
+            await self.lab.keyboard.press("ControlOrMeta+a")
+            await self.lab.keyboard.insert_text(code)
+            try:
+                await expect(editor).to_contain_text(first_line, timeout=10_000)
+                await self.lab.keyboard.press("Shift+Enter")
+                await expect(prompt).not_to_have_text(re.compile(r"^\[ \]"), timeout=15_000)
+                return
+            except AssertionError:
+                if attempt == 2:
+                    await self.lab.screenshot(path=str(self.artifacts / "journey-failed.png"))
+                    raise
 
     async def executed(self, index: int, timeout: float = 180_000) -> str:
         """Wait until cell ``index`` has run; its output text."""
         prompt = self.cells().nth(index).locator(".jp-InputPrompt")
-        await expect(prompt).to_have_text(re.compile(r"\[\d+\]"), timeout=timeout)
+        try:
+            await expect(prompt).to_have_text(re.compile(r"\[\d+\]"), timeout=timeout)
+        except AssertionError:
+            await self.lab.screenshot(path=str(self.artifacts / "journey-failed.png"))
+            raise
         await self.idle()
         return str(await self.cells().nth(index).locator(".jp-OutputArea").inner_text())
 

@@ -8,6 +8,7 @@ made once per machine and reused (their tags carry a version).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from pathlib import Path
 from tests.harness import REPO
 
 BASE = "oraculo/bookworm-minbase:1"
-USER_IMAGE = "oraculo/singleuser:hostenv-1"
+#: The user image's name; its tag names what it was built for (see :func:`user_image`).
+USER_IMAGE = "oraculo/singleuser"
 #: What the host's Python packages need at run time, beyond minbase.
 PACKAGES = [
     "tini", "ca-certificates", "libssl3", "libffi8", "libsqlite3-0", "zlib1g", "libbz2-1.0",
@@ -74,15 +76,25 @@ def host_paths() -> dict[str, str]:
     }
 
 
+def user_image() -> str:
+    """The user image for this checkout: the venv's path is built into it (its PATH), so a
+    checkout elsewhere on the same machine (CI's fresh clone) gets an image of its own instead
+    of one whose interpreter is not mounted."""
+    dockerfile = REPO / "deploy" / "docker" / "Dockerfile.hostenv"
+    key = f"{host_paths()['venv']}\0{BASE}\0".encode() + dockerfile.read_bytes()
+    return f"{USER_IMAGE}:hostenv-{hashlib.sha256(key).hexdigest()[:12]}"
+
+
 def ensure_user_image() -> str:
     ensure_base()
-    if not has_image(USER_IMAGE):
+    image = user_image()
+    if not has_image(image):
         docker(
             "build", "-f", str(REPO / "deploy" / "docker" / "Dockerfile.hostenv"),
             "--build-arg", f"BASE={BASE}", "--build-arg", f"VENV={host_paths()['venv']}",
-            "-t", USER_IMAGE, str(REPO / "deploy" / "docker"),
+            "-t", image, str(REPO / "deploy" / "docker"),
         )  # fmt: skip
-    return USER_IMAGE
+    return image
 
 
 def host_mounts() -> dict[str, dict[str, str]]:

@@ -178,8 +178,15 @@ class HubClient:
     def __init__(self, hub: HubProcess) -> None:
         self.hub = hub
         self.http = httpx.AsyncClient(base_url=hub.url, timeout=30, follow_redirects=False)
+        #: The signed-in sessions :func:`new_user` made through this client; closed with it, so
+        #: a test that forgets a user's own client leaks no connection (its ResourceWarning,
+        #: an error under warnings-as-errors, fails whichever test runs when it is collected).
+        #: Close this client only when its users are done.
+        self.sessions: list[HubClient] = []
 
     async def aclose(self) -> None:
+        for session in self.sessions:
+            await session.aclose()
         await self.http.aclose()
 
     async def _form(self, path: str, data: dict[str, str]) -> httpx.Response:
@@ -348,6 +355,7 @@ async def new_user(client: HubClient, name: str | None = None) -> User:
     """Sign up a fresh user (open sign-up in tests), sign in, make a token."""
     name = name or f"u{uuid.uuid4().hex[:8]}"
     session = HubClient(client.hub)
+    client.sessions.append(session)
     await session.signup(name)
     await session.login(name)
     token = await session.token(name)

@@ -86,14 +86,13 @@ async def team(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Team]:
     group = f"team-{tag}"
     names = [f"t{tag}{n}" for n in ("a", "b", "e")]
     admin_client = HubClient(hub)
+    signup = HubClient(hub)  # closed last: closing it signs its users' sessions out
     people: list[User] = []
     try:
         await admin_client.login("admin", ADMIN_PASSWORD)
         admin = User("admin", await admin_client.token("admin"), admin_client)
-        signup = HubClient(hub)
         for name in names:
             people.append(await new_user(signup, name))
-        await signup.aclose()
         r = await admin.api("POST", f"/hub/api/groups/{group}", json={"users": names[:2]})
         assert r.status_code == 201, r.text
 
@@ -109,6 +108,7 @@ async def team(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Team]:
     finally:
         for person in people:
             await person.client.aclose()
+        await signup.aclose()
         await admin_client.aclose()
         hub.stop()
         for name in names:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 from traitlets import Bool, Dict, Int, List, Set, TraitError, Unicode, default, validate
 from traitlets.config import Config, LoggingConfigurable
 
@@ -62,6 +64,14 @@ SERVER_TOKEN_SCOPES = [
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def docker_bridge_address(interface: str = "docker0") -> str | None:
+    """The host's IPv4 address on Docker's default bridge, or None where there is none."""
+    for address in psutil.net_if_addrs().get(interface, []):
+        if address.family == socket.AF_INET:
+            return str(address.address)
+    return None
+
+
 def _env_int(name: str, fallback: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else fallback
@@ -77,6 +87,13 @@ class OraculoHub(LoggingConfigurable):
     hub_port = Int(
         config=True,
         help="Port of the hub's own API (behind the proxy). Default ORACULO_HUB_PORT or 8081.",
+    )
+    hub_ip = Unicode(
+        config=True,
+        help="""Address the hub's own API listens on; user servers call it there. Default
+        ORACULO_HUB_IP, else with the `docker` spawner the host's address on Docker's default
+        bridge (docker0, host-internal: containers cannot reach the host's 127.0.0.1), else
+        127.0.0.1.""",
     )
     proxy_api_port = Int(
         config=True,
@@ -175,6 +192,22 @@ class OraculoHub(LoggingConfigurable):
     @default("hub_port")
     def _default_hub_port(self) -> int:
         return _env_int("ORACULO_HUB_PORT", 8081)
+
+    @default("hub_ip")
+    def _default_hub_ip(self) -> str:
+        chosen = os.environ.get("ORACULO_HUB_IP", "")
+        if chosen:
+            return chosen
+        if self.spawner == "docker":
+            bridge = docker_bridge_address()
+            if bridge is None:
+                raise TraitError(
+                    "the docker spawner needs the hub's API where containers reach it: Docker's "
+                    "bridge (docker0) has no IPv4 address here; start dockerd or set "
+                    "c.OraculoHub.hub_ip"
+                )
+            return bridge
+        return "127.0.0.1"
 
     @default("proxy_api_port")
     def _default_proxy_api_port(self) -> int:
@@ -368,7 +401,7 @@ class OraculoHub(LoggingConfigurable):
         os.environ.setdefault("ORACULO_DATA_DIR", self.data_dir)
 
         c.JupyterHub.bind_url = self.public_url
-        c.JupyterHub.hub_ip = "127.0.0.1"
+        c.JupyterHub.hub_ip = self.hub_ip
         c.JupyterHub.hub_port = self.hub_port
         c.JupyterHub.db_url = self.db_url
         c.JupyterHub.cookie_secret_file = os.path.join(self.data_dir, "jupyterhub_cookie_secret")

@@ -11,7 +11,12 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from oraculo.hub.config import CUSTOM_SCOPES, SERVER_TOKEN_SCOPES, OraculoHub
+from oraculo.hub.config import (
+    CUSTOM_SCOPES,
+    SERVER_TOKEN_SCOPES,
+    OraculoHub,
+    docker_bridge_address,
+)
 from tests.harness import HubProcess
 
 
@@ -56,13 +61,26 @@ def test_environment_overrides(clean_env: None, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ORACULO_SPAWNER", "docker")
     monkeypatch.setenv("ORACULO_ADMIN_USERS", "ada, grace")
     monkeypatch.setenv("ORACULO_DB_URL", "postgresql://hub@db/hub")
+    monkeypatch.setenv("ORACULO_HUB_IP", "10.1.2.3")
     c = build()
+    assert c.JupyterHub.hub_ip == "10.1.2.3"
     assert c.JupyterHub.bind_url == "http://127.0.0.1:9000"
     assert c.JupyterHub.spawner_class == "oraculo-docker"
     # the image's own command and Python, never the hub's interpreter path
     assert c.DockerSpawner.cmd is None and "cmd" not in c.Spawner
     assert c.Authenticator.admin_users == {"ada", "grace"}
     assert c.JupyterHub.db_url == "postgresql://hub@db/hub"
+
+
+def test_docker_hub_listens_where_containers_reach_it(clean_env: None) -> None:
+    # Containers cannot reach the host's 127.0.0.1: with the docker spawner the hub's API listens
+    # on Docker's bridge (./dev.sh test starts dockerd, so docker0 exists here).
+    bridge = docker_bridge_address()
+    assert bridge is not None, "docker0 has no IPv4 address: is dockerd running?"
+    assert not bridge.startswith("127.")
+    assert build(spawner="docker").JupyterHub.hub_ip == bridge
+    assert build(spawner="docker", hub_ip="10.9.8.7").JupyterHub.hub_ip == "10.9.8.7"
+    assert docker_bridge_address("oraculo-no-such-interface") is None
 
 
 def test_config_beats_environment(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ none of ada's files, not her group's folder, and his token does not reach her se
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from tests.harness import ADMIN_PASSWORD, HubClient, HubProcess, User, new_user
@@ -26,14 +24,6 @@ from .docker_images import daemon_running, docker, ensure_user_image, host_mount
 
 # The first run on a machine makes the base image with debootstrap (3 min on a busy 2-core box).
 pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
-
-
-def bridge_gateway() -> str:
-    """The host's address on Docker's default bridge (docker0): host-internal, not public."""
-    addresses = psutil.net_if_addrs().get("docker0", [])
-    found = [a.address for a in addresses if a.family == socket.AF_INET]
-    assert found, "docker0 has no IPv4 address"
-    return str(found[0])
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +38,7 @@ async def docker_hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
 c = get_config()  # noqa: F821
 c.OraculoHub.spawner = "docker"
 c.SandboxConfig.default_limits = {{"memory_mb": 512, "processes": 64}}
-OraculoHub(config=c).apply(c)
-# Containers on Docker's bridge reach the hub's API at the bridge's address (host-internal).
-c.JupyterHub.hub_ip = {bridge_gateway()!r}
+OraculoHub(config=c).apply(c)  # hub_ip: docker0's address, where containers reach the hub
 c.DockerSpawner.image = {image!r}
 c.DockerSpawner.mem_limit = "1G"
 c.DockerSpawner.volumes = {{

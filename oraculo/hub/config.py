@@ -346,6 +346,10 @@ class OraculoHub(LoggingConfigurable):
             )
         return roles
 
+    def models_url(self) -> str:
+        """Where the model service listens: the hub's own API address, host-internal."""
+        return f"http://{self.hub_ip}:{self.models_port}"
+
     def services(self) -> list[dict[str, Any]]:
         services: list[dict[str, Any]] = []
         if self.models_service:
@@ -355,7 +359,7 @@ class OraculoHub(LoggingConfigurable):
             services.append(
                 {
                     "name": "models",
-                    "url": f"http://127.0.0.1:{self.models_port}",
+                    "url": self.models_url(),
                     "command": command,
                     "environment": {
                         "ORACULO_DATA_DIR": self.data_dir,
@@ -437,7 +441,10 @@ class OraculoHub(LoggingConfigurable):
         c.Spawner.server_token_scopes = SERVER_TOKEN_SCOPES
         environment: dict[str, str] = {}
         if self.models_service:
-            environment["ORACULO_MODELS_URL"] = f"{self.public_url}/services/models/"
+            # containers cannot reach the public proxy on the host's 127.0.0.1: they call the
+            # service where it listens, on the bridge (its hub-token check is the same there)
+            base = self.models_url() if self.spawner == "docker" else self.public_url
+            environment["ORACULO_MODELS_URL"] = f"{base}/services/models/"
         environment.update(self.extra_environment)
         c.Spawner.environment = environment
         c.GroupFolders.enabled = self.group_folders

@@ -47,7 +47,7 @@ c.DockerSpawner.volumes = {{
 }}
 """
     )
-    hub = await HubProcess(folder, spawner="docker", config_file=config).start()
+    hub = await HubProcess(folder, spawner="docker", config_file=config, models=True).start()
     try:
         yield hub
     finally:
@@ -148,3 +148,25 @@ async def test_another_users_container_is_kept_apart(
         assert r.status_code in (403, 404), r.status_code
         r = await http.get(f"/user/{ada.name}/api/v1/status", headers=bob.auth)
         assert r.status_code in (403, 404), r.status_code
+
+
+async def test_a_containers_server_reaches_the_model_service(
+    docker_hub: HubProcess, users: dict[str, User]
+) -> None:
+    # The server in the container calls the model service on the bridge, not on the host's
+    # 127.0.0.1 (which inside the container is the container itself).
+    ada = users["ada"]
+    r = await ada.api(
+        "POST",
+        f"/user/{ada.name}/api/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 4,
+            "temperature": 0,
+        },
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    assert reply["choices"][0]["message"]["content"], reply
+    assert reply["usage"]["completion_tokens"] >= 1

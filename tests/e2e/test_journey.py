@@ -211,7 +211,7 @@ async def test_the_analysts_journey(hub: HubProcess, artifacts: Path) -> None:
             await j.run_in_cell(
                 1,
                 "%%chat --code --new --seed 1 --max-tokens 80\n"
-                "Reply with this code: print(sales['revenue'].sum())",
+                "What shape has sales? Reply with this code: print(sales.shape)",
             )
             out = await j.executed(1)
             assert "(inserted in a new cell below)" in out, out
@@ -228,8 +228,6 @@ async def test_the_analysts_journey(hub: HubProcess, artifacts: Path) -> None:
             await j.cells().nth(2).locator(".cm-content").click()
             await lab.keyboard.press("Shift+Enter")
             ran = await j.executed(2)
-            errors = j.cells().nth(2).locator(".jp-OutputArea-output[data-mime-type*=error]")
-            await expect(errors).to_have_count(0)
             assert not re.search(r"\w+Error\b|Traceback", ran), (suggested, ran)
             await j.shot(lab, "suggested-code-ran")
 

@@ -213,7 +213,7 @@ async def test_file_and_variable_mentions_go_into_the_context(
         "@work/../../../etc/passwd, @nothing_here or me@example.org."
     )
     body = ask(question, context={"notebook": NOTEBOOK, "mentions": True})
-    r = await nina.api("POST", url(nina, "api/v1/chat"), json=body)
+    r = await nina.api("POST", url(nina, "api/v1/chat"), json=body, timeout=180)
     assert r.status_code == 200, r.text
     extra = r.json()["oraculo"]
     context = extra["context"]
@@ -228,11 +228,10 @@ async def test_file_and_variable_mentions_go_into_the_context(
     assert "example.org" not in skipped
     # the prompt's size, and the context's part of it, against the model's window
     assert 0 < context["context_tokens"] < extra["prompt_tokens_estimate"] <= 2048
-    r = await nina.api("POST", url(nina, "api/v1/chat"), json=ask(question))
+    r = await nina.api("POST", url(nina, "api/v1/chat"), json=ask(question), timeout=180)
     assert "mentions" not in r.json()["oraculo"]["context"]  # only when asked
-    r = await nina.api(
-        "POST", url(nina, "api/v1/chat"), json=ask("@regions?", context={"mentions": True})
-    )
+    body = ask("@regions?", context={"mentions": True})
+    r = await nina.api("POST", url(nina, "api/v1/chat"), json=body, timeout=180)
     skipped = "; ".join(r.json()["oraculo"]["context"]["skipped"])
     assert "@regions: no such file (bind a notebook for its variables)" in skipped
 

@@ -227,7 +227,7 @@ async def test_file_and_variable_mentions_go_into_the_context(
         assert f"@{name}: no such file or variable" in skipped, skipped
     assert "example.org" not in skipped
     # the prompt's size, and the context's part of it, against the model's window
-    assert 0 < context["context_tokens"] < extra["prompt_tokens_estimate"] <= 2048
+    assert 0 < context["context_tokens"] < extra["prompt_tokens_estimate"]
     r = await nina.api("POST", url(nina, "api/v1/chat"), json=ask(question), timeout=180)
     assert "mentions" not in r.json()["oraculo"]["context"]  # only when asked
     body = ask("@regions?", context={"mentions": True})

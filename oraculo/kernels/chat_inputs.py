@@ -5,13 +5,16 @@
 - ``--sample df`` adds the first rows of ``df`` to the question.
 - ``%explain`` describes the kernel's last error: its traceback and the cell that raised it.
 - The code a reply suggests is its first fenced code block (``--insert`` puts it in a new cell).
+- ``--code`` (and the Chat panel's "code only") asks for one fenced block and stops the reply at
+  its closing fence (:data:`CODE_INSTRUCTION`, :data:`CODE_STOP`): small models write a fenced
+  block well, while under a JSON schema with greedy decoding SmolLM2-135M wrote ``1.1.1.1…``,
+  which is not code at all.
 
 Plain functions of the namespace, so they are tested without a kernel.
 """
 
 from __future__ import annotations
 
-import json
 import linecache
 import os
 import re
@@ -20,19 +23,12 @@ from typing import Any
 
 _NAME = re.compile(r"(\{\{)|(\}\})|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.S)
-#: ``%%chat --code``: the reply is only code, ``{"code": "..."}`` (constrained decoding).
-CODE_FORMAT = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "code",
-        "schema": {
-            "type": "object",
-            "properties": {"code": {"type": "string", "minLength": 1, "maxLength": 1500}},
-            "required": ["code"],
-            "additionalProperties": False,
-        },
-    },
-}
+_OPEN_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n")
+_PYTHON = ("", "python", "py", "python3", "ipython")
+#: What ``--code`` adds to the question, and where its reply stops (the closing fence; the
+#: opening one, ```` ```python ````, is not matched, so the reply keeps its code).
+CODE_INSTRUCTION = "\n\nReply with one Python code block only."
+CODE_STOP = ["\n```\n"]
 #: Longest text one interpolated or sampled variable may take.
 MAX_VALUE_CHARS = 2000
 
@@ -58,6 +54,18 @@ def describe_value(value: Any, rows: int = 5) -> str:
     except Exception as e:  # a value that cannot describe itself
         text = f"<{kind.__name__}: {type(e).__name__}>"
     return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 1] + "…"
+
+
+def describe_mention(value: Any, rows: int = 5) -> list[Any]:
+    """``[text, whole]``: :func:`describe_value`, and whether that is all of the value (not
+    first rows of a longer frame or array, not a shortened ``repr``). Self-contained but for
+    :func:`describe_value`: the chat server runs its source in a kernel."""
+    text = describe_value(value, rows)
+    try:
+        n = len(value) if hasattr(value, "shape") else 0
+    except Exception:  # a 0-d array, or a len() that fails
+        n = 0
+    return [text, n <= rows and not text.endswith("…")]
 
 
 def interpolate(text: str, ns: dict[str, Any], rows: int = 5) -> tuple[str, list[str]]:
@@ -89,33 +97,37 @@ def samples(names: list[str], ns: dict[str, Any], rows: int = 5) -> str:
     return "\n\n".join(parts)
 
 
-_CODE_FIELD = re.compile(r'^\s*\{\s*"code"\s*:\s*"((?:[^"\\]|\\.)*)', re.S)
-
-
-def code_of(reply: str) -> str | None:
-    """The code of a code-only reply (``{"code": ...}``); a reply cut short by ``max_tokens``
-    gives the code written so far."""
-    try:
-        code = json.loads(reply).get("code")
-    except (ValueError, AttributeError):
-        found = _CODE_FIELD.match(reply)
-        if found is None:
-            return None
-        raw = found.group(1)
-        if raw.endswith("\\") and not raw.endswith("\\\\"):
-            raw = raw[:-1]  # half an escape
-        try:
-            code = json.loads(f'"{raw}"')
-        except ValueError:
-            return None
-    return code if isinstance(code, str) and code.strip() else None
-
-
 def first_code_block(reply: str) -> str | None:
     """The first fenced code block of a reply that is Python (or unlabelled), else None."""
     for lang, code in _FENCE.findall(reply):
-        if lang.lower() in ("", "python", "py", "python3", "ipython"):
+        if lang.lower() in _PYTHON:
             return str(code).rstrip() + "\n" if code.strip() else None
+    return None
+
+
+def fenced_code(reply: str) -> str | None:
+    """The code of a ``--code`` reply: its first Python (or unlabelled) fenced block, closed or
+    cut short (by :data:`CODE_STOP` or ``max_tokens``); None when the reply holds no code."""
+    closed = first_code_block(reply)
+    if closed is not None:
+        return closed
+    found = _OPEN_FENCE.search(reply)
+    if found is None or found.group(1).lower() not in _PYTHON:
+        return None
+    code = reply[found.end() :].rstrip().removesuffix("```").rstrip()
+    return code + "\n" if code.strip() else None
+
+
+def parses(code: str) -> str | None:
+    """None when ``code`` is valid Python (IPython's magics and shell escapes aside), else the
+    syntax error, as the user would read it."""
+    lines = [ln for ln in code.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+    try:
+        compile("\n".join(lines), "<suggested>", "exec", dont_inherit=True)
+    except SyntaxError as e:
+        return f"SyntaxError: {e.msg} (line {e.lineno})"
+    except ValueError as e:  # a null byte
+        return f"ValueError: {e}"
     return None
 
 

@@ -76,7 +76,8 @@ class ChatMagics(Magics):
         send the variables' summary), ``--max-tokens N``, ``--temperature T``, ``--seed N``,
         ``--sample NAME`` (add the first rows of a variable; repeatable), ``--rows N`` (rows of
         a sample or ``{name}``, default 5), ``--insert`` (put the reply's first code block in a
-        new cell below), ``--code`` (ask for code only, and insert it). ``{name}`` in the
+        new cell below), ``--code`` (ask for one code block only, and insert it; a block
+        that does not parse is inserted with a warning, for the user to fix). ``{name}`` in the
         question is replaced by the variable (``{{`` and ``}}`` for literal braces).
         """
         opts = _parse_options(line)
@@ -109,8 +110,10 @@ class ChatMagics(Magics):
         for key in ("model", "max_tokens", "temperature", "seed"):
             if opts.get(key) is not None:
                 body[key] = opts[key]
-        if opts.get("code"):
-            body["response_format"] = chat_inputs.CODE_FORMAT
+        if opts.get("code"):  # one fenced block, the reply ends at its closing fence
+            body["messages"][0]["content"] += chat_inputs.CODE_INSTRUCTION
+            body["stop"] = chat_inputs.CODE_STOP
+            body.setdefault("temperature", 0)  # the most likely code, the same each time
         if self.conversation_id:
             body["conversation_id"] = self.conversation_id
         variables: list[dict[str, Any]] = []
@@ -121,11 +124,14 @@ class ChatMagics(Magics):
         if reply is None:
             return
         if opts.get("code"):
-            code = chat_inputs.code_of(reply)
+            code = chat_inputs.fenced_code(reply)
             if code is None:
-                print("%%chat: the reply held no code.", file=sys.stderr)
+                print(f"%%chat: the reply held no code block:\n{reply}", file=sys.stderr)
                 return
-            print(code)
+            print(code.rstrip("\n"))
+            problem = chat_inputs.parses(code)
+            if problem is not None:
+                print(f"%%chat: the suggested code does not parse ({problem}).", file=sys.stderr)
             self._insert(code)
         elif opts.get("insert"):
             code = chat_inputs.first_code_block(reply)

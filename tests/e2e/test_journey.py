@@ -1,15 +1,19 @@
 """The analyst's journey, end to end in Chromium against the real hub and the real model.
 
 Sign in → a new notebook on the Oráculo kernel → a CSV from the home into a polars DataFrame →
-``%%chat --code`` asks for code about it → the code appears in a new cell below → run it → the
-Chat panel, bound to that notebook, answers with the live DataFrame as context → "Insert" puts
-its code block into the notebook below the active cell (through JupyterLab, the Oráculo lab
-extension) → "Run" runs it in the notebook's kernel, and the notebook sees what it set →
-``%memory add`` a fact → a new conversation recalls it.
+``%%chat --code`` asks for code about it → the code appears in a new cell right below the
+``%%chat`` cell → run it, without error → the Chat panel, bound to that notebook, answers about
+``@sales`` (the live DataFrame, mentioned) and says how much of the model's window the context
+took → "Insert below" puts its code block into the notebook below the active cell and "Replace
+selected cell" replaces the selected one (through JupyterLab, the Oráculo lab extension) → "Run"
+runs it in the notebook's kernel, and the notebook sees what it set → Backstage starts an agent
+whose tools run in that notebook's kernel: the tool sees the notebook's and the chat's variables,
+and the notebook sees the tool's → ``%memory add`` a fact → a new conversation recalls it.
 
 Where the model's wording does not matter the steps are made deterministic without stubbing
-the model: a fixed ``--seed`` and ``response_format`` (``--code`` and the panel's "code only")
-where the test needs code. A screenshot per step goes to ``test-artifacts/journey-*.png``.
+the model: greedy decoding, a fixed ``--seed``, and the code the test needs named in the
+question ("Reply with this code: …"); the agent's tool call is constrained by its schema. A
+screenshot per step goes to ``test-artifacts/journey-*.png``.
 """
 
 from __future__ import annotations
@@ -19,15 +23,37 @@ import re
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
+from nbformat import v4
 from playwright.async_api import Page, async_playwright, expect
 
-from oraculo.kernels.chat_inputs import code_of
+from oraculo.kernels.chat_inputs import fenced_code
 from tests.harness import CHROMIUM_ARGS, PASSWORD, HubClient, HubProcess, new_user, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
 CSV = "region,units,revenue\nnorth,12,1500.5\nsouth,7,820.0\neast,3,410.25\nwest,9,990.0\n"
+#: An agent whose one tool notes a label in the kernel it runs in and says what it sees there.
+NOTER = v4.new_notebook(
+    cells=[
+        v4.new_markdown_cell("You note labels with the note tool, then say what you noted."),
+        v4.new_code_cell(
+            '''def note(label: "Literal['alpha']") -> str:
+    """Note a label in the kernel, and say what the notebook and the chat set there.
+
+    Args:
+        label: the label to note
+    """
+    global from_agent
+    from_agent = label
+    sales = globals().get("sales")
+    rows = None if sales is None else sales.shape[0]
+    return f"noted {label}; sales has {rows} rows; total_units is {globals().get('total_units')}"'''
+        ),
+    ],
+    metadata={"oraculo": {"agent": {"name": "noter", "max_steps": 2, "require_tool": True}}},
+)
 
 
 class Journey:
@@ -89,6 +115,11 @@ class Journey:
         text = await self.cells().nth(index).locator(".cm-content").inner_text()
         return str(text).replace("\u200b", "")
 
+    async def select(self, index: int) -> None:
+        """Make cell ``index`` the active (selected) one, in command mode."""
+        await self.cells().nth(index).locator(".jp-InputPrompt").click()
+        await expect(self.cells().nth(index)).to_have_class(re.compile("jp-mod-active"))
+
 
 def assigned_names(code: str) -> set[str]:
     names: set[str] = set()
@@ -110,6 +141,14 @@ async def test_the_analysts_journey(hub: HubProcess, artifacts: Path) -> None:
         "PUT",
         f"/user/{user.name}/api/contents/sales.csv",
         json={"type": "file", "format": "text", "content": CSV},
+    )
+    assert r.status_code in (200, 201), r.text
+    nbformat.validate(NOTER)
+    await user.api("PUT", f"/user/{user.name}/api/contents/agents", json={"type": "directory"})
+    r = await user.api(
+        "PUT",
+        f"/user/{user.name}/api/contents/agents/noter.ipynb",
+        json={"type": "notebook", "format": "json", "content": NOTER},
     )
     assert r.status_code in (200, 201), r.text
     bad: list[str] = []
@@ -167,11 +206,12 @@ async def test_the_analysts_journey(hub: HubProcess, artifacts: Path) -> None:
             assert "(4, 3)" in await j.executed(0)
             await j.shot(lab, "polars")
 
-            # 4. %%chat asks for code (constrained to code, seeded); it lands in a new cell below.
+            # 4. %%chat asks for code (one fenced block, greedy); it lands in a new cell right
+            # below the %%chat cell that asked.
             await j.run_in_cell(
                 1,
                 "%%chat --code --new --seed 1 --max-tokens 80\n"
-                "Write Python that prints the total of the revenue column of {sales}.",
+                "What shape has sales? Reply with this code: print(sales.shape)",
             )
             out = await j.executed(1)
             assert "(inserted in a new cell below)" in out, out
@@ -181,15 +221,18 @@ async def test_the_analysts_journey(hub: HubProcess, artifacts: Path) -> None:
             await expect(j.cells().nth(2).locator(".cm-content")).to_contain_text(
                 suggested.splitlines()[0].strip(), timeout=30_000
             )
+            assert (await j.source(1)).startswith("%%chat")  # the order: asked, then answered
             await j.shot(lab, "chat-magic-inserted")
 
-            # 5. Run it.
+            # 5. Run it: the suggested code runs without error.
             await j.cells().nth(2).locator(".cm-content").click()
             await lab.keyboard.press("Shift+Enter")
-            await j.executed(2)
+            ran = await j.executed(2)
+            assert not re.search(r"\w+Error\b|Traceback", ran), (suggested, ran)
             await j.shot(lab, "suggested-code-ran")
 
-            # 6. The Chat panel, bound to the notebook: the live DataFrame is the context.
+            # 6. The Chat panel, bound to the notebook: the live DataFrame is the context, and
+            # @sales names it.
             chat = await context.new_page()
             await chat.goto(f"{hub.url}/user/{user.name}/oraculo-panels/chat")
             status = chat.get_by_test_id("oraculo-chat")
@@ -200,28 +243,39 @@ async def test_the_analysts_journey(hub: HubProcess, artifacts: Path) -> None:
             await expect(chat.get_by_test_id("chat-binding")).to_contain_text(
                 f"Bound to {notebook}"
             )
-            await chat.locator(".chat-code-only input").check()
             box = chat.locator("textarea").first
-            await box.fill(
-                "Which columns does sales have? Reply with this code: "
-                "total_units = sales['units'].sum()"
-            )
+            await box.fill("Which columns does @sales have? Answer in one line.")
             await box.press("Enter")
             await expect(status).to_have_attribute("data-state", "done", timeout=180_000)
             text = await status.inner_text()
+            assert "@sales (variable, whole)" in text, text
             assert "variables" in text and "inputs run in its kernel" in text, text
-            assert re.search(r"\d+/\d+ tokens of the window", text), text
+            window = re.search(r"(\d+)/(\d+) tokens of the window \((\d+)%, context (\d+)\)", text)
+            assert window, text
+            used, size, share, ctx = (int(g) for g in window.groups())
+            assert 0 < ctx < used <= size and share == 100 * used // size, text
             r = await user.api("GET", f"/user/{user.name}/api/v1/chat/conversations")
             cid = r.json()["conversations"][0]["id"]
             r = await user.api("GET", f"/user/{user.name}/api/v1/chat/conversations/{cid}")
             assert r.json()["notebook"] == notebook  # the binding is kept
-            code = code_of(r.json()["messages"][-1]["content"]) or ""
+            assert r.json()["messages"][-1]["oraculo"]["context"]["mentions"][0]["name"] == "sales"
+            await j.shot(chat, "chat-bound-mention")
+            # ...and code only: one code block, greedy.
+            await chat.locator(".chat-code-only input").check()
+            await box.fill("Reply with this code: total_units = sales['units'].sum()")
+            await box.press("Enter")
+            await expect(status).not_to_have_attribute("data-state", "done", timeout=30_000)
+            await expect(status).to_have_attribute("data-state", "done", timeout=180_000)
+            r = await user.api("GET", f"/user/{user.name}/api/v1/chat/conversations/{cid}")
+            code = fenced_code(r.json()["messages"][-1]["content"]) or ""
             assert code.strip(), r.json()["messages"][-1]
             await j.shot(chat, "chat-bound-reply")
 
-            # 7. Insert the code block into the notebook, below the active cell.
+            # 7. Insert the code block into the notebook, below the active cell (the suggested
+            # code's cell); then replace the selected (last, empty) cell with it.
             before = await j.cells().count()
-            await j.cells().nth(0).locator(".jp-InputPrompt").click()  # cell 0 is active
+            assert before == 4 and not (await j.source(3)).strip()  # Shift+Enter made cell 3
+            await j.select(2)
             await chat.locator(".chat-insert button").last.click()
             await expect(chat.get_by_test_id("chat-insert-note").last).to_contain_text(
                 "Inserted below the active cell"
@@ -230,9 +284,23 @@ async def test_the_analysts_journey(hub: HubProcess, artifacts: Path) -> None:
             await expect(lab.locator("body")).to_have_attribute(
                 "data-oraculo-inserted", re.compile(".")
             )
-            inserted = await j.source(1)
-            assert inserted.strip() == code.strip(), (inserted, code)
+            assert (await j.source(1)).startswith("%%chat")
+            assert suggested.splitlines()[0].strip() in await j.source(2)
+            assert (await j.source(3)).strip() == code.strip()
             await j.shot(lab, "chat-inserted-cell")
+            marker = await lab.locator("body").get_attribute("data-oraculo-inserted")
+            await j.select(4)
+            await chat.locator(".chat-replace button").last.click()
+            await expect(chat.get_by_test_id("chat-insert-note").last).to_contain_text(
+                "Replaced the selected cell"
+            )
+            await expect(lab.locator("body")).not_to_have_attribute(
+                "data-oraculo-inserted", marker or "", timeout=30_000
+            )
+            await expect(j.cells()).to_have_count(before + 1)  # replaced, not added
+            assert (await j.source(4)).strip() == code.strip()
+            assert (await j.source(3)).strip() == code.strip()
+            await j.shot(lab, "chat-replaced-cell")
 
             # 8. Run in the notebook's kernel: the notebook sees what it set.
             await chat.locator(".chat-run button").last.click()
@@ -250,10 +318,42 @@ async def test_the_analysts_journey(hub: HubProcess, artifacts: Path) -> None:
                 await j.run_in_cell(last, "print('ran in the kernel chat ran in')")
                 await j.executed(last)
             await j.shot(lab, "notebook-after-chat-run")
+            last = await j.cells().count() - 1
 
-            # 9. %memory add a fact; a new conversation recalls it.
-            await j.run_in_cell(last + 1, "%memory add favourite_region north, by revenue")
-            assert "Remembered favourite_region." in await j.executed(last + 1)
+            # 9. Backstage: an agent run bound to the notebook; its tool runs in its kernel.
+            backstage = await context.new_page()
+            await backstage.goto(f"{hub.url}/user/{user.name}/oraculo-panels/backstage")
+            root = backstage.get_by_test_id("oraculo-backstage")
+            await expect(root).to_be_visible(timeout=90_000)
+            kernel_select = backstage.locator(".oraculo-backstage-kernel select")
+            option = kernel_select.locator("option", has_text=f"notebook {notebook}")
+            await expect(option).to_have_count(1, timeout=30_000)
+            await kernel_select.select_option(label=str(await option.inner_text()))
+            await backstage.locator(".oraculo-backstage-goal input").fill("Note the label alpha.")
+            await backstage.locator(".oraculo-backstage-agents input[type=search]").click()
+            await backstage.locator(
+                ".choices__list--dropdown .choices__item", has_text="noter"
+            ).click()
+            await backstage.keyboard.press("Escape")
+            await backstage.locator(".oraculo-backstage-start button").click()
+            await expect(backstage.get_by_test_id("backstage-session")).to_contain_text(
+                f"tools ran in notebook {notebook}", timeout=30_000
+            )
+            result = backstage.locator("[data-testid=backstage-event][data-type=tool_result]")
+            await expect(result.first).to_contain_text("noted alpha", timeout=240_000)
+            # the tool saw the notebook's frame, and what chat's Run set when it set it
+            await expect(result.first).to_contain_text("sales has 4 rows")
+            if "total_units" in names:
+                await expect(result.first).not_to_contain_text("total_units is None")
+            await j.shot(backstage, "backstage-bound-run")
+            await j.run_in_cell(last, "print(from_agent)")  # the notebook sees the tool's
+            assert (await j.executed(last)).strip() == "alpha"
+            await j.shot(lab, "notebook-sees-agent")
+            last = await j.cells().count() - 1
+
+            # 10. %memory add a fact; a new conversation recalls it.
+            await j.run_in_cell(last, "%memory add favourite_region north, by revenue")
+            assert "Remembered favourite_region." in await j.executed(last)
             await chat.locator(".chat-new button").click()
             await chat.locator(".chat-code-only input").uncheck()
             await box.fill("Which region is my favourite?")

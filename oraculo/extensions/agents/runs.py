@@ -156,6 +156,7 @@ class RunState:
             "steps": self.steps,
             "tokens": self.tokens,
             "bounds": self.bounds,
+            "session": self.session,  # the notebook whose kernel the tools run in
             "current": self.names[self.current] if self.specs and not self.done else None,
             # the agent whose turn it was when the run stopped short (bounded, failed, cancelled)
             "stopped_at": self.names[self.current]

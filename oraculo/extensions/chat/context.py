@@ -39,6 +39,16 @@ from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.errors import BadRequest, NotFound
+from oraculo.extensions.chat.mentions import (
+    Mention,
+    describe_expression,
+    file_text,
+    find_mentions,
+    first_lines,
+    is_identifier,
+    read_expression_result,
+    render,
+)
 from oraculo.kernels.namespace import render_variables, summarize_namespace
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -141,6 +151,16 @@ class ContextService(LoggingConfigurable):
         help="""Send the first rows of small dataframes (at most 100,000 rows; 3 rows, 600
         characters) with the kernel's variables. Off: names, types, shapes and columns only.""",
     )
+    mention_chars = Int(
+        4000,
+        config=True,
+        help="""Longest text an ``@file`` or ``@variable`` mention sends (characters): a longer
+        file goes as its first lines, and anything is cut further to what the window has
+        room for.""",
+    )
+    mention_rows = Int(
+        5, config=True, help="First rows of a dataframe or array sent for an ``@variable``."
+    )
     retrieval_timeout = Float(
         8.0,
         config=True,
@@ -226,15 +246,58 @@ class ContextService(LoggingConfigurable):
             )
         return cells[-self.notebook_cells :]
 
-    async def _kernel(self, kernel_id: str, skipped: list[str]) -> dict[str, Any] | None:
-        """``{"variables": [...], "inputs": [...]}`` of a live kernel."""
+    async def _kernel(
+        self, kernel_id: str, skipped: list[str], mentions: list[str] | None = None
+    ) -> dict[str, Any] | None:
+        """``{"variables": [...], "inputs": [...], "mentions": {...}}`` of a live kernel."""
         if self._kernel_summary is None:
             return None
+        more: dict[str, Any] = {}
+        if mentions:
+            more = {
+                "mentions": mentions,
+                "mention_rows": self.mention_rows,
+                "mention_chars": self.mention_chars,
+            }
         found = self._kernel_summary(
-            kernel_id, previews=self.variable_previews, inputs=self.kernel_inputs
+            kernel_id, previews=self.variable_previews, inputs=self.kernel_inputs, **more
         )
         result: dict[str, Any] | None = await self._guard("kernel variables", found, skipped)
         return result
+
+    async def _mentions(
+        self, names: list[str], in_kernel: dict[str, Any], has_kernel: bool, skipped: list[str]
+    ) -> list[Mention]:
+        """Each ``@name``: the kernel's variable of that name, else the file at that path."""
+        found: list[Mention] = []
+        for name in names:
+            if name in in_kernel:
+                text, whole = in_kernel[name]
+                found.append(Mention(name, "variable", text, whole))
+                continue
+            text = await self._file(name)
+            if text is not None:
+                whole = len(text) <= self.mention_chars
+                cut = text if whole else first_lines(text, self.mention_chars)[0]
+                found.append(Mention(name, "file", cut, whole))
+                continue
+            why = "no such file or variable"
+            if is_identifier(name) and not has_kernel:
+                why = "no such file (bind a notebook for its variables)"
+            skipped.append(f"@{name}: {why}")
+        return found
+
+    async def _file(self, path: str) -> str | None:
+        """A text file's or a notebook's text through the contents manager; None when there
+        is none (or it is binary, a folder, hidden or outside the root)."""
+        if self._contents is None:
+            return None
+        try:  # a notebook comes as a notebook, a file as text (400 when it is binary)
+            result = self._contents.get(path, content=True, format="text")
+            model = await result if inspect.isawaitable(result) else result
+        except Exception:  # 404 (no file, hidden, outside the root), 400 (binary)
+            return None
+        return file_text(model)
 
     # --- assembly -----------------------------------------------------------------------------
 
@@ -251,6 +314,7 @@ class ContextService(LoggingConfigurable):
         workspace: bool = True,
         scale: float = 1.0,
         reserved: int = 0,
+        mentions: bool = False,
     ) -> Assembled:
         """Fit system prompt, context and history into the model's window (module docstring).
 
@@ -285,11 +349,16 @@ class ContextService(LoggingConfigurable):
 
         skipped: list[str] = []
         started = time.perf_counter()
+        names = find_mentions(query) if mentions else []
         memories, passages, cells, kernel_vars = await asyncio.gather(
             self._memories(query if workspace else "", skipped),
             self._passages(query if workspace else "", skipped),
             self._notebook(notebook) if notebook else _nothing(),
-            self._kernel(kernel, skipped) if kernel else _nothing(),
+            self._kernel(kernel, skipped, names) if kernel else _nothing(),
+        )
+        live = kernel_vars or {}
+        mentioned = await self._mentions(
+            names, live.get("mentions") or {}, kernel is not None, skipped
         )
 
         context_left = int(left * self.context_share)
@@ -305,7 +374,27 @@ class ContextService(LoggingConfigurable):
             context_left -= cost
             return True
 
-        live = kernel_vars or {}
+        # what the user mentioned comes first: they chose it
+        kept_mentions: list[dict[str, Any]] = []
+        mention_texts: list[str] = []
+        for m in mentioned:
+            text, whole = render(m, m.text, m.whole), m.whole
+            if not take(text):  # too long for what is left: its first lines that fit
+                room, fitted = 4 * context_left, False
+                while room >= 64 and not fitted:
+                    cut, _, _ = first_lines(m.text, room)
+                    text, whole = render(m, cut, False), False
+                    fitted = take(text)
+                    room //= 2
+                if not fitted:
+                    skipped.append(f"@{m.name}: no room left in the window")
+                    continue
+            mention_texts.append(text)
+            kept_mentions.append(m.info(whole, estimate_tokens(text) + 1))
+        if mention_texts:
+            sections.append("## What the user mentioned\n" + "\n\n".join(mention_texts))
+            info["mentions"] = kept_mentions
+
         all_vars = [*(variables or []), *(live.get("variables") or [])]
         if all_vars:
             kept = [text for text in (render_variables([v]) for v in all_vars) if take(text)]
@@ -387,6 +476,8 @@ class ContextService(LoggingConfigurable):
         if skipped:
             info["skipped"] = skipped
         system = "\n\n".join([base_system, *sections])
+        # how much of the window the context sections take (the status line says so)
+        info["context_tokens"] = estimate_tokens(system) - estimate_tokens(base_system)
         used = estimate_tokens(system) + 4 + sum(message_tokens(m) for m in new_turn) + reserved
         history_left = budget - used
         kept_history: list[dict[str, Any]] = []
@@ -498,10 +589,17 @@ class KernelInspector:
         self._expressions: dict[int, str] = {}
 
     async def summary(
-        self, kernel_id: str, previews: bool = True, inputs: int = 0
+        self,
+        kernel_id: str,
+        previews: bool = True,
+        inputs: int = 0,
+        mentions: list[str] | None = None,
+        mention_rows: int = 5,
+        mention_chars: int = 4000,
     ) -> dict[str, Any]:
-        """``{"variables": [...], "inputs": [...]}``: the kernel's variables (with the first
-        rows of small frames when ``previews``) and its last ``inputs`` inputs."""
+        """``{"variables": [...], "inputs": [...], "mentions": {name: (text, whole)}}``: the
+        kernel's variables (with the first rows of small frames when ``previews``), its last
+        ``inputs`` inputs and the description of each of ``mentions`` it has."""
         if kernel_id not in self.kernel_manager:
             raise NotFound(f"No kernel {kernel_id!r}.", reason="Unknown kernel")
         rows = 3 if previews else 0
@@ -510,6 +608,8 @@ class KernelInspector:
         expressions = {"oraculo": self._expressions[rows]}
         if inputs > 0:
             expressions["inputs"] = inputs_expression(inputs)
+        if mentions:
+            expressions["mentions"] = describe_expression(mentions, mention_rows, mention_chars)
         client = self.kernel_manager.get_kernel(kernel_id).client()
         client.start_channels()
         try:
@@ -539,4 +639,6 @@ class KernelInspector:
         history = found.get("inputs") or {}
         if history.get("status") == "ok":  # a kernel without IPython's history has none
             out["inputs"] = json.loads(ast.literal_eval(history["data"]["text/plain"]))
+        if mentions:
+            out["mentions"] = read_expression_result(found.get("mentions") or {})
         return out

@@ -78,6 +78,9 @@ class ChatContextRequest(_Strict):
     variables: Annotated[list[dict[str, Any]], Field(max_length=200)] | None = None
     #: Search the user's memories and workspace files (false: send neither, cite nothing).
     workspace: bool = True
+    #: Send what the question's ``@name``s name: a variable of the notebook's kernel, else a
+    #: file under the server's root (the Chat panel asks for this).
+    mentions: bool = False
 
 
 class ChatRequest(_Strict):

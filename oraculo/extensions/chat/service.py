@@ -162,6 +162,7 @@ class ChatService(LoggingConfigurable):
                 kernel=kernel,
                 variables=ctx.variables,
                 workspace=ctx.workspace,
+                mentions=ctx.mentions,
                 scale=scale,
             )
 

@@ -19,8 +19,9 @@ size and SHA-256. A run re-reads only files whose mtime or size changed, re-embe
 whose hash changed, and deletes the passages of files that are gone. It is crash-safe: a file's
 manifest entry is dropped (and written) before its passages are replaced and written back after,
 so a run killed half-way redoes that file next time. Skipped: hidden files and folders (``.git``,
-``.ipynb_checkpoints``, ``.oraculo``), ``skip_dirs``, symlinks, binaries, files over
-``max_file_bytes``. A search returns only passages relevant to the query (``min_similarity``).
+``.ipynb_checkpoints``, ``.oraculo``), ``skip_dirs``, ``skip_paths`` (``~/agents``), symlinks,
+binaries, files over ``max_file_bytes``. A search returns only passages relevant to the query
+(``min_similarity``).
 """
 
 from __future__ import annotations
@@ -107,6 +108,14 @@ class WorkspaceIndex(LoggingConfigurable):
         {"__pycache__", "node_modules", "site-packages", "venv", "env", "build", "dist"},
         config=True,
         help="Folder names never descended into (hidden folders are always skipped).",
+    )
+    skip_paths = Set(
+        Unicode(),
+        {"agents"},
+        config=True,
+        help="""Folders under the root (relative paths) not indexed. ~/agents holds the agent
+        notebooks (their instructions and tools), which are not the user's material: cited
+        with a question about the user's data they only mislead.""",
     )
     max_file_bytes = Integer(
         5 * 1024 * 1024, config=True, help="Files larger than this are skipped (bytes)."
@@ -477,7 +486,18 @@ class WorkspaceIndex(LoggingConfigurable):
             and name not in self.skip_dirs
             and not os.path.islink(os.path.join(folder, name))
             and Path(folder, name).resolve() != Path(self.path).resolve()
+            and not self._skipped_path(folder, name)
         )
+
+    def _skipped_path(self, folder: str, name: str) -> bool:
+        """Whether ``folder/name`` is one of ``skip_paths`` (relative to the root)."""
+        if not self.skip_paths:
+            return False
+        try:
+            rel = Path(folder, name).relative_to(Path(self.root).resolve())
+        except ValueError:  # an extra path, not under the root
+            return False
+        return rel.as_posix() in {p.strip("/") for p in self.skip_paths}
 
     def _scan(self) -> tuple[dict[str, tuple[str, int, int]], bool]:
         """``{display path: (absolute path, mtime_ns, size)}`` of the files to index."""

@@ -18,7 +18,12 @@ or ``idle``/``error``), ``backstage-node`` (``data-agent``, ``data-status``), ``
 ``backstage-empty``, ``backstage-note``, ``backstage-approval`` (``backstage-approval-agent`` with
 ``data-digest``); events carry ``data-kind`` (a message's kind: ``note`` for one sent to the
 running agent with Send); widgets carry CSS classes ``oraculo-backstage-{runs,goal,agents,start,
-cancel,export,approve,say,send}``.
+cancel,export,approve,say,send,kernel}``; ``backstage-session`` says which notebook's kernel
+the shown run's tools used.
+
+"Tools run in" binds a new run to one of the user's open notebooks (``api/v1/chat/notebooks``):
+its tools then run in that notebook's kernel (the run's ``session``), so the notebook sees what
+they set and they see the notebook's variables.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import param
 from oraculo.extensions.panels.client import ServerAPIError, ServerClient
 
 TEST_ID = "oraculo-backstage"
+#: The kernel choice meaning "no notebook": the tools use the assistant's own kernel.
+ASSISTANT_KERNEL = "the assistant's own kernel"
 
 CSS = """
 .ob { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2933; }
@@ -278,6 +285,18 @@ class BackstagePanel(pn.viewable.Viewer):
         self.agents = pn.widgets.MultiChoice(
             name="Agents, in order", options=[], css_classes=["oraculo-backstage-agents"]
         )
+        # the kernel the run's tools use: the assistant's own, or an open notebook's
+        self.notebooks = ServerClient(
+            client.base.removesuffix(AgentsClient.path),
+            token=client.token,
+            unix_socket=client.unix_socket,
+        )
+        self.kernel = pn.widgets.Select(
+            name="Tools run in",
+            options={ASSISTANT_KERNEL: ""},
+            css_classes=["oraculo-backstage-kernel"],
+            width=260,
+        )
         self.start_button = pn.widgets.Button(
             name="Start run", button_type="primary", css_classes=["oraculo-backstage-start"]
         )
@@ -329,6 +348,11 @@ class BackstagePanel(pn.viewable.Viewer):
                 f"{render_outcome(r)} {_e(r.get('goal', ''))} · {r.get('steps', 0)} steps · "
                 f"{r.get('tokens', 0)} tokens"
             )
+            if r.get("session"):
+                summary += (
+                    ' · <span data-testid="backstage-session">'
+                    f"tools ran in notebook {_e(r['session'])}</span>"
+                )
             if r.get("shared_by"):
                 summary += (
                     ' · <span data-testid="backstage-shared-by">'
@@ -352,6 +376,7 @@ class BackstagePanel(pn.viewable.Viewer):
             chosen = [v for v in self.agents.value if v in options.values()]
             self.agents.options = options
             self.agents.value = chosen
+        await self.load_notebooks()
         try:
             self._shared = (await self._client.request("GET", "/shared-runs"))["runs"]
         except AgentsAPIError:
@@ -412,7 +437,25 @@ class BackstagePanel(pn.viewable.Viewer):
             pn.state.execute(self.poll)
 
     async def _on_start(self, _: Any) -> None:
-        await self._start({"goal": self.goal.value, "agents": list(self.agents.value)})
+        body: dict[str, Any] = {"goal": self.goal.value, "agents": list(self.agents.value)}
+        if self.kernel.value:  # bound: the tools run in that notebook's kernel
+            body["session"] = self.kernel.value
+        await self._start(body)
+
+    async def load_notebooks(self) -> None:
+        """The user's open notebooks, for the run's tools to use one's kernel (the choice
+        stays while the notebook is open)."""
+        try:
+            found = (await self.notebooks.request("GET", "api/v1/chat/notebooks"))["notebooks"]
+        except (ServerAPIError, KeyError, TypeError):
+            found = []  # no chat feature, or the server is busy: the assistant's kernel only
+        options = {ASSISTANT_KERNEL: ""}
+        for n in found:
+            options[f"notebook {n['path']} · {n['state']}"] = n["path"]
+        if options != self.kernel.options:
+            chosen = self.kernel.value if self.kernel.value in options.values() else ""
+            self.kernel.options = options
+            self.kernel.value = chosen
 
     async def _on_approve(self, _: Any) -> None:
         if self._pending:
@@ -542,7 +585,9 @@ class BackstagePanel(pn.viewable.Viewer):
         pn.state.add_periodic_callback(cast(Any, self.load_agents), period=self.catalogue_period)
 
     def __panel__(self) -> pn.viewable.Viewable:
-        controls = pn.Row(self.goal, self.agents, self.start_button, sizing_mode="stretch_width")
+        controls = pn.Row(
+            self.goal, self.agents, self.kernel, self.start_button, sizing_mode="stretch_width"
+        )
         return pn.Column(
             self.header,
             self.note,

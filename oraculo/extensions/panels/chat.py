@@ -11,7 +11,8 @@ streaming, done, stopped or error), ``chat-citations``, ``chat-error``, ``chat-r
 (its ``data-where`` is the notebook the code ran in, or ``assistant``), ``chat-run-where``,
 ``chat-insert-note``, ``chat-binding``; the
 widgets carry the CSS classes ``chat-model``, ``chat-conversations``, ``chat-new``,
-``chat-rename``, ``chat-delete``, ``chat-notebook``, ``chat-notebooks-refresh`` and ``chat-run``.
+``chat-rename``, ``chat-delete``, ``chat-notebook``, ``chat-notebooks-refresh``, ``chat-run``,
+``chat-insert`` and ``chat-replace``.
 
 A conversation can be bound to one of the user's open notebooks (``api/v1/chat/notebooks``):
 the server then takes the context from that notebook and its live kernel, and "Run" executes in
@@ -35,7 +36,7 @@ import param
 from oraculo.extensions.base.wire import aiter_events, read_error
 from oraculo.extensions.panels.client import ServerAPIError, ServerClient
 from oraculo.extensions.panels.workspace import static_url
-from oraculo.kernels.chat_inputs import CODE_FORMAT, code_of
+from oraculo.kernels.chat_inputs import CODE_INSTRUCTION, CODE_STOP, fenced_code
 
 TEST_ID = "oraculo-chat"
 ASSISTANT = "Oráculo"
@@ -303,6 +304,7 @@ class ChatPanel(pn.viewable.Viewer):
                 text += "; Run executes there"
         else:
             text = "No notebook: Run uses the assistant's own kernel"
+        text += ". Mention <code>@file</code> or <code>@variable</code> to send it along."
         self._binding.object = f'<div class="och-where" data-testid="chat-binding">{text}</div>'
 
     # --- events -------------------------------------------------------------------------------
@@ -407,11 +409,14 @@ class ChatPanel(pn.viewable.Viewer):
             body["model"] = self.model
         if self.conversation_id:
             body["conversation_id"] = self.conversation_id
+        # @file and @variable in the question go as context
+        body["context"] = {"mentions": True}
         if self.notebook:
-            body["context"] = {"notebook": self.notebook}
+            body["context"]["notebook"] = self.notebook
         code_only = bool(self._code_only.value)
-        if code_only:  # constrained to {"code": ...}, greedy: a code block, the same each time
-            body["response_format"] = CODE_FORMAT
+        if code_only:  # one code block, greedy (the same each time), ending at its fence
+            body["messages"][0]["content"] += CODE_INSTRUCTION
+            body["stop"] = CODE_STOP
             body["temperature"] = 0
             body["max_tokens"] = CODE_MAX_TOKENS
         message = pn.chat.ChatMessage("", user=ASSISTANT, avatar="O", **_MESSAGE_PARAMS)
@@ -433,8 +438,8 @@ class ChatPanel(pn.viewable.Viewer):
             self._set_state("error", error=str(e) or type(e).__name__)
             return
         if code_only:
-            code = code_of(text)
-            text = f"```python\n{code}\n```" if code else text
+            code = fenced_code(text)
+            text = f"```python\n{code}```" if code else text
             message.object = text
         message.footer_objects = self._footer(
             text, extra.get("citations") or [], extra.get("memories") or []
@@ -459,6 +464,8 @@ class ChatPanel(pn.viewable.Viewer):
             )
         if context.get("kernel_inputs"):
             sent.append(f"{context['kernel_inputs']} inputs run in its kernel")
+        for m in context.get("mentions") or []:
+            sent.append(f"@{m['name']} ({m['kind']}, {'whole' if m['whole'] else 'a sample'})")
         if extra.get("memories"):
             sent.append(f"{len(extra['memories'])} memories")
         if extra.get("citations"):
@@ -468,7 +475,10 @@ class ChatPanel(pn.viewable.Viewer):
         window = self._windows.get(model)
         if extra.get("prompt_tokens_estimate") and window:
             used = int(extra["prompt_tokens_estimate"])
-            parts.append(f"{used}/{window} tokens of the window ({100 * used // window}%)")
+            share = f"{used}/{window} tokens of the window ({100 * used // window}%"
+            if context.get("context_tokens"):
+                share += f", context {context['context_tokens']}"
+            parts.append(share + ")")
         skipped = context.get("skipped") or []
         if skipped:
             parts.append(f"without {'; '.join(skipped)}")
@@ -481,40 +491,58 @@ class ChatPanel(pn.viewable.Viewer):
         cites = render_citations(citations, memories, self._base_path)
         if cites:
             footer.append(pn.pane.HTML(cites, stylesheets=[CSS]))
-        for code in _CODE_BLOCK.findall(text):
+        codes = _CODE_BLOCK.findall(text)
+        if not codes:  # a code-only reply ends at its closing fence (the stop sequence)
+            cut = fenced_code(text)
+            codes = [cut] if cut else []
+        for code in codes:
             footer.append(self._code_actions(code))
         return footer
 
     def _code_actions(self, code: str) -> pn.viewable.Viewable:
-        """Under each code block: Run (when the server executes code) and Insert (into the
-        bound notebook, below its active cell, through JupyterLab)."""
-        insert, inserted = self._insert_button(code)
+        """Under each code block: Run (when the server executes code), Insert (into the bound
+        notebook, below its active cell) and Replace (the selected cell's source), both
+        through JupyterLab."""
+        insert, replace, inserted = self._insert_buttons(code)
         if not self.can_execute:
-            return pn.Column(insert, inserted)
+            return pn.Column(pn.Row(insert, replace), inserted)
         run, ran = self._run_button(code)
-        return pn.Column(pn.Row(run, insert), ran, inserted)
+        return pn.Column(pn.Row(run, insert, replace), ran, inserted)
 
-    def _insert_button(self, code: str) -> tuple[Any, Any]:
+    def _insert_buttons(self, code: str) -> tuple[Any, Any, Any]:
         output = pn.pane.HTML("", stylesheets=[CSS])
-        button = pn.widgets.Button(name="Insert", width=72, css_classes=["chat-insert"])
+        insert = pn.widgets.Button(name="Insert below", width=104, css_classes=["chat-insert"])
+        replace = pn.widgets.Button(
+            name="Replace selected cell", width=164, css_classes=["chat-replace"]
+        )
 
-        async def insert(event: Any) -> None:
+        async def send(mode: str) -> None:
             notebook = self.notebook
             if not notebook:
-                note = "Bind this chat to a notebook to insert code into it."
+                note = "Bind this chat to a notebook to put code into it."
             else:
-                body = {"notebook": notebook, "code": code, "mode": "below"}
+                body = {"notebook": notebook, "code": code, "mode": mode}
                 try:
                     await self._client.request("POST", "api/v1/chat/cells", json=body)
-                    note = f"Inserted below the active cell of {notebook}"
+                    if mode == "replace":
+                        note = f"Replaced the selected cell of {notebook}"
+                    else:
+                        note = f"Inserted below the active cell of {notebook}"
                 except (ChatAPIError, httpx.HTTPError) as e:
                     note = str(e)
             output.object = (
                 f'<div class="och-where" data-testid="chat-insert-note">{_e(note)}</div>'
             )
 
-        button.on_click(insert)
-        return button, output
+        async def on_insert(event: Any) -> None:
+            await send("below")
+
+        async def on_replace(event: Any) -> None:
+            await send("replace")
+
+        insert.on_click(on_insert)
+        replace.on_click(on_replace)
+        return insert, replace, output
 
     def _run_button(self, code: str) -> tuple[Any, Any]:
         output = pn.pane.HTML("", stylesheets=[CSS])

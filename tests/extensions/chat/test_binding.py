@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+from jupyter_server.services.contents.filemanager import FileContentsManager
 from nbformat import v4
 
+from oraculo.extensions.chat.context import ContextService
+from oraculo.extensions.chat.mentions import find_mentions
 from oraculo.kernels.namespace import render_variables, summarize_namespace
 from tests.extensions.chat.test_chat import ask, assert_envelope, url
 from tests.harness import HubClient, HubProcess, User, new_user
@@ -161,6 +165,75 @@ async def test_a_bound_conversation_takes_the_live_kernel_as_context(
     assert r.status_code == 200, r.text
     assert r.json()["oraculo"]["binding"] == {"notebook": "gone.ipynb", "kernel": None}
     assert "notebook gone.ipynb: not found" in r.json()["oraculo"]["context"]["skipped"]
+
+
+async def test_mentioned_text_is_in_the_prompt(tmp_path: Path) -> None:
+    """The assembled prompt holds a short file whole and a long one's first lines."""
+    (tmp_path / "notes.md").write_text("Revenue is in euros.\n")
+    (tmp_path / "long.csv").write_text("".join(f"{i},{i * i}\n" for i in range(3000)))
+    service = ContextService(contents_manager=FileContentsManager(root_dir=str(tmp_path)))
+    turn = [{"role": "user", "content": "Read @notes.md and @long.csv."}]
+    done = await service.assemble(
+        [], turn, context_length=2048, max_tokens=64, workspace=False, mentions=True
+    )
+    system = done.messages[0]["content"]
+    assert "### @notes.md (file, whole)\nRevenue is in euros." in system
+    assert "### @long.csv (file, a sample)\n0,0\n1,1\n2,4" in system
+    assert "2999,8994001" not in system
+    assert done.prompt_tokens_estimate <= 2048 - 64
+
+
+def test_mentions_are_found_in_a_question() -> None:
+    text = "Compare @regions with @work/q1.csv. Mail me@example.org; @regions again, @_x."
+    assert find_mentions(text) == ["regions", "work/q1.csv", "_x"]
+    assert find_mentions("no mentions, @ alone, @.hidden") == []
+
+
+async def test_file_and_variable_mentions_go_into_the_context(
+    nina: User, kernel: str, models_hub: HubProcess
+) -> None:
+    """``@variable`` (the bound notebook's kernel) and ``@file`` (under the home): whole when
+    short, their first lines when long; what is not found, hidden or outside the home is only
+    noted; and the prompt's share of the window is said."""
+    files = {
+        "work/notes.md": "Revenue is in euros.\n",
+        "work/long.csv": "n,square\n" + "".join(f"{i},{i * i}\n" for i in range(3000)),
+    }
+    for path, text in files.items():
+        r = await nina.api(
+            "PUT",
+            url(nina, f"api/contents/{path}"),
+            json={"type": "file", "format": "text", "content": text},
+        )
+        assert r.status_code in (200, 201), r.text
+    # a hidden file (the contents API refuses to make one): JupyterLab does not show it
+    (models_hub.data_dir / "users" / nina.name / "work" / ".secret.txt").write_text("hidden\n")
+    question = (
+        "Use @regions, @work/notes.md and @work/long.csv. Not @work/.secret.txt, "
+        "@work/../../../etc/passwd, @nothing_here or me@example.org."
+    )
+    body = ask(question, context={"notebook": NOTEBOOK, "mentions": True})
+    r = await nina.api("POST", url(nina, "api/v1/chat"), json=body, timeout=180)
+    assert r.status_code == 200, r.text
+    extra = r.json()["oraculo"]
+    context = extra["context"]
+    sent = {m["name"]: m for m in context["mentions"]}
+    assert set(sent) == {"regions", "work/notes.md", "work/long.csv"}, context
+    assert sent["regions"]["kind"] == "variable" and sent["regions"]["whole"] is True
+    assert sent["work/notes.md"] == {**sent["work/notes.md"], "kind": "file", "whole": True}
+    assert sent["work/long.csv"]["kind"] == "file" and sent["work/long.csv"]["whole"] is False
+    skipped = "; ".join(context["skipped"])
+    for name in ("work/.secret.txt", "work/../../../etc/passwd", "nothing_here"):
+        assert f"@{name}: no such file or variable" in skipped, skipped
+    assert "example.org" not in skipped
+    # the prompt's size, and the context's part of it, against the model's window
+    assert 0 < context["context_tokens"] < extra["prompt_tokens_estimate"]
+    r = await nina.api("POST", url(nina, "api/v1/chat"), json=ask(question), timeout=180)
+    assert "mentions" not in r.json()["oraculo"]["context"]  # only when asked
+    body = ask("@regions?", context={"mentions": True})
+    r = await nina.api("POST", url(nina, "api/v1/chat"), json=body, timeout=180)
+    skipped = "; ".join(r.json()["oraculo"]["context"]["skipped"])
+    assert "@regions: no such file (bind a notebook for its variables)" in skipped
 
 
 async def test_bad_bindings_are_400_and_other_users_are_refused(

@@ -79,6 +79,8 @@ async def test_notebook_cells_and_variables(tmp_path: Path) -> None:
     )
     system = out.messages[0]["content"]
     assert out.context.pop("lookup_ms") >= 0
+    # the context sections' part of the prompt, for the panel's "of the window" line
+    assert 0 < out.context.pop("context_tokens") < out.prompt_tokens_estimate
     assert out.context == {"variables": 2, "notebook": {"path": "a.ipynb", "cells": 8}}
     assert "- n: int = 3" in system and "- rows: list of 2 items" in system
     assert "step_11 = 11" in system and "eleven" in system and "step_3 =" not in system

@@ -90,9 +90,16 @@ def test_interpolation_samples_and_code_blocks() -> None:
     reply = "Try:\n```bash\nls\n```\nthen\n```python\nprint(trips['km'].mean())\n```\n"
     assert chat_inputs.first_code_block(reply) == "print(trips['km'].mean())\n"
     assert chat_inputs.first_code_block("no code here") is None
-    assert chat_inputs.code_of('{"code": "x = 1\\nprint(x)"}') == "x = 1\nprint(x)"
-    assert chat_inputs.code_of('{"code": "print(trips[\\"km') == 'print(trips["km'  # cut short
-    assert chat_inputs.code_of("plain words") is None
+    # --code: one fenced block; the reply stops at its closing fence (or is cut short)
+    assert chat_inputs.fenced_code("```python\nx = 1\nprint(x)") == "x = 1\nprint(x)\n"
+    assert chat_inputs.fenced_code("Here:\n```py\nx = 1\n```\nbye") == "x = 1\n"
+    assert chat_inputs.fenced_code("```bash\nls") is None
+    assert chat_inputs.fenced_code("plain words") is None
+    assert chat_inputs.parses("%timeit x = 1\nprint(x)") is None
+    assert chat_inputs.parses("1.1.1.1") == "SyntaxError: invalid syntax (line 1)"
+    assert chat_inputs.describe_mention(ns["frame"], 5)[1] is True  # 2 rows: all of it
+    assert chat_inputs.describe_mention(ns["trips"], 2)[1] is False  # first 2 of 3 rows
+    assert chat_inputs.describe_mention("y" * 5000)[1] is False  # shortened
     assert len(chat_inputs.describe_value("x" * 5000)) == chat_inputs.MAX_VALUE_CHARS
 
 
@@ -124,17 +131,29 @@ async def test_chat_inserts_code_and_explains_an_error(mira: User) -> None:
         "import polars as pl\ntrips = pl.DataFrame({'city': ['Lima', 'Quito'], 'km': [12.5, 3.0]})",
     )
     assert out["error"] is None, out
-    # --code: constrained to {"code": ...}; the code goes into a new cell below.
+    # --code: one fenced block, greedy; the code goes into a new cell below, and runs.
     out = await run_cell(
         mira,
         kernel,
         "%%chat --code --new --seed 1 --max-tokens 60 --sample trips\n"
-        "Write Python that prints the mean of the km column of {trips}.",
+        "Write Python that prints the mean of the km column of {trips}. "
+        "Reply with this code: print(trips['km'].mean())",
     )
     assert out["error"] is None and out["stderr"] == "", out
     code = next_input(out)
     assert code and code.strip() in out["stdout"], out
     assert "(inserted in a new cell below)" in out["stdout"]
+    ran = await run_cell(mira, kernel, code)  # what the 135M model wrote varies; it runs
+    assert ran["error"] is None, (code, ran)
+    # {trips} and --sample reached the model: the stored question holds the first rows
+    r = await mira.api("GET", f"/user/{mira.name}/api/v1/chat/conversations")
+    cid = r.json()["conversations"][0]["id"]
+    r = await mira.api("GET", f"/user/{mira.name}/api/v1/chat/conversations/{cid}")
+    asked = r.json()["messages"][0]["content"]
+    assert "trips = DataFrame with 2 rows × 2 columns; first 2 rows (CSV):\ncity,km\nLima,12.5" in (
+        asked
+    ), asked
+    assert "Sample of trips: DataFrame" in asked and chat_inputs.CODE_INSTRUCTION in asked
     # --insert: the reply's first code block, when it has one; a reply without says so.
     out = await run_cell(
         mira,

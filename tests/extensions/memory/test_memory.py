@@ -478,6 +478,8 @@ def test_the_walk_skips_what_it_should(tmp_path: Path) -> None:
         "sub/.ipynb_checkpoints/b-checkpoint.py": b"no",
         ".hidden.md": b"no",
         "node_modules/x.md": b"no",
+        "agents/cleaner.md": b"no",  # ~/agents: skip_paths
+        "sub/agents/c.md": b"ok",  # only the root's agents/ folder
         "big.txt": b"x" * 2000,
         "image.png": b"no",
     }.items():
@@ -492,7 +494,9 @@ def test_the_walk_skips_what_it_should(tmp_path: Path) -> None:
         max_file_bytes=1000,
     )  # fmt: skip
     found, too_many = index._scan()
-    assert sorted(found) == sorted(["a.md", str(shared / "course.md"), "sub/b.py"])
+    assert sorted(found) == sorted(
+        ["a.md", str(shared / "course.md"), "sub/agents/c.md", "sub/b.py"]
+    )
     assert not too_many
 
 

@@ -78,6 +78,7 @@ class RunState:
     stages: list[list[str]] = field(default_factory=list)  # the run's graph, in order
     stage: int = 0  # index of the stage going
     working: list[str] = field(default_factory=list)  # agents given their input, not finished
+    given: list[str] = field(default_factory=list)  # agents given their input
     answers: dict[str, str] = field(default_factory=dict)  # agent → its answer, once finished
     calling: dict[str, dict[str, str]] = field(default_factory=dict)  # tool calls going
     steps: int = 0
@@ -117,6 +118,8 @@ class RunState:
             self.stage = next(i for i, s in enumerate(self.stages) if to in s)
             if to not in self.working:
                 self.working.append(to)
+            if to not in self.given:
+                self.given.append(to)
             self.transcripts[to].append({"role": "user", "content": event["content"]})
         elif kind == "agent_finished":
             self.answers[event["agent"]] = event.get("answer", "")

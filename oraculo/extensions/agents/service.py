@@ -639,7 +639,8 @@ class AgentsService(LoggingConfigurable):
         """The goal and the previous stage's answers, to each agent of ``stage`` that has not
         had them yet (a parallel stage is announced by a ``fan_out`` event first)."""
         st = run.state
-        waiting = [n for n in stage if not st.transcripts[n] and n not in st.answers]
+        # (a message sent to an agent before its turn is in its transcript already)
+        waiting = [n for n in stage if n not in st.given and n not in st.answers]
         if not waiting:
             return
         if len(stage) > 1 and len(waiting) == len(stage):

@@ -15,8 +15,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from oraculo.extensions.agents.models import RunRequest
-from oraculo.extensions.agents.service import AgentsService
+from oraculo.extensions.agents.models import AgentSpec, RunRequest
+from oraculo.extensions.agents.runs import EventLog, RunState
+from oraculo.extensions.agents.service import AgentsService, _Run
 from oraculo.extensions.agents.trust import ApprovalRequired, hub_owner
 from oraculo.extensions.base.errors import Forbidden, NotFound
 from oraculo.extensions.base.modelclient import ModelClient
@@ -348,3 +349,41 @@ def test_backstage_draws_a_fan_out_and_the_tool_being_called() -> None:
     stopped = run | {"status": "cancelled", "working": [], "calling": {}, "stopped": ["a", "b"]}
     graph = render_graph(stopped)
     assert graph.count('data-status="cancelled"') == 2
+
+
+async def test_a_fan_out_hands_over_to_every_branch_once(svc: AgentsService) -> None:
+    """The stage after a fan-out's declarer: a ``fan_out`` event, then each branch's input
+    (the goal and the answer), even to a branch that was sent a message before its turn; a
+    resumed run hands over only to the branches that had nothing yet."""
+    run_id = "9" * 32
+    run = _Run(RunState(id=run_id), EventLog(Path(svc.runs_dir), run_id))
+    specs = [AgentSpec(name=n).model_dump() for n in ("lead", "a", "b")]
+    await run.emit(
+        "run_started",
+        owner="ben",
+        goal="Count.",
+        agents=specs,
+        stages=[["lead"], ["a", "b"]],
+        bounds={},
+        session=None,
+    )
+    await run.emit("message", kind="input", **{"from": "user", "to": "lead"}, content="Count.")
+    await run.emit("message", kind="note", **{"from": "ben", "to": "b"}, content="early")
+    await run.emit("agent_finished", agent="lead", answer="two")
+    await svc._hand_over(run, ["lead"], ["a", "b"])
+    kinds = [(e["type"], e.get("to")) for e in run.state.events[-3:]]
+    assert kinds == [("fan_out", ["a", "b"]), ("message", "a"), ("message", "b")]
+    assert run.state.events[-1]["content"] == "Goal: Count.\n\nlead says:\ntwo"
+    assert run.state.working == ["a", "b"] and run.state.stage == 1
+    assert [m["content"] for m in run.state.transcripts["b"]] == [
+        "Message from ben: early",
+        "Goal: Count.\n\nlead says:\ntwo",
+    ]
+    before = len(run.state.events)
+    await svc._hand_over(run, ["lead"], ["a", "b"])  # as a resumed run would: nothing again
+    assert len(run.state.events) == before
+    # the log replays to the same state
+    replayed = RunState(id=run_id)
+    for ev in run.log.read():
+        replayed.apply(ev)
+    assert replayed.summary() == run.state.summary()

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -405,3 +406,73 @@ async def signed_in_panel(
             yield out
         finally:
             await browser.close()
+
+
+class SystemUsersTeam:
+    """A system-users hub (real OS accounts) with three users: ana and ben in hub group
+    ``group``, eve not; made by :func:`system_users_team`."""
+
+    def __init__(self, hub: HubProcess, admin: User, group: str, users: list[User]) -> None:
+        self.hub, self.admin, self.group = hub, admin, group
+        self.ana, self.ben, self.eve = users
+
+    @property
+    def folder(self) -> Path:
+        """The group's shared folder."""
+        return Path(self.hub.env["ORACULO_GROUPS_DIR"]) / self.group
+
+    async def run_code(self, user: User, code: str) -> dict[str, Any]:
+        """``code`` in a new kernel of ``user``'s (as their OS account)."""
+        kernel = await user.start_kernel()
+        return await user.execute(kernel, code)
+
+    async def read(self, user: User, path: Path) -> dict[str, Any]:
+        return await self.run_code(user, f"print(open({str(path)!r}).read(), end='')")
+
+
+@contextlib.asynccontextmanager
+async def system_users_team(
+    workdir: Path, label: str, *, models: bool = False
+) -> AsyncIterator[SystemUsersTeam]:
+    """Start a system-users hub (as root) whose group folders are under /tmp (so other accounts
+    traverse), sign up three users ``<label[0]><tag>{a,b,e}``, put the first two in hub group
+    ``<label>-<tag>`` and start their servers (once the model service answers, with ``models``).
+    On exit: the hub stopped, the OS accounts, the OS group and the folders removed."""
+    tag = uuid.uuid4().hex[:6]
+    groups_dir = Path(f"/tmp/oraculo-{label}-{tag}")
+    hub = HubProcess(
+        workdir, spawner="system-users", models=models, env={"ORACULO_GROUPS_DIR": str(groups_dir)}
+    )
+    await hub.start()
+    group = f"{label}-{tag}"
+    names = [f"{label[0]}{tag}{n}" for n in ("a", "b", "e")]
+    admin_client = HubClient(hub)
+    signup = HubClient(hub)  # closed last: closing it signs its users' sessions out
+    people: list[User] = []
+    try:
+        await admin_client.login("admin", ADMIN_PASSWORD)
+        admin = User("admin", await admin_client.token("admin"), admin_client)
+        for name in names:
+            people.append(await new_user(signup, name))
+        r = await admin.api("POST", f"/hub/api/groups/{group}", json={"users": names[:2]})
+        assert r.status_code == 201, r.text
+        if models:
+
+            async def models_loaded() -> bool:
+                async with httpx.AsyncClient(timeout=5) as c:
+                    r = await c.get(f"{hub.url}/services/models/health")
+                    return r.status_code == 200 and r.json().get("status") == "ok"
+
+            await wait_for(models_loaded, 180, "the hub's model service to load", 0.25)
+        await asyncio.gather(*(person.spawn() for person in people))
+        yield SystemUsersTeam(hub, admin, group, people)
+    finally:
+        for person in people:
+            await person.client.aclose()
+        await signup.aclose()
+        await admin_client.aclose()
+        hub.stop()
+        for name in names:
+            subprocess.run(["userdel", "--remove", f"jupyter-{name}"], capture_output=True)
+        subprocess.run(["groupdel", f"oraculo-{group}"], capture_output=True)
+        shutil.rmtree(groups_dir, ignore_errors=True)

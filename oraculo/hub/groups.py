@@ -9,7 +9,9 @@ workspace index and the agents catalogue).
 Who may open a folder depends on the spawner:
 
 - ``system-users``: one OS group per hub group (``oraculo-<slug>``), the folder root-owned,
-  group ``oraculo-<slug>``, mode 2770 (setgid: what members make there stays in the group).
+  group ``oraculo-<slug>``, mode 3770 (setgid: what members make there stays in the group;
+  sticky: a member renames or removes only what they made there, so nobody can swap the
+  root-owned ``published/`` and ``runs/`` folders the hub makes in it for folders of their own).
   A member's OS account is added to the OS groups of their hub groups and removed from the
   other ``oraculo-*`` groups before their server starts, so the server starts with exactly
   those supplementary groups. A server that is already running keeps the groups it started
@@ -44,6 +46,8 @@ from traitlets.config import LoggingConfigurable
 
 #: The environment variable that carries a server's group folders (os.pathsep-separated).
 SHARED_DIRS_ENV = "ORACULO_SHARED_DIRS"
+#: Mode of a group folder in system-users mode: the group's (setgid), sticky (see above).
+GROUP_FOLDER_MODE = 0o3770
 #: Longest slug: with the ``oraculo-`` prefix an OS group name stays within 32 characters.
 MAX_SLUG = 24
 _SLUG = re.compile(rf"[a-z0-9][a-z0-9_-]{{0,{MAX_SLUG - 1}}}\Z")
@@ -146,7 +150,7 @@ class GroupFolders(LoggingConfigurable):
     # --- folders and OS groups ----------------------------------------------------------------
 
     def ensure_folders(self, groups: Iterable[str], os_groups: bool = False) -> dict[str, int]:
-        """Make the folders of ``groups``; with ``os_groups``, each one root-owned, 2770, in an
+        """Make the folders of ``groups``; with ``os_groups``, each one root-owned, 3770, in an
         OS group of its own (made when missing). Returns ``{folder path: gid or -1}``."""
         groups = list(groups)
         if not groups:
@@ -167,7 +171,7 @@ class GroupFolders(LoggingConfigurable):
             gid = self.ensure_os_group(group) if os_groups else -1
             if gid >= 0:
                 os.chown(path, 0, gid)
-                os.chmod(path, 0o2770)
+                os.chmod(path, GROUP_FOLDER_MODE)
                 self._ensure_published(path, gid)
             made[str(path)] = gid
         return made
@@ -176,10 +180,25 @@ class GroupFolders(LoggingConfigurable):
         """``<folder>/published`` and ``<folder>/runs``: root-owned, the group's, 3770 (sticky:
         a release or a shared run there can be replaced only by whoever wrote it, see
         oraculo.extensions.agents.trust). Members can write in ``folder``, so nothing in it is
-        followed."""
+        followed, and a ``published`` or ``runs`` a member made (before the folder was sticky)
+        is moved aside, never adopted: its files would pass for releases."""
         parent = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             for name in ("published", "runs"):
+                try:
+                    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and st.st_uid != 0:
+                    aside = f"{name}.moved-{int(time.time())}-{st.st_uid}"
+                    os.rename(name, aside, src_dir_fd=parent, dst_dir_fd=parent)
+                    self.log.warning(
+                        "%s/%s belonged to uid %d, not root: moved to %s",
+                        folder,
+                        name,
+                        st.st_uid,
+                        aside,
+                    )
                 try:
                     os.mkdir(name, 0o700, dir_fd=parent)
                 except FileExistsError:

@@ -13,10 +13,7 @@ import grp
 import json
 import os
 import pwd
-import shutil
 import stat
-import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ import httpx
 import pytest
 from nbformat import v4
 
-from tests.harness import ADMIN_PASSWORD, HubClient, HubProcess, User, new_user, wait_for
+from tests.harness import SystemUsersTeam, User, system_users_team, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
 ENVELOPE = {"message", "reason", "type"}
@@ -58,63 +55,13 @@ def cleaner_notebook(tools: list[str]) -> dict[str, Any]:
     return dict(v4.new_notebook(cells=cells, metadata={"oraculo": {"agent": meta}}))
 
 
-class Team:
-    def __init__(self, hub: HubProcess, group: str, users: list[User]) -> None:
-        self.hub, self.group = hub, group
-        self.ana, self.ben, self.eve = users
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.hub.env["ORACULO_GROUPS_DIR"]) / self.group
-
-    async def run_code(self, user: User, code: str) -> dict[str, Any]:
-        kernel = await user.start_kernel()
-        return await user.execute(kernel, code)
+Team = SystemUsersTeam
 
 
 @pytest.fixture(scope="module")
 async def team(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Team]:
-    tag = uuid.uuid4().hex[:6]
-    groups_dir = Path(f"/tmp/oraculo-teams-{tag}")  # /tmp lets other accounts traverse
-    hub = HubProcess(
-        tmp_path_factory.mktemp("hub-teams"),
-        spawner="system-users",
-        models=True,
-        env={"ORACULO_GROUPS_DIR": str(groups_dir)},
-    )
-    await hub.start()
-    group = f"team-{tag}"
-    names = [f"t{tag}{n}" for n in ("a", "b", "e")]
-    admin_client = HubClient(hub)
-    signup = HubClient(hub)  # closed last: closing it signs its users' sessions out
-    people: list[User] = []
-    try:
-        await admin_client.login("admin", ADMIN_PASSWORD)
-        admin = User("admin", await admin_client.token("admin"), admin_client)
-        for name in names:
-            people.append(await new_user(signup, name))
-        r = await admin.api("POST", f"/hub/api/groups/{group}", json={"users": names[:2]})
-        assert r.status_code == 201, r.text
-
-        async def models_loaded() -> bool:
-            async with httpx.AsyncClient(timeout=5) as c:
-                r = await c.get(f"{hub.url}/services/models/health")
-                return r.status_code == 200 and r.json().get("status") == "ok"
-
-        await wait_for(models_loaded, 180, "the hub's model service to load", 0.25)
-        for person in people:
-            await person.spawn()
-        yield Team(hub, group, people)
-    finally:
-        for person in people:
-            await person.client.aclose()
-        await signup.aclose()
-        await admin_client.aclose()
-        hub.stop()
-        for name in names:
-            subprocess.run(["userdel", "--remove", f"jupyter-{name}"], capture_output=True)
-        subprocess.run(["groupdel", f"oraculo-{group}"], capture_output=True)
-        shutil.rmtree(groups_dir, ignore_errors=True)
+    async with system_users_team(tmp_path_factory.mktemp("hub-teams"), "team", models=True) as t:
+        yield t
 
 
 async def agents_api(user: User, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -263,6 +210,31 @@ async def test_a_teammate_runs_a_published_agent_only_once_approved(team: Team) 
     r = await agents_api(ben, "POST", "/inspector/publish", json={})
     assert r.status_code == 403 and set(r.json()) == ENVELOPE, r.text
     assert target.stat().st_uid == pwd.getpwnam(f"jupyter-{ana.name}").pw_uid
+    # nor swap the team's published/ or runs/ folder for one of his own: the group folder is
+    # sticky, so in it he renames and removes only what he made; his own files he still does
+    folder = team.folder.stat()
+    assert (folder.st_uid, stat.S_IMODE(folder.st_mode)) == (0, 0o3770)
+    swap = (
+        "import os, pathlib\n"
+        f"g = pathlib.Path({str(team.folder)!r})\n"
+        "outcome = []\n"
+        "def attempt(how):\n"
+        "    try:\n"
+        "        how(); outcome.append('done')\n"
+        "    except PermissionError:\n"
+        "        outcome.append('refused')\n"
+        "for name in ('published', 'runs'):\n"
+        "    attempt(lambda: os.rename(g / name, g / (name + '-old')))\n"
+        "attempt(lambda: os.rename(g / 'inspector.ipynb', g / 'ana-was-here.ipynb'))\n"
+        "(g / 'ben-notes.md').write_text('mine')\n"
+        "attempt(lambda: os.rename(g / 'ben-notes.md', g / 'ben-notes-2.md'))\n"
+        "attempt(lambda: os.unlink(g / 'ben-notes-2.md'))\n"
+        "print(outcome)"
+    )
+    out = await team.run_code(ben, swap)
+    assert out["stdout"].strip() == "['refused', 'refused', 'refused', 'done', 'done']", out
+    assert target.stat().st_uid == pwd.getpwnam(f"jupyter-{ana.name}").pw_uid
+    assert (await catalogue(ben))["inspector"]["published"]
 
     # Ana edits the tools and publishes again: Ben is refused until he approves the new version
     changed = WHOAMI.replace("in {entry.pw_dir}", "with uid {entry.pw_uid}")
@@ -289,9 +261,29 @@ BREAKER = '''def explode(reason: "Literal['now']") -> str:
     raise ValueError("boom: " + reason)'''
 
 
-def own_notebook(name: str, tools: list[str]) -> dict[str, Any]:
+def own_notebook(name: str, tools: list[str], **more: Any) -> dict[str, Any]:
     cells = [v4.new_markdown_cell("Call your tool.")] + [v4.new_code_cell(t) for t in tools]
-    meta = {"name": name, "max_steps": 3, "require_tool": True, "temperature": 0.0}
+    meta = {"name": name, "max_steps": 3, "require_tool": True, "temperature": 0.0, **more}
+    return dict(v4.new_notebook(cells=cells, metadata={"oraculo": {"agent": meta}}))
+
+
+SURVEY = '''def survey(area: "Literal['home']") -> str:
+    """Survey an area of the workspace (slowly: ten seconds).
+
+    Args:
+        area: where to look
+    """
+    import time
+    time.sleep(10)
+    return "surveyed " + area'''
+
+
+def splitter_notebook() -> dict[str, Any]:
+    """Ben's own agent whose metadata declares a graph: its answer fans out to his scout and
+    Ana's inspector, in parallel."""
+    cells = [v4.new_markdown_cell("You split the work. Say in one short sentence what to check.")]
+    meta = {"name": "splitter", "max_steps": 2, "temperature": 0.0}
+    meta |= {"fan_out": ["scout", "inspector"]}
     return dict(v4.new_notebook(cells=cells, metadata={"oraculo": {"agent": meta}}))
 
 
@@ -299,7 +291,11 @@ def own_notebook(name: str, tools: list[str]) -> dict[str, Any]:
 async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Path) -> None:
     """Eve: the examples in ~/agents at her first start, the empty hint, a new notebook that
     appears by itself. Ben: approving Ana's new release from the panel (its code and digest
-    shown), a bounded run said in words and colour, Cancel on a finished run."""
+    shown); a run whose graph fans out to his scout and Ana's inspector in parallel, the
+    branches and the tool being called shown live, and a message he sends the scout from the
+    panel while its tool runs, which it reads at its next step; a bounded run said in words and
+    colour, Cancel on a finished run. Ana: Ben's shared run, read-only (no Cancel, Send,
+    Share)."""
     from playwright.async_api import expect
 
     from tests.harness import signed_in_panel
@@ -335,6 +331,9 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
     await write_as(
         team, ben, ben_home / "agents" / "breaker.ipynb", own_notebook("breaker", [BREAKER])
     )
+    scout_nb = own_notebook("scout", [SURVEY], max_tool_calls=1)  # one survey, then its answer
+    await write_as(team, ben, ben_home / "agents" / "scout.ipynb", scout_nb)
+    await write_as(team, ben, ben_home / "agents" / "splitter.ipynb", splitter_notebook())
     async with signed_in_panel(ben, "backstage", viewport) as panel:
         page = panel.page
         root = page.get_by_test_id("oraculo-backstage")
@@ -373,6 +372,52 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
             "Shared with the team", timeout=30_000
         )
 
+        # Ben's splitter fans out to his scout and Ana's inspector (approved): in parallel
+        goal = {"goal": "Look at the home folder.", "agents": ["splitter"]}
+        r = await agents_api(ben, "POST", "/runs", json=goal)
+        assert r.status_code == 201, r.text
+        fan = r.json()
+        assert fan["stages"] == [["splitter"], ["scout", "inspector"]], fan
+        await expect(root).to_have_attribute("data-run", fan["id"], timeout=30_000)
+        branches = page.get_by_test_id("backstage-parallel")
+        await expect(branches).to_have_attribute("data-agents", "scout,inspector", timeout=30_000)
+        await expect(branches).to_contain_text("in parallel")
+        scout = page.locator("[data-testid=backstage-node][data-agent=scout]")
+        await expect(scout).to_have_attribute("data-status", "calling", timeout=180_000)
+        await expect(scout.get_by_test_id("backstage-calling")).to_have_text("survey")
+        call = page.locator("[data-testid=backstage-event][data-type=tool_call]", has_text="survey")
+        await expect(call.first).to_contain_text("scout calls survey")  # streamed as it started
+        await page.screenshot(path=str(artifacts / "teams-5-parallel-branches.png"), full_page=True)
+        # while its tool runs, Ben sends the scout a message: it reads it at its next step
+        await page.locator(".oraculo-backstage-say input").fill("Also say how many csv files.")
+        await page.locator(".oraculo-backstage-send button").click()
+        note = page.locator("[data-testid=backstage-event][data-kind=note]")
+        await expect(note).to_contain_text("Also say how many csv files.", timeout=30_000)
+        await expect(note).to_contain_text(f"{ben.name} → scout")
+        await page.screenshot(path=str(artifacts / "teams-6-message.png"), full_page=True)
+        done = await finished(ben, fan["id"])
+        events = done["events"]
+        (sent,) = [e for e in events if e.get("kind") == "note"]
+        survey = next(e for e in events if e["type"] == "tool_call" and e["agent"] == "scout")
+        results = [e for e in events if e["type"] == "tool_result"]
+        result = next(e for e in results if e["call_id"] == survey["call_id"])
+        assert survey["seq"] < sent["seq"] < result["seq"], (survey, sent, result)
+        after = [
+            e
+            for e in events
+            if e["type"] == "step_started" and e["agent"] == "scout" and e["seq"] > result["seq"]
+        ]
+        assert after and after[0]["step"] == 2, [(e["seq"], e["type"]) for e in events]
+        starts: dict[str, int] = {}
+        for e in events:
+            if e["type"] == "step_started":
+                starts.setdefault(e["agent"], e["seq"])
+        replies = [e["seq"] for e in events if e.get("kind") == "reply"]
+        first_branch_reply = min(s for s in replies if s > starts["scout"])
+        assert starts["inspector"] < first_branch_reply  # both branches' model calls in flight
+        await expect(scout).not_to_have_attribute("data-status", "calling", timeout=30_000)
+        await page.screenshot(path=str(artifacts / "teams-7-parallel-done.png"), full_page=True)
+
         # a run that stops at its step bound with a failed tool says so, in words and colour
         r = await agents_api(
             ben, "POST", "/runs", json={"goal": "Explode.", "agents": ["breaker"], "max_steps": 1}
@@ -389,12 +434,12 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
         assert color == "rgb(230, 119, 0)", color  # amber, not a green "done"
         node = page.get_by_test_id("backstage-node").first
         await expect(node).to_have_attribute("data-status", "bounded")
-        await page.screenshot(path=str(artifacts / "teams-5-bounded.png"), full_page=True)
+        await page.screenshot(path=str(artifacts / "teams-8-bounded.png"), full_page=True)
         # Cancel on a finished run says so
         await page.locator(".oraculo-backstage-cancel button").click()
         note = page.get_by_test_id("backstage-note")
         await expect(note).to_contain_text("already finished (stopped at a bound)")
-        await page.screenshot(path=str(artifacts / "teams-6-cancel-finished.png"), full_page=True)
+        await page.screenshot(path=str(artifacts / "teams-9-cancel-finished.png"), full_page=True)
     assert not panel.offsite(), panel.offsite()
     assert not [b for b in panel.bad if "/api/v1/agents/runs" not in b], panel.bad
 
@@ -411,5 +456,9 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
         await expect(page.get_by_test_id("backstage-shared-by")).to_contain_text(ben.name)
         calls = page.locator("[data-testid=backstage-event][data-type=tool_call]")
         await expect(calls.first).to_contain_text("def ")
-        await page.screenshot(path=str(artifacts / "teams-7-shared-run.png"), full_page=True)
+        # read-only: only Ben, who ran it, can cancel it, message it or share it
+        for control in ("cancel", "send", "share"):
+            await expect(page.locator(f".oraculo-backstage-{control} button")).to_be_hidden()
+        await expect(page.locator(".oraculo-backstage-say input")).to_be_hidden()
+        await page.screenshot(path=str(artifacts / "teams-10-shared-run.png"), full_page=True)
     assert not panel.offsite(), panel.offsite()

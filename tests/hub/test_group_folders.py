@@ -10,7 +10,6 @@ import asyncio
 import grp
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 import uuid
@@ -21,7 +20,7 @@ import pytest
 from traitlets.config import Config
 
 from oraculo.hub.groups import MAX_SLUG, SHARED_DIRS_ENV, GroupFolders, group_slug
-from tests.harness import ADMIN_PASSWORD, HubClient, HubProcess, User, new_user
+from tests.harness import SystemUsersTeam, system_users_team
 from tests.hub.fakes import FakeDockerAPI, make_spawner
 
 SLUG_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -129,7 +128,7 @@ async def test_docker_mounts_the_users_group_folders(
     if os.geteuid() == 0:
         gids = [str(grp.getgrnam(f"oraculo-{group_slug(n)}").gr_gid) for n in group_names]
         assert sorted(create["host_config"]["GroupAdd"]) == sorted(gids)
-        assert stat.S_IMODE(os.stat(paths[0]).st_mode) == 0o2770
+        assert stat.S_IMODE(os.stat(paths[0]).st_mode) == 0o3770
 
     # Out of both groups: the next container mounts neither and joins no group.
     await spawner.stop()
@@ -144,64 +143,18 @@ async def test_docker_mounts_the_users_group_folders(
 # --- system-users: real OS accounts, real permissions -------------------------------------------
 
 
-class Cohort:
-    """A system-users hub with three users: ana and ben are in hub group ``group``, eve not."""
-
-    def __init__(self, hub: HubProcess, admin: User, group: str, users: list[User]) -> None:
-        self.hub, self.admin, self.group = hub, admin, group
-        self.ana, self.ben, self.eve = users
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.hub.env["ORACULO_GROUPS_DIR"]) / self.group
-
-    async def read(self, user: User, path: Path) -> dict[str, object]:
-        kernel = await user.start_kernel()
-        return await user.execute(kernel, f"print(open({str(path)!r}).read(), end='')")
-
-
 @pytest.fixture(scope="module")
-async def cohort(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cohort]:
-    tag = uuid.uuid4().hex[:6]
-    groups_dir = Path(f"/tmp/oraculo-groups-{tag}")  # /tmp lets other accounts traverse
-    hub = HubProcess(
-        tmp_path_factory.mktemp("hub-groups"),
-        spawner="system-users",
-        env={"ORACULO_GROUPS_DIR": str(groups_dir)},
-    )
-    await hub.start()
-    group = f"cohort-{tag}"
-    names = [f"g{tag}{n}" for n in ("a", "b", "e")]
-    admin_client = HubClient(hub)
-    signup = HubClient(hub)  # closed last: closing it signs its users' sessions out
-    people: list[User] = []
-    try:
-        await admin_client.login("admin", ADMIN_PASSWORD)
-        admin = User("admin", await admin_client.token("admin"), admin_client)
-        for name in names:
-            people.append(await new_user(signup, name))
-        r = await admin.api("POST", f"/hub/api/groups/{group}", json={"users": names[:2]})
-        assert r.status_code == 201, r.text
-        await asyncio.gather(*(person.spawn() for person in people))
-        yield Cohort(hub, admin, group, people)
-    finally:
-        for person in people:
-            await person.client.aclose()
-        await signup.aclose()
-        await admin_client.aclose()
-        hub.stop()
-        for name in names:
-            subprocess.run(["userdel", "--remove", f"jupyter-{name}"], capture_output=True)
-        subprocess.run(["groupdel", f"oraculo-{group}"], capture_output=True)
-        shutil.rmtree(groups_dir, ignore_errors=True)
+async def cohort(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SystemUsersTeam]:
+    async with system_users_team(tmp_path_factory.mktemp("hub-groups"), "cohort") as team:
+        yield team
 
 
 @pytest.mark.root
-async def test_members_share_the_folder_and_others_are_refused(cohort: Cohort) -> None:
+async def test_members_share_the_folder_and_others_are_refused(cohort: SystemUsersTeam) -> None:
     folder, ana = cohort.folder, cohort.ana
     st = folder.stat()
     os_group = grp.getgrnam(f"oraculo-{cohort.group}")
-    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, os_group.gr_gid, 0o2770)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, os_group.gr_gid, 0o3770)
 
     # ana finds the folder in her home and writes there.
     kernel = await ana.start_kernel()
@@ -227,7 +180,7 @@ async def test_members_share_the_folder_and_others_are_refused(cohort: Cohort) -
 
 
 @pytest.mark.root
-async def test_the_workspace_index_lists_the_group_folder(cohort: Cohort) -> None:
+async def test_the_workspace_index_lists_the_group_folder(cohort: SystemUsersTeam) -> None:
     r = await cohort.ana.api("GET", f"/user/{cohort.ana.name}/api/v1/memory/index")
     assert r.status_code == 200, r.text
     assert r.json()["extra_paths"] == [str(cohort.folder)]
@@ -236,7 +189,9 @@ async def test_the_workspace_index_lists_the_group_folder(cohort: Cohort) -> Non
 
 
 @pytest.mark.root
-async def test_leaving_the_group_takes_access_away_at_the_next_start(cohort: Cohort) -> None:
+async def test_leaving_the_group_takes_access_away_at_the_next_start(
+    cohort: SystemUsersTeam,
+) -> None:
     ben = cohort.ben
     note = cohort.folder / "leaving.md"
     note.write_text("members only")
@@ -256,6 +211,27 @@ async def test_leaving_the_group_takes_access_away_at_the_next_start(cohort: Coh
     assert os_user not in grp.getgrnam(f"oraculo-{cohort.group}").gr_mem
     home = Path(pwd.getpwnam(os_user).pw_dir)
     assert not os.path.lexists(home / "shared" / cohort.group)
+
+
+@pytest.mark.root
+def test_a_published_folder_a_member_made_is_moved_aside_not_adopted(tmp_path: Path) -> None:
+    """The hub makes ``published/`` and ``runs/`` root-owned; one a member made first (before
+    group folders were sticky, a member could rename the hub's away) is never chowned to root,
+    which would pass the member's files off as the team's releases: it is moved aside."""
+    folders = GroupFolders(root=str(tmp_path / "groups"))
+    path = folders.folder("team")
+    path.mkdir(parents=True)
+    theirs = path / "published"
+    theirs.mkdir()
+    (theirs / "inspector.ipynb").write_text("{}")
+    os.chown(theirs, 65534, 65534)
+    folders._ensure_published(path, 0)
+    for name in ("published", "runs"):
+        st = os.lstat(path / name)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o3770), name
+    assert list((path / "published").iterdir()) == []
+    (aside,) = path.glob("published.moved-*")
+    assert (aside / "inspector.ipynb").exists() and aside.stat().st_uid == 65534
 
 
 @pytest.mark.root

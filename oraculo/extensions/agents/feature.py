@@ -12,6 +12,7 @@ from typing import Any
 
 from traitlets import Instance, Type
 
+from oraculo.extensions.agents.chat import AGENT_MODEL_PREFIX, chat_reply
 from oraculo.extensions.agents.handlers import (
     AgentHandler,
     AgentsHandler,
@@ -26,7 +27,7 @@ from oraculo.extensions.agents.handlers import (
     SharedRunHandler,
     SharedRunsHandler,
 )
-from oraculo.extensions.agents.service import AGENT_MODEL_PREFIX, AgentsService, chat_reply
+from oraculo.extensions.agents.service import AgentsService
 from oraculo.extensions.base.feature import Feature
 
 _RUN = r"([0-9a-f]{32})"

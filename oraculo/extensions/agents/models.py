@@ -40,7 +40,14 @@ class AgentSpec(BaseModel):
     timeout: float = Field(300, gt=0)
     temperature: float = Field(0.2, ge=0, le=2)
     require_tool: bool = False  # the first step must call a tool (not final_answer)
+    #: after this many tool calls the agent is offered only final_answer (None: no limit)
+    max_tool_calls: int | None = Field(None, ge=0, le=100)
     handoff: str | None = None  # the agent that takes over this one's answer (a declared graph)
+    #: workers that get this agent's answer at once and run in parallel; their answers, gathered,
+    #: go to ``handoff`` (or are the run's answer)
+    fan_out: Annotated[
+        list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]], Field(max_length=8)
+    ] = []
     instructions: str = ""
     tools: list[ToolSpec] = []
     setup: list[str] = []  # code cells' top-level imports, run before the first tool call
@@ -73,6 +80,8 @@ class AgentSpec(BaseModel):
                 "max_tokens",
                 "timeout",
                 "handoff",
+                "fan_out",
+                "max_tool_calls",
             }
         ) | {"tools": [t.name for t in self.tools]}
 

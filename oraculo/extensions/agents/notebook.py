@@ -4,10 +4,13 @@ An agent notebook carries ``metadata.oraculo.agent``::
 
     {"name": "cleaner", "model": "smollm2", "description": "...",
      "max_steps": 6, "max_tokens": 2000, "timeout": 120, "temperature": 0.2,
-     "require_tool": true, "handoff": "reviewer"}
+     "require_tool": true, "fan_out": ["searcher", "summariser"], "handoff": "reviewer"}
 
-``require_tool``: the agent's first step must call one of its tools; ``handoff``: the agent that
-gets this one's answer next (so a notebook can declare its part of a team's graph).
+``require_tool``: the agent's first step must call one of its tools; ``max_tool_calls``: after
+that many tool calls it is offered only ``final_answer``; ``fan_out``: agents that
+get this one's answer at once and work in parallel; ``handoff``: the agent that gets this one's
+answer next (after a fan-out: the branches' answers, gathered). So a notebook declares its part
+of a team's graph: here planner → (searcher ∥ summariser) → reviewer.
 
 Its markdown cells are the agent's instructions (in order); each top-level function in its code
 cells whose name does not start with ``_`` is a tool: the signature's annotations and defaults

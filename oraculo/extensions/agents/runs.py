@@ -7,13 +7,22 @@ function rebuilds the state after a server restart, so a run resumes where its l
 Events (``type``):
 
 - ``run_started``: ``goal``, ``agents`` (the agent specs as they were when the run started, so a
-  resumed run uses the same versions), ``owner``, ``bounds``, ``session``;
+  resumed run uses the same versions), ``stages`` (the run's graph: a list of stages, each a list
+  of agent names; a stage of several is a fan-out whose agents run in parallel), ``owner``,
+  ``bounds``, ``session``;
+- ``fan_out``: ``from`` (the agents whose answers the branches get) and ``to`` (the parallel
+  branches), before their ``input`` messages;
+- ``step_started``: ``agent`` and ``step``: the agent's model call began (so a step's tool calls
+  and the branches' overlap can be seen as they happen);
+- ``agent_finished``: ``agent`` and its ``answer`` (a branch of a fan-out, or one agent of the
+  chain, is done);
 - ``message``: a typed message ``from`` → ``to`` with ``content``; ``kind`` ``input`` (the goal or
   the previous agent's answer, to an agent), ``reply`` (an agent's model reply, with
   ``tool_calls`` in OpenAI's shape, ``tokens`` and ``seconds``) or ``note`` (a message sent to
   a running agent, ``POST runs/{id}/messages``: the agent reads it at its next step; sent while
   its tool calls are going, it waits until their results are in, so the transcript stays valid);
-- ``tool_call``: ``agent``, ``call_id``, ``tool``, ``arguments`` and the ``code`` run in the kernel;
+- ``tool_call``: ``agent``, ``call_id``, ``tool``, ``arguments`` and the ``code`` run in the kernel,
+  emitted when the call starts (one event per call, as the model makes it);
 - ``tool_result``: ``agent``, ``call_id``, ``tool``, ``content``, ``output``, ``error``,
   ``execution_id``, ``seconds``;
 - ``resumed``: the server restarted and picked the run up again;
@@ -66,6 +75,12 @@ class RunState:
     started: float = 0.0  # unix time
     finished: float | None = None
     current: int = 0  # index of the agent whose turn it is
+    stages: list[list[str]] = field(default_factory=list)  # the run's graph, in order
+    stage: int = 0  # index of the stage going
+    working: list[str] = field(default_factory=list)  # agents given their input, not finished
+    given: list[str] = field(default_factory=list)  # agents given their input
+    answers: dict[str, str] = field(default_factory=dict)  # agent → its answer, once finished
+    calling: dict[str, dict[str, str]] = field(default_factory=dict)  # tool calls going
     steps: int = 0
     tokens: int = 0
     transcripts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -96,10 +111,22 @@ class RunState:
             self.started = event["unix"]
             self.transcripts = {s.name: [] for s in self.specs}
             self.stats = {s.name: AgentStats() for s in self.specs}
+            self.stages = event.get("stages") or [[n] for n in self.names]
         elif kind == "message" and event.get("kind") == "input":
             to = event["to"]
             self.current = self.names.index(to)
+            self.stage = next(i for i, s in enumerate(self.stages) if to in s)
+            if to not in self.working:
+                self.working.append(to)
+            if to not in self.given:
+                self.given.append(to)
             self.transcripts[to].append({"role": "user", "content": event["content"]})
+        elif kind == "agent_finished":
+            self.answers[event["agent"]] = event.get("answer", "")
+            if event["agent"] in self.working:
+                self.working.remove(event["agent"])
+        elif kind == "tool_call":
+            self.calling[event["call_id"]] = {"agent": event["agent"], "tool": event["tool"]}
         elif kind == "message" and event.get("kind") == "note":
             to = event["to"]
             note = {"role": "user", "content": f"Message from {event['from']}: {event['content']}"}
@@ -123,6 +150,7 @@ class RunState:
             self.tokens += event.get("tokens", 0)
         elif kind == "tool_result":
             self.pending_calls.pop(event["call_id"], None)
+            self.calling.pop(event["call_id"], None)
             agent = event["agent"]
             self.transcripts[agent].append(
                 {"role": "tool", "tool_call_id": event["call_id"], "content": event["content"]}
@@ -143,6 +171,7 @@ class RunState:
             self.finished = event["unix"]
 
     def summary(self) -> dict[str, Any]:
+        going = not self.done
         return {
             "id": self.id,
             "owner": self.owner,
@@ -157,11 +186,21 @@ class RunState:
             "tokens": self.tokens,
             "bounds": self.bounds,
             "session": self.session,  # the notebook whose kernel the tools run in
-            "current": self.names[self.current] if self.specs and not self.done else None,
+            "current": (self.working[0] if self.working else self.names[self.current])
+            if self.specs and going
+            else None,
+            "stages": self.stages,
+            "stage": self.stage,
+            "working": list(self.working) if going else [],
+            "finished_agents": list(self.answers),
+            # the tool calls going now: agent → tool
+            "calling": {c["agent"]: c["tool"] for c in self.calling.values()} if going else {},
             # the agent whose turn it was when the run stopped short (bounded, failed, cancelled)
             "stopped_at": self.names[self.current]
             if self.specs and self.done and self.status != "succeeded"
             else None,
+            # every agent that was working when the run stopped short (all branches of a fan-out)
+            "stopped": list(self.working) if self.done and self.status != "succeeded" else [],
             "tool_errors": sum(s.tool_errors for s in self.stats.values()),
             "digests": {s.name: s.sha256 for s in self.specs},
             "shared_to": self.shared_to,
@@ -259,6 +298,9 @@ def export_notebook(state: RunState) -> dict[str, Any]:
                 fn = call["function"]
                 body += f"\n\n→ calls `{fn['name']}({fn['arguments']})`"
             cells.append(v4.new_markdown_cell(f"**{ev['from']} → {ev['to']}**\n\n{body}"))
+        elif ev["type"] == "fan_out":
+            branches = " ∥ ".join(ev["to"])
+            cells.append(v4.new_markdown_cell(f"**{ev['from']} → in parallel: {branches}**"))
         elif ev["type"] == "tool_call":
             cell = v4.new_code_cell(ev["code"], metadata={"oraculo": {"agent": ev["agent"]}})
             calls[ev["call_id"]] = cell

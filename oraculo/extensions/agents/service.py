@@ -1,15 +1,19 @@
 """The agents service: the catalogue of agent notebooks, and runs of a goal with agents.
 
-A run is a chain of agents (planner → workers → reviewer, in the order the request lists them, then
-the ``handoff`` each last agent's notebook declares): the first gets the goal, each next one the
-goal and its predecessor's answer, and the last one's answer is the run's. Each agent works in
-steps; a step is one call to the model service with the agent's tools plus ``final_answer`` and
-``tool_choice: "required"`` (so, with the model service's constrained decoding, every step is a
-valid tool call, even from the bundled 135M model). A tool call runs in the user's sandbox kernel
-through the execute service (origin ``agent:<name>@<sha256 of its notebook>``): the tool's
-definition is executed first, then the function is called with the JSON arguments, so the call
-shares state with the notebook, obeys the kernel's limits and is audited. ``final_answer`` hands
-over to the next agent.
+A run is a graph of agents in stages (planner → workers → reviewer, in the order the request lists
+them, then the ``handoff`` each last agent's notebook declares): the first gets the goal, each next
+one the goal and its predecessor's answer, and the last one's answer is the run's. An agent whose
+notebook declares ``fan_out`` (a list of agents) hands its answer to all of them at once: they run
+in parallel (their model calls side by side; their tool calls queue for the one kernel) and their
+answers, gathered, go to the declaring agent's ``handoff`` (or are the run's answer).
+
+Each agent works in steps; a step is one call to the model service with the agent's tools plus
+``final_answer`` and ``tool_choice: "required"`` (so, with the model service's constrained decoding,
+every step is a valid tool call, even from the bundled 135M model). A tool call runs in the user's
+sandbox kernel through the execute service (origin ``agent:<name>@<sha256 of its notebook>``): the
+tool's definition is executed first, then the function is called with the JSON arguments, so the
+call shares state with the notebook, obeys the kernel's limits and is audited. ``final_answer``
+hands over to the next agent.
 
 A shared agent (from a group folder) runs only once the runner approved its exact digest
 (:mod:`oraculo.extensions.agents.trust`): ``start`` answers 409 ``approval_required`` with the
@@ -18,6 +22,8 @@ code to review otherwise. Members publish releases to the group's ``published/``
 Runs are bounded (steps, tokens, wall clock: the run's bounds, each agent's own ``max_steps``),
 can be cancelled, and are event-sourced (:mod:`oraculo.extensions.agents.runs`) under
 ``~/.oraculo/agents/runs/``: a run that was going when the server stopped resumes when it starts.
+Finished runs' logs are pruned by age (``runs_max_age_days``) and total size
+(``runs_max_bytes``, oldest first) at start and after each run.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from oraculo.extensions.agents.trust import (
     os_user_prefix,
     publish_copy,
     read_file,
+    trusted_folder,
     write_shared_run,
 )
 from oraculo.extensions.base.errors import (
@@ -94,13 +101,16 @@ class _Run:
         self.task: asyncio.Task[None] | None = None
         self.changed = asyncio.Condition()
         self.cancel_requested = False
+        # parallel branches and messages emit side by side: one event at a time gets its seq
+        self._emitting = asyncio.Lock()
 
     async def emit(self, event_type: str, /, **fields: Any) -> dict[str, Any]:
-        event = make_event(self.state, event_type, **fields)
-        await asyncio.to_thread(self.log.append, event)
-        self.state.apply(event)
-        if self.state.shared_to:
-            await asyncio.to_thread(self._mirror, event)
+        async with self._emitting:
+            event = make_event(self.state, event_type, **fields)
+            await asyncio.to_thread(self.log.append, event)
+            self.state.apply(event)
+            if self.state.shared_to:
+                await asyncio.to_thread(self._mirror, event)
         async with self.changed:
             self.changed.notify_all()
         return event
@@ -150,6 +160,23 @@ class AgentsService(LoggingConfigurable):
     )
     reply_max_tokens = Int(160, config=True, help="max_tokens of one agent step's model call.")
     max_active_runs = Int(4, config=True, help="Runs going at once; more are refused (409).")
+    max_agents = Int(
+        12, config=True, help="Agents a run may involve, its declared handoffs and fan-outs too."
+    )
+    runs_max_age_days = Float(
+        30.0,
+        config=True,
+        help="""Logs of finished runs older than this many days (by their last event) are
+        deleted, at start and after each run. 0 keeps them whatever their age. A run still
+        going is never pruned.""",
+    )
+    runs_max_bytes = Int(
+        200 * 1024 * 1024,
+        config=True,
+        help="""Most bytes the logs of finished runs may take together; past it the oldest are
+        deleted (at start and after each run) until they fit. 0: no size bound. The logs of
+        runs still going count but are never deleted.""",
+    )
 
     @default("shared_dirs")
     def _default_shared_dirs(self) -> list[str]:
@@ -234,8 +261,12 @@ class AgentsService(LoggingConfigurable):
             for spec in scan(folder, shared=False, root=self.root, owner_prefix=prefix):
                 seen.setdefault(spec.name, spec)
         for shared in self.shared_dirs if releases else []:
-            folder = Path(shared) / PUBLISHED
-            for spec in scan(folder, shared=True, owner_prefix=prefix, published=True, depth=1):
+            releases_dir = trusted_folder(Path(shared), PUBLISHED)
+            if releases_dir is None:  # absent, or not the hub's: no releases from it
+                continue
+            for spec in scan(
+                releases_dir, shared=True, owner_prefix=prefix, published=True, depth=1
+            ):
                 seen.setdefault(spec.name, spec)
         for shared in self.shared_dirs:
             for spec in scan(
@@ -313,12 +344,7 @@ class AgentsService(LoggingConfigurable):
         active = [r for r in self._runs.values() if not r.state.done]
         if len(active) >= self.max_active_runs:
             raise Conflict(f"{len(active)} runs are going already; wait or cancel one")
-        specs = [await self.agent(name) for name in req.agents]
-        # the last agent's declared handoffs extend the chain (no agent twice, at most 8)
-        while specs[-1].handoff and len(specs) < 8:
-            if specs[-1].handoff in {s.name for s in specs}:
-                break
-            specs.append(await self.agent(specs[-1].handoff))
+        specs, stages = await self._plan(req.agents)
         approve = [req.approve] if isinstance(req.approve, str) else list(req.approve or [])
         self._check_approvals(specs, approve)
         run_id = uuid.uuid4().hex
@@ -334,6 +360,7 @@ class AgentsService(LoggingConfigurable):
             owner=owner,
             goal=req.goal,
             agents=[s.model_dump() for s in specs],
+            stages=stages,
             bounds=bounds,
             session=req.session,
         )
@@ -342,6 +369,35 @@ class AgentsService(LoggingConfigurable):
         )
         self._launch(run)
         return run.state.summary()
+
+    async def _plan(self, names: list[str]) -> tuple[list[AgentSpec], list[list[str]]]:
+        """The run's agents and its stages: the requested chain, each agent followed by the
+        parallel stage of its declared ``fan_out``; then the last one's declared ``handoff`` (and
+        its fan-out), again and again. No agent twice; at most ``max_agents``."""
+        specs: list[AgentSpec] = []
+        stages: list[list[str]] = []
+
+        async def add(stage: list[str]) -> bool:
+            new = [n for n in dict.fromkeys(stage) if n not in {s.name for s in specs}]
+            if not new:
+                return False
+            if len(specs) + len(new) > self.max_agents:
+                raise BadRequest(f"A run may involve at most {self.max_agents} agents")
+            specs.extend([await self.agent(n) for n in new])
+            stages.append(new)
+            return True
+
+        last: AgentSpec | None = None
+        for name in names:
+            if await add([name]):
+                last = specs[-1]
+                if last.fan_out:
+                    await add(last.fan_out)
+        while last is not None and last.handoff and await add([last.handoff]):
+            last = specs[-1]
+            if last.fan_out:
+                await add(last.fan_out)
+        return specs, stages
 
     def _own(self, run_id: str, user: str) -> _Run:
         run = self._runs.get(run_id)
@@ -368,7 +424,8 @@ class AgentsService(LoggingConfigurable):
         if run.state.done:
             raise Conflict(f"Run {run_id} has finished ({run.state.status}): nobody reads it")
         names = run.state.names
-        target = to or names[run.state.current]
+        working = run.state.working
+        target = to or (working[0] if working else names[run.state.current])
         if target not in names:
             raise BadRequest(f"No agent {target!r} in this run (its agents: {', '.join(names)})")
         return await run.emit(
@@ -397,10 +454,10 @@ class AgentsService(LoggingConfigurable):
     def _shared_runs(self) -> list[tuple[Path, RunState, str]]:
         found = []
         for shared in self.shared_dirs:
-            folder = Path(shared) / SHARED_RUNS
-            if not folder.is_dir():
+            runs = trusted_folder(Path(shared), SHARED_RUNS)
+            if runs is None:
                 continue
-            for path in sorted(folder.glob("*.jsonl")):
+            for path in sorted(runs.glob("*.jsonl")):
                 if not re.fullmatch(r"[0-9a-f]{32}", path.stem):
                     continue
                 try:
@@ -461,6 +518,7 @@ class AgentsService(LoggingConfigurable):
 
     async def resume_all(self) -> None:
         """Load every run log; start again the runs that were going when the server stopped."""
+        await self.prune()
         folder = Path(self.runs_dir)
         for path in sorted(await asyncio.to_thread(lambda: list(folder.glob("*.jsonl")))):
             run_id = path.stem
@@ -483,6 +541,40 @@ class AgentsService(LoggingConfigurable):
                 self.log.info("resuming agent run %s", run_id)
                 await run.emit("resumed", step=state.steps)
                 self._launch(run)
+
+    async def prune(self) -> list[str]:
+        """Delete the logs of finished runs that are too old or, oldest first, past the size
+        bound; returns the ids of the runs deleted. Runs going are never touched."""
+        going = {i for i, r in self._runs.items() if not r.state.done}
+        removed = await asyncio.to_thread(self._prune_logs, going)
+        for run_id in removed:
+            run = self._runs.get(run_id)
+            if run is not None and run.state.done:
+                del self._runs[run_id]
+        if removed:
+            self.log.info("pruned %d agent run logs", len(removed))
+        return removed
+
+    def _prune_logs(self, going: set[str]) -> list[str]:
+        max_age = self.runs_max_age_days * 86400
+        entries = []
+        for path in Path(self.runs_dir).glob("*.jsonl"):
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                entries.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        now = time.time()
+        removed: list[str] = []
+        for mtime, size, path in sorted(entries):  # oldest first
+            too_old = max_age > 0 and now - mtime > max_age
+            too_big = self.runs_max_bytes > 0 and total > self.runs_max_bytes
+            if not (too_old or too_big) or path.stem in going or not _finished_log(path):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            total -= size
+            removed.append(path.stem)
+        return removed
 
     async def stop(self) -> None:
         """Server shutdown: stop the tasks, leaving the runs to resume at the next start."""
@@ -519,20 +611,87 @@ class AgentsService(LoggingConfigurable):
         except Exception:
             self.log.exception("agent run %s failed", st.id)
             await run.emit("run_finished", status="failed", reason="Unhandled error", answer="")
+        if st.done:
+            try:
+                await self.prune()
+            except Exception:  # pruning is housekeeping: never the run's failure
+                self.log.exception("pruning agent run logs failed")
 
     async def _chain(self, run: _Run) -> str:
+        """The stages in order, from the one going (a resumed run goes on where it stopped)."""
         st = run.state
-        answer = ""
+        index = st.stage
         while True:
-            spec = st.specs[st.current]
-            answer = await self._agent_turn(run, spec)
-            if st.current + 1 >= len(st.specs):
-                return answer
-            nxt = st.specs[st.current + 1]
-            content = f"Goal: {st.goal}\n\n{spec.name} says:\n{answer}"
+            stage = st.stages[index]
+            if index > 0:
+                await self._hand_over(run, st.stages[index - 1], stage)
+            if len(stage) == 1:
+                answers = [await self._branch(run, stage[0])]
+            else:
+                answers = await self._fan_out(run, stage)
+            if index + 1 >= len(st.stages):
+                if len(stage) == 1:
+                    return answers[0]
+                return "\n\n".join(f"{n}: {a}" for n, a in zip(stage, answers, strict=True))
+            index += 1
+
+    async def _hand_over(self, run: _Run, before: list[str], stage: list[str]) -> None:
+        """The goal and the previous stage's answers, to each agent of ``stage`` that has not
+        had them yet (a parallel stage is announced by a ``fan_out`` event first)."""
+        st = run.state
+        # (a message sent to an agent before its turn is in its transcript already)
+        waiting = [n for n in stage if n not in st.given and n not in st.answers]
+        if not waiting:
+            return
+        if len(stage) > 1 and len(waiting) == len(stage):
+            await run.emit("fan_out", **{"from": ", ".join(before), "to": stage})
+        said = "\n\n".join(f"{n} says:\n{st.answers.get(n, '')}" for n in before)
+        content = f"Goal: {st.goal}\n\n{said}"
+        for name in waiting:
             await run.emit(
-                "message", kind="input", **{"from": spec.name, "to": nxt.name}, content=content
+                "message", kind="input", **{"from": ", ".join(before), "to": name}, content=content
             )
+
+    async def _branch(self, run: _Run, name: str) -> str:
+        """One agent's turn, unless it finished already (a resumed run); its answer."""
+        st = run.state
+        if name in st.answers:
+            return st.answers[name]
+        answer = await self._agent_turn(run, st.specs[st.names.index(name)])
+        await run.emit("agent_finished", agent=name, answer=answer)
+        return answer
+
+    async def _fan_out(self, run: _Run, stage: list[str]) -> list[str]:
+        """The branches of a parallel stage side by side; the first to fail stops the others."""
+        tasks = [
+            asyncio.create_task(self._branch(run, n), name=f"agent-{run.state.id}-{n}")
+            for n in stage
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except Exception:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # the other branches' tool calls were stopped: each gets its result, so the log
+            # says what happened to every call
+            for call_id, call in list(run.state.calling.items()):
+                if call["agent"] in stage:
+                    await run.emit(
+                        "tool_result",
+                        agent=call["agent"],
+                        call_id=call_id,
+                        tool=call["tool"],
+                        content="Error: stopped: another branch ended the run",
+                        output="",
+                        error={"name": "Stopped", "value": "another branch ended the run"},
+                        seconds=0.0,
+                    )
+            raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _check_bounds(self, run: _Run, spec: AgentSpec) -> None:
         st = run.state
@@ -561,6 +720,8 @@ class AgentsService(LoggingConfigurable):
                 )
         while True:
             self._check_bounds(run, spec)
+            step = st.stats[spec.name].steps + 1
+            await run.emit("step_started", agent=spec.name, step=step)
             message, tokens, seconds = await self._step(run, spec)
             calls = message.get("tool_calls") or []
             await run.emit(
@@ -587,9 +748,11 @@ class AgentsService(LoggingConfigurable):
 
     async def _step(self, run: _Run, spec: AgentSpec) -> tuple[dict[str, Any], int, float]:
         st = run.state
+        used = sum(1 for m in st.transcripts[spec.name] if m.get("role") == "tool")
         tools = [t.openai() for t in spec.tools]
-        used_tool = any(m.get("role") == "tool" for m in st.transcripts[spec.name])
-        must_use_tool = bool(spec.tools) and spec.require_tool and not used_tool
+        if spec.max_tool_calls is not None and used >= spec.max_tool_calls:
+            tools = []  # its tool calls are spent: it answers
+        must_use_tool = bool(tools) and spec.require_tool and not used
         if not must_use_tool:
             tools.append(_final_tool())
         system = spec.instructions or f"You are {spec.name}."
@@ -675,6 +838,17 @@ class AgentsService(LoggingConfigurable):
         )
 
 
+def _finished_log(path: Path) -> bool:
+    """Whether a run log ends with its ``run_finished`` event (read from its tail only)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().splitlines()
+        return bool(lines) and json.loads(lines[-1]).get("type") == "run_finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _final_tool() -> dict[str, Any]:
     return {
         "type": "function",
@@ -688,106 +862,3 @@ def _final_tool() -> dict[str, Any]:
             },
         },
     }
-
-
-# --- an agent as a chat model (``model: "agent:<name>"`` in /api/v1/chat) -----------------------
-
-AGENT_MODEL_PREFIX = "agent:"
-
-
-def agent_model(model: str | None) -> str | None:
-    """The agent a chat request's ``model`` names (``agent:<name>``), or None."""
-    if model and model.startswith(AGENT_MODEL_PREFIX):
-        return model[len(AGENT_MODEL_PREFIX) :]
-    return None
-
-
-class AgentChatReply:
-    """A run of one agent on a chat, as OpenAI ``chat.completion`` (:meth:`body`) or chunks
-    (iterate; the same interface as the chat service's streamed reply: ``cancel``/``close``)."""
-
-    def __init__(self, service: AgentsService, run_id: str, model: str) -> None:
-        self.service = service
-        self.run_id = run_id
-        self.model = model
-        self.cid = f"chatcmpl-{run_id[:24]}"
-        self.created = int(time.time())
-
-    async def _finish(self) -> RunState:
-        run = self.service._runs[self.run_id]
-        if run.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(run.task)
-        return run.state
-
-    def _usage(self, st: RunState) -> dict[str, int]:
-        return {"prompt_tokens": 0, "completion_tokens": st.tokens, "total_tokens": st.tokens}
-
-    def _extra(self, st: RunState) -> dict[str, Any]:
-        return {"agent_run": {"id": st.id, "status": st.status, "reason": st.reason}}
-
-    async def body(self) -> dict[str, Any]:
-        st = await self._finish()
-        return {
-            "id": self.cid,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": st.answer or st.reason},
-                    "finish_reason": "stop" if st.status == "succeeded" else "length",
-                    "logprobs": None,
-                }
-            ],
-            "usage": self._usage(st),
-            "oraculo": self._extra(self.service._runs[self.run_id].state),
-        }
-
-    def _chunk(self, delta: dict[str, Any] | None, finish: str | None) -> dict[str, Any]:
-        return {
-            "id": self.cid,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": []
-            if delta is None
-            else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-        }
-
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        first = self._chunk({"role": "assistant", "content": ""}, None)
-        first["oraculo"] = {"agent_run": {"id": self.run_id, "status": "running"}}
-        yield first
-        st = await self._finish()
-        yield self._chunk({"content": st.answer or st.reason}, None)
-        last = self._chunk({}, "stop" if st.status == "succeeded" else "length")
-        last["oraculo"] = self._extra(st)
-        last["usage"] = self._usage(st)
-        yield last
-
-    def cancel(self) -> None:
-        run = self.service._runs.get(self.run_id)
-        if run is not None and not run.state.done:
-            run.cancel_requested = True
-            if run.task is not None:
-                run.task.cancel()
-
-    async def close(self) -> None:
-        """Nothing to store: the run keeps its own log."""
-
-
-async def chat_reply(
-    service: AgentsService, model: str, messages: list[dict[str, Any]], owner: str
-) -> AgentChatReply:
-    """Start the agent ``model`` names on the chat's last user message."""
-    name = agent_model(model)
-    assert name is not None
-    goal = next(
-        (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
-    )
-    if not goal:
-        raise BadRequest("An agent needs a user message to work on")
-    summary = await service.start(RunRequest(goal=goal, agents=[name]), owner)
-    return AgentChatReply(service, summary["id"], model)

@@ -10,7 +10,11 @@ published releases.
   0700, file 0600); a changed notebook has a new digest, so it is refused until approved again.
 - **Published releases**: ``<group folder>/published/<name>.ipynb``, a copy owned by its
   publisher, mode 0644, in a sticky folder (``+t``): teammates can read it, only its publisher
-  (or root) can replace or remove it, so the team approves once per release, not per edit.
+  (or root) can replace or remove it, so the team approves once per release, not per edit. The
+  folder itself is trusted only when the hub made it (:func:`trusted_folder`: a real folder,
+  sticky, owned by root or by the group folder's owner); in system-users mode the group folder
+  is sticky too, so no member can rename ``published/`` away and put a folder of their own in
+  its place, and one that is not the hub's is neither listed nor written to.
 """
 
 from __future__ import annotations
@@ -161,17 +165,36 @@ class Approvals:
             raise
 
 
-def sticky_folder(group_folder: Path, name: str) -> Path:
-    """``<group_folder>/<name>``, a sticky folder (made here when the hub has not made it)."""
+def trusted_folder(group_folder: Path, name: str) -> Path | None:
+    """``<group_folder>/<name>`` when it is the hub's: a folder (not a link), sticky, owned by
+    root or by whoever owns the group folder (the hub's account, when users are not OS
+    accounts). None otherwise: absent, or a member's, whose files must not pass for the team's
+    releases or runs."""
     folder = group_folder / name
     try:
-        folder.mkdir(mode=PUBLISHED_MODE)
-        os.chmod(folder, PUBLISHED_MODE)  # the umask took bits off
+        st, parent = os.lstat(folder), os.stat(group_folder)
+    except OSError:
+        return None
+    hubs = st.st_uid in (0, parent.st_uid)
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and hubs:
+        return folder
+    return None
+
+
+def sticky_folder(group_folder: Path, name: str) -> Path:
+    """``<group_folder>/<name>``, a sticky folder of the hub's (made here when the hub has not
+    made it and this account owns the group folder); PermissionError if it is not trusted."""
+    folder = group_folder / name
+    try:
+        if os.stat(group_folder).st_uid == os.geteuid():
+            folder.mkdir(mode=PUBLISHED_MODE)
+            os.chmod(folder, PUBLISHED_MODE)  # the umask took bits off
     except FileExistsError:
         pass
-    st = os.lstat(folder)
-    if not stat.S_ISDIR(st.st_mode) or not st.st_mode & stat.S_ISVTX:
-        raise PermissionError(f"{folder} is not a sticky folder: not writing there")
+    if trusted_folder(group_folder, name) is None:
+        raise PermissionError(
+            f"{folder} is not the team's sticky folder made by the hub: not writing there"
+        )
     return folder
 
 

@@ -1,9 +1,11 @@
 """The Backstage panel: a live view of agent runs.
 
 Pick a run (or start one: a goal and a chain of agents from the catalogue) and watch it: the
-agents as nodes (waiting, working, done) with their steps, tokens, tool calls and time; the
-messages between them and each tool call's code and output as they happen; a finished run can be
-downloaded as a notebook. Like the other panels it is a client of the server's public API
+run's graph, its agents as nodes (waiting, working, calling a tool, done) with their steps,
+tokens, tool calls and time, a fan-out's parallel branches side by side; the messages between
+them, each model step and each tool call's code and output as they happen; a finished run can be
+downloaded as a notebook. A run a teammate shared is read-only: Cancel, Send and Share are
+hidden. Like the other panels it is a client of the server's public API
 (``api/v1/agents``), reached with ``ORACULO_SERVER_URL``/``_TOKEN``/``_SOCKET``.
 
 A run's outcome is said in words and colour (``backstage-outcome``: succeeded, stopped at a
@@ -12,14 +14,15 @@ first run (or its first after a change) shows the code to approve and its digest
 starts the run with that digest. The catalogue is read again every few seconds, so a notebook
 added to ~/agents appears by itself; an empty one says where agents come from.
 
-Test hooks: ``data-testid`` ``oraculo-backstage`` (root; ``data-state`` = the shown run's status,
-or ``idle``/``error``), ``backstage-node`` (``data-agent``, ``data-status``), ``backstage-event``
+Test hooks: ``data-testid`` ``oraculo-backstage`` (root; ``data-state`` = the shown run's status, or
+``idle``/``error``), ``backstage-node`` (``data-agent``, ``data-status``), ``backstage-event``
 (``data-type``), ``backstage-message``, ``backstage-outcome`` (``data-outcome``),
-``backstage-empty``, ``backstage-note``, ``backstage-approval`` (``backstage-approval-agent`` with
-``data-digest``); events carry ``data-kind`` (a message's kind: ``note`` for one sent to the
-running agent with Send); widgets carry CSS classes ``oraculo-backstage-{runs,goal,agents,start,
-cancel,export,approve,say,send,kernel}``; ``backstage-session`` says which notebook's kernel
-the shown run's tools used.
+``backstage-empty``, ``backstage-note``, ``backstage-parallel`` (a fan-out's branches,
+``data-agents``), ``backstage-calling`` (the tool a node is calling), ``backstage-approval``
+(``backstage-approval-agent`` with ``data-digest``); events carry ``data-kind`` (a message's kind:
+``note`` for one sent to the running agent with Send); widgets carry CSS classes
+``oraculo-backstage-{runs,goal,agents,start,cancel,export,approve,say,send,kernel}``;
+``backstage-session`` says which notebook's kernel the shown run's tools used.
 
 "Tools run in" binds a new run to one of the user's open notebooks (``api/v1/chat/notebooks``):
 its tools then run in that notebook's kernel (the run's ``session``), so the notebook sees what
@@ -50,6 +53,10 @@ CSS = """
            background: #fff; }
 .ob-node[data-status=working] { border-color: #1971c2; background: #e7f5ff; }
 .ob-node[data-status=done] { border-color: #2b8a3e; background: #ebfbee; }
+.ob-node[data-status=calling] { border-color: #e67700; background: #fff9db; }
+.ob-parallel { display: flex; flex-direction: column; gap: 6px; border: 2px dashed #7048e8;
+               border-radius: 12px; padding: 4px 8px 8px; }
+.ob-parallel > .ob-sub { color: #7048e8; font-weight: 600; }
 .ob-node b { display: block; font-size: 14px; }
 .ob-node span { font-size: 12px; color: #52606d; }
 .ob-arrow { align-self: center; color: #9aa5b1; font-size: 20px; }
@@ -59,6 +66,8 @@ CSS = """
 .ob-ev[data-type=tool_result][data-error] { border-color: #c92a2a; }
 .ob-ev[data-kind=note] { border-color: #7048e8; background: #f3f0ff; }
 .ob-ev[data-type=run_finished] { border-color: #1971c2; font-weight: 600; }
+.ob-ev[data-type=fan_out] { border-color: #7048e8; }
+.ob-ev[data-type=step_started] { border-color: #e9ecef; color: #616e7c; padding: 0 10px; }
 .ob-ev pre { background: #f5f7fa; padding: 6px 8px; border-radius: 6px; white-space: pre-wrap;
              margin: 4px 0; font-size: 12px; max-height: 240px; overflow: auto; }
 .ob-err { color: #c92a2a; }
@@ -143,27 +152,65 @@ def render_outcome(run: dict[str, Any]) -> str:
     )
 
 
+def _node_status(run: dict[str, Any], name: str, index: int) -> str:
+    """waiting, working, calling (a tool call going), done, or how the run stopped there."""
+    if name in (run.get("calling") or {}):
+        return "calling"
+    if name in (run.get("working") or []):
+        return "working"
+    if name in (run.get("stopped") or []) or name == run.get("stopped_at"):
+        return str(run.get("status"))
+    if name in (run.get("finished_agents") or []):
+        return "done"
+    if name == run.get("current"):
+        return "working"
+    # a log from before agent_finished: every stage before the one going is done
+    going = run.get("stage")
+    if going is None:
+        where = run.get("current") or run.get("stopped_at")
+        stages = run.get("stages") or [[n] for n in run.get("agents", [])]
+        going = next((i for i, s in enumerate(stages) if where in s), len(stages))
+    return "done" if index < int(going) else "waiting"
+
+
+def _node(run: dict[str, Any], name: str, index: int) -> str:
+    status = _node_status(run, name, index)
+    st = run.get("per_agent", {}).get(name, {})
+    errors = st.get("tool_errors", 0)
+    failed = f' · <span class="ob-err">{errors} failed</span>' if errors else ""
+    words = OUTCOMES.get(status, status)
+    tool = (run.get("calling") or {}).get(name)
+    if tool:
+        words = f'calling <code data-testid="backstage-calling">{_e(tool)}</code>'
+    else:
+        words = _e(words)
+    return (
+        f'<div class="ob-node" data-testid="backstage-node" data-agent="{_e(name)}" '
+        f'data-status="{_e(status)}"><b>{_e(name)}</b>'
+        f"<span>{words} · {st.get('steps', 0)} steps · "
+        f"{st.get('tokens', 0)} tokens · {st.get('tool_calls', 0)} tool calls{failed} · "
+        f"{st.get('seconds', 0.0):.1f} s</span></div>"
+    )
+
+
 def render_graph(run: dict[str, Any]) -> str:
-    """The run's agents as nodes in chain order, with what each has spent; the agent where a
-    run stopped short shows how it stopped (bounded, failed, cancelled), never "done"."""
+    """The run's graph: its stages in order, a fan-out's branches side by side in a column
+    marked "in parallel", each agent a node with what it has spent; a node whose tool call is
+    going says which tool; the agent where a run stopped short shows how it stopped (bounded,
+    failed, cancelled), never "done"."""
     names: list[str] = run.get("agents", [])
-    current = run.get("current") or run.get("stopped_at")
-    done_upto = names.index(current) if current in names else len(names)
+    stages: list[list[str]] = run.get("stages") or [[n] for n in names]
     parts = []
-    for i, name in enumerate(names):
-        status = "done" if i < done_upto else "waiting"
-        if name == current:
-            status = "working" if run.get("current") else str(run.get("status"))
-        st = run.get("per_agent", {}).get(name, {})
-        errors = st.get("tool_errors", 0)
-        failed = f' · <span class="ob-err">{errors} failed</span>' if errors else ""
-        parts.append(
-            f'<div class="ob-node" data-testid="backstage-node" data-agent="{_e(name)}" '
-            f'data-status="{_e(status)}"><b>{_e(name)}</b>'
-            f"<span>{_e(OUTCOMES.get(status, status))} · {st.get('steps', 0)} steps · "
-            f"{st.get('tokens', 0)} tokens · {st.get('tool_calls', 0)} tool calls{failed} · "
-            f"{st.get('seconds', 0.0):.1f} s</span></div>"
-        )
+    for index, stage in enumerate(stages):
+        nodes = "".join(_node(run, name, index) for name in stage)
+        if len(stage) > 1:
+            parts.append(
+                '<div class="ob-parallel" data-testid="backstage-parallel" '
+                f'data-agents="{_e(",".join(stage))}"><span class="ob-sub">in parallel</span>'
+                f"{nodes}</div>"
+            )
+        else:
+            parts.append(nodes)
     return '<div class="ob ob-graph">' + '<div class="ob-arrow">→</div>'.join(parts) + "</div>"
 
 
@@ -236,8 +283,9 @@ def render_event(ev: dict[str, Any]) -> str:
         )
     if kind == "tool_call":
         return (
-            f"{head}{when}<b>{_e(ev.get('agent'))}</b> runs <code>{_e(ev.get('tool'))}</code> "
-            f"in the kernel<pre>{_e(ev.get('code', ''))}</pre></div>"
+            f"{head}{when}<b>{_e(ev.get('agent'))}</b> calls <code>{_e(ev.get('tool'))}</code>"
+            f"({_e(json.dumps(ev.get('arguments', {}), ensure_ascii=False))}) in the kernel"
+            f"<pre>{_e(ev.get('code', ''))}</pre></div>"
         )
     if kind == "tool_result":
         err = ev.get("error")
@@ -253,6 +301,15 @@ def render_event(ev: dict[str, Any]) -> str:
         return f"{head}{when}{render_outcome(ev)}<div>{_e(ev.get('answer', ''))}</div></div>"
     if kind == "run_started":
         return f"{head}{when}Run started: {_e(ev.get('goal'))}</div>"
+    if kind == "fan_out":
+        branches = " ∥ ".join(_e(n) for n in ev.get("to") or [])
+        return f"{head}{when}<b>{_e(ev.get('from'))}</b> fans out, in parallel: {branches}</div>"
+    if kind == "step_started":
+        return f"{head}{when}{_e(ev.get('agent'))} thinks (step {_e(ev.get('step'))})…</div>"
+    if kind == "agent_finished":
+        return (
+            f"{head}{when}<b>{_e(ev.get('agent'))}</b> answered: {_e(ev.get('answer', ''))}</div>"
+        )
     return f"{head}{when}{_e(kind)}</div>"
 
 
@@ -566,6 +623,11 @@ class BackstagePanel(pn.viewable.Viewer):
             )
         self.graph.object = render_graph(run)
         self.header.object = self._header("")
+        # a teammate's shared run is read-only: only its runner can cancel, message or share it
+        own = not run.get("shared_by")
+        for widget in (self.cancel, self.say, self.send, self.share):
+            if widget.visible != own:
+                widget.visible = own
         self.export.disabled = run["status"] == "running"
         self.export.filename = f"run-{self.run_id[:8]}.ipynb"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,133 @@ async def test_multi_agent_run_calls_a_notebook_tool_in_the_kernel(alice: User) 
     assert any(c.cell_type == "code" and "def record" in c.source for c in nb.cells)
     r = await api(alice, "GET", "/runs")
     assert run["id"] in [x["id"] for x in r.json()["runs"]]
+
+
+def counter(name: str) -> dict[str, Any]:
+    """A worker of the fan-out: one tool that takes a second in the kernel."""
+    return agent_notebook(
+        name,
+        "You count words with the tally tool, then answer with the count.",
+        [
+            f'''def tally(words: "Literal['two words']") -> str:
+    """Count the words, slowly.
+
+    Args:
+        words: the words to count
+    """
+    import time
+    time.sleep(1.0)
+    return "{name} counted " + str(len(words.split()))'''
+        ],
+        require_tool=True,
+        max_tool_calls=1,  # one call, then its answer: the run goes on to the gatherer
+        max_steps=3,
+    )
+
+
+#: planner → (counter_a ∥ counter_b) → gatherer, declared in the dispatcher's metadata
+DISPATCHER = agent_notebook(
+    "dispatcher",
+    "You dispatch. Say in one short sentence what the counters should count.",
+    [],
+    fan_out=["counter_a", "counter_b"],
+    handoff="gatherer",
+)
+GATHERER = agent_notebook(
+    "gatherer", "You gather the counters' answers into one short sentence.", [], max_steps=2
+)
+
+
+async def test_a_run_fans_out_to_parallel_workers(alice: User, mallory: User) -> None:
+    """The dispatcher's declared fan-out: both counters get its answer at once and their model
+    calls are in flight together (the second starts before the first is answered); each tool call
+    streams as it starts, before its result; the gatherer gets both answers."""
+    await setup_agents(alice)
+    agents = {"dispatcher": DISPATCHER, "gatherer": GATHERER}
+    agents |= {n: counter(n) for n in ("counter_a", "counter_b")}
+    for name, nb in agents.items():
+        await put_notebook(alice, f"agents/{name}.ipynb", nb)
+    r = await api(alice, "GET", "/dispatcher")
+    assert r.json()["fan_out"] == ["counter_a", "counter_b"], r.text
+    run = await start(alice, goal="Count the words 'two words'.", agents=["dispatcher"])
+    assert run["agents"] == ["dispatcher", "counter_a", "counter_b", "gatherer"]
+    assert run["stages"] == [["dispatcher"], ["counter_a", "counter_b"], ["gatherer"]]
+    r = await mallory.api("GET", f"/user/{alice.name}/api/v1/agents/runs/{run['id']}")
+    assert r.status_code in (403, 404), r.text
+    r = await api(mallory, "GET", f"/runs/{run['id']}")
+    assert r.status_code == 404 and set(r.json()) == ENVELOPE
+
+    # the events over SSE, with when each arrived here
+    arrived: dict[int, float] = {}
+    events: list[dict[str, Any]] = []
+    url = f"/user/{alice.name}/api/v1/agents/runs/{run['id']}/events"
+    async with alice.client.http.stream(
+        "GET", url, headers=alice.auth, timeout=httpx.Timeout(300)
+    ) as resp:
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                ev = json.loads(line[6:])
+                arrived[ev["seq"]] = time.monotonic()
+                events.append(ev)
+    assert events[-1]["type"] == "run_finished", events[-3:]
+    (fan,) = [e for e in events if e["type"] == "fan_out"]
+    assert fan["from"] == "dispatcher" and fan["to"] == ["counter_a", "counter_b"]
+    inputs = [e for e in events if e.get("kind") == "input" and e["from"] == "dispatcher"]
+    assert [e["to"] for e in inputs] == ["counter_a", "counter_b"]
+    assert all(e["seq"] > fan["seq"] for e in inputs)
+
+    # the branches overlap: each counter's first model call starts before either is answered
+    def first(kind: str, agent: str, key: str = "agent") -> dict[str, Any]:
+        return next(e for e in events if e["type"] == kind and e.get(key) == agent)
+
+    starts = [first("step_started", n) for n in ("counter_a", "counter_b")]
+    replies = [
+        next(e for e in events if e.get("kind") == "reply" and e["from"] == n)
+        for n in ("counter_a", "counter_b")
+    ]
+    assert max(e["seq"] for e in starts) < min(e["seq"] for e in replies), [
+        (e["seq"], e["type"], e.get("agent") or e.get("from")) for e in events
+    ]
+    # so the stage took less than its two model calls one after the other
+    both = max(e["unix"] for e in replies) - min(e["unix"] for e in starts)
+    assert both < sum(e["seconds"] for e in replies), (both, [e["seconds"] for e in replies])
+    took = " + ".join(f"{e['seconds']:.2f}" for e in replies)
+    print(f"fan-out: both model calls done in {both:.2f} s; one after the other: {took} s")
+
+    # each tool call streamed as it started, a second before its result
+    results = {e["call_id"]: e for e in events if e["type"] == "tool_result"}
+    for call in [e for e in events if e["type"] == "tool_call"]:
+        result = results[call["call_id"]]  # every call has its result, a stopped one too
+        assert result["seq"] > call["seq"]
+        if result["error"] is None:
+            assert arrived[result["seq"]] - arrived[call["seq"]] >= 0.9, (call, result)
+    calls = {e["agent"] for e in events if e["type"] == "tool_call"}
+    assert calls == {"counter_a", "counter_b"}, calls
+
+    # the gatherer got both answers at once, and answered the run
+    final = events[-1]
+    assert final["status"] == "succeeded", final
+    finished = {e["agent"]: e["answer"] for e in events if e["type"] == "agent_finished"}
+    assert set(finished) == {"counter_a", "counter_b", "dispatcher", "gatherer"}
+    gathered = next(e for e in events if e.get("kind") == "input" and e["to"] == "gatherer")
+    assert gathered["from"] == "counter_a, counter_b"
+    assert gathered["seq"] > max(
+        e["seq"] for e in events if e["type"] == "agent_finished" and e["agent"] != "gatherer"
+    )
+    for n in ("counter_a", "counter_b"):
+        assert f"{n} says:\n{finished[n]}" in gathered["content"]
+    assert final["answer"] == finished["gatherer"]
+    # each counter called its tool once, then was offered only final_answer
+    r = await api(alice, "GET", f"/runs/{run['id']}")
+    per_agent = r.json()["per_agent"]
+    assert [per_agent[n]["tool_calls"] for n in ("counter_a", "counter_b")] == [1, 1]
+    r = await api(alice, "GET", f"/runs/{run['id']}")
+    body = r.json()
+    assert body["stages"] == run["stages"] and body["working"] == []
+    assert set(body["finished_agents"]) == set(finished)
+    r = await api(alice, "GET", f"/runs/{run['id']}/notebook")
+    nb = nbformat.reads(r.text, as_version=4)
+    assert any("in parallel: counter_a ∥ counter_b" in c.source for c in nb.cells)
 
 
 async def test_a_tool_that_raises(alice: User) -> None:

@@ -8,14 +8,16 @@ import hashlib
 import json
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from oraculo.extensions.agents.models import RunRequest
-from oraculo.extensions.agents.service import AgentsService
+from oraculo.extensions.agents.models import AgentSpec, RunRequest
+from oraculo.extensions.agents.runs import EventLog, RunState
+from oraculo.extensions.agents.service import AgentsService, _Run
 from oraculo.extensions.agents.trust import ApprovalRequired, hub_owner
 from oraculo.extensions.base.errors import Forbidden, NotFound
 from oraculo.extensions.base.modelclient import ModelClient
@@ -148,6 +150,28 @@ async def test_publish_a_release(svc: AgentsService) -> None:
         await svc.publish("shouter", "elsewhere", "ben")
 
 
+async def test_a_published_folder_not_made_by_the_hub_is_not_trusted(svc: AgentsService) -> None:
+    """A member who swapped ``published/`` for a folder of their own (possible before group
+    folders were sticky): its files are not listed as releases and nobody publishes there."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the folder to another account")
+    team = Path(svc.shared_dirs[0])
+    write(team / "shouter.ipynb", agent_notebook("shouter", "Shout.", [TOOL]))
+    release = await svc.publish("shouter", None, "ben")
+    agents = {a["name"]: a for a in await svc.list_agents()}
+    assert agents["shouter"]["published"]
+    os.chown(team / "published", 65534, -1)  # now a member's (nobody's) folder, still sticky
+    agents = {a["name"]: a for a in await svc.list_agents()}
+    assert not agents["shouter"]["published"]  # the working copy, not the "release"
+    with pytest.raises(Forbidden, match="not the team's sticky folder"):
+        await svc.publish("shouter", None, "ben")
+    os.chown(team / "published", 0, -1)
+    (team / "published").rename(team / "elsewhere")
+    (team / "published").symlink_to(team / "elsewhere")  # a link to a sticky folder: no either
+    agents = {a["name"]: a for a in await svc.list_agents()}
+    assert not agents["shouter"]["published"] and release["sha256"]
+
+
 def test_examples_are_copied_once_into_a_new_users_agents(tmp_path: Path) -> None:
     examples = Path(__file__).resolve().parents[3] / "notebooks"
     home = tmp_path / "home"
@@ -229,10 +253,14 @@ async def test_a_run_shared_with_the_group_is_read_only_for_teammates(
     copy = team / "runs" / f"{run['id']}.jsonl"
     assert summary["shared_to"] == [str(copy)]
     assert stat.S_IMODE(copy.stat().st_mode) == 0o644 and copy.parent.stat().st_mode & stat.S_ISVTX
-    # kept up to date while the run goes (the run fails here, with no model: an event is added)
+    # kept up to date while the run goes (it fails here, with no model service: its last events
+    # come after the share), and with any event added later
+    task = svc._runs[run["id"]].task
+    assert task is not None
+    await task
     note = await svc._runs[run["id"]].emit("resumed", step=0)
-    assert json.loads(copy.read_text().splitlines()[-1]) == note
-    assert len(copy.read_text().splitlines()) == len(svc._runs[run["id"]].state.events)
+    lines = [json.loads(line) for line in copy.read_text().splitlines()]
+    assert lines[-1] == note and lines == svc._runs[run["id"]].state.events
     # a teammate's server lists and reads it, with who wrote the copy as its owner
     ana = AgentsService(
         root_dir=str(tmp_path / "ana"),
@@ -251,3 +279,111 @@ async def test_a_run_shared_with_the_group_is_read_only_for_teammates(
         await ana.get_shared("0" * 32)
     with pytest.raises(NotFound):  # and it is not hers to cancel or message
         await ana.send(run["id"], "ana", "hi", None)
+
+
+def _log(folder: Path, run_id: str, days_old: float, size: int, finished: bool = True) -> Path:
+    """A run log of about ``size`` bytes whose last event is ``days_old`` days old."""
+    events = [{"seq": 0, "type": "run_started", "pad": "x" * size}]
+    if finished:
+        events.append({"seq": 1, "type": "run_finished", "status": "succeeded"})
+    path = folder / f"{run_id}.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    when = time.time() - days_old * 86400
+    os.utime(path, (when, when))
+    return path
+
+
+async def test_run_logs_are_pruned_by_age_and_by_size(svc: AgentsService) -> None:
+    folder = Path(svc.runs_dir)
+    svc.runs_max_age_days, svc.runs_max_bytes = 7.0, 0
+    old = _log(folder, "a" * 32, 10, 100)
+    going = _log(folder, "b" * 32, 10, 100, finished=False)  # left going by the last server
+    recent = _log(folder, "c" * 32, 1, 100)
+    assert await svc.prune() == [old.stem]
+    assert not old.exists() and going.exists() and recent.exists()
+
+    # by size: the oldest finished logs go until the rest fit, whatever their age
+    svc.runs_max_age_days, svc.runs_max_bytes = 0.0, 25_000
+    logs = [_log(folder, c * 32, days, 10_000) for c, days in (("d", 3), ("e", 2), ("f", 0.5))]
+    assert await svc.prune() == [logs[0].stem]
+    assert [p.exists() for p in logs] == [False, True, True] and going.exists()
+    assert sum(p.stat().st_size for p in folder.glob("*.jsonl")) <= 25_000
+
+    # a run that finishes is pruned with the rest (at the start too: resume_all prunes first)
+    write(svc.root / "agents" / "recorder.ipynb", WORKER)
+    svc.runs_max_bytes = 1
+    run = await svc.start(RunRequest(goal="record alpha", agents=["recorder"]), "ben")
+    task = svc._runs[run["id"]].task
+    assert task is not None
+    await task  # no model service here: it fails at once, and its log is pruned
+    assert not (folder / f"{run['id']}.jsonl").exists()
+    assert run["id"] not in [r["id"] for r in svc.list_runs("ben")]
+    assert going.exists()  # still never a run that is going
+    assert sorted(p.stem for p in folder.glob("*.jsonl")) == [going.stem]
+
+
+def test_backstage_draws_a_fan_out_and_the_tool_being_called() -> None:
+    from oraculo.extensions.panels.backstage import render_event, render_graph
+
+    run = {
+        "status": "running",
+        "agents": ["lead", "a", "b", "gather"],
+        "stages": [["lead"], ["a", "b"], ["gather"]],
+        "stage": 1,
+        "current": "a",
+        "working": ["a", "b"],
+        "finished_agents": ["lead"],
+        "calling": {"b": "tally<x>"},
+        "per_agent": {},
+    }
+    graph = render_graph(run)
+    assert 'data-testid="backstage-parallel" data-agents="a,b"' in graph
+    assert graph.index('data-agent="lead"') < graph.index("in parallel") < graph.index('"gather"')
+    assert 'data-agent="lead" data-status="done"' in graph
+    assert 'data-agent="a" data-status="working"' in graph
+    assert 'data-agent="b" data-status="calling"' in graph and "tally&lt;x&gt;" in graph
+    assert 'data-agent="gather" data-status="waiting"' in graph
+    fan = render_event({"type": "fan_out", "from": "lead", "to": ["a", "b"], "time": ""})
+    assert 'data-type="fan_out"' in fan and "a ∥ b" in fan
+    # stopped short: every branch that was going says how the run ended
+    stopped = run | {"status": "cancelled", "working": [], "calling": {}, "stopped": ["a", "b"]}
+    graph = render_graph(stopped)
+    assert graph.count('data-status="cancelled"') == 2
+
+
+async def test_a_fan_out_hands_over_to_every_branch_once(svc: AgentsService) -> None:
+    """The stage after a fan-out's declarer: a ``fan_out`` event, then each branch's input
+    (the goal and the answer), even to a branch that was sent a message before its turn; a
+    resumed run hands over only to the branches that had nothing yet."""
+    run_id = "9" * 32
+    run = _Run(RunState(id=run_id), EventLog(Path(svc.runs_dir), run_id))
+    specs = [AgentSpec(name=n).model_dump() for n in ("lead", "a", "b")]
+    await run.emit(
+        "run_started",
+        owner="ben",
+        goal="Count.",
+        agents=specs,
+        stages=[["lead"], ["a", "b"]],
+        bounds={},
+        session=None,
+    )
+    await run.emit("message", kind="input", **{"from": "user", "to": "lead"}, content="Count.")
+    await run.emit("message", kind="note", **{"from": "ben", "to": "b"}, content="early")
+    await run.emit("agent_finished", agent="lead", answer="two")
+    await svc._hand_over(run, ["lead"], ["a", "b"])
+    kinds = [(e["type"], e.get("to")) for e in run.state.events[-3:]]
+    assert kinds == [("fan_out", ["a", "b"]), ("message", "a"), ("message", "b")]
+    assert run.state.events[-1]["content"] == "Goal: Count.\n\nlead says:\ntwo"
+    assert run.state.working == ["a", "b"] and run.state.stage == 1
+    assert [m["content"] for m in run.state.transcripts["b"]] == [
+        "Message from ben: early",
+        "Goal: Count.\n\nlead says:\ntwo",
+    ]
+    before = len(run.state.events)
+    await svc._hand_over(run, ["lead"], ["a", "b"])  # as a resumed run would: nothing again
+    assert len(run.state.events) == before
+    # the log replays to the same state
+    replayed = RunState(id=run_id)
+    for ev in run.log.read():
+        replayed.apply(ev)
+    assert replayed.summary() == run.state.summary()

@@ -9,7 +9,8 @@ import pytest
 
 from oraculo.models.auth import Identity
 from oraculo.models.budgets import Budget, BudgetExceeded, Budgets
-from oraculo.models.metering import UsageEvent, UsageStore, groups_column
+from oraculo.models.errors import QuotaExceeded
+from oraculo.models.metering import RateLimiter, UsageEvent, UsageStore, groups_column
 from oraculo.models.usage import Prices, period_end, period_start, summary, totals
 
 PRICES = Prices(per_1k_tokens=0.5, models={"big": 2.0}, per_cpu_hour=3.6, per_voice_minute=0.6)
@@ -160,3 +161,36 @@ def test_billing_export_per_user_and_per_group(store: UsageStore) -> None:
     parquet = encode(groups, "parquet")
     assert isinstance(parquet, bytes)
     assert pl.read_parquet(io.BytesIO(parquet)).equals(groups)
+
+
+async def test_a_group_daily_quota_is_read_back_from_the_store(tmp_path: Path) -> None:
+    """What a cohort used today counts after a restart (or in another process): the limiter
+    seeds a group's day total from the store, as it does a user's."""
+    store = UsageStore(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    now = NOW
+    earlier = [
+        UsageEvent(
+            "s1", "small", "chat.completions", 200, 300, 300, groups=",cohort,", ts=now - 60
+        ),
+        UsageEvent("s2", "small", "chat.completions", 200, 200, 0, groups=",cohort,", ts=now - 60),
+        # yesterday's and another group's tokens do not count
+        UsageEvent(
+            "s1", "small", "chat.completions", 200, 9000, 0, groups=",cohort,", ts=now - 86400
+        ),
+        UsageEvent("x", "small", "chat.completions", 200, 9000, 0, groups=",cohort2,", ts=now - 60),
+    ]
+    store.record_many(earlier)
+    assert store.tokens_since(None, now - 3600, group="cohort") == 800
+    limits = {"cohort": {"tokens_per_day": 1000}}
+    # a fresh limiter (a restarted service) lets a member in while the group is under its quota
+    s3 = Identity("s3", groups=("cohort",))
+    await RateLimiter({}, limits, store).check(s3, now)
+    store.record(
+        UsageEvent("s1", "small", "chat.completions", 200, 200, 0, groups=",cohort,", ts=now - 30)
+    )
+    with pytest.raises(QuotaExceeded) as e:
+        await RateLimiter({}, limits, store).check(s3, now)
+    assert "group cohort: 1000 tokens per day" in str(e.value)
+    # someone outside the group is not bound by it
+    await RateLimiter({}, limits, store).check(Identity("ada", groups=("cohort2",)), now)
+    store.close()

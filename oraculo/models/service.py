@@ -148,6 +148,7 @@ class ModelService:
         ttft_ms: float | None,
         error_type: str | None,
         audio_seconds: float | None = None,
+        ref: str | None = None,
     ) -> None:
         """Meter one finished request (from ``on_finish``; the store write runs in a thread)."""
         if endpoint:
@@ -185,6 +186,7 @@ class ModelService:
             error_type=error_type,
             audio_seconds=None if audio_seconds is None else round(audio_seconds, 3),
             groups=groups_column(identity.groups),
+            ref=ref,
         )
         self.budgets.charge(event)
         task = asyncio.get_running_loop().create_task(self._record(event))

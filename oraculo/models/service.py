@@ -90,6 +90,7 @@ class ModelService:
             "usage.summary",
             "usage.events",
             "usage.export",
+            "usage.daily",
             "usage.kernels",
             "budget",
             "budgets",

@@ -7,6 +7,9 @@
   columns: what the Usage panel charts.
 - ``GET v1/usage/export?by=user|group&format=csv|parquet|json`` (and a period): billing
   export for operators (:mod:`.billing`).
+- ``GET v1/usage/daily?since=&until=`` (operators): everyone's use per day, user, groups and
+  model with its cost, and the requests refused (429) per user and kind: what the operator's
+  dashboard charts.
 - ``POST v1/usage/kernels`` ``{"samples": [{"kernel_id", "cpu_seconds", "gpu_seconds"}]}``: a
   user's server reports the compute its kernels used since its last report (for the user its
   credential names).
@@ -31,7 +34,16 @@ from .budgets import Budget
 from .errors import Forbidden, InvalidRequest, NotFound
 from .handlers import BaseHandler
 from .metering import UsageEvent, groups_column
-from .usage import UNITS, events_columns, iso, period_end, period_start, summary
+from .usage import (
+    UNITS,
+    daily_columns,
+    events_columns,
+    iso,
+    period_end,
+    period_start,
+    refusals,
+    summary,
+)
 
 #: Most compute one report may claim per kernel: a day's worth on 1,024 cores.
 MAX_SAMPLE_SECONDS = 86400.0 * 1024
@@ -186,6 +198,31 @@ class UsageExportHandler(BaseHandler):
         self.finish(body)
 
 
+class UsageDailyHandler(BaseHandler):
+    """Everyone's use per day (operators): the operator's dashboard's data."""
+
+    endpoint = "usage.daily"
+
+    async def get(self) -> None:
+        who = self.identity
+        assert who is not None
+        if not who.can_read_all_usage:
+            raise Forbidden("Everyone's usage is for operators (usage read-all scope).")
+        now = time.time()
+        since = _float_arg(self, "since")
+        until = _float_arg(self, "until")
+        since = period_start("month", now) if since is None else since
+        until = period_end("day", now) if until is None else until
+        if until <= since:
+            raise InvalidRequest("'until' must be after 'since'.", param="until")
+        if until - since > 400 * 86400:
+            raise InvalidRequest("Ask for at most 400 days at a time.", param="since")
+        store, prices = self.service.store, self.service.budgets.prices
+        days = await asyncio.to_thread(daily_columns, store, prices, since, until)
+        refused = await asyncio.to_thread(refusals, store, since, until)
+        self.write_json({"object": "usage.daily", **days, "refusals": refused})
+
+
 class KernelUsageHandler(BaseHandler):
     endpoint = "usage.kernels"
 
@@ -279,6 +316,7 @@ def usage_routes(prefix: str, kw: dict[str, Any]) -> list[tuple[str, type, dict[
         (rf"{prefix}v1/usage/summary", UsageSummaryHandler, kw),
         (rf"{prefix}v1/usage/kernels", KernelUsageHandler, kw),
         (rf"{prefix}v1/usage/events", UsageEventsHandler, kw),
+        (rf"{prefix}v1/usage/daily", UsageDailyHandler, kw),
         (rf"{prefix}v1/usage/export", UsageExportHandler, kw),
         (rf"{prefix}v1/budget", BudgetHandler, kw),
         (rf"{prefix}v1/budgets", BudgetsHandler, kw),

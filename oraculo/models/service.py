@@ -18,6 +18,7 @@ from .budgets import Budgets
 from .errors import Overloaded
 from .metering import RateLimiter, UsageEvent, UsageStore, groups_column
 from .registry import ModelRegistry
+from .stripe_billing import StripeBilling
 
 
 class Metrics:
@@ -94,6 +95,7 @@ class ModelService:
             "usage.kernels",
             "budget",
             "budgets",
+            "stripe.webhook",
         }
     )
 
@@ -115,6 +117,8 @@ class ModelService:
         self.load_errors: dict[str, str] = {}
         self.started_at = time.time()
         self.metrics = Metrics(self)
+        #: Stripe billing, when configured (:mod:`.stripe_billing`).
+        self.stripe: StripeBilling | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def add(self, backend: Backend) -> None:

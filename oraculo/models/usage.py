@@ -401,3 +401,34 @@ def refusals(store: UsageStore, since: float, until: float) -> list[dict[str, An
             }
             for r in conn.execute(q)
         ]
+
+
+def recent_kernels(store: UsageStore, since: float) -> list[dict[str, Any]]:
+    """Kernels whose compute was reported since ``since`` (user servers report running
+    kernels every few seconds while they work): user, kernel id and name, seconds, last report."""
+    c = usage_events.c
+    q = (
+        sa.select(
+            c.user,
+            c.ref,
+            c.model,
+            sa.func.sum(c.cpu_seconds).label("cpu_seconds"),
+            sa.func.sum(c.gpu_seconds).label("gpu_seconds"),
+            sa.func.max(c.ts).label("last"),
+        )
+        .where(c.endpoint == "kernel", c.ts >= since)
+        .group_by(c.user, c.ref, c.model)
+        .order_by(c.user, sa.func.max(c.ts).desc())
+    )
+    with store.engine.connect() as conn:
+        return [
+            {
+                "user": r.user,
+                "kernel_id": r.ref,
+                "kernel_name": r.model,
+                "cpu_seconds": round(float(r.cpu_seconds or 0), 3),
+                "gpu_seconds": round(float(r.gpu_seconds or 0), 3),
+                "last": iso(float(r.last)),
+            }
+            for r in conn.execute(q)
+        ]

@@ -8,14 +8,16 @@
 - ``GET v1/usage/export?by=user|group&format=csv|parquet|json`` (and a period): billing
   export for operators (:mod:`.billing`).
 - ``GET v1/usage/daily?since=&until=`` (operators): everyone's use per day, user, groups and
-  model with its cost, and the requests refused (429) per user and kind: what the operator's
-  dashboard charts.
+  model with its cost, the requests refused (429) per user and kind, and the kernels that
+  reported compute in the last 15 minutes: what the operator's dashboard shows.
 - ``POST v1/usage/kernels`` ``{"samples": [{"kernel_id", "cpu_seconds", "gpu_seconds"}]}``: a
   user's server reports the compute its kernels used since its last report (for the user its
   credential names).
 - ``GET v1/budget[?units=cpu_seconds,gpu_seconds]``: the caller's budgets with what is used and
   when each resets; with ``units``, a 429 when one of them (or cost) is spent: the user's server
   asks this before a new execution.
+- ``POST v1/stripe/webhook``: Stripe's webhooks, verified by their signature
+  (:mod:`.stripe_billing`; 404 unless Stripe is configured).
 - ``GET v1/budgets`` (operators), ``PUT v1/budgets`` (a budget as JSON) and
   ``DELETE v1/budgets?scope=&name=&period=&unit=`` (operators who may manage budgets).
 """
@@ -41,12 +43,15 @@ from .usage import (
     iso,
     period_end,
     period_start,
+    recent_kernels,
     refusals,
     summary,
 )
 
 #: Most compute one report may claim per kernel: a day's worth on 1,024 cores.
 MAX_SAMPLE_SECONDS = 86400.0 * 1024
+#: Kernels that reported compute this recently are listed as running (``v1/usage/daily``).
+RECENT_KERNEL_SECONDS = 900
 #: Most usage rows one ``GET v1/usage/events`` returns.
 MAX_EVENTS = 100_000
 
@@ -220,7 +225,8 @@ class UsageDailyHandler(BaseHandler):
         store, prices = self.service.store, self.service.budgets.prices
         days = await asyncio.to_thread(daily_columns, store, prices, since, until)
         refused = await asyncio.to_thread(refusals, store, since, until)
-        self.write_json({"object": "usage.daily", **days, "refusals": refused})
+        kernels = await asyncio.to_thread(recent_kernels, store, now - RECENT_KERNEL_SECONDS)
+        self.write_json({"object": "usage.daily", **days, "refusals": refused, "kernels": kernels})
 
 
 class KernelUsageHandler(BaseHandler):
@@ -311,6 +317,20 @@ class BudgetsHandler(BaseHandler):
         self.finish()
 
 
+class StripeWebhookHandler(BaseHandler):
+    """Stripe's webhooks: verified by signature (Stripe calls without a hub token)."""
+
+    auth_required = False
+    endpoint = "stripe.webhook"
+
+    async def post(self) -> None:
+        billing = self.service.stripe
+        if billing is None:
+            raise NotFound("Stripe is not configured here.")
+        event = billing.verify(self.request.body, self.request.headers.get("Stripe-Signature"))
+        self.write_json(await billing.handle(event, self.service.budgets))
+
+
 def usage_routes(prefix: str, kw: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
     return [
         (rf"{prefix}v1/usage/summary", UsageSummaryHandler, kw),
@@ -320,4 +340,5 @@ def usage_routes(prefix: str, kw: dict[str, Any]) -> list[tuple[str, type, dict[
         (rf"{prefix}v1/usage/export", UsageExportHandler, kw),
         (rf"{prefix}v1/budget", BudgetHandler, kw),
         (rf"{prefix}v1/budgets", BudgetsHandler, kw),
+        (rf"{prefix}v1/stripe/webhook", StripeWebhookHandler, kw),
     ]

@@ -4,6 +4,7 @@ budget and its reset in the error envelope, while a running notebook cell is nev
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,17 @@ async def test_usage_api_is_the_users_own(hub: HubProcess, people: dict[str, Use
 
 
 async def test_no_user_sees_a_services_link_that_fails(people: dict[str, User]) -> None:
-    for who in (people["uma"], people["admin"]):
+    """Every link of the hub's Services menu opens a page for whoever sees it: the model
+    service's root for everyone, the operator's dashboard for admins only."""
+    for who, expect in ((people["uma"], {"/services/models/"}), (people["admin"], None)):
         r = await who.client.http.get("/hub/home")
         assert r.status_code == 200, r.text[:300]
-        assert "/services/models" not in r.text
+        links = set(re.findall(r'class="dropdown-item" href="(/services/[^"]+)"', r.text))
+        if expect is not None:
+            assert links == expect
+        else:
+            assert links == {"/services/models/", "/services/usage-dashboard/"}
+        for link in links:
+            page = await who.client.http.get(link, follow_redirects=True)
+            assert page.status_code == 200, (who.name, link, page.text[:300])
+            assert "text/html" in page.headers["content-type"]

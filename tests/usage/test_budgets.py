@@ -301,3 +301,10 @@ async def test_a_request_names_its_conversation_and_the_row_carries_it(
     chats = await wait_for(rows, 20, "three chat rows")
     refs = sorted(str(row[EVENT_COLUMNS.index("ref")]) for row in chats[:3])
     assert refs == ["None", "None", "conversation:c0ffee-ref-test"]
+
+
+async def test_the_root_is_a_page_standalone_too(http: httpx.AsyncClient) -> None:
+    r = await http.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "smollm2-135m-instruct" in r.text and "Bearer" in r.text
+    assert "default-src 'none'" in r.headers["content-security-policy"]

@@ -136,6 +136,7 @@ async def test_usage_panel_charts_real_usage_against_a_budget(
         timeout=120,
     )
     assert r.status_code == 200, r.text
+    conversation = r.json()["oraculo"]["conversation_id"]
     async with httpx.AsyncClient(timeout=60) as c:
         r = await c.post(
             models(hub) + "v1/audio/speech",
@@ -157,7 +158,10 @@ async def test_usage_panel_charts_real_usage_against_a_budget(
             await page.locator(".bk-Canvas, canvas").first.wait_for(timeout=30_000)
             budgets = page.get_by_test_id("usage-budgets")
             assert "Daily Model tokens" in await budgets.inner_text()
-            assert "kernel" in await page.get_by_test_id("usage-top").inner_text()
+            top = await page.get_by_test_id("usage-top").inner_text()
+            assert "kernel" in top
+            # the chat's requests, counted together as its conversation
+            assert "conversation" in top and conversation in top, top
             await page.screenshot(path=str(artifacts / "usage-panel.png"), full_page=True)
             # another period, through the selector
             await page.locator(".usage-period button", has_text="This month").click()

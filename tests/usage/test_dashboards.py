@@ -27,6 +27,7 @@ from tests.harness import (
 
 DASHBOARD = "/services/usage-dashboard/"
 MODELS = "/services/models/"
+GROUP = "dash-cohort"
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass\n"
 
 
@@ -58,6 +59,11 @@ async def models_api(
 async def usage(hub: HubProcess, people: dict[str, User]) -> dict[str, Any]:
     """Real usage by opal in every unit, a budget she is near, and a refused request."""
     opal, admin = people["opal"], people["admin"]
+    # a group of her own, so her rows carry it (and the dashboard shows it)
+    r = await admin.client.http.post(
+        f"/hub/api/groups/{GROUP}", json={"users": ["opal"]}, headers=admin.auth
+    )
+    assert r.status_code in (201, 409), r.text
     await opal.spawn()
     r = await opal.api(
         "POST", "/user/opal/api/v1/execute", json={"code": BURN + "print('burnt')"}, timeout=60
@@ -159,9 +165,17 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
         assert "opal" in refusals and "budget_exceeded" in refusals
         # the model service's own metrics: the chat model with tokens since start
         assert "smollm2" in await page.get_by_test_id("model-service").inner_text()
-        for chart in ("chart-tokens", "chart-cpu", "chart-voice", "chart-cost"):
+        for chart in ("chart-tokens", "chart-cpu", "chart-voice"):  # (no prices here: cost 0)
             assert await page.get_by_test_id(chart).locator("rect").count() > 0, chart
-        assert "cohort" not in await page.get_by_test_id("groups").inner_text()
+        group = page.get_by_test_id("groups").locator("tr", has_text=GROUP)
+        assert await group.locator("[data-col=members]").inner_text() == "1"
+        assert float((await group.locator("[data-col=tokens]").inner_text()).replace(",", "")) > 0
+        assert GROUP in await page.get_by_test_id("chart-voice").inner_text()
+        # every hub user is listed, spenders first, with their groups
+        assert await row.locator("[data-col=groups]").inner_text() == GROUP
+        name_cell = page.locator("td[data-col=user]", has_text=re.compile(r"^admin$"))
+        admin_row = spenders.locator("tr", has=name_cell)
+        assert await admin_row.locator("[data-col=admin]").inner_text() == "yes"
 
         # change a budget: opal's tokens today capped at 1, so she is over it at once
         form = page.get_by_test_id("budget-form")
@@ -262,7 +276,9 @@ async def test_the_model_service_root_is_a_page_for_users_and_operators(
 ) -> None:
     async with browser_page(hub, "opal", PASSWORD, "/hub/home") as (page, _):
         await page.wait_for_url(re.compile(r"/hub/home"))
-        await page.locator(f"a[href='{MODELS}']").first.click(force=True)
+        await page.get_by_role("button", name="Services").click()
+        await page.screenshot(path=str(artifacts / "models-root-0-services-menu.png"))
+        await page.locator(f"a.dropdown-item[href='{MODELS}']").click()
         root = page.get_by_test_id("models-root")
         await root.wait_for(timeout=30_000)
         assert "smollm2" in await page.get_by_test_id("models").inner_text()

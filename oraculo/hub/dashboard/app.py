@@ -181,7 +181,7 @@ class DashboardHandler(DashboardBase):
                         "chart-voice",
                     ),
                 },
-                users=by(window, "user").to_dicts(),
+                users=users_table(raw.users, by(window, "user").to_dicts()),
                 groups=group_rows,
                 models=by(window, "model").to_dicts(),
                 servers=servers(raw),
@@ -193,6 +193,27 @@ class DashboardHandler(DashboardBase):
                 since=render.utc(since),
             )
         )
+
+
+def users_table(
+    hub_users: list[dict[str, Any]], spent: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every hub user (admin or not, their groups) with their use, top spenders first."""
+    info = {u["name"]: u for u in hub_users}
+    rows = []
+    for r in spent:
+        u = info.pop(r["user"], {})
+        rows.append({**r, "admin": "yes" if u.get("admin") else "", "groups": _groups(u)})
+    for name, u in sorted(info.items()):
+        zero = dict.fromkeys(("requests", *UNITS), 0)
+        rows.append(
+            {"user": name, **zero, "admin": "yes" if u.get("admin") else "", "groups": _groups(u)}
+        )
+    return rows
+
+
+def _groups(u: dict[str, Any]) -> str:
+    return ", ".join(sorted(u.get("groups") or []))
 
 
 def by_group_rows(df: pl.DataFrame) -> pl.DataFrame:

@@ -52,7 +52,13 @@ button{cursor:pointer}
 """
 
 
-USER_COLUMNS = [("user", "User"), ("requests", "Requests"), *((u, UNIT_LABELS[u]) for u in UNITS)]
+USER_COLUMNS = [
+    ("user", "User"),
+    ("admin", "Admin"),
+    ("groups", "Groups"),
+    ("requests", "Requests"),
+    *((u, UNIT_LABELS[u]) for u in UNITS),
+]
 GROUP_COLUMNS = [
     ("group", "Group"),
     ("members", "Members"),
@@ -122,7 +128,8 @@ def stacked_bars(wide: pl.DataFrame, unit: str, testid: str) -> str:
     top = max(totals) or 1.0
     bar = (width - left) / n
     parts = [
-        f'<svg data-testid="{e(testid)}" data-unit="{e(unit)}" viewBox="0 0 {width} {height}" '
+        f'<div class="chart" data-testid="{e(testid)}" data-unit="{e(unit)}">'
+        f'<svg viewBox="0 0 {width} {height}" '
         f'width="100%" role="img" aria-label="{e(UNIT_LABELS[unit])} per day">',
         f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
         'stroke="#adb5bd"/>',
@@ -154,7 +161,7 @@ def stacked_bars(wide: pl.DataFrame, unit: str, testid: str) -> str:
         f'<span><i style="background:{PALETTE[j % len(PALETTE)]}"></i>{e(k)}</span>'
         for j, k in enumerate(keys)
     )
-    return "".join(parts) + f'<div class="legend">{legend}</div>'
+    return "".join(parts) + f'<div class="legend">{legend}</div></div>'
 
 
 def table(
@@ -315,7 +322,7 @@ def page(
 <section><h2>Cost per day, by user</h2>{charts["cost_by_user"]}</section>
 <section><h2>Kernel CPU seconds per day, by user</h2>{charts["cpu_by_user"]}</section>
 <section><h2>Voice seconds per day, by group</h2>{charts["voice_by_group"]}</section>
-<section class="wide"><h2>Top spenders</h2>{t["users"]}</section>
+<section class="wide"><h2>Users, top spenders first</h2>{t["users"]}</section>
 <section><h2>Groups</h2>{t["groups"]}</section>
 <section><h2>Models</h2>{t["models"]}</section>
 <section class="wide"><h2>Servers</h2>{t["servers"]}</section>

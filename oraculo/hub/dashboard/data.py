@@ -10,6 +10,7 @@ aggregation: per user, group, model and day, top spenders, and who is near a bud
 from __future__ import annotations
 
 import asyncio
+import calendar
 import dataclasses
 import shutil
 import subprocess
@@ -180,7 +181,7 @@ def budget_status(
     spent or near (a ``*`` budget: every user with use, each against it)."""
     today = now - now % 86400
     first = time.gmtime(now)
-    month = time.mktime((first.tm_year, first.tm_mon, 1, 0, 0, 0, 0, 0, 0)) - time.timezone
+    month = float(calendar.timegm((first.tm_year, first.tm_mon, 1, 0, 0, 0)))
     out = []
     for b in budgets:
         start = today if b["period"] == "day" else month

@@ -78,11 +78,13 @@ async def usage(hub: HubProcess, people: dict[str, User]) -> dict[str, Any]:
             "messages": [{"role": "user", "content": "Say hello"}],
             "max_tokens": 8,
             "temperature": 0,
+            "store": True,
         },
         timeout=120,
     )
     assert r.status_code == 200, r.text
     conversation = r.json()["oraculo"]["conversation_id"]
+    assert conversation
     speech = {"model": "tts-1", "input": "Usage is counted.", "voice": "alloy"}
     await models_api(hub, opal, "POST", "v1/audio/speech", 200, json=speech)
 

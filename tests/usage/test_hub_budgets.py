@@ -132,11 +132,17 @@ async def test_usage_panel_charts_real_usage_against_a_budget(
     r = await uma.api(
         "POST",
         "/user/uma/api/v1/chat",
-        json={"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8},
+        # a stored conversation (as the chat panel makes), so its requests carry its id
+        json={
+            "messages": [{"role": "user", "content": "Say hello"}],
+            "max_tokens": 8,
+            "store": True,
+        },
         timeout=120,
     )
     assert r.status_code == 200, r.text
     conversation = r.json()["oraculo"]["conversation_id"]
+    assert conversation
     async with httpx.AsyncClient(timeout=60) as c:
         r = await c.post(
             models(hub) + "v1/audio/speech",

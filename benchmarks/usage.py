@@ -9,8 +9,9 @@ users in 25 groups, chat/embedding/transcription requests and, most of them, ker
 every 10 s, over the last 30 days, in time order, through ``record_many``), then the queries
 the Usage panel and an operator's view make run ``--repeat`` times each through
 :mod:`oraculo.models.usage`: one user's last 7 days, one group's last 7 days per user,
-everyone's last 30 days per user and model (top spenders), one user's 30 days of rows, and a
-group budget's first read (30 days). Windows are whole UTC days (as every period
+everyone's last 30 days per user and model (top spenders), one user's 30 days of rows, a
+group budget's first read (30 days), and the operator's dashboard's month (its data from the
+store, then polars per user, group and model). Windows are whole UTC days (as every period
 is), the last 7 and 30 ending tomorrow, so the numbers do not depend on the day of the month.
 The baseline is the same aggregation in polars over the rows already in memory (what a
 dashboard holding every row would do), timed in the same run.
@@ -38,11 +39,20 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
+from oraculo.hub.dashboard.data import by, daily_frame
 from oraculo.models.auth import Identity, StaticKeyAuthenticator
 from oraculo.models.budgets import Budgets
 from oraculo.models.metering import RateLimiter, UsageEvent, UsageStore, usage_events, utc_day
 from oraculo.models.service import ModelService
-from oraculo.models.usage import Prices, events_columns, summary, totals
+from oraculo.models.usage import (
+    Prices,
+    daily_columns,
+    events_columns,
+    recent_kernels,
+    refusals,
+    summary,
+    totals,
+)
 
 PRICES = Prices(per_1k_tokens=0.002, per_cpu_hour=0.05, per_gpu_hour=2.0, per_voice_minute=0.006)
 MODELS = ["smollm2-135m-instruct", "big-upstream", "all-minilm-l6-v2", "whisper-tiny.en", "kernel"]
@@ -108,7 +118,18 @@ def query_suite(store: UsageStore, now: float) -> dict[str, Any]:
         "budget_first_read_group_month": lambda: totals(
             store, PRICES, group="cohort-7", since=month[0]
         ),
+        # the operator's dashboard: GET v1/usage/daily (everyone's days, the refusals, the busy
+        # kernels), then its polars aggregation per user, group and model
+        "dashboard_month": lambda: dashboard(store, now, month),
     }
+
+
+def dashboard(store: UsageStore, now: float, month: tuple[float, float]) -> Any:
+    days = daily_columns(store, PRICES, month[0], month[1])
+    refusals(store, month[0], month[1])
+    recent_kernels(store, now - 900)
+    df = daily_frame(days)
+    return [by(df, key) for key in ("user", "group", "model")]
 
 
 def polars_suite(df: pl.DataFrame, now: float) -> dict[str, Any]:

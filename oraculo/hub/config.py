@@ -63,6 +63,22 @@ SERVER_TOKEN_SCOPES = [
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+#: The operator's dashboard's service name, and what it asks the hub to put in a viewer's
+#: OAuth token (see oraculo.hub.dashboard.app).
+DASHBOARD = "usage-dashboard"
+DASHBOARD_OAUTH_SCOPES = [
+    "access:services!service=models",
+    "custom:oraculo:usage:read-all",
+    "custom:oraculo:budgets:write",
+    "list:users",
+    "read:users",
+    "list:groups",
+    "read:groups",
+    "read:servers",
+    "admin:server_state",
+    "delete:servers",
+]
+
 
 def docker_bridge_address(interface: str = "docker0") -> str | None:
     """The host's IPv4 address on Docker's default bridge, or None where there is none."""
@@ -156,6 +172,11 @@ class OraculoHub(LoggingConfigurable):
     models_port = Int(
         config=True, help="Port of the model service. Default ORACULO_MODELS_PORT or 8002."
     )
+    dashboard_port = Int(
+        config=True,
+        help="""Port of the operator's dashboard (a hub service at /services/usage-dashboard/,
+        with the model service). Default ORACULO_DASHBOARD_PORT or 8003.""",
+    )
     models_config_file = Unicode(
         "", config=True, help="Config file handed to the model service (model registry, limits)."
     )
@@ -216,6 +237,10 @@ class OraculoHub(LoggingConfigurable):
     @default("models_port")
     def _default_models_port(self) -> int:
         return _env_int("ORACULO_MODELS_PORT", 8002)
+
+    @default("dashboard_port")
+    def _default_dashboard_port(self) -> int:
+        return _env_int("ORACULO_DASHBOARD_PORT", 8003)
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
@@ -327,7 +352,8 @@ class OraculoHub(LoggingConfigurable):
             {
                 "name": "oraculo-admin",
                 "description": "Oráculo administration beyond JupyterHub's admin role.",
-                "scopes": list(CUSTOM_SCOPES),
+                # and the operator's dashboard (admins reach every service anyway)
+                "scopes": [*CUSTOM_SCOPES, f"access:services!service={DASHBOARD}"],
                 "users": sorted(self.admin_users),
             },
         ]
@@ -370,9 +396,26 @@ class OraculoHub(LoggingConfigurable):
                         ),
                     },
                     "oauth_no_confirm": True,
-                    # its root answers no page for people yet: keep it out of the Services menu,
-                    # where every user would find a link that fails
-                    "display": False,
+                    # its root page tells operators about the dashboard (a token that may not
+                    # read everyone's usage never carries the scope)
+                    "oauth_client_allowed_scopes": ["custom:oraculo:usage:read-all"],
+                }
+            )
+            services.append(
+                {
+                    "name": DASHBOARD,
+                    "url": f"http://127.0.0.1:{self.dashboard_port}",
+                    "command": [sys.executable, "-m", "oraculo.hub.dashboard"],
+                    "environment": {
+                        "ORACULO_MODELS_API_URL": (
+                            f"http://127.0.0.1:{self.models_port}/services/models/"
+                        ),
+                    },
+                    "oauth_no_confirm": True,
+                    # the viewer's token, which the dashboard reads and acts with: only what the
+                    # viewer holds of these (the hub's Services menu shows the link only to
+                    # those who may open it)
+                    "oauth_client_allowed_scopes": DASHBOARD_OAUTH_SCOPES,
                 }
             )
         if self.cull_idle_timeout:

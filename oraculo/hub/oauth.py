@@ -18,8 +18,13 @@ import os
 import urllib.request
 from typing import Any
 
+from jupyterhub import roles
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets import Unicode, default
+
+#: The role that carries Oráculo's operator scopes (usage read-all, budgets, audit); the hub's
+#: own ``admin`` role cannot be extended, so admins from the claim are given this one as well.
+OPERATOR_ROLE = "oraculo-admin"
 
 #: GenericOAuthenticator's endpoint settings, and the discovery document's names for them.
 _ENDPOINTS = {
@@ -109,4 +114,16 @@ class OraculoOIDCAuthenticator(GenericOAuthenticator):
             claims = (auth_model.get("auth_state") or {}).get("oauth_user") or {}
             # Only a real boolean true counts: a string "false" must not make an admin.
             auth_model["admin"] = claims.get(self.admin_claim) is True
+        return auth_model
+
+    async def run_post_auth_hook(self, handler: Any, auth_model: dict[str, Any]) -> Any:
+        """Admins from the claim get the operator role too (usage dashboard, budgets, audit),
+        and lose it with the claim, like admin itself; admin_users keep theirs from the config."""
+        auth_model = await super().run_post_auth_hook(handler, auth_model)
+        if self.admin_claim and auth_model and auth_model.get("name"):
+            user = handler.user_from_username(auth_model["name"])
+            if auth_model.get("admin"):
+                roles.grant_role(handler.db, user.orm_user, OPERATOR_ROLE)
+            elif user.name not in self.admin_users:
+                roles.strip_role(handler.db, user.orm_user, OPERATOR_ROLE)
         return auth_model

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ from .budgets import Budgets
 from .handlers import routes
 from .metering import RateLimiter, UsageStore
 from .registry import DEFAULT_MODELS, ModelSpec, backend_class
+from .root import root_routes
 from .service import ModelService
+from .stripe_billing import StripeBilling
 from .usage import Prices
 from .usage_handlers import usage_routes
 
@@ -190,7 +193,11 @@ class ModelServiceApp(Application):
         auth = self.authenticator_class(parent=self, log=self.log)
         budgets = Budgets(store, Prices.model_validate(self.prices))
         budgets.seed(self.budgets)
-        return ModelService(auth, store, limiter, self.log, budgets)
+        service = ModelService(auth, store, limiter, self.log, budgets)
+        billing = StripeBilling(parent=self, log=self.log)
+        if billing.enabled or billing.webhook_secret:
+            service.stripe = billing
+        return service
 
     def _load_models(self, service: ModelService) -> None:
         import torch
@@ -212,10 +219,13 @@ class ModelServiceApp(Application):
         """Listen at once (health says 'loading'), load models in a thread, serve until SIGTERM."""
         self.service = service = self._build_service()
         app = web.Application(
-            usage_routes(self.base_url, {"service": service})
+            root_routes(self.base_url, service)
+            + usage_routes(self.base_url, {"service": service})
             + audit_routes(self.base_url, service)
             + routes(self.base_url, service),
             log_function=self._log_request,
+            # the root page's hub OAuth cookie; a restart signs people in again
+            cookie_secret=secrets.token_bytes(32),
         )
         server = httpserver.HTTPServer(app, max_body_size=self.max_body_size, xheaders=True)
         server.listen(self.port, self.ip)
@@ -230,12 +240,18 @@ class ModelServiceApp(Application):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
+        reporter = None
+        if service.stripe is not None and service.stripe.enabled and service.stripe.report_interval:
+            prices = service.budgets.prices
+            reporter = asyncio.create_task(service.stripe.run(service.store, prices))
         try:
             await asyncio.to_thread(self._load_models, service)
             service.ready = True
             self.log.info("models ready: %s", ", ".join(b.spec.name for b in service.registry))
             await stop.wait()
         finally:
+            if reporter is not None:
+                reporter.cancel()
             server.stop()
             await service.drain()
             for backend in service.registry:

@@ -12,6 +12,9 @@ from .auth import Identity
 from .errors import InternalError, InvalidRequest, ModelServiceError, PayloadTooLarge
 from .service import ModelService
 
+#: The header a caller names the work a request belongs to in (``conversation:<id>``).
+REF_HEADER = "X-Oraculo-Ref"
+
 
 class BaseHandler(web.RequestHandler):
     """Common headers, auth, error envelope and per-request metering."""
@@ -87,4 +90,12 @@ class BaseHandler(web.RequestHandler):
             ttft_ms=self.ttft_ms,
             error_type=self.error_type,
             audio_seconds=self.audio_seconds,
+            ref=self.usage_ref(),
         )
+
+    def usage_ref(self) -> str | None:
+        """What the caller says this request's usage belongs to (``X-Oraculo-Ref``: a
+        conversation, an agent run, an execution), for "most expensive" lists. Only labels the
+        caller's own row; anything unprintable or too long is dropped."""
+        ref = self.request.headers.get(REF_HEADER, "").strip()
+        return ref if 0 < len(ref) <= 255 and ref.isprintable() else None

@@ -187,6 +187,22 @@ class Budgets:
             )
             return int(r.rowcount or 0)
 
+    def _set_by(self, b: Budget) -> str | None:
+        t = budgets_table
+        key = (
+            (t.c.scope == b.scope)
+            & (t.c.name == b.name)
+            & (t.c.period == b.period)
+            & (t.c.unit == b.unit)
+        )
+        with self.store.engine.connect() as conn:
+            row = conn.execute(sa.select(t.c.updated_by).where(key)).first()
+        return None if row is None else row[0]
+
+    async def set_by(self, budget: Budget) -> str | None:
+        """Who last set the budget with ``budget``'s key (None: there is none)."""
+        return await asyncio.to_thread(self._set_by, budget)
+
     async def delete(self, scope: str, name: str, period: str, unit: str) -> bool:
         n = await asyncio.to_thread(self._delete, scope, name, period, unit)
         await self.all(fresh=True)

@@ -14,8 +14,10 @@ answers what a user or a group used in a period (:mod:`oraculo.models.usage`).
 Limits are checked before any work and charged after it (tokens are only known then):
 requests/minute and tokens/minute over a sliding minute, tokens/day since UTC midnight. A user's own
 limits come from ``user_limits[name]`` or ``user_limits["*"]``; each ``group_limits[group]`` applies
-to the whole group together (a cohort's shared budget). Minute windows live in memory; a user's day
-total is seeded from the store on first use, so a restart does not reset a daily quota."""
+to the whole group together (a cohort's shared budget). A user's or a group's day total is seeded
+from the store on first use, so neither a restart nor a second process resets a daily quota. The
+minute windows live in each process's memory: behind N model-service processes a per-minute limit
+lets up to N times as much through (the budgets of :mod:`.budgets` are read from the store)."""
 
 from __future__ import annotations
 
@@ -219,11 +221,18 @@ class UsageStore:
                 conn.execute(usage_events.insert(), rows)
                 add_daily(conn, rows)
 
-    def tokens_since(self, user: str, since: float) -> int:
+    def tokens_since(self, user: str | None, since: float, group: str | None = None) -> int:
+        """Tokens ``user`` (or, with ``group``, every member of that group) used since ``since``."""
         c = usage_events.c
+        where = [c.ts >= since]
+        if user is not None:
+            where.append(c.user == user)
+        if group is not None:
+            escaped = group.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(c.groups.like(f"%,{escaped},%", escape="\\"))
         q = sa.select(
             sa.func.coalesce(sa.func.sum(c.prompt_tokens + c.completion_tokens), 0)
-        ).where(c.user == user, c.ts >= since)
+        ).where(*where)
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
@@ -333,14 +342,15 @@ class RateLimiter:
         for key, lim in applicable:
             w = self._windows[key]
             w.prune(now)
-            if (
-                lim.tokens_per_day is not None
-                and not w.seeded
-                and self.store
-                and key.startswith("user:")
-            ):
+            if lim.tokens_per_day is not None and not w.seeded and self.store:
+                # a user's or a whole group's tokens today, from the store (a restart, or
+                # another model-service process, does not reset a daily quota)
+                kind, _, name = key.partition(":")
                 w.day_tokens = await asyncio.to_thread(
-                    self.store.tokens_since, who.name, _midnight(now)
+                    self.store.tokens_since,
+                    name if kind == "user" else None,
+                    _midnight(now),
+                    name if kind == "group" else None,
                 )
                 w.seeded = True
             scope = key.replace(":", " ", 1)

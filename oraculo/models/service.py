@@ -18,6 +18,7 @@ from .budgets import Budgets
 from .errors import Overloaded
 from .metering import RateLimiter, UsageEvent, UsageStore, groups_column
 from .registry import ModelRegistry
+from .stripe_billing import StripeBilling
 
 
 class Metrics:
@@ -90,9 +91,11 @@ class ModelService:
             "usage.summary",
             "usage.events",
             "usage.export",
+            "usage.daily",
             "usage.kernels",
             "budget",
             "budgets",
+            "stripe.webhook",
         }
     )
 
@@ -114,6 +117,8 @@ class ModelService:
         self.load_errors: dict[str, str] = {}
         self.started_at = time.time()
         self.metrics = Metrics(self)
+        #: Stripe billing, when configured (:mod:`.stripe_billing`).
+        self.stripe: StripeBilling | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def add(self, backend: Backend) -> None:
@@ -148,6 +153,7 @@ class ModelService:
         ttft_ms: float | None,
         error_type: str | None,
         audio_seconds: float | None = None,
+        ref: str | None = None,
     ) -> None:
         """Meter one finished request (from ``on_finish``; the store write runs in a thread)."""
         if endpoint:
@@ -185,6 +191,7 @@ class ModelService:
             error_type=error_type,
             audio_seconds=None if audio_seconds is None else round(audio_seconds, 3),
             groups=groups_column(identity.groups),
+            ref=ref,
         )
         self.budgets.charge(event)
         task = asyncio.get_running_loop().create_task(self._record(event))

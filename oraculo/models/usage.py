@@ -18,7 +18,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
-from .metering import UsageEvent, UsageStore, usage_daily, usage_events
+from .metering import UsageEvent, UsageStore, usage_daily, usage_events, utc_day
 
 #: The units a budget may count, ``cost`` being the weighted one.
 UNITS = ("tokens", "cpu_seconds", "gpu_seconds", "voice_seconds", "cost")
@@ -325,3 +325,110 @@ def events_columns(
     with store.engine.connect() as conn:
         rows = [list(r) for r in conn.execute(q)]
     return {"columns": list(EVENT_COLUMNS), "rows": rows, "truncated": len(rows) >= limit}
+
+
+#: The columns of :func:`daily_columns`, in order.
+DAILY_COLUMNS = (
+    "day",
+    "user",
+    "groups",
+    "model",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cpu_seconds",
+    "gpu_seconds",
+    "voice_seconds",
+    "cost",
+)
+
+
+def daily_columns(store: UsageStore, prices: Prices, since: float, until: float) -> dict[str, Any]:
+    """Everyone's use per UTC day, user, groups and model in ``[since, until)`` (whole days),
+    with the weighted cost: what the operator's dashboard aggregates (by user, group, model and
+    day) with polars."""
+    t = usage_daily
+    since, until = utc_day(since), utc_day(until - 1) + 86400
+    keys = [t.c.day, t.c.user, t.c.groups, t.c.model]
+    q = (
+        sa.select(*_sums(t, prices, *keys))
+        .where(*_filters(t, None, None, since, until))
+        .group_by(*keys)
+        .order_by(t.c.day)
+    )
+    with store.engine.connect() as conn:
+        rows = [
+            [
+                r.day,
+                r.user,
+                r.groups,
+                r.model,
+                int(r.requests or 0),
+                int(r.prompt_tokens),
+                int(r.completion_tokens),
+                float(r.cpu_seconds),
+                float(r.gpu_seconds),
+                float(r.voice_seconds),
+                round(float(r.cost), 6),
+            ]
+            for r in conn.execute(q)
+        ]
+    return {"columns": list(DAILY_COLUMNS), "rows": rows, "since": iso(since), "until": iso(until)}
+
+
+def refusals(store: UsageStore, since: float, until: float) -> list[dict[str, Any]]:
+    """Requests refused for rate limits, quotas and budgets (status 429) in ``[since, until)``,
+    per user and kind, most first."""
+    c = usage_events.c
+    q = (
+        sa.select(
+            c.user,
+            sa.func.coalesce(c.error_type, "rate_limit").label("type"),
+            sa.func.count().label("count"),
+            sa.func.max(c.ts).label("last"),
+        )
+        .where(c.status == 429, c.ts >= since, c.ts < until)
+        .group_by(c.user, sa.func.coalesce(c.error_type, "rate_limit"))
+        .order_by(sa.func.count().desc(), c.user)
+    )
+    with store.engine.connect() as conn:
+        return [
+            {
+                "user": r.user,
+                "type": r.type,
+                "count": int(r._mapping["count"]),
+                "last": iso(float(r.last)),
+            }
+            for r in conn.execute(q)
+        ]
+
+
+def recent_kernels(store: UsageStore, since: float) -> list[dict[str, Any]]:
+    """Kernels whose compute was reported since ``since`` (user servers report running
+    kernels every few seconds while they work): user, kernel id and name, seconds, last report."""
+    c = usage_events.c
+    q = (
+        sa.select(
+            c.user,
+            c.ref,
+            c.model,
+            sa.func.sum(c.cpu_seconds).label("cpu_seconds"),
+            sa.func.sum(c.gpu_seconds).label("gpu_seconds"),
+            sa.func.max(c.ts).label("last"),
+        )
+        .where(c.endpoint == "kernel", c.ts >= since)
+        .group_by(c.user, c.ref, c.model)
+        .order_by(c.user, sa.func.max(c.ts).desc())
+    )
+    with store.engine.connect() as conn:
+        return [
+            {
+                "user": r.user,
+                "kernel_id": r.ref,
+                "kernel_name": r.model,
+                "cpu_seconds": round(float(r.cpu_seconds or 0), 3),
+                "gpu_seconds": round(float(r.gpu_seconds or 0), 3),
+                "last": iso(float(r.last)),
+            }
+            for r in conn.execute(q)
+        ]

@@ -7,12 +7,17 @@
   columns: what the Usage panel charts.
 - ``GET v1/usage/export?by=user|group&format=csv|parquet|json`` (and a period): billing
   export for operators (:mod:`.billing`).
+- ``GET v1/usage/daily?since=&until=`` (operators): everyone's use per day, user, groups and
+  model with its cost, the requests refused (429) per user and kind, and the kernels that
+  reported compute in the last 15 minutes: what the operator's dashboard shows.
 - ``POST v1/usage/kernels`` ``{"samples": [{"kernel_id", "cpu_seconds", "gpu_seconds"}]}``: a
   user's server reports the compute its kernels used since its last report (for the user its
   credential names).
 - ``GET v1/budget[?units=cpu_seconds,gpu_seconds]``: the caller's budgets with what is used and
   when each resets; with ``units``, a 429 when one of them (or cost) is spent: the user's server
   asks this before a new execution.
+- ``POST v1/stripe/webhook``: Stripe's webhooks, verified by their signature
+  (:mod:`.stripe_billing`; 404 unless Stripe is configured).
 - ``GET v1/budgets`` (operators), ``PUT v1/budgets`` (a budget as JSON) and
   ``DELETE v1/budgets?scope=&name=&period=&unit=`` (operators who may manage budgets).
 """
@@ -31,10 +36,22 @@ from .budgets import Budget
 from .errors import Forbidden, InvalidRequest, NotFound
 from .handlers import BaseHandler
 from .metering import UsageEvent, groups_column
-from .usage import UNITS, events_columns, iso, period_end, period_start, summary
+from .usage import (
+    UNITS,
+    daily_columns,
+    events_columns,
+    iso,
+    period_end,
+    period_start,
+    recent_kernels,
+    refusals,
+    summary,
+)
 
 #: Most compute one report may claim per kernel: a day's worth on 1,024 cores.
 MAX_SAMPLE_SECONDS = 86400.0 * 1024
+#: Kernels that reported compute this recently are listed as running (``v1/usage/daily``).
+RECENT_KERNEL_SECONDS = 900
 #: Most usage rows one ``GET v1/usage/events`` returns.
 MAX_EVENTS = 100_000
 
@@ -186,6 +203,32 @@ class UsageExportHandler(BaseHandler):
         self.finish(body)
 
 
+class UsageDailyHandler(BaseHandler):
+    """Everyone's use per day (operators): the operator's dashboard's data."""
+
+    endpoint = "usage.daily"
+
+    async def get(self) -> None:
+        who = self.identity
+        assert who is not None
+        if not who.can_read_all_usage:
+            raise Forbidden("Everyone's usage is for operators (usage read-all scope).")
+        now = time.time()
+        since = _float_arg(self, "since")
+        until = _float_arg(self, "until")
+        since = period_start("month", now) if since is None else since
+        until = period_end("day", now) if until is None else until
+        if until <= since:
+            raise InvalidRequest("'until' must be after 'since'.", param="until")
+        if until - since > 400 * 86400:
+            raise InvalidRequest("Ask for at most 400 days at a time.", param="since")
+        store, prices = self.service.store, self.service.budgets.prices
+        days = await asyncio.to_thread(daily_columns, store, prices, since, until)
+        refused = await asyncio.to_thread(refusals, store, since, until)
+        kernels = await asyncio.to_thread(recent_kernels, store, now - RECENT_KERNEL_SECONDS)
+        self.write_json({"object": "usage.daily", **days, "refusals": refused, "kernels": kernels})
+
+
 class KernelUsageHandler(BaseHandler):
     endpoint = "usage.kernels"
 
@@ -274,12 +317,28 @@ class BudgetsHandler(BaseHandler):
         self.finish()
 
 
+class StripeWebhookHandler(BaseHandler):
+    """Stripe's webhooks: verified by signature (Stripe calls without a hub token)."""
+
+    auth_required = False
+    endpoint = "stripe.webhook"
+
+    async def post(self) -> None:
+        billing = self.service.stripe
+        if billing is None:
+            raise NotFound("Stripe is not configured here.")
+        event = billing.verify(self.request.body, self.request.headers.get("Stripe-Signature"))
+        self.write_json(await billing.handle(event, self.service.budgets))
+
+
 def usage_routes(prefix: str, kw: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
     return [
         (rf"{prefix}v1/usage/summary", UsageSummaryHandler, kw),
         (rf"{prefix}v1/usage/kernels", KernelUsageHandler, kw),
         (rf"{prefix}v1/usage/events", UsageEventsHandler, kw),
+        (rf"{prefix}v1/usage/daily", UsageDailyHandler, kw),
         (rf"{prefix}v1/usage/export", UsageExportHandler, kw),
         (rf"{prefix}v1/budget", BudgetHandler, kw),
         (rf"{prefix}v1/budgets", BudgetsHandler, kw),
+        (rf"{prefix}v1/stripe/webhook", StripeWebhookHandler, kw),
     ]

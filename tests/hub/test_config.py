@@ -104,12 +104,21 @@ def test_roles_scopes_and_services(clean_env: None) -> None:
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert "access:services!service=models" in roles["user"]["scopes"]
     assert roles["oraculo-admin"]["users"] == ["admin"]
-    assert set(roles["oraculo-admin"]["scopes"]) == set(CUSTOM_SCOPES)
+    # and the operator's dashboard
+    dashboard = "access:services!service=usage-dashboard"
+    assert set(roles["oraculo-admin"]["scopes"]) == {*CUSTOM_SCOPES, dashboard}
     assert roles["idle-culler"]["services"] == ["idle-culler"]
     assert c.JupyterHub.custom_scopes == CUSTOM_SCOPES
     services = {s["name"]: s for s in c.JupyterHub.services}
     assert services["models"]["command"] == [sys.executable, "-m", "oraculo.models"]
     assert services["models"]["environment"]["HF_HUB_OFFLINE"] == "1"
+    # the dashboard reads and acts with the viewer's own OAuth token: never more than this
+    board = services["usage-dashboard"]
+    assert board["command"] == [sys.executable, "-m", "oraculo.hub.dashboard"]
+    assert "custom:oraculo:usage:read-all" in board["oauth_client_allowed_scopes"]
+    assert not {"admin:users", "access:servers", "tokens", "admin:servers"} & set(
+        board["oauth_client_allowed_scopes"]
+    )
     # Through our entry point, which restores SIGINT so the hub's shutdown need not wait on it.
     assert services["idle-culler"]["command"] == [
         sys.executable,

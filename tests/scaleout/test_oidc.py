@@ -122,7 +122,7 @@ c.JupyterHub.services.append({{"name": "probe", "api_token": {PROBE_TOKEN!r}}})
 c.JupyterHub.load_roles.append(
     {{
         "name": "probe",
-        "scopes": ["read:users", "read:groups", "read:servers"],
+        "scopes": ["read:users", "read:groups", "read:servers", "read:roles:users"],
         "services": ["probe"],
     }}
 )
@@ -186,6 +186,7 @@ async def test_sign_in_through_the_provider_lands_in_jupyterlab(
     ada = await hub_user(oidc_hub, "ada")
     assert ada is not None
     assert ada["groups"] == ["cohort-a"] and ada["admin"] is False
+    assert "oraculo-admin" not in ada["roles"]
     assert ada["servers"][""]["ready"]
     # the directory's group brought its shared folder with it
     assert (oidc_hub.data_dir / "users" / "ada" / "shared" / "cohort-a").is_dir()
@@ -218,6 +219,8 @@ async def test_admin_claim_and_group_claim_follow_the_directory(
     await provider_round(oidc_hub, provider, "grace", artifacts, "5")
     grace = await hub_user(oidc_hub, "grace")
     assert grace is not None and grace["admin"] is True and grace["groups"] == ["staff"]
+    # an admin from the claim is an operator like other admins (usage read-all, budgets, audit)
+    assert "oraculo-admin" in grace["roles"], grace["roles"]
     assert grace["servers"] == {}
 
     # the directory moves ada to another cohort: her hub groups follow at the next sign-in

@@ -17,8 +17,11 @@ KEYS = {
     "sk-s1-0123456789": {"name": "student1", "groups": ["cohort"]},
     "sk-s2-0123456789": {"name": "student2", "groups": ["cohort"]},
     "sk-ops-0123456789": {"name": "operator", "admin": True},
+    "sk-carol-0123456789": {"name": "carol"},
 }
-ADA, BOB, STUDENT1, STUDENT2, OPERATOR = KEYS
+ADA, BOB, STUDENT1, STUDENT2, OPERATOR, CAROL = KEYS
+#: The Stripe webhook endpoint's signing secret the service is configured with.
+WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 PRICES = {"per_1k_tokens": 1.0, "per_cpu_hour": 36.0, "per_voice_minute": 0.6}
 CONFIG: dict[str, Any] = {
     "ModelServiceApp": {
@@ -51,7 +54,9 @@ CONFIG: dict[str, Any] = {
         "budgets": [
             {"scope": "user", "name": "nobody", "period": "day", "unit": "tokens", "limit": 1}
         ],
-    }
+    },
+    # webhooks only (no API key: nothing is reported, nothing calls out)
+    "StripeBilling": {"webhook_secret": WEBHOOK_SECRET, "customers": {"carol": "cus_carol"}},
 }
 
 

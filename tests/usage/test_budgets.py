@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from oraculo.models.usage import EVENT_COLUMNS
 from tests.harness import wait_for
 from tests.models.conftest import ModelServer, assert_envelope, bearer
 
@@ -265,3 +266,45 @@ async def test_billing_export_is_for_operators(http: httpx.AsyncClient) -> None:
     assert_envelope(r, 400)
     r = await http.get("/v1/usage/export", params={"by": "model"}, headers=bearer(OPERATOR))
     assert_envelope(r, 400)
+
+
+async def test_a_request_names_its_conversation_and_the_row_carries_it(
+    http: httpx.AsyncClient,
+) -> None:
+    """``X-Oraculo-Ref`` (what chat and agents send) labels the caller's own usage row, so the
+    Usage panel can rank conversations and runs; junk in it is dropped, not stored."""
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    for ref in ("conversation:c0ffee-ref-test", "x" * 300, "tab\there"):
+        r = await http.post(
+            "/v1/chat/completions",
+            json=body,
+            headers={**bearer(STUDENT2), "X-Oraculo-Ref": ref},
+        )
+        assert r.status_code == 200, r.text
+
+    async def rows() -> list[list[Any]] | None:
+        r = await http.get("/v1/usage/events", headers=bearer(STUDENT2))
+        assert r.status_code == 200, r.text
+        got = r.json()
+        chats = [
+            row
+            for row in got["rows"]
+            if row[got["columns"].index("endpoint")] == "chat.completions"
+        ]
+        return chats if len(chats) >= 3 else None
+
+    chats = await wait_for(rows, 20, "three chat rows")
+    refs = sorted(str(row[EVENT_COLUMNS.index("ref")]) for row in chats[:3])
+    assert refs == ["None", "None", "conversation:c0ffee-ref-test"]
+
+
+async def test_the_root_is_a_page_standalone_too(http: httpx.AsyncClient) -> None:
+    r = await http.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "smollm2-135m-instruct" in r.text and "Bearer" in r.text
+    assert "default-src 'none'" in r.headers["content-security-policy"]

@@ -4,6 +4,7 @@ budget and its reset in the error envelope, while a running notebook cell is nev
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -131,10 +132,17 @@ async def test_usage_panel_charts_real_usage_against_a_budget(
     r = await uma.api(
         "POST",
         "/user/uma/api/v1/chat",
-        json={"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8},
+        # a stored conversation (as the chat panel makes), so its requests carry its id
+        json={
+            "messages": [{"role": "user", "content": "Say hello"}],
+            "max_tokens": 8,
+            "store": True,
+        },
         timeout=120,
     )
     assert r.status_code == 200, r.text
+    conversation = r.json()["oraculo"]["conversation_id"]
+    assert conversation
     async with httpx.AsyncClient(timeout=60) as c:
         r = await c.post(
             models(hub) + "v1/audio/speech",
@@ -156,7 +164,10 @@ async def test_usage_panel_charts_real_usage_against_a_budget(
             await page.locator(".bk-Canvas, canvas").first.wait_for(timeout=30_000)
             budgets = page.get_by_test_id("usage-budgets")
             assert "Daily Model tokens" in await budgets.inner_text()
-            assert "kernel" in await page.get_by_test_id("usage-top").inner_text()
+            top = await page.get_by_test_id("usage-top").inner_text()
+            assert "kernel" in top
+            # the chat's requests, counted together as its conversation
+            assert "conversation" in top and conversation in top, top
             await page.screenshot(path=str(artifacts / "usage-panel.png"), full_page=True)
             # another period, through the selector
             await page.locator(".usage-period button", has_text="This month").click()
@@ -181,7 +192,17 @@ async def test_usage_api_is_the_users_own(hub: HubProcess, people: dict[str, Use
 
 
 async def test_no_user_sees_a_services_link_that_fails(people: dict[str, User]) -> None:
-    for who in (people["uma"], people["admin"]):
+    """Every link of the hub's Services menu opens a page for whoever sees it: the model
+    service's root for everyone, the operator's dashboard for admins only."""
+    for who, expect in ((people["uma"], {"/services/models/"}), (people["admin"], None)):
         r = await who.client.http.get("/hub/home")
         assert r.status_code == 200, r.text[:300]
-        assert "/services/models" not in r.text
+        links = set(re.findall(r'class="dropdown-item" href="(/services/[^"]+)"', r.text))
+        if expect is not None:
+            assert links == expect
+        else:
+            assert links == {"/services/models/", "/services/usage-dashboard/"}
+        for link in links:
+            page = await who.client.http.get(link, follow_redirects=True)
+            assert page.status_code == 200, (who.name, link, page.text[:300])
+            assert "text/html" in page.headers["content-type"]

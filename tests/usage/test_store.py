@@ -9,8 +9,17 @@ import pytest
 
 from oraculo.models.auth import Identity
 from oraculo.models.budgets import Budget, BudgetExceeded, Budgets
-from oraculo.models.metering import UsageEvent, UsageStore, groups_column
-from oraculo.models.usage import Prices, period_end, period_start, summary, totals
+from oraculo.models.errors import QuotaExceeded
+from oraculo.models.metering import RateLimiter, UsageEvent, UsageStore, groups_column
+from oraculo.models.usage import (
+    Prices,
+    daily_columns,
+    period_end,
+    period_start,
+    refusals,
+    summary,
+    totals,
+)
 
 PRICES = Prices(per_1k_tokens=0.5, models={"big": 2.0}, per_cpu_hour=3.6, per_voice_minute=0.6)
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC).timestamp()  # a Wednesday
@@ -160,3 +169,58 @@ def test_billing_export_per_user_and_per_group(store: UsageStore) -> None:
     parquet = encode(groups, "parquet")
     assert isinstance(parquet, bytes)
     assert pl.read_parquet(io.BytesIO(parquet)).equals(groups)
+
+
+async def test_a_group_daily_quota_is_read_back_from_the_store(tmp_path: Path) -> None:
+    """What a cohort used today counts after a restart (or in another process): the limiter
+    seeds a group's day total from the store, as it does a user's."""
+    store = UsageStore(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    now = NOW
+    earlier = [
+        UsageEvent(
+            "s1", "small", "chat.completions", 200, 300, 300, groups=",cohort,", ts=now - 60
+        ),
+        UsageEvent("s2", "small", "chat.completions", 200, 200, 0, groups=",cohort,", ts=now - 60),
+        # yesterday's and another group's tokens do not count
+        UsageEvent(
+            "s1", "small", "chat.completions", 200, 9000, 0, groups=",cohort,", ts=now - 86400
+        ),
+        UsageEvent("x", "small", "chat.completions", 200, 9000, 0, groups=",cohort2,", ts=now - 60),
+    ]
+    store.record_many(earlier)
+    assert store.tokens_since(None, now - 3600, group="cohort") == 800
+    limits = {"cohort": {"tokens_per_day": 1000}}
+    # a fresh limiter (a restarted service) lets a member in while the group is under its quota
+    s3 = Identity("s3", groups=("cohort",))
+    await RateLimiter({}, limits, store).check(s3, now)
+    store.record(
+        UsageEvent("s1", "small", "chat.completions", 200, 200, 0, groups=",cohort,", ts=now - 30)
+    )
+    with pytest.raises(QuotaExceeded) as e:
+        await RateLimiter({}, limits, store).check(s3, now)
+    assert "group cohort: 1000 tokens per day" in str(e.value)
+    # someone outside the group is not bound by it
+    await RateLimiter({}, limits, store).check(Identity("ada", groups=("cohort2",)), now)
+    store.close()
+
+
+def test_the_dashboard_reads_every_day_with_its_cost_and_the_refusals(store: UsageStore) -> None:
+    refused = UsageEvent("bob", "small", "chat.completions", 429, error_type="budget_exceeded")
+    refused.ts = NOW - 60
+    limited = UsageEvent("bob", "small", "chat.completions", 429)
+    limited.ts = NOW - 30
+    store.record_many([refused, limited])
+    since, until = period_start("month", NOW), period_end("day", NOW)
+    days = daily_columns(store, PRICES, since, until)
+    rows = [dict(zip(days["columns"], r, strict=True)) for r in days["rows"]]
+    ada = [r for r in rows if r["user"] == "ada"]
+    # this month only (the 30-day-old row is last month), one row per model, costed
+    assert {r["model"] for r in ada} == {"small", "big", "kernel", "whisper"}
+    assert sum(r["cost"] for r in ada) == pytest.approx(
+        totals(store, PRICES, user="ada", since=since, until=until)["cost"]
+    )
+    assert all(r["day"] == NOW - NOW % 86400 for r in rows)
+    assert refusals(store, since, until) == [
+        {"user": "bob", "type": "budget_exceeded", "count": 1, "last": "2026-11-25T11:59:00Z"},
+        {"user": "bob", "type": "rate_limit", "count": 1, "last": "2026-11-25T11:59:30Z"},
+    ]

@@ -772,7 +772,7 @@ class AgentsService(LoggingConfigurable):
             "max_tokens": max(1, min(self.reply_max_tokens, left)),
         }
         t0 = time.monotonic()
-        reply = await self.models.complete(body)
+        reply = await self.models.complete(body, f"run:{st.id}")
         usage = reply.get("usage") or {}
         message = reply["choices"][0]["message"]
         return message, int(usage.get("total_tokens", 0)), time.monotonic() - t0

@@ -201,17 +201,22 @@ class ModelClient(LoggingConfigurable):
             raise Unavailable("The model service offers no chat model.")
         raise NotFound(f"The model '{wanted}' does not exist.", reason="Unknown model")
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A whole (non-streamed) chat completion."""
-        r = await self.request("POST", "v1/chat/completions", json={**body, "stream": False})
+    async def complete(self, body: dict[str, Any], ref: str | None = None) -> dict[str, Any]:
+        """A whole (non-streamed) chat completion; ``ref`` (``conversation:<id>``,
+        ``run:<id>``) is what the usage row is counted against."""
+        r = await self.request(
+            "POST", "v1/chat/completions", json={**body, "stream": False}, headers=_ref(ref)
+        )
         data: dict[str, Any] = r.json()
         return data
 
-    async def open_stream(self, body: dict[str, Any]) -> ChatStream:
+    async def open_stream(self, body: dict[str, Any], ref: str | None = None) -> ChatStream:
         """Start a streamed completion; returns once the service has answered 200 (or raises)."""
         self._check_configured()
         client = self._http()
-        request = client.build_request("POST", "v1/chat/completions", json={**body, "stream": True})
+        request = client.build_request(
+            "POST", "v1/chat/completions", json={**body, "stream": True}, headers=_ref(ref)
+        )
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as e:
@@ -314,6 +319,14 @@ class ChatStream:
 
     async def aclose(self) -> None:
         await self._response.aclose()
+
+
+#: The header that tells the model service what a request's usage belongs to.
+REF_HEADER = "X-Oraculo-Ref"
+
+
+def _ref(ref: str | None) -> dict[str, str]:
+    return {REF_HEADER: ref} if ref else {}
 
 
 def _error_from(r: httpx.Response) -> OraculoError:

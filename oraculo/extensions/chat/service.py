@@ -91,6 +91,11 @@ class PreparedChat:
     #: The notebook this chat is about, and its live kernel (None: not open).
     binding: dict[str, Any] | None = None
 
+    @property
+    def ref(self) -> str | None:
+        """What the model service counts this request's usage against."""
+        return f"conversation:{self.conversation_id}" if self.conversation_id else None
+
     def extra(self, **more: Any) -> dict[str, Any]:
         a = self.assembled
         return {
@@ -191,10 +196,10 @@ class ChatService(LoggingConfigurable):
             return dict(await agent.body())
         prep = await self.prepare(req)
         try:
-            body = await self.models.complete(prep.body)
+            body = await self.models.complete(prep.body, prep.ref)
         except ModelServiceError as e:
             prep = await self._refit(req, prep, e)
-            body = await self.models.complete(prep.body)
+            body = await self.models.complete(prep.body, prep.ref)
         choice = (body.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         text = str(message.get("content") or "")
@@ -210,10 +215,10 @@ class ChatService(LoggingConfigurable):
             return agent  # the same interface: chunks, cancel(), close()
         prep = await self.prepare(req)
         try:
-            upstream = await self.models.open_stream(prep.body)
+            upstream = await self.models.open_stream(prep.body, prep.ref)
         except ModelServiceError as e:
             prep = await self._refit(req, prep, e)
-            upstream = await self.models.open_stream(prep.body)
+            upstream = await self.models.open_stream(prep.body, prep.ref)
         return StreamingReply(self, prep, upstream)
 
     def register_responder(self, prefix: str, responder: Responder) -> None:

@@ -127,7 +127,8 @@ def buckets(df: pl.DataFrame, period: str) -> pl.DataFrame:
 
 def top_items(df: pl.DataFrame, limit: int = 8) -> pl.DataFrame:
     """The most expensive things this period: kernels by CPU seconds (summed over their
-    reports), model requests by tokens, voice requests by seconds."""
+    reports), conversations and agent runs by tokens (summed over their requests), other model
+    requests by tokens, voice requests by seconds."""
     kernels = (
         df.filter(pl.col("endpoint") == "kernel")
         .group_by("ref", "model")
@@ -148,14 +149,33 @@ def top_items(df: pl.DataFrame, limit: int = 8) -> pl.DataFrame:
         pl.lit("voice s").alias("unit"),
         pl.col("time"),
     )
-    tokens = requests.filter(pl.col("tokens") > 0).select(
+    spent = requests.filter(pl.col("tokens") > 0)
+    # requests that named their conversation or agent run (``conversation:<id>``, ``run:<id>``)
+    # count together, as that conversation or run
+    owned = spent.filter(pl.col("ref").fill_null("").str.contains(":"))
+    tokens = spent.filter(~pl.col("ref").fill_null("").str.contains(":")).select(
         pl.col("endpoint").alias("kind"),
         pl.col("model").alias("what"),
         pl.col("tokens").cast(pl.Float64).alias("amount"),
         pl.lit("tokens").alias("unit"),
         pl.col("time"),
     )
-    parts = [p for p in (kernels, voice, tokens) if not p.is_empty()]
+    grouped = (
+        owned.group_by("ref")
+        .agg(pl.col("tokens").sum().cast(pl.Float64).alias("amount"), pl.col("time").max())
+        .select(
+            pl.col("ref")
+            .str.split_exact(":", 1)
+            .struct.field("field_0")
+            .replace({"run": "agent run"})
+            .alias("kind"),
+            pl.col("ref").str.split_exact(":", 1).struct.field("field_1").alias("what"),
+            pl.col("amount"),
+            pl.lit("tokens").alias("unit"),
+            pl.col("time"),
+        )
+    )
+    parts = [p for p in (kernels, voice, grouped, tokens) if not p.is_empty()]
     if not parts:
         return pl.DataFrame(
             schema={"kind": pl.String, "what": pl.String, "amount": pl.Float64, "unit": pl.String}

@@ -1,0 +1,300 @@
+"""The operator's dashboard (a hub service) and the model service's root page, on the session hub
+with real usage the tests make (a kernel's CPU, a chat conversation, speech), in Chromium as an
+admin and as a user; and the dashboard refused, from the attacker's side, to a user's token, a
+user's browser session and an admin token without the usage read-all scope."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import (
+    ADMIN_PASSWORD,
+    CHROMIUM_ARGS,
+    PASSWORD,
+    HubClient,
+    HubProcess,
+    User,
+    new_user,
+    wait_for,
+)
+
+DASHBOARD = "/services/usage-dashboard/"
+MODELS = "/services/models/"
+GROUP = "dash-cohort"
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass\n"
+
+
+@pytest.fixture(scope="module")
+async def people(hub: HubProcess, hub_client: HubClient) -> AsyncIterator[dict[str, User]]:
+    admin = HubClient(hub)
+    await admin.login("admin", ADMIN_PASSWORD)
+    out = {
+        "admin": User(name="admin", token=await admin.token("admin"), client=admin),
+        "opal": await new_user(hub_client, "opal"),
+    }
+    try:
+        yield out
+    finally:
+        await out["opal"].client.aclose()
+        await admin.aclose()
+
+
+async def models_api(
+    hub: HubProcess, who: User, method: str, path: str, expect: int, **kw: Any
+) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=hub.url + MODELS, timeout=120) as c:
+        r = await c.request(method, path, headers=who.auth, **kw)
+    assert r.status_code == expect, r.text
+    return r
+
+
+@pytest.fixture(scope="module")
+async def usage(hub: HubProcess, people: dict[str, User]) -> dict[str, Any]:
+    """Real usage by opal in every unit, a budget she is near, and a refused request."""
+    opal, admin = people["opal"], people["admin"]
+    # a group of her own, so her rows carry it (and the dashboard shows it)
+    r = await admin.client.http.post(
+        f"/hub/api/groups/{GROUP}", json={"users": ["opal"]}, headers=admin.auth
+    )
+    assert r.status_code in (201, 409), r.text
+    await opal.spawn()
+    r = await opal.api(
+        "POST", "/user/opal/api/v1/execute", json={"code": BURN + "print('burnt')"}, timeout=60
+    )
+    assert r.status_code == 200 and "burnt" in r.json()["stdout"], r.text
+    r = await opal.api("POST", "/user/opal/api/v1/execute", json={"code": "1+1"}, timeout=60)
+    assert r.status_code == 200, r.text  # reports the burn (the sampler also runs every 10 s)
+    r = await opal.api(
+        "POST",
+        "/user/opal/api/v1/chat",
+        json={
+            "messages": [{"role": "user", "content": "Say hello"}],
+            "max_tokens": 8,
+            "temperature": 0,
+            "store": True,
+        },
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    conversation = r.json()["oraculo"]["conversation_id"]
+    assert conversation
+    speech = {"model": "tts-1", "input": "Usage is counted.", "voice": "alloy"}
+    await models_api(hub, opal, "POST", "v1/audio/speech", 200, json=speech)
+
+    async def summary() -> dict[str, Any] | None:
+        r = await models_api(hub, opal, "GET", "v1/usage/summary", 200, params={"period": "day"})
+        t = r.json()["totals"]
+        ok = t["tokens"] > 0 and t["cpu_seconds"] >= 1.0 and t["voice_seconds"] > 0
+        return dict(t) if ok else None
+
+    totals = await wait_for(summary, 60, "opal's usage in all three units")
+    # a voice budget of 0 refuses her next speech (a refusal for the dashboard to count)
+    voice = {"scope": "user", "name": "opal", "period": "day", "unit": "voice_seconds", "limit": 0}
+    await models_api(hub, admin, "PUT", "v1/budgets", 200, json=voice)
+    r = await models_api(hub, opal, "POST", "v1/audio/speech", 429, json=speech)
+    assert r.json()["error"]["code"] == "budget_exceeded"
+    assert "daily voice-seconds budget of user opal" in r.json()["error"]["message"]
+    key = {k: v for k, v in voice.items() if k != "limit"}
+    await models_api(hub, admin, "DELETE", "v1/budgets", 204, params=key)
+    # a token budget she has spent 90 % of: "near"
+    near = {
+        "scope": "user",
+        "name": "opal",
+        "period": "day",
+        "unit": "tokens",
+        "limit": int(totals["tokens"] / 0.9),
+    }
+    await models_api(hub, admin, "PUT", "v1/budgets", 200, json=near)
+    return {"totals": totals, "conversation": conversation, "near": near}
+
+
+@contextlib.asynccontextmanager
+async def browser_page(hub: HubProcess, name: str, password: str, next_url: str) -> Any:
+    """Chromium signed in through the hub's login form as ``name``, sent on to ``next_url``."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            seen: list[str] = []
+            page.on("request", lambda r: seen.append(r.url))
+            await page.goto(f"{hub.url}/hub/login?next={next_url}")
+            await page.fill("#username_input", name)
+            await page.fill("#password_input", password)
+            await page.click("#login_submit")
+            yield page, seen
+        finally:
+            await browser.close()
+
+
+def offsite(seen: list[str]) -> list[str]:
+    return [u for u in seen if not u.startswith(("http://127.0.0.1:", "data:", "blob:"))]
+
+
+@pytest.mark.browser
+async def test_operator_dashboard_shows_real_usage_and_acts(
+    hub: HubProcess, people: dict[str, User], usage: dict[str, Any], artifacts: Path
+) -> None:
+    opal = people["opal"]
+    async with browser_page(hub, "admin", ADMIN_PASSWORD, DASHBOARD) as (page, seen):
+        board = page.get_by_test_id("operator-dashboard")
+        await board.wait_for(timeout=60_000)
+        await page.screenshot(path=str(artifacts / "dashboard-1-operator.png"), full_page=True)
+        spenders = page.get_by_test_id("top-spenders")
+        row = spenders.locator("tr", has_text="opal")
+        assert float((await row.locator("[data-col=tokens]").inner_text()).replace(",", "")) > 0
+        cpu = await row.locator("[data-col=cpu_seconds]").inner_text()
+        assert float(cpu.replace(",", "")) >= 1.0
+        voice = await row.locator("[data-col=voice_seconds]").inner_text()
+        assert float(voice.replace(",", "")) > 0
+        # a running server, with the kernel that burnt CPU
+        server = page.get_by_test_id("servers").locator("tr", has_text="opal")
+        assert await server.locator("[data-col=state]").inner_text() == "ready"
+        assert "CPU" in await server.locator("[data-col=gpu]").inner_text()  # no GPU here
+        assert "CPU s" in await server.locator("[data-col=kernels]").inner_text()
+        # budgets and who is near them; the refused speech
+        budget = page.get_by_test_id("budgets").locator("tr", has_text="opal")
+        assert "near" in await budget.locator("[data-col=state]").inner_text()
+        refusals = await page.get_by_test_id("refusals").inner_text()
+        assert "opal" in refusals and "budget_exceeded" in refusals
+        # the model service's own metrics: the chat model with tokens since start
+        assert "smollm2" in await page.get_by_test_id("model-service").inner_text()
+        for chart in ("chart-tokens", "chart-cpu", "chart-voice"):  # (no prices here: cost 0)
+            assert await page.get_by_test_id(chart).locator("rect").count() > 0, chart
+        group = page.get_by_test_id("groups").locator("tr", has_text=GROUP)
+        assert await group.locator("[data-col=members]").inner_text() == "1"
+        assert float((await group.locator("[data-col=tokens]").inner_text()).replace(",", "")) > 0
+        assert GROUP in await page.get_by_test_id("chart-voice").inner_text()
+        # every hub user is listed, spenders first, with their groups
+        assert await row.locator("[data-col=groups]").inner_text() == GROUP
+        name_cell = page.locator("td[data-col=user]", has_text=re.compile(r"^admin$"))
+        admin_row = spenders.locator("tr", has=name_cell)
+        assert await admin_row.locator("[data-col=admin]").inner_text() == "yes"
+
+        # change a budget: opal's tokens today capped at 1, so she is over it at once
+        form = page.get_by_test_id("budget-form")
+        await form.locator("select[name=scope]").select_option("user")
+        await form.locator("input[name=name]").fill("opal")
+        await form.locator("select[name=period]").select_option("day")
+        await form.locator("select[name=unit]").select_option("tokens")
+        await form.locator("input[name=limit]").fill("1")
+        await form.locator("button[type=submit]").click()
+        flash = page.get_by_test_id("flash")
+        await flash.wait_for()
+        assert "Budget set: user opal, 1 tokens per day" in await flash.inner_text()
+        budget = page.get_by_test_id("budgets").locator("tr", has_text="opal")
+        assert "spent" in await budget.locator("[data-col=state]").inner_text()
+        await page.screenshot(path=str(artifacts / "dashboard-2-budget-set.png"), full_page=True)
+        r = await opal.api(
+            "POST",
+            "/user/opal/api/v1/chat",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+            timeout=60,
+        )
+        assert r.status_code == 429 and "daily token budget of user opal" in r.json()["message"]
+
+        # a bad budget is refused with a message, and nothing changes
+        await form.locator("input[name=name]").fill("two words")
+        await form.locator("input[name=limit]").fill("5")
+        await form.locator("button[type=submit]").click()
+        await page.get_by_test_id("flash").wait_for()
+        assert "refused" in await page.get_by_test_id("flash").inner_text()
+
+        # stop opal's server
+        await page.get_by_test_id("stop-opal").click()
+        await page.get_by_test_id("flash").wait_for()
+        assert "Stopping opal's server" in await page.get_by_test_id("flash").inner_text()
+
+        async def stopped() -> bool:
+            r = await opal.client.http.get("/hub/api/users/opal", headers=opal.auth)
+            return r.json()["servers"] == {}
+
+        await wait_for(stopped, 60, "opal's server to stop")
+        await page.goto(f"{hub.url}{DASHBOARD}?period=day")
+        await board.wait_for()
+        assert "opal" not in await page.get_by_test_id("servers").inner_text()
+        await page.screenshot(path=str(artifacts / "dashboard-3-stopped.png"), full_page=True)
+        assert offsite(seen) == []
+    key = {k: v for k, v in usage["near"].items() if k != "limit"}
+    await models_api(hub, people["admin"], "DELETE", "v1/budgets", 204, params=key)
+
+
+async def test_a_users_token_and_an_unscoped_admin_token_are_refused(
+    hub: HubProcess, people: dict[str, User]
+) -> None:
+    opal, admin = people["opal"], people["admin"]
+    async with httpx.AsyncClient(base_url=hub.url, timeout=30) as c:
+        r = await c.get(DASHBOARD, headers=opal.auth)
+        assert r.status_code == 403
+        assert "operator-dashboard" not in r.text and "top-spenders" not in r.text
+        # an action with her token: refused, and the admin's session is untouched
+        r = await c.post(f"{DASHBOARD}servers/stop", data={"user": "admin"}, headers=opal.auth)
+        assert r.status_code == 403
+        r = await c.post(
+            f"{DASHBOARD}budgets",
+            data={"scope": "user", "name": "opal", "period": "day", "unit": "tokens", "limit": 9},
+            headers=opal.auth,
+        )
+        assert r.status_code == 403
+        # the data behind it, straight from the model service: refused in the error envelope
+        r = await c.get(f"{MODELS}v1/usage/daily", headers=opal.auth)
+        assert r.status_code == 403 and r.json()["error"]["type"]
+        # an admin's token that may reach the service but not read everyone's usage
+        narrow = await admin.client.token(
+            "admin", scopes=["access:services!service=usage-dashboard"]
+        )
+        r = await c.get(DASHBOARD, headers={"Authorization": f"token {narrow}"})
+        assert r.status_code == 403 and "usage read-all scope" in r.text
+        # the admin's full token opens it
+        r = await c.get(DASHBOARD, headers=admin.auth)
+        assert r.status_code == 200 and 'data-testid="operator-dashboard"' in r.text
+
+
+@pytest.mark.browser
+async def test_a_users_browser_session_is_refused_and_sees_no_link(
+    hub: HubProcess, people: dict[str, User], artifacts: Path
+) -> None:
+    async with browser_page(hub, "opal", PASSWORD, "/hub/home") as (page, _):
+        await page.wait_for_url(re.compile(r"/hub/home"))
+        html = await page.content()
+        assert "usage-dashboard" not in html and MODELS in html
+        response = await page.goto(f"{hub.url}{DASHBOARD}")
+        assert response is not None and response.status == 403
+        await page.screenshot(path=str(artifacts / "dashboard-4-refused-user.png"))
+        assert await page.get_by_test_id("top-spenders").count() == 0
+
+
+@pytest.mark.browser
+async def test_the_model_service_root_is_a_page_for_users_and_operators(
+    hub: HubProcess, people: dict[str, User], usage: dict[str, Any], artifacts: Path
+) -> None:
+    async with browser_page(hub, "opal", PASSWORD, "/hub/home") as (page, _):
+        await page.wait_for_url(re.compile(r"/hub/home"))
+        await page.get_by_role("button", name="Services").click()
+        await page.screenshot(path=str(artifacts / "models-root-0-services-menu.png"))
+        await page.locator(f"a.dropdown-item[href='{MODELS}']").click()
+        root = page.get_by_test_id("models-root")
+        await root.wait_for(timeout=30_000)
+        assert "smollm2" in await page.get_by_test_id("models").inner_text()
+        tokens = await page.get_by_test_id("my-usage").locator("[data-unit=tokens]").inner_text()
+        assert int(tokens.replace(",", "")) >= usage["totals"]["tokens"]
+        assert await page.get_by_test_id("operator").count() == 0
+        await page.screenshot(path=str(artifacts / "models-root-user.png"), full_page=True)
+    async with browser_page(hub, "admin", ADMIN_PASSWORD, "/hub/home") as (page, seen):
+        await page.wait_for_url(re.compile(r"/hub/home"))
+        html = await page.content()
+        assert DASHBOARD in html and MODELS in html  # both links, in the Services menu
+        await page.goto(f"{hub.url}{MODELS}")
+        await page.get_by_test_id("operator").wait_for(timeout=30_000)
+        await page.screenshot(path=str(artifacts / "models-root-operator.png"), full_page=True)
+        await page.get_by_test_id("operator").locator("a").click()
+        await page.get_by_test_id("operator-dashboard").wait_for(timeout=60_000)
+        assert offsite(seen) == []

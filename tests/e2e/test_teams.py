@@ -296,6 +296,7 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
     panel while its tool runs, which it reads at its next step; a bounded run said in words and
     colour, Cancel on a finished run. Ana: Ben's shared run, read-only (no Cancel, Send,
     Share)."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
     from playwright.async_api import expect
 
     from tests.harness import signed_in_panel
@@ -339,12 +340,20 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
         root = page.get_by_test_id("oraculo-backstage")
         await expect(root).to_be_visible(timeout=90_000)
         await page.locator(".oraculo-backstage-goal input").fill("Who runs you?")
-        await page.locator(".oraculo-backstage-agents input[type=search]").click()
         option = page.locator(".choices__list--dropdown .choices__item", has_text="inspector")
-        await expect(option).to_contain_text(f"published by {ana.name}")
-        await expect(option).to_contain_text("needs your approval")
-        await option.click()
+        chosen = page.locator(".choices__list--multiple .choices__item", has_text="inspector")
+        for attempt in range(5):  # on a loaded machine the dropdown may close before the click
+            await page.locator(".oraculo-backstage-agents input[type=search]").click()
+            await expect(option).to_contain_text(f"published by {ana.name}")
+            await expect(option).to_contain_text("needs your approval")
+            try:
+                await option.click(timeout=5_000)
+                break
+            except PlaywrightTimeout:
+                if attempt == 4:
+                    raise
         await page.keyboard.press("Escape")
+        await expect(chosen.first).to_be_attached()
         await page.locator(".oraculo-backstage-start button").click()
         approval = page.get_by_test_id("backstage-approval")
         await expect(approval).to_be_visible(timeout=30_000)
@@ -455,7 +464,7 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
         await expect(root).to_have_attribute("data-run", run_id, timeout=30_000)
         await expect(page.get_by_test_id("backstage-shared-by")).to_contain_text(ben.name)
         calls = page.locator("[data-testid=backstage-event][data-type=tool_call]")
-        await expect(calls.first).to_contain_text("def ")
+        await expect(calls.first).to_contain_text("def ", timeout=30_000)
         # read-only: only Ben, who ran it, can cancel it, message it or share it
         for control in ("cancel", "send", "share"):
             await expect(page.locator(f".oraculo-backstage-{control} button")).to_be_hidden()

@@ -327,6 +327,7 @@ class BackstagePanel(pn.viewable.Viewer):
         super().__init__(**params)
         self._client = client
         self._events: list[dict[str, Any]] = []
+        self._shown = ""  # the run whose events the timeline holds
         self._run: dict[str, Any] = {}
         self._follow_latest = True  # until the user picks a run, show the newest one
         self._picking = False
@@ -489,7 +490,7 @@ class BackstagePanel(pn.viewable.Viewer):
             self._follow_latest = False
         if event.new and event.new != self.run_id:
             self.run_id = event.new
-            self._events = []
+            self._shown, self._events = "", []
             self.timeline.objects = []
             pn.state.execute(self.poll)
 
@@ -612,6 +613,9 @@ class BackstagePanel(pn.viewable.Viewer):
         events = run.pop("events")
         self._run = run
         self.status = run["status"]
+        if self._shown != run["id"]:  # another run than the timeline holds: start it afresh
+            self._shown, self._events = run["id"], []
+            self.timeline.objects = []
         new = events[len(self._events) :]
         self._events = events
         if new:

@@ -288,6 +288,12 @@ class WorkspaceMCP(LoggingConfigurable):
     async def _save(self, path: str, model: dict[str, Any]) -> Written:
         path = path.strip("/")
         try:
+            # the folders on the way are made, as a person would make them in JupyterLab
+            parts = path.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                folder = "/".join(parts[:i])
+                if not await _maybe(self.contents.dir_exists(folder)):
+                    await _maybe(self.contents.save({"type": "directory"}, folder))
             saved = await _maybe(self.contents.save(model, path))
         except Exception as e:
             raise ToolError(_contents_message(e, path)) from e

@@ -22,6 +22,7 @@ DEFAULT_FEATURES = [
     "oraculo.extensions.agents.feature:AgentsFeature",
     "oraculo.extensions.usage.feature:UsageFeature",
     "oraculo.extensions.mcp.feature:MCPFeature",
+    "oraculo.extensions.git.feature:GitFeature",
 ]
 
 

@@ -35,6 +35,7 @@ from .budgets import Budgets
 from .handlers import routes
 from .metering import RateLimiter, UsageStore
 from .registry import DEFAULT_MODELS, ModelSpec, backend_class
+from .secrets import secrets_routes
 from .service import ModelService
 from .usage import Prices
 from .usage_handlers import usage_routes
@@ -214,6 +215,7 @@ class ModelServiceApp(Application):
         app = web.Application(
             usage_routes(self.base_url, {"service": service})
             + audit_routes(self.base_url, service)
+            + secrets_routes(self.base_url, service)
             + routes(self.base_url, service),
             log_function=self._log_request,
         )

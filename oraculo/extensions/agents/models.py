@@ -41,6 +41,9 @@ class AgentSpec(BaseModel):
     temperature: float = Field(0.2, ge=0, le=2)
     require_tool: bool = False  # the first step must call a tool (not final_answer)
     handoff: str | None = None  # the agent that takes over this one's answer (a declared graph)
+    #: MCP servers the user configured (/api/v1/mcp/servers) whose tools this agent may call,
+    #: as ``<server>__<tool>``; they run in the user's server, not in the kernel
+    mcp: list[str] = []
     instructions: str = ""
     tools: list[ToolSpec] = []
     setup: list[str] = []  # code cells' top-level imports, run before the first tool call

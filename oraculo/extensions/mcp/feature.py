@@ -5,6 +5,9 @@ streamable HTTP transport and the user's hub token, and gets tools that run code
 kernel, search their memories and workspace, read and write files and notebooks, and list and
 start agents (:mod:`oraculo.extensions.mcp.service`). The tools use the execute, memory and
 agents features' services, handed over at connect time.
+
+It is also the client side: the MCP servers the user configures (``/api/v1/mcp/servers``,
+:mod:`oraculo.extensions.mcp.client`), whose tools agents may call.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from typing import Any
 from traitlets import Instance, Type
 
 from oraculo.extensions.base.feature import Feature
-from oraculo.extensions.mcp.handlers import MCPHandler
+from oraculo.extensions.mcp.client import MCPServers
+from oraculo.extensions.mcp.handlers import (
+    MCPHandler,
+    ServerHandler,
+    ServersHandler,
+    ServerToolsHandler,
+)
 from oraculo.extensions.mcp.service import WorkspaceMCP
 
 
@@ -28,6 +37,7 @@ class MCPFeature(Feature):
         WorkspaceMCP, klass=WorkspaceMCP, config=True, help="The MCP server of the workspace."
     )
     service = Instance(WorkspaceMCP)
+    client = Instance(MCPServers, help="The MCP servers the user configured (for agents).")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -36,6 +46,7 @@ class MCPFeature(Feature):
         self.service = self.service_class(
             parent=self, owner=ext.owner, contents=app.contents_manager
         )
+        self.client = MCPServers(parent=self, models=self.models)
 
     def connect(self, features: Mapping[str, Feature]) -> None:
         service = self.service
@@ -45,7 +56,13 @@ class MCPFeature(Feature):
         service.agents = getattr(features.get("agents"), "service", None)
 
     def handlers(self) -> list[tuple[str, Any]]:
-        return [(r"/oraculo/mcp", MCPHandler)]
+        name = r"([A-Za-z0-9_-]{1,32})"
+        return [
+            (r"/oraculo/mcp", MCPHandler),
+            (r"/api/v1/mcp/servers", ServersHandler),
+            (rf"/api/v1/mcp/servers/{name}", ServerHandler),
+            (rf"/api/v1/mcp/servers/{name}/tools", ServerToolsHandler),
+        ]
 
     async def stop(self) -> None:
         await self.service.stop()

@@ -1,4 +1,5 @@
-"""``/oraculo/mcp``: the MCP endpoint (streamable HTTP), passed to the SDK's ASGI app.
+"""``/oraculo/mcp``: the MCP endpoint (streamable HTTP), passed to the SDK's ASGI app; and
+``/api/v1/mcp/servers``: the MCP servers the user configured for their agents.
 
 The handler authenticates and authorizes like every other API of the server (the user's hub
 token, ``Authorization: Bearer <token>`` or ``token <token>``; another user's token, or none, is
@@ -15,6 +16,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from oraculo.extensions.base.handlers import OraculoAPIHandler
+from oraculo.extensions.mcp.models import MCPServerRequest
 from oraculo.extensions.mcp.service import ACTOR_KEY
 
 
@@ -100,3 +102,44 @@ class MCPHandler(OraculoAPIHandler):
         if not self._finished:
             # APIHandler.finish would relabel the body application/json.
             web.RequestHandler.finish(self)
+
+
+class ServersHandler(OraculoAPIHandler):
+    """``GET /api/v1/mcp/servers`` (no secret in it); ``POST`` one (201 new, 200 replaced)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        servers = self.feature("mcp").client.servers()
+        self.finish({"servers": [s.model_dump() for s in servers]})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.parse_body(MCPServerRequest)
+        info, created = await self.feature("mcp").client.add(body)
+        if created:
+            self.set_status(201)
+            self.set_header("Location", f"{self.base_url}api/v1/mcp/servers/{info.name}")
+        self.finish(info.model_dump())
+
+
+class ServerHandler(OraculoAPIHandler):
+    """``DELETE /api/v1/mcp/servers/{name}`` (204, its token forgotten too)."""
+
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str) -> None:
+        await self.feature("mcp").client.delete(name)
+        self.set_status(204)
+        self.finish()
+
+
+class ServerToolsHandler(OraculoAPIHandler):
+    """``GET /api/v1/mcp/servers/{name}/tools``: connect and list the server's tools."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        tools = await self.feature("mcp").client.tools(name)
+        self.finish({"tools": [t.model_dump() for t in tools]})

@@ -73,3 +73,33 @@ class AgentRun(BaseModel):
     id: str
     status: str
     summary: dict[str, Any]
+
+
+class MCPServerRequest(BaseModel):
+    """Body of ``POST /api/v1/mcp/servers``: an MCP server the user's agents (and chat, through
+    an agent) may use tools from."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    description: str = Field("", max_length=1000)
+    #: Sent as ``Authorization: Bearer ...``; kept by the model service, never answered back.
+    bearer_token: str | None = Field(None, min_length=1, max_length=4096, pattern=r"^[^\r\n]+$")
+
+
+class MCPServerInfo(BaseModel):
+    """A configured MCP server, as ``GET /api/v1/mcp/servers`` lists it (no secret)."""
+
+    name: str
+    url: str
+    description: str = ""
+    has_token: bool = False
+
+
+class MCPToolInfo(BaseModel):
+    """A tool of a configured server; agents call it as ``<server>__<tool>``."""
+
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = {}

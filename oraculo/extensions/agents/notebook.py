@@ -7,7 +7,8 @@ An agent notebook carries ``metadata.oraculo.agent``::
      "require_tool": true, "handoff": "reviewer"}
 
 ``require_tool``: the agent's first step must call one of its tools; ``handoff``: the agent that
-gets this one's answer next (so a notebook can declare its part of a team's graph).
+gets this one's answer next (so a notebook can declare its part of a team's graph); ``mcp``: the
+MCP servers the user configured whose tools the agent may call (``"mcp": ["ledger"]``).
 
 Its markdown cells are the agent's instructions (in order); each top-level function in its code
 cells whose name does not start with ``_`` is a tool: the signature's annotations and defaults

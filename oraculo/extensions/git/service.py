@@ -117,6 +117,12 @@ class GitService(LoggingConfigurable):
         }
         proc = await asyncio.create_subprocess_exec(
             "git",
+            # git runs in the server, outside the kernel's sandbox: no hook or fsmonitor that the
+            # user's code (or a repository) put in place runs with it
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
             *args,
             cwd=cwd,
             env=env,

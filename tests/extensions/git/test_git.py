@@ -310,6 +310,13 @@ async def test_the_git_magic_commits_and_pushes_from_the_kernel(
     # (after the test above: the team repository is in alice's home, her login is stored)
     nb_path = home(alice) / "team" / "analysis.ipynb"
     nb_path.write_text(notebook("1 + 1", "'from the magic'"))
+    # a hook the user's code left in the repository does not run in the server (outside the
+    # kernel's sandbox) when it commits and pushes
+    marker = home(alice) / "hook-ran"
+    for hook in ("pre-commit", "pre-push", "post-commit"):
+        path = home(alice) / "team" / ".git" / "hooks" / hook
+        path.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        path.chmod(0o755)
     kernel = await alice.start_kernel("oraculo")
     try:
         out = await alice.execute(
@@ -318,6 +325,7 @@ async def test_the_git_magic_commits_and_pushes_from_the_kernel(
         assert "pushed to" in out["stdout"], out
         log = git(git_server.root / "team.git", "log", "-1", "--format=%an|%s", "main")
         assert log.strip() == f"{alice.name}|From the magic"
+        assert not marker.exists()
         out = await alice.execute(kernel, "%git logins")
         assert out["stdout"].strip().endswith(f"{LOGIN[0]}@{urlsplit(git_server.url).netloc}")
         out = await alice.execute(kernel, "%git commit team/analysis.ipynb")
@@ -353,3 +361,41 @@ async def test_another_users_token_and_no_token_are_refused(alice: User, mallory
             f"/user/{alice.name}/git-pull/api", params={"repo": "x"}, headers=mallory.auth
         )
         assert r.status_code == 403
+
+
+@pytest.mark.browser
+async def test_a_student_opens_an_nbgitpuller_link_in_the_browser(
+    alice: User, git_server: GitServer, artifacts: Path
+) -> None:
+    """What a student does: click the course's link, sign in, land in JupyterLab on the lesson."""
+    from urllib.parse import urlencode
+
+    from playwright.async_api import async_playwright
+
+    from tests.harness import CHROMIUM_ARGS, PASSWORD
+
+    repo = make_repo(git_server, "course2", {"week1.ipynb": notebook("print('week 1')")})
+    query = urlencode({"repo": repo, "branch": "main", "urlpath": "lab/tree/course2/week1.ipynb"})
+    link = f"/hub/user-redirect/git-pull?{query}"
+    hub = alice.client.hub
+    seen: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("request", lambda r: seen.append(r.url))
+            await page.goto(f"{hub.url}{link}")
+            await page.fill("#username_input", alice.name)
+            await page.fill("#password_input", PASSWORD)
+            await page.screenshot(path=str(artifacts / "git-1-sign-in.png"))
+            await page.click("#login_submit")
+            await page.wait_for_url("**/git-pull?**", timeout=60_000)
+            await page.screenshot(path=str(artifacts / "git-2-pulling.png"))
+            await page.wait_for_url("**/lab/tree/course2/week1.ipynb**", timeout=120_000)
+            await page.get_by_text("print('week 1')").first.wait_for(timeout=60_000)
+            await page.screenshot(path=str(artifacts / "git-3-lesson-open.png"))
+        finally:
+            await browser.close()
+    assert (home(alice) / "course2" / "week1.ipynb").is_file()
+    offsite = [u for u in seen if urlsplit(u).hostname not in ("127.0.0.1", None)]
+    assert [u for u in offsite if not u.startswith("data:")] == []

@@ -375,7 +375,15 @@ async def test_a_student_opens_an_nbgitpuller_link_in_the_browser(
     from tests.harness import CHROMIUM_ARGS, PASSWORD
 
     repo = make_repo(git_server, "course2", {"week1.ipynb": notebook("print('week 1')")})
-    query = urlencode({"repo": repo, "branch": "main", "urlpath": "lab/tree/course2/week1.ipynb"})
+    # (nbgitpuller names the folder after the URL's last part, course2.git, unless told)
+    query = urlencode(
+        {
+            "repo": repo,
+            "branch": "main",
+            "targetPath": "course2",
+            "urlpath": "lab/tree/course2/week1.ipynb",
+        }
+    )
     link = f"/hub/user-redirect/git-pull?{query}"
     hub = alice.client.hub
     seen: list[str] = []
@@ -392,8 +400,11 @@ async def test_a_student_opens_an_nbgitpuller_link_in_the_browser(
             await page.wait_for_url("**/git-pull?**", timeout=60_000)
             await page.screenshot(path=str(artifacts / "git-2-pulling.png"))
             await page.wait_for_url("**/lab/tree/course2/week1.ipynb**", timeout=120_000)
-            await page.get_by_text("print('week 1')").first.wait_for(timeout=60_000)
-            await page.screenshot(path=str(artifacts / "git-3-lesson-open.png"))
+            try:  # the lesson's cell, in JupyterLab's editor (its tokens are spans of their own)
+                await page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=90_000)
+                await page.get_by_text("week 1").first.wait_for(timeout=30_000)
+            finally:
+                await page.screenshot(path=str(artifacts / "git-3-lesson-open.png"))
         finally:
             await browser.close()
     assert (home(alice) / "course2" / "week1.ipynb").is_file()

@@ -204,8 +204,14 @@ def build_bolt(links: Links, assistant: Assistant, prefix: str, **slack: Any) ->
             reply = await assistant.ask(hub_user, text)
         await client.chat_postMessage(channel=channel, thread_ts=thread, text=reply)
 
+    async def direct(event: dict[str, Any], context: dict[str, Any], client: Any) -> None:
+        # only DMs: a mention in a channel comes as app_mention (answered once), and other
+        # channel messages are not for the app
+        if event.get("channel_type") == "im":
+            await answer(event, context, client)
+
     app.event("app_mention")(answer)
-    app.event("message")(answer)
+    app.event("message")(direct)
     return app
 
 

@@ -128,7 +128,9 @@ def signed(body: bytes, secret: str = SECRET, age: float = 0) -> dict[str, str]:
     }
 
 
-def event(text: str, user: str = SLACK_ALICE, channel: str = "C0GENERAL") -> dict[str, Any]:
+def event(
+    text: str, user: str = SLACK_ALICE, channel: str = "C0GENERAL", kind: str = "app_mention"
+) -> dict[str, Any]:
     ts = f"{time.time():.6f}"
     return {
         "token": "unused",
@@ -138,7 +140,8 @@ def event(text: str, user: str = SLACK_ALICE, channel: str = "C0GENERAL") -> dic
         "event_id": f"Ev{uuid.uuid4().hex[:10]}",
         "event_time": int(time.time()),
         "event": {
-            "type": "app_mention",
+            "type": kind,
+            "channel_type": "im" if channel.startswith("D") else "channel",
             "user": user,
             "team": TEAM,
             "text": f"<@U0BOT> {text}",
@@ -235,6 +238,15 @@ async def test_link_then_ask_in_a_thread_with_my_memories_and_passages(
     assert "`notes/quilotoa.md`" in reply["text"] and "memory `lake_depths`" in reply["text"]
     answer = reply["text"].split("\n_From:")[0].strip()
     assert answer and "could not answer" not in answer, reply
+
+    # in a DM too; a plain channel message (not a mention) is not for the app
+    n = len(slack_api.posted)
+    chatter = event("lunch anyone?", kind="message")
+    dm_ask = event("How deep is the Quilotoa crater lake?", channel="D0ALICE", kind="message")
+    await send(slack_hub, chatter)
+    await send(slack_hub, dm_ask)
+    await posted(slack_api, n, channel="D0ALICE", thread_ts=dm_ask["event"]["ts"])
+    assert not [m for m in slack_api.posted[n:] if m.get("thread_ts") == chatter["event"]["ts"]]
 
     # code from Slack: off until alice turns it on
     n = len(slack_api.posted)

@@ -21,6 +21,8 @@ DEFAULT_FEATURES = [
     "oraculo.extensions.voice.feature:VoiceFeature",
     "oraculo.extensions.agents.feature:AgentsFeature",
     "oraculo.extensions.usage.feature:UsageFeature",
+    "oraculo.extensions.mcp.feature:MCPFeature",
+    "oraculo.extensions.git.feature:GitFeature",
 ]
 
 

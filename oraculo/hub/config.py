@@ -197,6 +197,16 @@ class OraculoHub(LoggingConfigurable):
         /srv/oraculo/groups with the system-users spawner (data_dir is private to the hub)
         and <data_dir>/groups with the others.""",
     )
+    slack = Bool(
+        config=True,
+        help="""Run the Slack app (oraculo.hub.slack) as a hub service at /services/slack/:
+        linked Slack users ask the assistant in a DM or channel. Needs
+        ORACULO_SLACK_SIGNING_SECRET and ORACULO_SLACK_BOT_TOKEN (ORACULO_SLACK_API_URL points
+        it at another Web API). Default on when ORACULO_SLACK_SIGNING_SECRET is set.""",
+    )
+    slack_port = Int(
+        config=True, help="Port of the Slack app service. Default ORACULO_SLACK_PORT or 8003."
+    )
     singleuser_extra_args = List(
         Unicode(), config=True, help="Extra command-line arguments for every user server."
     )
@@ -309,6 +319,14 @@ class OraculoHub(LoggingConfigurable):
     def _default_models_service(self) -> bool:
         return os.environ.get("ORACULO_MODELS_SERVICE", "1") != "0"
 
+    @default("slack")
+    def _default_slack(self) -> bool:
+        return bool(os.environ.get("ORACULO_SLACK_SIGNING_SECRET"))
+
+    @default("slack_port")
+    def _default_slack_port(self) -> int:
+        return _env_int("ORACULO_SLACK_PORT", 8003)
+
     @default("cull_idle_timeout")
     def _default_cull_idle_timeout(self) -> int:
         return _env_int("ORACULO_CULL_IDLE_TIMEOUT", 3600)
@@ -357,6 +375,13 @@ class OraculoHub(LoggingConfigurable):
                 "users": sorted(self.admin_users),
             },
         ]
+        if self.slack:
+            # every user may open the Slack app's link and settings pages (hub OAuth)
+            roles[0]["scopes"].append("access:services!service=slack")
+            # asks a linked user's own server (chat; execute only where the user allowed it)
+            roles.append(
+                {"name": "slack", "scopes": ["access:servers", "read:users"], "services": ["slack"]}
+            )
         if self.cull_idle_timeout:
             roles.append(
                 {
@@ -416,6 +441,29 @@ class OraculoHub(LoggingConfigurable):
                     # viewer holds of these (the hub's Services menu shows the link only to
                     # those who may open it)
                     "oauth_client_allowed_scopes": DASHBOARD_OAUTH_SCOPES,
+                }
+            )
+        if self.slack:
+            slack_env = {
+                k: os.environ[k]
+                for k in (
+                    "ORACULO_SLACK_SIGNING_SECRET",
+                    "ORACULO_SLACK_BOT_TOKEN",
+                    "ORACULO_SLACK_API_URL",
+                )
+                if k in os.environ
+            }
+            services.append(
+                {
+                    "name": "slack",
+                    "url": f"http://127.0.0.1:{self.slack_port}",
+                    "command": [sys.executable, "-m", "oraculo.hub.slack"],
+                    "environment": {
+                        "ORACULO_DATA_DIR": self.data_dir,
+                        "ORACULO_PUBLIC_URL": self.public_url,
+                        **slack_env,
+                    },
+                    "oauth_no_confirm": True,
                 }
             )
         if self.cull_idle_timeout:

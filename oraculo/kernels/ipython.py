@@ -28,3 +28,4 @@ class OraculoMagics(Magics):
 def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(OraculoMagics)
     ipython.extension_manager.load_extension("oraculo.kernels.chat_magics")  # %%chat, %memory
+    ipython.extension_manager.load_extension("oraculo.kernels.git_magics")  # %git

@@ -37,6 +37,7 @@ from .handlers import routes
 from .metering import RateLimiter, UsageStore
 from .registry import DEFAULT_MODELS, ModelSpec, backend_class
 from .root import root_routes
+from .secrets import secrets_routes
 from .service import ModelService
 from .stripe_billing import StripeBilling
 from .usage import Prices
@@ -222,6 +223,7 @@ class ModelServiceApp(Application):
             root_routes(self.base_url, service)
             + usage_routes(self.base_url, {"service": service})
             + audit_routes(self.base_url, service)
+            + secrets_routes(self.base_url, service)
             + routes(self.base_url, service),
             log_function=self._log_request,
             # the root page's hub OAuth cookie; a restart signs people in again

@@ -174,3 +174,23 @@ async def test_a_root_hub_started_with_the_process_spawner(tmp_path: Path, hub: 
 
     assert hub.spawner == "process"
     assert "EVERY USER'S CODE RUNS AS ROOT" in hub.log_path.read_text()
+
+
+def test_the_slack_app_runs_once_its_signing_secret_is_set(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = build()
+    assert "slack" not in {s["name"] for s in c.JupyterHub.services}
+    monkeypatch.setenv("ORACULO_SLACK_SIGNING_SECRET", "s3cret")
+    monkeypatch.setenv("ORACULO_SLACK_BOT_TOKEN", "xoxb-1")
+    monkeypatch.setenv("ORACULO_SLACK_PORT", "8123")
+    c = build()
+    slack = next(s for s in c.JupyterHub.services if s["name"] == "slack")
+    assert slack["url"] == "http://127.0.0.1:8123"
+    assert slack["command"] == [sys.executable, "-m", "oraculo.hub.slack"]
+    assert slack["environment"]["ORACULO_SLACK_SIGNING_SECRET"] == "s3cret"
+    assert "ORACULO_SLACK_API_URL" not in slack["environment"]  # Slack's own, by default
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["slack"]["scopes"] == ["access:servers", "read:users"]
+    assert "access:services!service=slack" in roles["user"]["scopes"]
+    assert "slack" not in {s["name"] for s in build(slack=False).JupyterHub.services}

@@ -68,6 +68,8 @@ class AgentsFeature(Feature):
     def connect(self, features: Mapping[str, Feature]) -> None:
         # tools run through the execute feature's service, in the user's sandboxed kernels
         self._execute = getattr(features.get("execute"), "service", None)
+        # tools of the MCP servers the user configured, called from this server
+        self.service.mcp_servers = getattr(features.get("mcp"), "client", None)
         chat: Any = features.get("chat")
         if chat is not None:
             chat.service.register_responder(AGENT_MODEL_PREFIX, self._chat_reply)

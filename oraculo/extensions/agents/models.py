@@ -48,6 +48,9 @@ class AgentSpec(BaseModel):
     fan_out: Annotated[
         list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]], Field(max_length=8)
     ] = []
+    #: MCP servers the user configured (/api/v1/mcp/servers) whose tools this agent may call,
+    #: as ``<server>__<tool>``; they run in the user's server, not in the kernel
+    mcp: list[str] = []
     instructions: str = ""
     tools: list[ToolSpec] = []
     setup: list[str] = []  # code cells' top-level imports, run before the first tool call

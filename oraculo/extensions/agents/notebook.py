@@ -10,7 +10,8 @@ An agent notebook carries ``metadata.oraculo.agent``::
 that many tool calls it is offered only ``final_answer``; ``fan_out``: agents that
 get this one's answer at once and work in parallel; ``handoff``: the agent that gets this one's
 answer next (after a fan-out: the branches' answers, gathered). So a notebook declares its part
-of a team's graph: here planner → (searcher ∥ summariser) → reviewer.
+of a team's graph: here planner → (searcher ∥ summariser) → reviewer. ``mcp``: the MCP servers
+the user configured whose tools the agent may call (``"mcp": ["ledger"]``).
 
 Its markdown cells are the agent's instructions (in order); each top-level function in its code
 cells whose name does not start with ``_`` is a tool: the signature's annotations and defaults

@@ -225,6 +225,8 @@ class AgentsService(LoggingConfigurable):
         self.user = user
         self.models = models
         self._execute = execute
+        #: the MCP feature's client of the user's MCP servers (set at connect time), or None
+        self.mcp_servers: Any = None
         self._runs: dict[str, _Run] = {}
         Path(self.runs_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.approvals = Approvals(Path(self.approvals_path))
@@ -750,6 +752,8 @@ class AgentsService(LoggingConfigurable):
         st = run.state
         used = sum(1 for m in st.transcripts[spec.name] if m.get("role") == "tool")
         tools = [t.openai() for t in spec.tools]
+        if spec.mcp and self.mcp_servers is not None:
+            tools += await self.mcp_servers.openai_tools(spec.mcp)
         if spec.max_tool_calls is not None and used >= spec.max_tool_calls:
             tools = []  # its tool calls are spent: it answers
         must_use_tool = bool(tools) and spec.require_tool and not used
@@ -782,6 +786,10 @@ class AgentsService(LoggingConfigurable):
     ) -> None:
         st = run.state
         tool = next((t for t in spec.tools if t.name == name), None)
+        server = name.partition("__")[0]
+        if tool is None and server in spec.mcp and isinstance(args, dict):
+            await self._call_mcp_tool(run, spec, call_id, name, args)
+            return
         if tool is None or not isinstance(args, dict):
             await run.emit(
                 "tool_result",
@@ -834,6 +842,37 @@ class AgentsService(LoggingConfigurable):
             result=value[:20_000],
             error=error,
             execution_id=result.execution_id,
+            seconds=time.monotonic() - t0,
+        )
+
+    async def _call_mcp_tool(
+        self, run: _Run, spec: AgentSpec, call_id: str, name: str, args: dict[str, Any]
+    ) -> None:
+        """A tool of one of the user's MCP servers, called from the server (its bearer token
+        never goes near the kernel)."""
+        await run.emit(
+            "tool_call", agent=spec.name, call_id=call_id, tool=name, arguments=args, code=""
+        )
+        t0 = time.monotonic()
+        error = None
+        try:
+            if self.mcp_servers is None:
+                raise OraculoError("The mcp feature is not loaded: no MCP tools")
+            text, failed = await self.mcp_servers.call(name, args)
+            if failed:
+                error = {"name": "ToolError", "value": text[:2000]}
+        except OraculoError as e:
+            text, error = "", {"name": type(e).__name__, "value": e.message}
+        content = f"Error: {error['name']}: {error['value']}" if error else (text or "(no output)")
+        await run.emit(
+            "tool_result",
+            agent=spec.name,
+            call_id=call_id,
+            tool=name,
+            content=content[:4000],
+            output="",
+            result=text[:20_000],
+            error=error,
             seconds=time.monotonic() - t0,
         )
 

@@ -1,0 +1,1 @@
+"""The git feature: commit and push notebooks with the user's own credentials."""

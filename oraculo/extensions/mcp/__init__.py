@@ -1,0 +1,1 @@
+"""The MCP feature: the workspace as a Model Context Protocol server."""

@@ -192,6 +192,11 @@ class EffectivePolicy:
             "voice": self.voice,
             "agents": self.agents,
             "sandbox": self.sandbox,
+            # what each feature would answer now: the 403's message, or None
+            "refusals": {
+                f: (r.message(f) if (r := self.refusal(f)) else None)
+                for f in ("chat", "voice", "agents")
+            },
         }
 
 

@@ -35,6 +35,7 @@ SPAWNERS = {
 AUTHENTICATORS = {
     "native": "oraculo-native",
     "oidc": "oraculo-oidc",  # any OpenID Connect provider: oraculo.hub.oauth
+    "lti13": "oraculo-lti13",  # launches from an LMS into cohorts: oraculo.hub.lti
 }
 
 #: Custom scopes Oráculo features check.

@@ -200,6 +200,28 @@ class EffectivePolicy:
         }
 
 
+#: Limits where 0 means "no limit" (the rlimit-backed ones); the others are plain maxima.
+_ZERO_IS_NONE = ("memory_mb", "cpu_seconds", "processes", "file_size_mb", "open_files")
+
+
+def tighten(base: SandboxLimits, cohort: Mapping[str, Any]) -> SandboxLimits:
+    """``base`` (what the operator gave the user) with the cohort's sandbox limits applied:
+    a cohort may lower a limit, never raise one past the operator's."""
+    values = base.model_dump()
+    for key, value in cohort.items():
+        if key not in values:
+            continue
+        current = values[key]
+        if key in _ZERO_IS_NONE:
+            if current == 0:
+                values[key] = value
+            elif value != 0:
+                values[key] = min(current, value)
+        else:
+            values[key] = min(current, value)
+    return SandboxLimits.model_validate(values)
+
+
 def combine(
     policies: Mapping[str, CohortPolicy], now: dt.datetime | None = None
 ) -> EffectivePolicy:

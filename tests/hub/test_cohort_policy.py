@@ -214,3 +214,25 @@ async def test_models_ai_switch_and_daily_tokens(cohort: dict[str, Any]) -> None
         return (await model_chat(stu)).status_code == 200
 
     await until(back, "chat back without a budget")
+
+
+async def test_sandbox_limits_apply_at_the_next_kernel_start(cohort: dict[str, Any]) -> None:
+    name, ivy, stu = cohort["name"], cohort["ivy"], cohort["stu"]
+    nofile = "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    before = await stu.start_kernel()
+    assert (await stu.execute(before, nofile))["stdout"].strip() == "1024"
+    await put_policy(ivy, name, {"sandbox": {"open_files": 77, "memory_mb": 999999}})
+
+    async def known() -> bool:
+        r = await stu.api("GET", "/services/models/v1/policy")
+        return bool(r.json()["sandbox"])
+
+    await until(known, "the policy's sandbox limits")
+    after = await stu.start_kernel()
+    assert (await stu.execute(after, nofile))["stdout"].strip() == "77"
+    # a cohort lowers limits, never raises one past the operator's (4096 MiB by default)
+    data = "import resource; print(resource.getrlimit(resource.RLIMIT_DATA)[0] // 2**20)"
+    assert (await stu.execute(after, data))["stdout"].strip() == "4096"
+    # the kernel that was running keeps what it started with
+    assert (await stu.execute(before, nofile))["stdout"].strip() == "1024"
+    await put_policy(ivy, name, {})

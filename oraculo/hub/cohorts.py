@@ -59,7 +59,8 @@ def instructor_scopes(cohort: str) -> list[str]:
 
 
 def is_cohort(group: orm.Group) -> bool:
-    return isinstance(group.properties, dict) and COHORT_PROPERTY in group.properties
+    properties = getattr(group, "properties", None)
+    return isinstance(properties, dict) and COHORT_PROPERTY in properties
 
 
 def record(group: orm.Group) -> dict[str, Any]:

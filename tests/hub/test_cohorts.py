@@ -262,11 +262,11 @@ async def test_membership_applies_to_a_running_server(
         assert r.json()["live"][tom.name]["state"] == "applied"
         link = Path(hub.data_dir) / "users" / tom.name / "shared" / name
         assert link.is_symlink() and link.resolve().is_dir()
-        kernel = await tom.start_kernel()
-        out = await tom.execute(
-            kernel, f"import os; print(os.path.isdir(os.path.expanduser('~/shared/{name}')))"
+        code = f"import os; print(os.path.isdir(os.path.expanduser('~/shared/{name}')))"
+        r = await tom.api(
+            "POST", f"/user/{tom.name}/api/v1/execute", json={"code": code}, timeout=120
         )
-        assert out["stdout"].strip() == "True", out
+        assert r.status_code == 200 and r.json()["stdout"].strip() == "True", r.text
         r = await ivy.api("DELETE", f"/hub/api/cohorts/{name}/members", json={"users": [tom.name]})
         assert r.json()["live"][tom.name]["state"] == "applied"
         assert not link.exists() and not link.is_symlink()

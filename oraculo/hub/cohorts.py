@@ -113,7 +113,16 @@ def create(
     )
     for user in instructors:
         roles.grant_role(db, user, role)
+    _record_instructors(db, group)
     return group
+
+
+def _record_instructors(db: Any, group: orm.Group) -> None:
+    """Keep the instructors' names in the cohort's record too: the model service reads groups,
+    not roles, and lets instructors read their cohort's usage."""
+    rec = record(group)
+    rec["instructors"] = instructors(db, group.name)
+    _save(db, group, rec)
 
 
 def instructors(db: Any, cohort: str) -> list[str]:
@@ -129,6 +138,9 @@ def set_instructors(db: Any, cohort: str, add: list[orm.User], remove: list[orm.
         roles.grant_role(db, user, role)
     for user in remove:
         roles.strip_role(db, user, role)
+    group = orm.Group.find(db, name=cohort)
+    if group is not None:
+        _record_instructors(db, group)
 
 
 def cohorts_of_instructor(db: Any, user: orm.User) -> list[str]:

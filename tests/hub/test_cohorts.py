@@ -4,6 +4,7 @@ tokens), invitations, instructor-approved sign-ups, and membership applied to a 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -333,6 +334,29 @@ async def test_sign_up_approved_by_the_cohort_instructor(tmp_path: Path) -> None
             },
         )
         assert r.status_code == 400 and "no cohort named" in r.text
+
+        # on the hub's cohorts page, a student cannot approve anyone
+        other = HubClient(hub)
+        client.sessions.append(other)
+        await other._form(
+            "/hub/signup",
+            {
+                "username": "stu3",
+                "signup_password": PASSWORD,
+                "signup_password_confirmation": PASSWORD,
+                "cohort": "bio-1",
+            },
+        )
+        page = await student_client.http.get("/hub/cohorts")
+        assert page.status_code == 200 and "You teach no cohort" in page.text
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+        xsrf_value = xsrf.group(1) if xsrf else student_client.http.cookies.get("_xsrf", "")
+        r = await student_client.http.post(
+            "/hub/cohorts/bio-1/signups/stu3", data={"_xsrf": xsrf_value, "action": "approve"}
+        )
+        assert r.status_code == 403 and "You do not teach this cohort" in r.text, r.text[-500:]
+        r = await ivy.api("GET", "/hub/api/cohorts/bio-1/signups")
+        assert r.json()["pending"] == ["stu3"]
     finally:
         await student_client.aclose()
         await client.aclose()

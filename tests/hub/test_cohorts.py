@@ -357,6 +357,16 @@ async def test_sign_up_approved_by_the_cohort_instructor(tmp_path: Path) -> None
         assert r.status_code == 403 and "You do not teach this cohort" in r.text, r.text[-500:]
         r = await ivy.api("GET", "/hub/api/cohorts/bio-1/signups")
         assert r.json()["pending"] == ["stu3"]
+
+        # a restarted hub keeps the cohort, its instructor's role and its members
+        hub.stop()
+        await hub.start()
+        r = await ivy.api("GET", "/hub/api/cohorts/bio-1")
+        assert r.status_code == 200, r.text
+        assert r.json()["instructors"] == ["ivy"]
+        assert [m["name"] for m in r.json()["members"]] == ["stu"]
+        r = await ivy.api("POST", "/hub/api/cohorts/bio-1/signups/stu3")
+        assert r.status_code == 200, r.text
     finally:
         await student_client.aclose()
         await client.aclose()

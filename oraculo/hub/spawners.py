@@ -362,8 +362,16 @@ class OraculoDockerSpawner(OraculoSpawnerMixin, DockerSpawner):
     def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
         # Only the user's own group folders are mounted. As root the folders get OS groups,
         # whose gids the container's user is given (group_add) so it may write there.
-        made = folders.ensure_folders(groups, os_groups=os.geteuid() == 0)
-        self.group_gids = sorted({gid for gid in made.values() if gid >= 0})
+        root = os.geteuid() == 0
+        made = folders.ensure_folders(groups, os_groups=root)
+        gids = {gid for gid in made.values() if gid >= 0}
+        for cohort in self.cohort_names:  # students read the material, instructors write it
+            folders.ensure_material(cohort, os_groups=root)
+        if root:
+            gids |= {
+                folders.ensure_os_group_named(folders.staff_os_group(c)) for c in self.teaching
+            }
+        self.group_gids = sorted(gids)
         return list(made)
 
     @property

@@ -37,6 +37,7 @@ SPAWNERS = {
 AUTHENTICATORS = {
     "native": "oraculo-native",
     "oidc": "oraculo-oidc",  # any OpenID Connect provider: oraculo.hub.oauth
+    "lti13": "oraculo-lti13",  # launches from an LMS into cohorts: oraculo.hub.lti
 }
 
 #: Custom scopes Oráculo features check.
@@ -381,6 +382,16 @@ class OraculoHub(LoggingConfigurable):
             # asks a linked user's own server (chat; execute only where the user allowed it)
             roles.append(
                 {"name": "slack", "scopes": ["access:servers", "read:users"], "services": ["slack"]}
+            )
+        if self.models_service:
+            # cohort AI policies (oraculo.models.cohorts): every group's members and properties
+            roles.append(
+                {
+                    "name": "oraculo-models",
+                    "description": "The model service reads cohorts' members and AI policies.",
+                    "scopes": ["list:groups", "read:groups"],
+                    "services": ["models"],
+                }
             )
         if self.cull_idle_timeout:
             roles.append(

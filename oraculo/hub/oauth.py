@@ -22,6 +22,8 @@ from jupyterhub import roles
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets import Unicode, default
 
+from oraculo.hub.cohort_handlers import api_handlers
+
 #: The role that carries Oráculo's operator scopes (usage read-all, budgets, audit); the hub's
 #: own ``admin`` role cannot be extended, so admins from the claim are given this one as well.
 OPERATOR_ROLE = "oraculo-admin"
@@ -107,6 +109,9 @@ class OraculoOIDCAuthenticator(GenericOAuthenticator):
             for trait in missing:
                 setattr(self, trait, document[_ENDPOINTS[trait]])
             self.log.info("OpenID Connect endpoints from %s", self.oidc_issuer)
+
+    def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
+        return api_handlers() + list(super().get_handlers(app))  # the cohort API
 
     async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
         auth_model = await super().update_auth_model(auth_model)

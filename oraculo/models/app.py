@@ -34,6 +34,7 @@ from .auth import Authenticator, HubAuthenticator, StaticKeyAuthenticator
 from .budgets import Budgets
 from .handlers import routes
 from .metering import RateLimiter, UsageStore
+from .openapi_handlers import openapi_routes
 from .registry import DEFAULT_MODELS, ModelSpec, backend_class
 from .service import ModelService
 from .usage import Prices
@@ -211,12 +212,7 @@ class ModelServiceApp(Application):
     async def serve(self) -> None:
         """Listen at once (health says 'loading'), load models in a thread, serve until SIGTERM."""
         self.service = service = self._build_service()
-        app = web.Application(
-            usage_routes(self.base_url, {"service": service})
-            + audit_routes(self.base_url, service)
-            + routes(self.base_url, service),
-            log_function=self._log_request,
-        )
+        app = application(self.base_url, service, log_function=self._log_request)
         server = httpserver.HTTPServer(app, max_body_size=self.max_body_size, xheaders=True)
         server.listen(self.port, self.ip)
         self.log.info(
@@ -261,6 +257,18 @@ class ModelServiceApp(Application):
             asyncio.run(self.serve())
         except KeyboardInterrupt:
             self.log.info("interrupted")
+
+
+def application(base_url: str, service: ModelService, **settings: Any) -> web.Application:
+    """The model service's tornado application: every route under ``base_url``."""
+    return web.Application(
+        openapi_routes(base_url, {"service": service})
+        + usage_routes(base_url, {"service": service})
+        + audit_routes(base_url, service)
+        + routes(base_url, service),
+        oraculo_base_url=base_url,
+        **settings,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

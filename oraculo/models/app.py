@@ -199,8 +199,9 @@ class ModelServiceApp(Application):
         torch.set_num_threads(self.torch_threads or default_torch_threads())
         specs = [ModelSpec.model_validate(m) for m in self.models]
         for spec in specs:
-            backend = backend_class(spec.backend)(parent=self, log=self.log, spec=spec)
             try:
+                # a backend from a plugin (entry point) that fails to import lands here too
+                backend = backend_class(spec.backend)(parent=self, log=self.log, spec=spec)
                 backend.load()
             except Exception as e:
                 # one broken model is reported, not fatal: the others still serve

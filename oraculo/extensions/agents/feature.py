@@ -26,6 +26,7 @@ from oraculo.extensions.agents.handlers import (
     SharedRunHandler,
     SharedRunsHandler,
 )
+from oraculo.extensions.agents.notebook import plugin_tools
 from oraculo.extensions.agents.service import AGENT_MODEL_PREFIX, AgentsService, chat_reply
 from oraculo.extensions.base.feature import Feature
 
@@ -55,6 +56,7 @@ class AgentsFeature(Feature):
             models=self.models,
             execute=lambda: self._execute,
         )
+        self.service.plugin_tools = plugin_tools(self.log)
         try:  # a new user finds the example agents in ~/agents
             self.service.copy_examples()
         except OSError as e:

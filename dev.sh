@@ -62,6 +62,20 @@ setup_node() {
   fi
 }
 
+# The docs site the hub serves at /services/docs/: built into build/docs-site whenever its
+# sources change (the tests build it themselves, with --strict).
+setup_docs() {
+  local stamp=build/docs-site/.oraculo-built want
+  want=$(cat mkdocs.yml README.md $(find docs oraculo -name '*.md' -o -name '*.py' | sort) \
+    | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "building the docs site into build/docs-site"
+    NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict -q -d build/docs-site \
+      && echo "$want" > "$stamp" \
+      || log "the docs site did not build; the hub starts without /services/docs/"
+  fi
+}
+
 setup_browser() {
   if [ ! -x /usr/bin/chromium ]; then
     log "installing Debian's chromium for the browser tests"
@@ -129,6 +143,7 @@ case "$cmd" in
   run)
     setup_python
     setup_node
+    setup_docs
     # As root the default spawner is system-users (see README, Spawners).
     if [ "${ORACULO_SPAWNER:-system-users}" = system-users ]; then ensure_traversable; fi
     export ORACULO_DATA_DIR=${ORACULO_DATA_DIR:-$ROOT/.data}

@@ -42,19 +42,24 @@ class OpenAPIHandler(BaseHandler):
     auth_required = False
 
     def get(self) -> None:
-        prefix = self.application.settings["oraculo_base_url"]
-        doc = document(
-            routes_of(self.application),
-            title="Oráculo model service",
-            version=__version__,
-            description=DESCRIPTION,
-            prefix=prefix,
-            include=lambda path: not path.startswith("/explorer"),  # HTML and its assets
-            error_schema=ErrorEnvelope,
-            security=BEARER,
-        )
-        doc["servers"] = [{"url": prefix.rstrip("/")}]
-        self.write_json(doc)
+        self.write_json(models_document(self.application))
+
+
+def models_document(app: web.Application) -> dict[str, Any]:
+    """The OpenAPI document of every route of the model service's application ``app``."""
+    prefix = app.settings["oraculo_base_url"]
+    doc = document(
+        routes_of(app),
+        title="Oráculo model service",
+        version=__version__,
+        description=DESCRIPTION,
+        prefix=prefix,
+        include=lambda path: not path.startswith("/explorer"),  # HTML and its assets
+        error_schema=ErrorEnvelope,
+        security=BEARER,
+    )
+    doc["servers"] = [{"url": prefix.rstrip("/")}]
+    return doc
 
 
 class ExplorerHandler(BaseHandler):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
@@ -24,18 +26,23 @@ class OpenAPIHandler(OraculoAPIHandler):
     @authorized
     @operation(summary="This API's OpenAPI 3.1 document", responses={200: dict})
     async def get(self) -> None:
-        doc = document(
-            routes_of(self.application),
-            title="Oráculo workspace API",
-            version=__version__,
-            description=DESCRIPTION,
-            prefix=self.base_url,
-            include=lambda path: path.startswith("/api/v1/"),
-            error_schema=ErrorBody,
-            security=BEARER,
-        )
-        doc["servers"] = [{"url": self.base_url.rstrip("/")}]
-        self.finish(doc)
+        self.finish(workspace_document(self.application, self.base_url))
+
+
+def workspace_document(app: web.Application, base_url: str) -> dict[str, Any]:
+    """The OpenAPI document of the ``/api/v1`` routes ``app`` serves under ``base_url``."""
+    doc = document(
+        routes_of(app),
+        title="Oráculo workspace API",
+        version=__version__,
+        description=DESCRIPTION,
+        prefix=base_url,
+        include=lambda path: path.startswith("/api/v1/"),
+        error_schema=ErrorBody,
+        security=BEARER,
+    )
+    doc["servers"] = [{"url": base_url.rstrip("/")}]
+    return doc
 
 
 class ExplorerHandler(JupyterHandler):

@@ -44,3 +44,36 @@ def check(doc: dict[str, Any], method: str, path: str, r: httpx.Response) -> str
         schema = {**answer["content"][ctype]["schema"], "components": doc["components"]}
         jsonschema.validate(r.json(), schema, cls=jsonschema.Draft202012Validator)
     return template
+
+
+def check_recorded(
+    recorded: list[tuple[str, str, httpx.Response]], docs: dict[str, dict[str, Any]]
+) -> tuple[int, list[str]]:
+    """Check answers the test suite received (``harness.RECORDED``) against the documents
+    (``{"workspace": ..., "models": ...}``): how many were checked, and what did not hold.
+
+    Left out: paths no document has (a plugin's route, when the documents come from a server
+    without it), redirects (the hub's sign-in), and bodies that are not JSON (streams,
+    downloads): the route-coverage and per-operation tests cover those.
+    """
+    checked, wrong = 0, []
+    for method, path, r in recorded:
+        if path.startswith("/services/models/"):
+            doc, rel = docs["models"], path[len("/services/models") :]
+        else:
+            doc, rel = docs["workspace"], re.sub(r"^/user/[^/]+", "", path)
+        ctype = r.headers.get("content-type", "").split(";")[0].strip()
+        if 300 <= r.status_code < 400 or (r.content and ctype != "application/json"):
+            continue
+        try:
+            template = template_for(doc, rel)
+        except AssertionError:
+            continue
+        if method.lower() not in doc["paths"][template] and r.status_code == 405:
+            continue
+        try:
+            check(doc, method, rel, r)
+        except (AssertionError, jsonschema.ValidationError) as e:
+            wrong.append(f"{method} {path} -> {r.status_code}: {str(e).splitlines()[0][:300]}")
+        checked += 1
+    return checked, wrong

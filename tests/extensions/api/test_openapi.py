@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from openapi_spec_validator import validate
 from tornado.routing import PathMatches
 
-from tests.extensions.api.contract import check
+from tests.extensions.api.contract import check, check_recorded
 from tests.harness import HubProcess, User
 
 PROBE = Path(__file__).with_name("routes_probe.py")
@@ -231,3 +232,51 @@ async def test_another_users_token_is_refused(alice: User, mallory: User) -> Non
     r = await mallory.api("GET", f"/user/{mallory.name}/api/v1/openapi.json")
     assert r.status_code == 200
     assert r.json()["servers"] == [{"url": f"/user/{mallory.name}"}]
+
+
+def test_the_contract_check_rejects_what_a_document_does_not_allow() -> None:
+    doc: dict[str, Any] = {
+        "paths": {
+            "/api/v1/things/{tid}": {
+                "get": {
+                    "parameters": [{"name": "tid", "in": "path", "schema": {"pattern": "[0-9]+"}}],
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Thing"}
+                                }
+                            },
+                        }
+                    },
+                }
+            }
+        },
+        "components": {
+            "schemas": {
+                "Thing": {
+                    "type": "object",
+                    "properties": {"n": {"type": "integer"}},
+                    "required": ["n"],
+                }
+            }
+        },
+    }
+
+    def answer(status: int, body: Any) -> httpx.Response:
+        return httpx.Response(status, json=body, request=httpx.Request("GET", "http://x/"))
+
+    assert check(doc, "GET", "/api/v1/things/7", answer(200, {"n": 1})) == "/api/v1/things/{tid}"
+    with pytest.raises(jsonschema.ValidationError):
+        check(doc, "GET", "/api/v1/things/7", answer(200, {"n": "one"}))
+    with pytest.raises(AssertionError, match="does not list"):
+        check(doc, "GET", "/api/v1/things/7", answer(201, {"n": 1}))
+    with pytest.raises(AssertionError, match="not in the document"):
+        check(doc, "GET", "/api/v1/things/seven", answer(200, {"n": 1}))
+    with pytest.raises(AssertionError, match="POST"):
+        check(doc, "POST", "/api/v1/things/7", answer(200, {"n": 1}))
+    # recorded answers: the same checks, paths under a user's server
+    recorded = [("GET", "/user/ann/api/v1/things/7", answer(200, {"n": "one"}))]
+    checked, wrong = check_recorded(recorded, {"workspace": doc, "models": doc})
+    assert checked == 1 and len(wrong) == 1 and "/user/ann/api/v1/things/7" in wrong[0]

@@ -124,7 +124,7 @@ def config_reference() -> str:
     out = []
     for cls in configurables():
         doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
-        out.append(f"## {cls.__name__}\n\n`{cls.__module__}.{cls.__name__}`. {doc}\n")
+        out.append(f"### {cls.__name__}\n\n`{cls.__module__}.{cls.__name__}`. {doc}\n")
         for name, trait in sorted(cls.class_own_traits(config=True).items()):
             default = trait.default_value_repr()
             if len(default) > 80:

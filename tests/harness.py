@@ -47,6 +47,19 @@ CHROMIUM_ARGS = [
 ADMIN_PASSWORD = "admin-horse-battery-staple-42"
 
 
+#: ``(method, path, response)`` of the answers of oraculo's APIs (a user server's ``/api/v1``, the
+#: model service) that tests received through :meth:`User.api`; at the end of the session
+#: tests/conftest.py checks them against the OpenAPI documents (tests/extensions/api/contract.py).
+RECORDED: list[tuple[str, str, httpx.Response]] = []
+
+
+def record(method: str, r: httpx.Response) -> None:
+    path = r.request.url.path
+    api = re.match(r"^/user/[^/]+/api/v1/", path) or path.startswith("/services/models/")
+    if api and len(r.content) < 1_000_000:
+        RECORDED.append((method.upper(), path, r))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -248,7 +261,9 @@ class User:
 
     async def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {**self.auth, **kw.pop("headers", {})}
-        return await self.client.http.request(method, path, headers=headers, **kw)
+        r = await self.client.http.request(method, path, headers=headers, **kw)
+        record(method, r)
+        return r
 
     async def spawn(self, timeout: float = 120) -> None:
         r = await self.api("POST", f"/hub/api/users/{self.name}/server")

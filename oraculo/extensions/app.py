@@ -7,8 +7,9 @@ import os
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Instance, List, Unicode, default
+from traitlets import Bool, Dict, Instance, List, Unicode, default
 
+from oraculo import plugins
 from oraculo.extensions.base.feature import Feature
 from oraculo.extensions.base.modelclient import ModelClient
 
@@ -23,6 +24,7 @@ DEFAULT_FEATURES = [
     "oraculo.extensions.usage.feature:UsageFeature",
     "oraculo.extensions.mcp.feature:MCPFeature",
     "oraculo.extensions.git.feature:GitFeature",
+    "oraculo.extensions.api.feature:ApiFeature",
 ]
 
 
@@ -51,6 +53,12 @@ class OraculoExtension(ExtensionApp):
         Unicode(),
         help="""Features to load, as `module:Class` of a Feature subclass. One that fails to
         load is logged once and left out; the server keeps running.""",
+    ).tag(config=True)
+    feature_plugins = Bool(
+        True,
+        help="""Also load the features that installed packages declare in the
+        `oraculo.features` entry point group (see the plugins guide). One that fails to load
+        is logged and left out.""",
     ).tag(config=True)
     loaded = Dict(
         value_trait=Instance(Feature), help="The features that loaded, by name (read-only)."
@@ -83,12 +91,20 @@ class OraculoExtension(ExtensionApp):
             self.serverapp.kernel_manager.default_kernel_name = self.default_kernel
         self.models = ModelClient(parent=self, models_url=self.models_url)
         loaded = {}
+        classes: list[tuple[str, Any]] = []
         for spec in self.features:
             try:
                 module, _, cls = spec.partition(":")
-                feature = getattr(importlib.import_module(module), cls)(
-                    parent=self, models=self.models
-                )
+                classes.append((spec, getattr(importlib.import_module(module), cls)))
+            except Exception:
+                self.log.exception("oraculo feature %s failed to load; going on without it", spec)
+        if self.feature_plugins:
+            classes += plugins.load(plugins.FEATURES, self.log)
+        for spec, cls in classes:
+            try:
+                feature = cls(parent=self, models=self.models)
+                if not isinstance(feature, Feature) or not feature.name or feature.name in loaded:
+                    raise TypeError(f"{cls!r} is not a Feature with a name of its own")
             except Exception:
                 self.log.exception("oraculo feature %s failed to load; going on without it", spec)
                 continue

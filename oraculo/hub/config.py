@@ -89,6 +89,13 @@ def docker_bridge_address(interface: str = "docker0") -> str | None:
     return None
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a service nobody needs to find by number)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _env_int(name: str, fallback: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else fallback
@@ -208,6 +215,16 @@ class OraculoHub(LoggingConfigurable):
     slack_port = Int(
         config=True, help="Port of the Slack app service. Default ORACULO_SLACK_PORT or 8003."
     )
+    docs_dir = Unicode(
+        config=True,
+        help="""The built docs site (`mkdocs build` of docs/, which ./dev.sh does) that the hub
+        serves to everyone, signed in or not, at /services/docs/. Default ORACULO_DOCS_DIR,
+        else build/docs-site in this checkout. No site there (or ""): no docs service.""",
+    )
+    docs_port = Int(
+        config=True,
+        help="Port of the docs service (127.0.0.1). Default ORACULO_DOCS_PORT, else a free one.",
+    )
     singleuser_extra_args = List(
         Unicode(), config=True, help="Extra command-line arguments for every user server."
     )
@@ -244,6 +261,14 @@ class OraculoHub(LoggingConfigurable):
     @default("proxy_api_port")
     def _default_proxy_api_port(self) -> int:
         return _env_int("ORACULO_PROXY_API_PORT", 8001)
+
+    @default("docs_dir")
+    def _default_docs_dir(self) -> str:
+        return os.environ.get("ORACULO_DOCS_DIR") or str(REPO_ROOT / "build" / "docs-site")
+
+    @default("docs_port")
+    def _default_docs_port(self) -> int:
+        return _env_int("ORACULO_DOCS_PORT", 0) or free_port()
 
     @default("models_port")
     def _default_models_port(self) -> int:
@@ -475,6 +500,15 @@ class OraculoHub(LoggingConfigurable):
                         **slack_env,
                     },
                     "oauth_no_confirm": True,
+                }
+            )
+        if self.docs_dir and os.path.isfile(os.path.join(self.docs_dir, "index.html")):
+            services.append(
+                {
+                    "name": "docs",
+                    "url": f"http://127.0.0.1:{self.docs_port}",
+                    "command": [sys.executable, "-m", "oraculo.hub.docs", self.docs_dir],
+                    "display": True,  # in the hub's Services menu
                 }
             )
         if self.cull_idle_timeout:

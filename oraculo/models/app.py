@@ -36,6 +36,7 @@ from .budgets import Budgets
 from .cohorts import CohortPolicies
 from .handlers import routes
 from .metering import RateLimiter, UsageStore
+from .openapi_handlers import openapi_routes
 from .registry import DEFAULT_MODELS, ModelSpec, backend_class
 from .root import root_routes
 from .secrets import secrets_routes
@@ -219,8 +220,9 @@ class ModelServiceApp(Application):
         torch.set_num_threads(self.torch_threads or default_torch_threads())
         specs = [ModelSpec.model_validate(m) for m in self.models]
         for spec in specs:
-            backend = backend_class(spec.backend)(parent=self, log=self.log, spec=spec)
             try:
+                # a backend from a plugin (entry point) that fails to import lands here too
+                backend = backend_class(spec.backend)(parent=self, log=self.log, spec=spec)
                 backend.load()
             except Exception as e:
                 # one broken model is reported, not fatal: the others still serve
@@ -232,12 +234,9 @@ class ModelServiceApp(Application):
     async def serve(self) -> None:
         """Listen at once (health says 'loading'), load models in a thread, serve until SIGTERM."""
         self.service = service = self._build_service()
-        app = web.Application(
-            root_routes(self.base_url, service)
-            + usage_routes(self.base_url, {"service": service})
-            + audit_routes(self.base_url, service)
-            + secrets_routes(self.base_url, service)
-            + routes(self.base_url, service),
+        app = application(
+            self.base_url,
+            service,
             log_function=self._log_request,
             # the root page's hub OAuth cookie; a restart signs people in again
             cookie_secret=secrets.token_bytes(32),
@@ -292,6 +291,20 @@ class ModelServiceApp(Application):
             asyncio.run(self.serve())
         except KeyboardInterrupt:
             self.log.info("interrupted")
+
+
+def application(base_url: str, service: ModelService, **settings: Any) -> web.Application:
+    """The model service's tornado application: every route under ``base_url``."""
+    return web.Application(
+        openapi_routes(base_url, {"service": service})
+        + root_routes(base_url, service)
+        + usage_routes(base_url, {"service": service})
+        + audit_routes(base_url, service)
+        + secrets_routes(base_url, service)
+        + routes(base_url, service),
+        oraculo_base_url=base_url,
+        **settings,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from tornado.iostream import StreamClosedError
+
+from oraculo.openapi import operation
 
 from .backends.piper import PiperBackend, wav_bytes
 from .backends.whisper import Transcription, WhisperBackend
@@ -39,6 +41,17 @@ class SpeechRequest(_Strict):
     instructions: str | None = None  # OpenAI's; a Piper voice has no way to follow it
 
 
+class TranscriptionForm(_Strict):
+    """The multipart form of ``POST /v1/audio/transcriptions`` (OpenAI's)."""
+
+    file: bytes = Field(description="The audio: WAV, MP3, OGG, WebM ... (anything ffmpeg reads)")
+    model: str
+    language: str | None = None
+    prompt: str | None = None
+    response_format: Literal["json", "text", "verbose_json", "srt", "vtt"] = "json"
+    temperature: float = 0.0
+
+
 class TranscriptionsHandler(BaseHandler):
     endpoint = "audio.transcriptions"
 
@@ -51,6 +64,11 @@ class TranscriptionsHandler(BaseHandler):
         except UnicodeDecodeError:
             raise InvalidRequest(f"'{name}' is not valid UTF-8.", param=name) from None
 
+    @operation(
+        summary="Transcribe speech (OpenAI's API)",
+        request=TranscriptionForm,
+        request_type="multipart/form-data",
+    )
     async def post(self) -> None:
         assert self.identity is not None
         if not self.request.headers.get("Content-Type", "").startswith("multipart/form-data"):
@@ -137,6 +155,12 @@ def _subtitles(t: Transcription, vtt: bool) -> str:
 class SpeechHandler(BaseHandler):
     endpoint = "audio.speech"
 
+    @operation(
+        summary="Speak text (OpenAI's API): WAV or raw PCM",
+        request=SpeechRequest,
+        responses={200: bytes},
+        content_type="audio/wav",
+    )
     async def post(self) -> None:
         assert self.identity is not None
         req = parse_body(self.request.body, SpeechRequest)

@@ -14,15 +14,20 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
+from oraculo.openapi import operation
+
 from . import constrained
 from .audio import audio_routes
 from .backends import ChatStream
 from .basehandler import BaseHandler
 from .errors import Forbidden, InvalidRequest, NotFound
 from .protocol import (
+    ChatCompletion,
     ChatCompletionRequest,
+    EmbeddingList,
     EmbeddingRequest,
     ModelCard,
+    ModelList,
     Usage,
     chunk_body,
     completion_body,
@@ -37,6 +42,7 @@ __all__ = ["BaseHandler", "routes"]
 class HealthHandler(BaseHandler):
     auth_required = False
 
+    @operation(summary="Whether the service is up and its models loaded (no token needed)")
     def get(self) -> None:
         self.write_json(self.service.health())
 
@@ -46,6 +52,7 @@ class MetricsHandler(BaseHandler):
     token, here one that may read everyone's usage (admins; a scraper's service token with
     ``custom:oraculo:usage:read-all``)."""
 
+    @operation(summary="Prometheus metrics (operators)", content_type="text/plain")
     def get(self) -> None:
         assert self.identity is not None
         if not self.identity.can_read_all_usage:
@@ -58,6 +65,7 @@ class MetricsHandler(BaseHandler):
 class ModelsHandler(BaseHandler):
     endpoint = "models"
 
+    @operation(summary="The models (or the model model_id)", responses={200: ModelList | ModelCard})
     def get(self, model_id: str | None = None) -> None:
         cards = [
             ModelCard(
@@ -85,6 +93,12 @@ class ChatCompletionsHandler(BaseHandler):
     endpoint = "chat.completions"
     _stream: ChatStream | None = None
 
+    @operation(
+        summary="Chat completion (OpenAI's API); stream=true answers server-sent events",
+        request=ChatCompletionRequest,
+        responses={200: ChatCompletion},
+        stream=True,
+    )
     async def post(self) -> None:
         assert self.identity is not None
         req = parse_body(self.request.body, ChatCompletionRequest)
@@ -193,6 +207,11 @@ def _final_message(
 class EmbeddingsHandler(BaseHandler):
     endpoint = "embeddings"
 
+    @operation(
+        summary="Embeddings (OpenAI's API)",
+        request=EmbeddingRequest,
+        responses={200: EmbeddingList},
+    )
     async def post(self) -> None:
         assert self.identity is not None
         req = parse_body(self.request.body, EmbeddingRequest)

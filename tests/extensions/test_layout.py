@@ -8,7 +8,18 @@ from __future__ import annotations
 from tests.import_graph import import_graph
 
 PKG = "oraculo.extensions"
-FEATURES = ("agents", "chat", "execute", "git", "mcp", "memory", "status", "usage", "voice")
+FEATURES = (
+    "agents",
+    "api",
+    "chat",
+    "execute",
+    "git",
+    "mcp",
+    "memory",
+    "status",
+    "usage",
+    "voice",
+)
 
 
 def _part(module: str) -> str:

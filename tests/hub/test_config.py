@@ -129,7 +129,7 @@ def test_roles_scopes_and_services(clean_env: None) -> None:
 
 
 def test_switches_turn_services_off(clean_env: None) -> None:
-    c = build(models_service=False, cull_idle_timeout=0)
+    c = build(models_service=False, cull_idle_timeout=0, docs_dir="")
     assert c.JupyterHub.services == []
     assert "ORACULO_MODELS_URL" not in c.Spawner.environment
     assert "idle-culler" not in {r["name"] for r in c.JupyterHub.load_roles}
@@ -194,3 +194,14 @@ def test_the_slack_app_runs_once_its_signing_secret_is_set(
     assert roles["slack"]["scopes"] == ["access:servers", "read:users"]
     assert "access:services!service=slack" in roles["user"]["scopes"]
     assert "slack" not in {s["name"] for s in build(slack=False).JupyterHub.services}
+
+
+def test_the_docs_service_serves_a_built_site(clean_env: None, tmp_path: os.PathLike[str]) -> None:
+    site = os.path.join(tmp_path, "site")
+    assert "docs" not in {s["name"] for s in build(docs_dir=site).JupyterHub.services}
+    os.makedirs(site)
+    with open(os.path.join(site, "index.html"), "w") as f:
+        f.write("<h1>docs</h1>")
+    docs = next(s for s in build(docs_dir=site).JupyterHub.services if s["name"] == "docs")
+    assert docs["command"] == [sys.executable, "-m", "oraculo.hub.docs", site]
+    assert docs["url"].startswith("http://127.0.0.1:")

@@ -27,6 +27,7 @@ from oraculo.extensions.agents.handlers import (
     SharedRunHandler,
     SharedRunsHandler,
 )
+from oraculo.extensions.agents.notebook import plugin_tools
 from oraculo.extensions.agents.service import AgentsService
 from oraculo.extensions.base.feature import Feature
 
@@ -56,6 +57,7 @@ class AgentsFeature(Feature):
             models=self.models,
             execute=lambda: self._execute,
         )
+        self.service.plugin_tools = plugin_tools(self.log)
         try:  # a new user finds the example agents in ~/agents
             self.service.copy_examples()
         except OSError as e:

@@ -19,6 +19,7 @@ from oraculo.extensions.agents.models import (
 )
 from oraculo.extensions.base.errors import BadRequest, OraculoError
 from oraculo.extensions.base.handlers import OraculoAPIHandler
+from oraculo.openapi import operation
 
 
 def _dumps(body: Any) -> str:
@@ -58,6 +59,7 @@ class PublishHandler(_AgentsHandler):
     """``POST /api/v1/agents/{name}/publish``: copy the agent, as it is now, to its group's
     ``published/`` folder (201, the release's catalogue entry); 403 over a teammate's release."""
 
+    @operation(request=PublishRequest, responses={201: dict[str, Any]})
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
@@ -75,6 +77,7 @@ class RunsHandler(_AgentsHandler):
     async def get(self) -> None:
         self.finish({"runs": self.agents.list_runs(self.user)})
 
+    @operation(request=RunRequest, responses={201: dict[str, Any]})
     @web.authenticated
     @authorized
     async def post(self) -> None:
@@ -105,6 +108,7 @@ class RunMessagesHandler(_AgentsHandler):
     async def get(self, run_id: str) -> None:
         self.finish({"messages": self.agents.messages(run_id, self.user)})
 
+    @operation(request=NoteRequest, responses={201: dict[str, Any]})
     @web.authenticated
     @authorized
     async def post(self, run_id: str) -> None:
@@ -118,6 +122,7 @@ class RunShareHandler(_AgentsHandler):
     """``POST /api/v1/agents/runs/{id}/share``: share the run with a group, read-only (its
     timeline, messages, tool calls and outputs; never the kernel)."""
 
+    @operation(request=ShareRequest, responses={200: dict[str, Any]})
     @web.authenticated
     @authorized
     async def post(self, run_id: str) -> None:

@@ -15,7 +15,7 @@ class ToolSpec(BaseModel):
     description: str = ""
     parameters: dict[str, Any]
     source: str  # the function's definition, as written
-    cell: int  # index of the code cell that defines it
+    cell: int  # index of the code cell that defines it; -1: a plugin's tool
 
     def openai(self) -> dict[str, Any]:
         return {
@@ -53,6 +53,8 @@ class AgentSpec(BaseModel):
     mcp: list[str] = []
     instructions: str = ""
     tools: list[ToolSpec] = []
+    #: tools from plugins (the ``oraculo.agent_tools`` entry point group) this agent uses
+    use_tools: list[str] = []
     setup: list[str] = []  # code cells' top-level imports, run before the first tool call
     path: str = ""
     # from the file system, never from the notebook's metadata (see agents.trust)

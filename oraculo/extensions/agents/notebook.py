@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import inspect
+import logging
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import nbformat
 
+from oraculo import plugins
 from oraculo.extensions.agents.models import AgentSpec, ToolSpec
 from oraculo.extensions.agents.trust import hub_owner, read_file
 from oraculo.extensions.base.errors import BadRequest
@@ -119,6 +123,25 @@ def tool_from_function(fn: ast.FunctionDef, source: str, cell: int) -> ToolSpec:
         source=ast.get_source_segment(source, fn) or "",
         cell=cell,
     )
+
+
+def plugin_tools(log: Any = None) -> dict[str, ToolSpec]:
+    """The tools of the ``oraculo.agent_tools`` entry point group, by name: each names a
+    self-contained function (its imports inside it), whose source runs in the user's kernel
+    when an agent calls it, as a notebook's tools do. One that fails is logged and skipped."""
+    tools: dict[str, ToolSpec] = {}
+    for name, fn in plugins.load(plugins.AGENT_TOOLS, log):
+        try:
+            source = textwrap.dedent(inspect.getsource(fn))
+            node = ast.parse(source).body[0]
+            if not isinstance(node, ast.FunctionDef) or node.name != name:
+                raise TypeError(f"agent tool {name!r} must name a function called {name!r}")
+            tools[name] = tool_from_function(node, source, -1)
+        except Exception:
+            (log or logging.getLogger(__name__)).exception(
+                "agent tool plugin %r failed to load; going on without it", name
+            )
+    return tools
 
 
 def _arg_docs(doc: str) -> dict[str, str]:

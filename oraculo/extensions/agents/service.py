@@ -44,7 +44,7 @@ from typing import Any
 from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from oraculo.extensions.agents.models import AgentSpec, RunRequest
+from oraculo.extensions.agents.models import AgentSpec, RunRequest, ToolSpec
 from oraculo.extensions.agents.notebook import scan
 from oraculo.extensions.agents.runs import (
     EventLog,
@@ -227,6 +227,8 @@ class AgentsService(LoggingConfigurable):
         self._execute = execute
         #: the MCP feature's client of the user's MCP servers (set at connect time), or None
         self.mcp_servers: Any = None
+        #: agent tools from plugins, by name (``use_tools`` in an agent's metadata picks them)
+        self.plugin_tools: dict[str, ToolSpec] = {}
         self._runs: dict[str, _Run] = {}
         Path(self.runs_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.approvals = Approvals(Path(self.approvals_path))
@@ -275,6 +277,10 @@ class AgentsService(LoggingConfigurable):
                 Path(shared), shared=True, owner_prefix=prefix, skip=(PUBLISHED, SHARED_RUNS)
             ):
                 seen.setdefault(spec.name, spec)
+        for spec in seen.values():  # the plugins' tools each agent opted into
+            names = {t.name for t in spec.tools}
+            wanted = [n for n in spec.use_tools if n in self.plugin_tools and n not in names]
+            spec.tools += [self.plugin_tools[n] for n in wanted]
         return sorted(seen.values(), key=lambda s: (s.shared, not s.published, s.name))
 
     async def list_agents(self) -> list[dict[str, Any]]:

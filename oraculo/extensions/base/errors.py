@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 
 class OraculoError(Exception):
     """Base of every error a service raises on purpose.
@@ -58,3 +60,11 @@ class Unavailable(OraculoError):
     status = 503
     type = "unavailable"
     reason = "Service unavailable"
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the extension's API (the OpenAPI documents' ``default`` response)."""
+
+    message: str
+    reason: str
+    type: str

@@ -18,6 +18,7 @@ from oraculo.extensions.chat.models import (
     ConversationUpdate,
 )
 from oraculo.extensions.chat.service import StreamingReply
+from oraculo.openapi import operation
 
 
 def _dumps(body: Any) -> str:
@@ -30,6 +31,7 @@ class ChatCompletionsHandler(OraculoAPIHandler):
     _reply: StreamingReply | None = None
     _gone = False
 
+    @operation(request=ChatRequest, responses={200: dict[str, Any]}, stream=True)
     @web.authenticated
     @authorized
     async def post(self) -> None:
@@ -93,6 +95,7 @@ class ConversationsHandler(OraculoAPIHandler):
         conversations = await self.feature("chat").conversations.list_all()
         self.finish({"conversations": conversations})
 
+    @operation(request=ConversationCreate, responses={201: dict[str, Any]})
     @web.authenticated
     @authorized
     async def post(self) -> None:
@@ -109,6 +112,7 @@ class ConversationHandler(OraculoAPIHandler):
     async def get(self, cid: str) -> None:
         self.finish(await self.feature("chat").conversations.get(cid))
 
+    @operation(request=ConversationUpdate, responses={200: dict[str, Any]})
     @web.authenticated
     @authorized
     async def patch(self, cid: str) -> None:
@@ -121,6 +125,7 @@ class ConversationHandler(OraculoAPIHandler):
             conv = await conversations.bind(cid, body.notebook)
         self.finish(conv)
 
+    @operation(responses={204: None})
     @web.authenticated
     @authorized
     async def delete(self, cid: str) -> None:
@@ -141,6 +146,7 @@ class NotebooksHandler(OraculoAPIHandler):
 class CellsHandler(OraculoAPIHandler):
     """Code into an open notebook, through the JupyterLab pages that show it (202: asked)."""
 
+    @operation(request=CellInsert, responses={202: dict[str, Any]})
     @web.authenticated
     @authorized
     async def post(self) -> None:

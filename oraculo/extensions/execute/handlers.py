@@ -7,7 +7,14 @@ from tornado import web
 
 from oraculo.extensions.base.errors import BadRequest
 from oraculo.extensions.base.handlers import OraculoAPIHandler
-from oraculo.extensions.execute.models import ExecuteRequest
+from oraculo.extensions.execute.models import (
+    AuditQuery,
+    AuditRecords,
+    ExecuteRequest,
+    ExecutionResult,
+    WaitQuery,
+)
+from oraculo.openapi import operation
 
 #: Longest a ``GET /api/v1/execute/{id}?wait=`` may wait, seconds.
 MAX_WAIT = 60.0
@@ -16,6 +23,7 @@ MAX_WAIT = 60.0
 class ExecuteHandler(OraculoAPIHandler):
     """``POST /api/v1/execute``: 200 with the result, or 202 + Location when ``detach``."""
 
+    @operation(request=ExecuteRequest, responses={200: ExecutionResult, 202: ExecutionResult})
     @web.authenticated
     @authorized
     async def post(self) -> None:
@@ -40,6 +48,7 @@ class ExecutionHandler(OraculoAPIHandler):
     """``GET /api/v1/execute/{id}[?wait=seconds]``: an execution's result (so far);
     ``DELETE /api/v1/execute/{id}``: cancel it, answered with its result once it has stopped."""
 
+    @operation(query=WaitQuery, responses={200: ExecutionResult})
     @web.authenticated
     @authorized
     async def get(self, execution_id: str) -> None:
@@ -54,6 +63,7 @@ class ExecutionHandler(OraculoAPIHandler):
             result = service.get(execution_id)
         self.finish(result.model_dump(mode="json"))
 
+    @operation(responses={200: ExecutionResult})
     @web.authenticated
     @authorized
     async def delete(self, execution_id: str) -> None:
@@ -65,6 +75,7 @@ class ExecutionHandler(OraculoAPIHandler):
 class AuditHandler(OraculoAPIHandler):
     """``GET /api/v1/execute/audit[?limit=N&execution_id=...|?format=jsonl]``."""
 
+    @operation(query=AuditQuery, responses={200: AuditRecords})
     @web.authenticated
     @authorized
     async def get(self) -> None:

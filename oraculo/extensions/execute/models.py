@@ -79,3 +79,23 @@ class ExecutionResult(BaseModel):
     error: ExecutionError | None = None
     timeout: TimeoutInfo | None = None
     truncated: bool = False
+
+
+class WaitQuery(BaseModel):
+    """The query of ``GET /api/v1/execute/{id}``."""
+
+    wait: float = Field(0, ge=0, description="Seconds to wait for the end (at most 60).")
+
+
+class AuditQuery(BaseModel):
+    """The query of ``GET /api/v1/execute/audit``."""
+
+    limit: int = Field(1000, description="Most recent records to return.")
+    execution_id: str | None = Field(None, description="Only this execution's records.")
+    format: Literal["json", "jsonl"] = Field("json", description="jsonl: a download.")
+
+
+class AuditRecords(BaseModel):
+    """``GET /api/v1/execute/audit``."""
+
+    records: list[dict[str, Any]]

@@ -25,7 +25,16 @@ from tornado import web
 from oraculo.extensions.base.embeddings import EmbeddingsUnavailable
 from oraculo.extensions.base.errors import BadRequest, Forbidden, NotFound
 from oraculo.extensions.base.handlers import OraculoAPIHandler
-from oraculo.extensions.memory.models import MemoryBody
+from oraculo.extensions.memory.models import (
+    IndexQuery,
+    Memory,
+    MemoryBody,
+    MemoryHits,
+    MemoryPage,
+    MemoryQuery,
+    PassageHits,
+)
+from oraculo.openapi import operation
 
 #: The value of ``confirm`` that DELETE needs to remove every memory.
 DELETE_ALL = "delete-all"
@@ -63,6 +72,7 @@ class _MemoryHandler(OraculoAPIHandler):
 
 
 class MemoryHandler(_MemoryHandler):
+    @operation(query=MemoryQuery, responses={200: Memory | MemoryHits | MemoryPage})
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -90,6 +100,7 @@ class MemoryHandler(_MemoryHandler):
                 }
             )
 
+    @operation(request=MemoryBody, responses={200: Memory, 201: Memory})
     @web.authenticated
     @authorized
     async def post(self) -> None:
@@ -102,6 +113,7 @@ class MemoryHandler(_MemoryHandler):
             self.set_header("Location", f"{url}?key={quote(memory.key, safe='')}")
         self.finish(memory.model_dump_json())
 
+    @operation(query=MemoryQuery, responses={204: None})
     @web.authenticated
     @authorized
     async def delete(self) -> None:
@@ -118,6 +130,7 @@ class MemoryHandler(_MemoryHandler):
 
 
 class MemoryIndexHandler(_MemoryHandler):
+    @operation(query=IndexQuery, responses={200: dict[str, Any] | PassageHits})
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -129,6 +142,7 @@ class MemoryIndexHandler(_MemoryHandler):
         passages = await self.memory.index.search(q, self.int_arg("k", 5, 1, 100))
         self.finish({"passages": [p.model_dump(mode="json") for p in passages]})
 
+    @operation(summary="Start indexing the workspace", responses={202: dict[str, Any]})
     @web.authenticated
     @authorized
     async def post(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 
 class Memory(BaseModel):
@@ -67,3 +67,44 @@ class Passage(BaseModel):
     cell_id: str | None = None
     page: int | None = None
     similarity: float = 0.0
+
+
+class MemoryQuery(BaseModel):
+    """The query of ``GET``/``DELETE /api/v1/memory`` (one of ``key``, ``q``, or a page)."""
+
+    key: str | None = Field(None, description="One memory by key (DELETE: remove it).")
+    q: str | None = Field(None, description="Search the memories (semantic + full text).")
+    k: int = Field(5, ge=1, le=100, description="How many hits a search returns.")
+    limit: int = Field(50, ge=1, le=500, description="Page size of the list.")
+    offset: int = Field(0, ge=0, description="Where the page starts.")
+    confirm: str | None = Field(None, description="DELETE without key: 'delete-all'.")
+    user_id: str | None = Field(None, description="Must be the caller when given.")
+
+
+class MemoryPage(BaseModel):
+    """``GET /api/v1/memory``: a page of memories, most recently updated first."""
+
+    items: list[Memory]
+    total: int
+    limit: int
+    offset: int
+
+
+class MemoryHits(BaseModel):
+    """``GET /api/v1/memory?q=``."""
+
+    hits: list[MemoryHit]
+
+
+class IndexQuery(BaseModel):
+    """The query of ``GET /api/v1/memory/index``."""
+
+    q: str | None = Field(None, description="Search the workspace's passages.")
+    k: int = Field(5, ge=1, le=100, description="How many passages.")
+    user_id: str | None = Field(None, description="Must be the caller when given.")
+
+
+class PassageHits(BaseModel):
+    """``GET /api/v1/memory/index?q=``."""
+
+    passages: list[Passage]

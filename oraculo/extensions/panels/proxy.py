@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import shutil
 import sys
@@ -21,7 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from oraculo import plugins
 from oraculo.kernels import credentials
+
+_log = logging.getLogger(__name__)
 
 #: The name jupyter-server-proxy mounts the panel server under, below the server's base URL.
 PROXY_NAME = "oraculo-panels"
@@ -41,8 +45,19 @@ _CREDENTIAL_HEADERS = ("Cookie", "Authorization")
 
 
 def app_paths() -> list[Path]:
-    """The panel scripts that ``panel serve`` serves, one app per file."""
-    return sorted(APPS_DIR.glob("*.py"))
+    """The panel scripts that ``panel serve`` serves, one app per file: ours, then those of
+    the ``oraculo.panels`` entry point group (served at ``oraculo-panels/<file stem>``; one
+    that cannot be found, or whose name is taken, is logged and left out)."""
+    ours = sorted(APPS_DIR.glob("*.py"))
+    taken = {p.stem for p in ours}
+    for name, file in plugins.module_files(plugins.PANELS, _log):
+        path = Path(file)
+        if path.stem in taken:
+            _log.error("panel plugin %r: the name %r is taken; left out", name, path.stem)
+            continue
+        taken.add(path.stem)
+        ours.append(path)
+    return ours
 
 
 def _command(unix_socket: str, base_url: str) -> list[str]:

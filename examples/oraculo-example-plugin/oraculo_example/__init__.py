@@ -1,0 +1,1 @@
+"""An example Oráculo plugin: a feature with one route, an agent tool and a panel."""

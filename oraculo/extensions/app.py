@@ -21,6 +21,7 @@ DEFAULT_FEATURES = [
     "oraculo.extensions.voice.feature:VoiceFeature",
     "oraculo.extensions.agents.feature:AgentsFeature",
     "oraculo.extensions.usage.feature:UsageFeature",
+    "oraculo.extensions.courses.feature:CoursesFeature",
 ]
 
 

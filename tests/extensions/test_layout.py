@@ -8,7 +8,7 @@ from __future__ import annotations
 from tests.import_graph import import_graph
 
 PKG = "oraculo.extensions"
-FEATURES = ("agents", "chat", "execute", "memory", "status", "usage", "voice")
+FEATURES = ("agents", "chat", "courses", "execute", "memory", "status", "usage", "voice")
 
 
 def _part(module: str) -> str:

@@ -109,7 +109,9 @@ class CourseService(LoggingConfigurable):
         if not _NAME.match(cohort) and group_slug(cohort) != cohort:
             raise BadRequest(f"Not a cohort name: {cohort!r}")
         if not self.exchange_root:
-            raise Unavailable("This server has no course exchange (it belongs to no cohort).")
+            raise NotFound(
+                f"You are not a member of cohort {cohort}: this server belongs to no cohort."
+            )
         root, course_id = course_exchange(self.exchange_root, cohort)
         try:
             os.stat(os.path.join(root, course_id, "outbound"))

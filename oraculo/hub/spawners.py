@@ -57,6 +57,8 @@ class GroupFoldersHook:
     group_dirs: list[str] = []
     #: The hub groups whose instructor this user is (their ``instructors`` property).
     instructs: list[str] = []
+    #: The hub groups whose exchange this server gets (its groups and those it teaches).
+    cohorts: list[str] = []
     #: Where the cohorts' nbgrader exchanges are (:mod:`oraculo.hub.exchange`); "" for none.
     exchange_root: str = ""
 
@@ -80,6 +82,7 @@ class GroupFoldersHook:
         if exchange.enabled and groups:
             await asyncio.to_thread(self.prepare_exchange, exchange, groups)
             self.exchange_root = exchange.root
+            self.cohorts = groups
 
     def prepare_exchange(self, exchange: CohortExchange, groups: list[str]) -> None:
         """Make the user's cohorts' nbgrader exchanges (blocking; runs in a thread). Here
@@ -93,6 +96,7 @@ class GroupFoldersHook:
         if self.exchange_root:
             env[EXCHANGE_ENV] = self.exchange_root
             env["ORACULO_INSTRUCTS"] = ",".join(self.instructs)
+            env["ORACULO_COHORTS"] = ",".join(self.cohorts)
         return env
 
 

@@ -8,7 +8,12 @@ from typing import Any
 from traitlets import Instance, Type
 
 from oraculo.extensions.base.feature import Feature
-from oraculo.extensions.courses.handlers import AssignmentStepHandler, CourseHandler
+from oraculo.extensions.courses.handlers import (
+    AssignmentStepHandler,
+    CourseHandler,
+    CoursesHandler,
+    CourseUsageHandler,
+)
 from oraculo.extensions.courses.service import CourseService
 
 _NAME = r"[^/]+"
@@ -31,7 +36,9 @@ class CoursesFeature(Feature):
 
     def handlers(self) -> list[tuple[str, Any]]:
         return [
+            (r"/api/v1/courses", CoursesHandler),
             (rf"/api/v1/courses/({_NAME})", CourseHandler),
+            (rf"/api/v1/courses/({_NAME})/usage", CourseUsageHandler),
             (
                 rf"/api/v1/courses/({_NAME})/assignments/({_NAME})/({_NAME})",
                 AssignmentStepHandler,

@@ -9,6 +9,22 @@ from tornado import web
 from oraculo.extensions.base.handlers import OraculoAPIHandler
 
 
+class CoursesHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        service = self.feature("courses").service
+        self.finish({"cohorts": service.cohorts, "instructs": service.instructs})
+
+
+class CourseUsageHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, cohort: str) -> None:
+        feature = self.feature("courses")
+        self.finish(await feature.service.usage(cohort, feature.models))
+
+
 class CourseHandler(OraculoAPIHandler):
     @web.authenticated
     @authorized

@@ -26,6 +26,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from traitlets import Float, List, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -73,6 +74,12 @@ class CourseService(LoggingConfigurable):
         help="""Hub groups whose instructor this user is (the group's `instructors` property,
         read by the spawner). Default ORACULO_INSTRUCTS (comma-separated).""",
     )
+    cohorts = List(
+        Unicode(),
+        config=True,
+        help="""Hub groups this user belongs to or teaches, as the spawner saw them at start.
+        Default ORACULO_COHORTS (comma-separated).""",
+    )
     courses_dir = Unicode(
         config=True,
         help="Where an instructor's courses live, one folder per cohort. Default ~/courses.",
@@ -94,6 +101,10 @@ class CourseService(LoggingConfigurable):
     @default("instructs")
     def _default_instructs(self) -> list[str]:
         return [g for g in os.environ.get("ORACULO_INSTRUCTS", "").split(",") if g]
+
+    @default("cohorts")
+    def _default_cohorts(self) -> list[str]:
+        return [g for g in os.environ.get("ORACULO_COHORTS", "").split(",") if g]
 
     @default("courses_dir")
     def _default_courses_dir(self) -> str:
@@ -219,6 +230,18 @@ class CourseService(LoggingConfigurable):
         return logged
 
     # --- what there is ----------------------------------------------------------------------
+
+    async def usage(self, cohort: str, models: Any) -> dict[str, Any]:
+        """The cohort's AI use this week, from the model service (instructors only)."""
+        self._exchange(cohort)
+        if not self.is_instructor(cohort):
+            raise Forbidden(f"Only cohort {cohort}'s instructor may read its usage.")
+        if models is None or not models.configured:
+            raise Unavailable("No model service is configured for this server.")
+        r = await models.request(
+            "GET", "v1/usage/summary", params={"group": cohort, "period": "week"}
+        )
+        return {"cohort": cohort, "period": "week", "summary": r.json()}
 
     async def view(self, cohort: str) -> CourseView:
         """The cohort's assignments as the caller sees them (with scores for its instructor)."""

@@ -96,6 +96,21 @@ async def test_students_cannot_take_instructor_steps(cohort: Cohort) -> None:
         assert cohort.group in r.json()["message"]
 
 
+async def test_the_cohort_list_and_usage(cohort: Cohort) -> None:
+    teacher, ana = cohort.instructor, cohort.students[0]
+    r = await teacher.api("GET", f"/user/{teacher.name}/api/v1/courses")
+    assert r.json() == {"cohorts": [cohort.group], "instructs": [cohort.group]}
+    r = await ana.api("GET", f"/user/{ana.name}/api/v1/courses")
+    assert r.json() == {"cohorts": [cohort.group], "instructs": []}
+    # usage is the instructor's to read; this hub runs no model service: a clear 503
+    r = await ana.api("GET", f"/user/{ana.name}/api/v1/courses/{cohort.group}/usage")
+    assert r.status_code == 403
+    error_shape(r.json(), "forbidden")
+    r = await teacher.api("GET", f"/user/{teacher.name}/api/v1/courses/{cohort.group}/usage")
+    assert r.status_code == 503
+    error_shape(r.json(), "unavailable")
+
+
 async def test_bad_input_is_a_clear_error(cohort: Cohort) -> None:
     teacher = cohort.instructor
     base = f"/user/{teacher.name}/api/v1/courses"
@@ -121,7 +136,9 @@ async def test_another_users_token_is_refused_on_every_endpoint(cohort: Cohort) 
     outsider = cohort.others[0]
     base = f"/user/{teacher.name}/api/v1/courses/{cohort.group}"
     for method, path in (
+        ("GET", f"/user/{teacher.name}/api/v1/courses"),
         ("GET", base),
+        ("GET", f"{base}/usage"),
         ("POST", f"{base}/assignments/{ASSIGNMENT}/collect"),
         ("POST", f"{base}/assignments/{ASSIGNMENT}/release"),
     ):

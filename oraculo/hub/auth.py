@@ -19,6 +19,9 @@ from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from nativeauthenticator.orm import UserInfo
 from traitlets import Unicode, default
 
+from oraculo.hub.cohort_handlers import api_handlers
+from oraculo.hub.signup import CohortSignUpHandler
+
 
 class LoginHandler(NativeLoginHandler):
     """NativeAuthenticator's login page, fixed for JupyterHub 6.
@@ -80,8 +83,9 @@ class OraculoNativeAuthenticator(NativeAuthenticator):
         return True
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
-        return [
-            (pattern, LoginHandler if pattern == r"/login" else handler)
+        replaced = {r"/login": LoginHandler, r"/signup": CohortSignUpHandler}
+        return api_handlers() + [
+            (pattern, replaced.get(pattern, handler))
             for pattern, handler in super().get_handlers(app)
         ]
 

@@ -35,6 +35,7 @@ SPAWNERS = {
 AUTHENTICATORS = {
     "native": "oraculo-native",
     "oidc": "oraculo-oidc",  # any OpenID Connect provider: oraculo.hub.oauth
+    "lti13": "oraculo-lti13",  # launches from an LMS into cohorts: oraculo.hub.lti
 }
 
 #: Custom scopes Oráculo features check.
@@ -298,6 +299,16 @@ class OraculoHub(LoggingConfigurable):
                 "users": sorted(self.admin_users),
             },
         ]
+        if self.models_service:
+            # cohort AI policies (oraculo.models.cohorts): every group's members and properties
+            roles.append(
+                {
+                    "name": "oraculo-models",
+                    "description": "The model service reads cohorts' members and AI policies.",
+                    "scopes": ["list:groups", "read:groups"],
+                    "services": ["models"],
+                }
+            )
         if self.cull_idle_timeout:
             roles.append(
                 {

@@ -21,6 +21,8 @@ from typing import Any
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets import Unicode, default
 
+from oraculo.hub.cohort_handlers import api_handlers
+
 #: GenericOAuthenticator's endpoint settings, and the discovery document's names for them.
 _ENDPOINTS = {
     "authorize_url": "authorization_endpoint",
@@ -102,6 +104,9 @@ class OraculoOIDCAuthenticator(GenericOAuthenticator):
             for trait in missing:
                 setattr(self, trait, document[_ENDPOINTS[trait]])
             self.log.info("OpenID Connect endpoints from %s", self.oidc_issuer)
+
+    def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
+        return api_handlers() + list(super().get_handlers(app))  # the cohort API
 
     async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
         auth_model = await super().update_auth_model(auth_model)

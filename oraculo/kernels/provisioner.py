@@ -51,9 +51,11 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Dict, Enum, Instance, Int, List, Unicode, default
 
+from oraculo.kernels.cohort import cohort_sandbox
 from oraculo.kernels.credentials import HubTokens, KernelToken, server_url
 from oraculo.kernels.limits import LIMITS_ENV, NPROC_ENV, SandboxLimits, sandbox_env
 from oraculo.kernels.sandbox import ChildPlan, PidsCgroup, rlimit_plan
+from oraculo.policy import tighten
 
 #: The running sandbox provisioners, by kernel id (for usage reports and limit checks).
 _running: weakref.WeakValueDictionary[str, SandboxProvisioner] = weakref.WeakValueDictionary()
@@ -151,6 +153,7 @@ class SandboxProvisioner(LocalProvisioner):
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         self._private_sockets()
+        self.limits = tighten(self._default_limits(), await cohort_sandbox(self.log))
         kwargs = await super().pre_launch(**kwargs)
         env = sandbox_env(kwargs.get("env") or {}, allow=self.env_allow, deny=self.env_deny)
         env.update(await self._credentials())

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tornado import httpserver, web
-from traitlets import Dict, Instance, Integer, List, Type, Unicode, default, validate
+from traitlets import Dict, Float, Instance, Integer, List, Type, Unicode, default, validate
 from traitlets.config import Application
 
 from oraculo.hub.database import redacted, sqlalchemy_url
@@ -32,6 +32,7 @@ from oraculo.hub.database import redacted, sqlalchemy_url
 from .audit import audit_routes
 from .auth import Authenticator, HubAuthenticator, StaticKeyAuthenticator
 from .budgets import Budgets
+from .cohorts import CohortPolicies
 from .handlers import routes
 from .metering import RateLimiter, UsageStore
 from .registry import DEFAULT_MODELS, ModelSpec, backend_class
@@ -110,6 +111,12 @@ class ModelServiceApp(Application):
     prices = Dict(
         help="""Prices of the weighted unit `cost`: {per_1k_tokens, models: {model: price per 1k
         tokens}, per_cpu_hour, per_gpu_hour, per_voice_minute}. Empty: everything costs 0.""",
+    ).tag(config=True)
+    policy_ttl = Float(
+        10.0,
+        help="""Seconds the cohort AI policies read from the hub (group property
+        oraculo_policy, see oraculo.policy) are kept before they are read again: a change
+        applies within this time.""",
     ).tag(config=True)
     authenticator_class = Type(
         klass=Authenticator,
@@ -190,7 +197,13 @@ class ModelServiceApp(Application):
         auth = self.authenticator_class(parent=self, log=self.log)
         budgets = Budgets(store, Prices.model_validate(self.prices))
         budgets.seed(self.budgets)
-        return ModelService(auth, store, limiter, self.log, budgets)
+        cohorts = CohortPolicies(
+            getattr(auth, "api_url", ""),
+            getattr(auth, "api_token", ""),
+            self.log,
+            ttl=self.policy_ttl,
+        )
+        return ModelService(auth, store, limiter, self.log, budgets, cohorts)
 
     def _load_models(self, service: ModelService) -> None:
         import torch

@@ -45,6 +45,8 @@ class BaseHandler(web.RequestHandler):
             self.identity = await self.service.auth.authenticate(bearer)
             # a spent budget refuses before any work (see oraculo.models.budgets)
             await self.service.budgets.check_endpoint(self.identity, self.endpoint)
+            # and so does a cohort's policy (an exam window, AI off, a daily token budget)
+            await self.service.cohorts.check(self.identity, self.endpoint, self.service.budgets)
 
     def write_json(self, body: Any) -> None:
         self.finish(body if isinstance(body, dict) else {"data": body})

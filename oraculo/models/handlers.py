@@ -90,6 +90,9 @@ class ChatCompletionsHandler(BaseHandler):
         req = parse_body(self.request.body, ChatCompletionRequest)
         backend = self.service.backend(req.model, "chat")
         self.model_name = backend.spec.name
+        await self.service.cohorts.check_model(
+            self.identity, [backend.spec.name, *backend.spec.aliases]
+        )
         await self.service.limiter.check(self.identity)
         self._stream = stream = await backend.start_chat(req)
         self.prompt_tokens = stream.prompt_tokens
@@ -239,6 +242,18 @@ class UsageHandler(BaseHandler):
         self.write_json({"object": "list", "user": who, **result})
 
 
+class PolicyHandler(BaseHandler):
+    """``GET /v1/policy``: what the caller's cohorts allow now (oraculo.policy); the user's
+    server asks before chat, voice and agents work, and its kernel provisioner for limits."""
+
+    endpoint = "policy"
+
+    async def get(self) -> None:
+        assert self.identity is not None
+        policy = await self.service.cohorts.effective(self.identity)
+        self.write_json(policy.to_json())
+
+
 class NotFoundHandler(BaseHandler):
     auth_required = False
 
@@ -262,5 +277,6 @@ def routes(prefix: str, service: ModelService) -> list[Any]:
         (rf"{prefix}v1/embeddings", EmbeddingsHandler, kw),
         *audio_routes(prefix, kw),
         (rf"{prefix}v1/usage", UsageHandler, kw),
+        (rf"{prefix}v1/policy", PolicyHandler, kw),
         (r".*", NotFoundHandler, kw),
     ]

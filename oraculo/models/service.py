@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .auth import Authenticator, Identity
 from .backends import Backend
 from .budgets import Budgets
+from .cohorts import CohortPolicies
 from .errors import Overloaded
 from .metering import RateLimiter, UsageEvent, UsageStore, groups_column
 from .registry import ModelRegistry
@@ -93,6 +94,7 @@ class ModelService:
             "usage.kernels",
             "budget",
             "budgets",
+            "policy",
         }
     )
 
@@ -103,11 +105,14 @@ class ModelService:
         limiter: RateLimiter,
         log: Any,
         budgets: Budgets | None = None,
+        cohorts: CohortPolicies | None = None,
     ) -> None:
         self.auth = auth
         self.store = store
         self.limiter = limiter
         self.budgets = budgets or Budgets(store)
+        #: Cohort AI policies read from the hub (none standalone): oraculo.models.cohorts
+        self.cohorts = cohorts or CohortPolicies("", "", log)
         self.log = log
         self.registry = ModelRegistry()
         self.ready = False

@@ -79,6 +79,7 @@ class RunsHandler(_AgentsHandler):
     @authorized
     async def post(self) -> None:
         req = self.parse_body(RunRequest)
+        await self.oraculo.models.check_policy("agents")  # cohort policy (oraculo.policy)
         run = await self.agents.start(req, self.user)
         self.set_status(201)
         self.set_header("Location", f"{self.base_url}api/v1/agents/runs/{run['id']}")

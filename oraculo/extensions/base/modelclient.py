@@ -22,7 +22,7 @@ import httpx
 from traitlets import Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from oraculo.extensions.base.errors import NotFound, OraculoError, Unavailable
+from oraculo.extensions.base.errors import Forbidden, NotFound, OraculoError, Unavailable
 from oraculo.extensions.base.wire import WireError, aiter_events, read_error
 from oraculo.kernels.credentials import server_token
 
@@ -58,6 +58,14 @@ class ModelServiceError(OraculoError):
             details=err.details,
             retry_after=err.retry_after,
         )
+
+
+class PolicyRefused(Forbidden):
+    """The user's cohort policy takes this feature away now (403)."""
+
+    def __init__(self, message: str, paused: bool) -> None:
+        super().__init__(message, reason="Paused by cohort policy" if paused else "Not available")
+        self.type = "ai_paused" if paused else "feature_off"
 
 
 _REASONS = {
@@ -117,7 +125,15 @@ class ModelClient(LoggingConfigurable):
         # oraculo.singleuser) and keeps it in oraculo.kernels.credentials.
         return os.environ.get("ORACULO_MODELS_TOKEN") or server_token()
 
+    policy_ttl = Float(
+        5.0,
+        config=True,
+        help="Seconds the user's cohort policy (GET v1/policy) is kept before it is asked again.",
+    )
+
     _client: httpx.AsyncClient | None = None
+    _policy: dict[str, Any] | None = None
+    _policy_at = 0.0
     _models: list[ModelInfo] | None = None
     _models_at = 0.0
 
@@ -200,6 +216,25 @@ class ModelClient(LoggingConfigurable):
         if not wanted:
             raise Unavailable("The model service offers no chat model.")
         raise NotFound(f"The model '{wanted}' does not exist.", reason="Unknown model")
+
+    async def check_policy(self, feature: str) -> None:
+        """Refuse ``feature`` (chat, voice, agents) with 403 while the user's cohort policy
+        takes it away (an exam window, AI off: see oraculo.policy), before any work starts.
+        The model service decides; its answer is kept ``policy_ttl`` seconds. Without a model
+        service there is no policy (and no AI)."""
+        if not self.configured:
+            return
+        now = time.monotonic()
+        if self._policy is None or now - self._policy_at > self.policy_ttl:
+            try:
+                r = await self.request("GET", "v1/policy", timeout=10)
+            except Unavailable:
+                return  # the model service refuses the work itself once it answers again
+            self._policy, self._policy_at = r.json(), now
+        message = (self._policy.get("refusals") or {}).get(feature)
+        if message:
+            ai = self._policy.get("ai") or {}
+            raise PolicyRefused(message, paused=not ai.get("available", True))
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """A whole (non-streamed) chat completion."""

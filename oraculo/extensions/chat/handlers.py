@@ -34,6 +34,7 @@ class ChatCompletionsHandler(OraculoAPIHandler):
     @authorized
     async def post(self) -> None:
         req = self.parse_body(ChatRequest)
+        await self.oraculo.models.check_policy("chat")  # an exam window: 403 (oraculo.policy)
         chat = self.feature("chat").service
         if not req.stream:
             self.finish(await chat.complete(req))

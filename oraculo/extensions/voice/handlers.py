@@ -53,7 +53,7 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from oraculo.extensions.base.errors import BadRequest, PayloadTooLarge
+from oraculo.extensions.base.errors import BadRequest, OraculoError, PayloadTooLarge
 
 #: Largest frame accepted (64 KiB: 2 s of audio); a larger one is answered with a close (1009).
 MAX_MESSAGE_SIZE = 64 * 1024
@@ -90,6 +90,10 @@ class VoiceHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             raise web.HTTPError(403)
         if "voice" not in self.settings["oraculo"].loaded:
             raise web.HTTPError(503, "The voice feature is not loaded.")
+        try:  # cohort policy (oraculo.policy): refused before the upgrade
+            await self.settings["oraculo"].models.check_policy("voice")
+        except OraculoError as e:
+            raise web.HTTPError(e.status, e.message) from e
 
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:

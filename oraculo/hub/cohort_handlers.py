@@ -1,0 +1,378 @@
+"""The hub's cohort API (``/hub/api/cohorts``) and the sign-up page that knows cohorts.
+
+Served by the hub itself (the authenticator adds these handlers, ahead of JupyterHub's own), so
+every check is a JupyterHub scope on the cohort's group: an instructor's role
+(:mod:`.cohorts`) grants ``groups!group=<cohort>``, an admin has every group.
+
+===========================================================  =========================  ======
+``GET  /hub/api/cohorts``                                     the cohorts you manage     any
+``POST /hub/api/cohorts`` ``{name, instructors, policy?}``    make a cohort              admin
+``GET  /hub/api/cohorts/<c>``                                 members, servers, policy   read
+``GET|PUT /hub/api/cohorts/<c>/policy``                       the AI policy              groups
+``POST|DELETE /hub/api/cohorts/<c>/members`` ``{users}``      join/leave, applied live   groups
+``POST|DELETE /hub/api/cohorts/<c>/instructors`` ``{users}``  grant/strip the role       admin
+``GET /hub/api/cohorts/<c>/signups``, ``POST|DELETE …/<u>``   approve/decline a sign-up  groups
+``POST /hub/api/cohorts/<c>/invitations``                     a new invitation code      groups
+``PUT /hub/api/cohorts/<c>/lti`` ``{contexts}``               LMS courses of the cohort  admin
+``POST /hub/api/cohorts/join`` ``{code}``                     join by invitation         self
+===========================================================  =========================  ======
+
+Errors are ``{"status", "message", "reason", "type"}`` with the right status.
+"""
+
+from __future__ import annotations
+
+import json
+from http.client import responses
+from typing import Any
+
+from jupyterhub import orm
+from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.scopes import has_scope, needs_scope
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tornado import web
+
+from oraculo.hub import cohorts
+from oraculo.policy import CohortPolicy, combine
+
+
+class CohortIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=255)
+    instructors: list[str] = Field(default_factory=list)
+    policy: CohortPolicy | None = None
+
+
+class UsersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    users: list[str] = Field(min_length=1)
+
+
+class CodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(min_length=1, max_length=200)
+
+
+class ContextsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    contexts: list[str]
+
+
+class CohortAPIHandler(APIHandler):
+    """Base: JSON bodies through pydantic (400), cohort errors with status and type."""
+
+    def parse(self, model: type[Any]) -> Any:
+        try:
+            return model.model_validate(json.loads(self.request.body or b"null"))
+        except json.JSONDecodeError as e:
+            raise cohorts.CohortError(400, f"The body is not JSON: {e}", "invalid_json") from e
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()
+            )
+            raise cohorts.CohortError(400, f"Invalid request: {problems}", "invalid_request") from e
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, cohorts.CohortError):
+            self.set_status(exc.status)
+            status, message, type_ = exc.status, exc.message, exc.type
+        elif isinstance(exc, web.HTTPError) and status_code < 500:
+            status, message = status_code, exc.get_message() or responses.get(status_code, "")
+            type_ = {403: "forbidden", 404: "not_found"}.get(status_code, "invalid_request")
+        else:
+            status, message, type_ = 500, "Unhandled error", "internal_error"
+        self.set_header("Content-Type", "application/json")
+        self.finish(
+            json.dumps(
+                {
+                    "status": status,
+                    "message": message,
+                    "reason": responses.get(status, "Error"),
+                    "type": type_,
+                }
+            )
+        )
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, cohorts.CohortError):
+            self.log.info("cohort API: %s %s", value.status, value.message)
+            return
+        super().log_exception(typ, value, tb)
+
+    def users_named(self, names: list[str]) -> list[orm.User]:
+        out = []
+        for name in names:
+            user = self.find_user(self.authenticator.normalize_username(name))
+            if user is None:
+                raise cohorts.CohortError(400, f"No such user: {name}", "user_not_found")
+            out.append(user.orm_user)
+        return out
+
+    def cohort_model(self, group: orm.Group, full: bool) -> dict[str, Any]:
+        rec = cohorts.record(group)
+        policy = cohorts.policy_of(group)
+        model: dict[str, Any] = {
+            "name": group.name,
+            "instructors": cohorts.instructors(self.db, group.name),
+            "policy": policy.model_dump(mode="json") if policy else None,
+            "now": combine({group.name: policy}).to_json() if policy else None,
+        }
+        if full:
+            members = []
+            for orm_user in sorted(group.users, key=lambda u: u.name):
+                user = self.users[orm_user]
+                spawner = user.spawners.get("")
+                members.append(
+                    {
+                        "name": user.name,
+                        "server": "running"
+                        if spawner is not None and spawner.ready
+                        else "pending"
+                        if spawner is not None and spawner.pending
+                        else "stopped",
+                        "last_activity": user.last_activity.isoformat() + "Z"
+                        if user.last_activity
+                        else None,
+                    }
+                )
+            model.update(
+                members=members,
+                pending=list(rec.get("pending", [])),
+                invite_code=rec.get("invite_code"),
+                invite_url=f"{self.hub.base_url}signup?invite={rec.get('invite_code')}",
+                lti_contexts=list(rec.get("lti_contexts", [])),
+            )
+        return model
+
+    def created(self, location: str, body: Any) -> None:
+        self.set_status(201)
+        self.set_header("Location", location)
+        self.finish(json.dumps(body))
+
+
+class CohortListHandler(CohortAPIHandler):
+    async def get(self) -> None:
+        if self.current_user is None:
+            raise web.HTTPError(403, "Missing or invalid credentials.")
+        out = []
+        for group in self.db.query(orm.Group).order_by(orm.Group.name):
+            if cohorts.is_cohort(group) and has_scope(
+                f"read:groups!group={group.name}", self.parsed_scopes, db=self.db
+            ):
+                out.append(self.cohort_model(group, full=False))
+        self.finish(json.dumps({"cohorts": out}))
+
+    @needs_scope("admin:groups")
+    async def post(self) -> None:
+        body = self.parse(CohortIn)
+        instructors = self.users_named(body.instructors)
+        group = cohorts.create(self.db, body.name, instructors, body.policy)
+        self.log.info("Cohort %s created with instructors %s", group.name, body.instructors)
+        self.created(
+            f"{self.hub.base_url}api/cohorts/{group.name}", self.cohort_model(group, full=True)
+        )
+
+
+class CohortHandler(CohortAPIHandler):
+    @needs_scope("read:groups")
+    async def get(self, group_name: str) -> None:
+        self.finish(json.dumps(self.cohort_model(cohorts.find(self.db, group_name), full=True)))
+
+
+class CohortPolicyHandler(CohortAPIHandler):
+    @needs_scope("read:groups")
+    async def get(self, group_name: str) -> None:
+        group = cohorts.find(self.db, group_name)
+        policy = cohorts.policy_of(group) or CohortPolicy()
+        self.finish(
+            json.dumps(
+                {
+                    "policy": policy.model_dump(mode="json"),
+                    "now": combine({group.name: policy}).to_json(),
+                }
+            )
+        )
+
+    @needs_scope("groups")
+    async def put(self, group_name: str) -> None:
+        group = cohorts.find(self.db, group_name)
+        policy = self.parse(CohortPolicy)
+        cohorts.set_policy(self.db, group, policy)
+        self.log.info("Policy of cohort %s set by %s", group.name, self.current_user.name)
+        self.finish(
+            json.dumps(
+                {
+                    "policy": policy.model_dump(mode="json"),
+                    "now": combine({group.name: policy}).to_json(),
+                }
+            )
+        )
+
+
+class CohortMembersHandler(CohortAPIHandler):
+    """Join and leave; a member's running server gets the change at once where it can."""
+
+    @needs_scope("groups")
+    async def post(self, group_name: str) -> None:
+        await self._change(group_name, join=True)
+
+    @needs_scope("groups")
+    async def delete(self, group_name: str) -> None:
+        await self._change(group_name, join=False)
+
+    async def _change(self, group_name: str, join: bool) -> None:
+        group = cohorts.find(self.db, group_name)
+        users = self.users_named(self.parse(UsersIn).users)
+        changed = []
+        for user in users:
+            if (cohorts.join if join else cohorts.leave)(self.db, group, user):
+                changed.append(user)
+                if not join:
+                    cohorts.remove_pending(self.db, group, user.name)
+        live = {u.name: await apply_membership(self, u) for u in changed}
+        self.finish(json.dumps({"members": sorted(u.name for u in group.users), "live": live}))
+
+
+async def apply_membership(handler: APIHandler, orm_user: orm.User) -> dict[str, str]:
+    """Bring a member's running server up to date with their groups: link or unlink the group
+    folders in their home and set their OS groups. What a running process cannot pick up (its
+    OS groups, a container's mounts) is said plainly."""
+    user = handler.users[orm_user]
+    spawner = user.spawners.get("")
+    if spawner is None or not spawner.ready:
+        return {"state": "next_start", "message": "Applied when the server starts."}
+    make = getattr(spawner, "make_group_folders", None)
+    if make is None:
+        return {"state": "restart_needed", "message": "Restart the server to apply."}
+    try:
+        await make()
+    except Exception as e:  # a folder or OS group that cannot be made must not fail the join
+        handler.log.exception("Could not apply the groups of %s live", user.name)
+        return {"state": "restart_needed", "message": f"Restart the server to apply ({e})."}
+    kind = type(spawner).__name__
+    if "Process" in kind:
+        return {"state": "applied", "message": "Folder linked or unlinked in ~/shared now."}
+    return {
+        "state": "restart_needed",
+        "message": (
+            f"{user.name}'s server runs with the OS groups (or mounts) it started with: the "
+            "cohort folder opens after they restart it (File > Hub Control Panel > Stop My "
+            "Server, then Start). AI policy applies now."
+        ),
+    }
+
+
+class CohortInstructorsHandler(CohortAPIHandler):
+    @needs_scope("admin:groups")
+    async def post(self, group_name: str) -> None:
+        cohorts.find(self.db, group_name)
+        cohorts.set_instructors(
+            self.db, group_name, self.users_named(self.parse(UsersIn).users), []
+        )
+        self.finish(json.dumps({"instructors": cohorts.instructors(self.db, group_name)}))
+
+    @needs_scope("admin:groups")
+    async def delete(self, group_name: str) -> None:
+        cohorts.find(self.db, group_name)
+        cohorts.set_instructors(
+            self.db, group_name, [], self.users_named(self.parse(UsersIn).users)
+        )
+        self.finish(json.dumps({"instructors": cohorts.instructors(self.db, group_name)}))
+
+
+class CohortSignupsHandler(CohortAPIHandler):
+    """Sign-ups that asked for the cohort, approved (or declined) by its instructors."""
+
+    @needs_scope("read:groups")
+    async def get(self, group_name: str) -> None:
+        group = cohorts.find(self.db, group_name)
+        self.finish(json.dumps({"pending": cohorts.record(group).get("pending", [])}))
+
+
+class CohortSignupHandler(CohortAPIHandler):
+    @needs_scope("groups")
+    async def post(self, group_name: str, pending_name: str) -> None:
+        group = cohorts.find(self.db, group_name)
+        if pending_name not in cohorts.record(group).get("pending", []):
+            raise cohorts.CohortError(
+                404,
+                f"{pending_name} has no sign-up waiting for cohort {group_name}.",
+                "not_pending",
+            )
+        info = getattr(self.authenticator, "get_user", lambda _n: None)(pending_name)
+        if info is not None:
+            info.is_authorized = True
+            self.authenticator.db.commit()
+        user = self.user_from_username(pending_name)
+        cohorts.join(self.db, group, user.orm_user)
+        cohorts.remove_pending(self.db, group, pending_name)
+        self.log.info(
+            "%s approved %s into cohort %s", self.current_user.name, pending_name, group_name
+        )
+        self.finish(json.dumps({"approved": pending_name, "cohort": group_name}))
+
+    @needs_scope("groups")
+    async def delete(self, group_name: str, pending_name: str) -> None:
+        group = cohorts.find(self.db, group_name)
+        if not cohorts.remove_pending(self.db, group, pending_name):
+            raise cohorts.CohortError(
+                404,
+                f"{pending_name} has no sign-up waiting for cohort {group_name}.",
+                "not_pending",
+            )
+        self.set_status(204)
+        self.finish()
+
+
+class CohortInvitationsHandler(CohortAPIHandler):
+    @needs_scope("groups")
+    async def post(self, group_name: str) -> None:
+        group = cohorts.find(self.db, group_name)
+        code = cohorts.rotate_code(self.db, group)
+        self.created(
+            f"{self.hub.base_url}signup?invite={code}",
+            {"code": code, "url": f"{self.hub.base_url}signup?invite={code}"},
+        )
+
+
+class CohortLtiHandler(CohortAPIHandler):
+    @needs_scope("admin:groups")
+    async def put(self, group_name: str) -> None:
+        group = cohorts.find(self.db, group_name)
+        cohorts.set_lti_contexts(self.db, group, self.parse(ContextsIn).contexts)
+        self.finish(json.dumps({"lti_contexts": cohorts.record(group)["lti_contexts"]}))
+
+
+class CohortJoinHandler(CohortAPIHandler):
+    """A signed-in user joins the cohort whose invitation code they hold."""
+
+    async def post(self) -> None:
+        current = self.current_user
+        if current is None or getattr(current, "kind", "") != "user":
+            raise web.HTTPError(403, "Only a signed-in user can join a cohort.")
+        if not has_scope(f"read:users:groups!user={current.name}", self.parsed_scopes, db=self.db):
+            raise web.HTTPError(403, "This token cannot act for its user.")
+        group = cohorts.by_code(self.db, self.parse(CodeIn).code)
+        if group is None:
+            raise cohorts.CohortError(404, "No cohort has this invitation code.", "bad_invite")
+        cohorts.join(self.db, group, current.orm_user)
+        live = await apply_membership(self, current.orm_user)
+        self.finish(json.dumps({"cohort": group.name, "live": live}))
+
+
+def api_handlers() -> list[tuple[str, Any]]:
+    """The cohort API routes (JupyterHub prefixes them with the hub's base URL)."""
+    c = r"/api/cohorts/(?P<group_name>[^/]+)"
+    return [
+        (r"/api/cohorts", CohortListHandler),
+        (r"/api/cohorts/join", CohortJoinHandler),
+        (c, CohortHandler),
+        (c + r"/policy", CohortPolicyHandler),
+        (c + r"/members", CohortMembersHandler),
+        (c + r"/instructors", CohortInstructorsHandler),
+        (c + r"/signups", CohortSignupsHandler),
+        (c + r"/signups/(?P<pending_name>[^/]+)", CohortSignupHandler),
+        (c + r"/invitations", CohortInvitationsHandler),
+        (c + r"/lti", CohortLtiHandler),
+    ]

@@ -1,0 +1,221 @@
+"""Cohorts: a hub group with instructors, an invitation code, sign-ups waiting for approval and
+an AI policy (:mod:`oraculo.policy`), all kept in the hub's own database.
+
+- The **group** holds the students (its members). Its properties hold the policy
+  (``oraculo_policy``) and the cohort's own record (``oraculo_cohort``: invitation code, sign-ups
+  waiting, LMS course ids).
+- Each cohort has a **role** ``instructor-<slug>`` whose scopes are all filtered to the group
+  (``!group=<cohort>``): list and read its members, start and stop their servers, read the
+  group and change its membership and properties (so its policy). Nothing else: no other
+  cohort, no admin page (``admin-ui``), no other user. The role is granted to each instructor.
+  It is marked ``managed_by_auth`` so a hub restart keeps it (JupyterHub deletes roles made at
+  run time that are neither in ``load_roles`` nor managed) - JupyterHub never resets these
+  unless ``Authenticator.reset_managed_roles_on_startup`` is set.
+
+Functions here work on the hub's ORM session; the REST handlers (:mod:`.cohort_handlers`) call
+them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+from jupyterhub import orm, roles
+
+from oraculo.hub.groups import group_slug
+from oraculo.policy import POLICY_PROPERTY, CohortPolicy
+
+#: The group property holding a cohort's own record.
+COHORT_PROPERTY = "oraculo_cohort"
+ROLE_PREFIX = "instructor-"
+
+
+class CohortError(Exception):
+    """A request about a cohort that cannot be done: HTTP ``status`` and a stable ``type``."""
+
+    def __init__(self, status: int, message: str, type_: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+
+
+def role_name(cohort: str) -> str:
+    return ROLE_PREFIX + group_slug(cohort)
+
+
+def instructor_scopes(cohort: str) -> list[str]:
+    """What an instructor of ``cohort`` may do: everything filtered to the cohort's group."""
+    f = f"!group={cohort}"
+    return [
+        f"list:users{f}",
+        f"read:users{f}",
+        f"servers{f}",
+        f"groups{f}",
+        f"read:roles:users{f}",
+    ]
+
+
+def is_cohort(group: orm.Group) -> bool:
+    return isinstance(group.properties, dict) and COHORT_PROPERTY in group.properties
+
+
+def record(group: orm.Group) -> dict[str, Any]:
+    props = group.properties if isinstance(group.properties, dict) else {}
+    rec = props.get(COHORT_PROPERTY)
+    return dict(rec) if isinstance(rec, dict) else {}
+
+
+def _save(db: Any, group: orm.Group, rec: dict[str, Any] | None = None, **extra: Any) -> None:
+    props = dict(group.properties or {})
+    if rec is not None:
+        props[COHORT_PROPERTY] = rec
+    props.update(extra)
+    group.properties = props  # a new dict: the JSON column sees the change
+    db.commit()
+
+
+def find(db: Any, name: str) -> orm.Group:
+    group = orm.Group.find(db, name=name)
+    if group is None or not is_cohort(group):
+        raise CohortError(404, f"No such cohort: {name}", "cohort_not_found")
+    return group
+
+
+def create(
+    db: Any, name: str, instructors: list[orm.User], policy: CohortPolicy | None
+) -> orm.Group:
+    """Make cohort ``name`` (its group, record, role; an existing plain group becomes a cohort)
+    and grant its role to ``instructors``."""
+    if not name or len(name) > 255 or "/" in name:
+        raise CohortError(400, "A cohort name is 1-255 characters without '/'.", "invalid_name")
+    group = orm.Group.find(db, name=name)
+    if group is not None and is_cohort(group):
+        raise CohortError(409, f"Cohort {name} exists already.", "cohort_exists")
+    if group is None:
+        group = orm.Group(name=name)
+        db.add(group)
+        db.commit()
+    rec = {"invite_code": new_code(), "pending": [], "lti_contexts": []}
+    extra = {POLICY_PROPERTY: policy.model_dump(mode="json")} if policy is not None else {}
+    _save(db, group, rec, **extra)
+    role = roles.create_role(
+        db,
+        {
+            "name": role_name(name),
+            "description": f"Instructor of cohort {name}: its members, servers and policy only.",
+            "scopes": instructor_scopes(name),
+            "managed_by_auth": True,
+        },
+    )
+    for user in instructors:
+        roles.grant_role(db, user, role)
+    return group
+
+
+def instructors(db: Any, cohort: str) -> list[str]:
+    role = orm.Role.find(db, role_name(cohort))
+    return sorted(u.name for u in role.users) if role is not None else []
+
+
+def set_instructors(db: Any, cohort: str, add: list[orm.User], remove: list[orm.User]) -> None:
+    role = orm.Role.find(db, role_name(cohort))
+    if role is None:
+        raise CohortError(404, f"No such cohort: {cohort}", "cohort_not_found")
+    for user in add:
+        roles.grant_role(db, user, role)
+    for user in remove:
+        roles.strip_role(db, user, role)
+
+
+def cohorts_of_instructor(db: Any, user: orm.User) -> list[str]:
+    names = []
+    for role in user.roles:
+        if role.name.startswith(ROLE_PREFIX):
+            for group in db.query(orm.Group):
+                if role_name(group.name) == role.name and is_cohort(group):
+                    names.append(group.name)
+    return sorted(names)
+
+
+def policy_of(group: orm.Group) -> CohortPolicy | None:
+    return CohortPolicy.from_properties(group.properties)
+
+
+def set_policy(db: Any, group: orm.Group, policy: CohortPolicy) -> None:
+    _save(db, group, None, **{POLICY_PROPERTY: policy.model_dump(mode="json")})
+
+
+# --- invitations and sign-ups -------------------------------------------------------------------
+
+
+def new_code() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def rotate_code(db: Any, group: orm.Group) -> str:
+    rec = record(group)
+    rec["invite_code"] = new_code()
+    _save(db, group, rec)
+    return str(rec["invite_code"])
+
+
+def by_code(db: Any, code: str) -> orm.Group | None:
+    """The cohort whose invitation code is ``code`` (compared in constant time)."""
+    if not code:
+        return None
+    for group in db.query(orm.Group):
+        stored = record(group).get("invite_code") if is_cohort(group) else None
+        if stored and hmac.compare_digest(str(stored).encode(), code.encode()):
+            return group
+    return None
+
+
+def by_lti_context(db: Any, context_id: str) -> orm.Group | None:
+    """The cohort an LMS course (its LTI context id) is mapped to."""
+    for group in db.query(orm.Group):
+        if is_cohort(group) and context_id in (record(group).get("lti_contexts") or []):
+            return group
+    return None
+
+
+def add_pending(db: Any, group: orm.Group, name: str) -> None:
+    rec = record(group)
+    pending = [p for p in rec.get("pending", []) if p != name]
+    rec["pending"] = [*pending, name]
+    _save(db, group, rec)
+
+
+def remove_pending(db: Any, group: orm.Group, name: str) -> bool:
+    rec = record(group)
+    pending = list(rec.get("pending", []))
+    if name not in pending:
+        return False
+    rec["pending"] = [p for p in pending if p != name]
+    _save(db, group, rec)
+    return True
+
+
+def join(db: Any, group: orm.Group, user: orm.User) -> bool:
+    """Add ``user`` to the cohort; False when they were a member already."""
+    if user in group.users:
+        return False
+    group.users.append(user)
+    db.commit()
+    return True
+
+
+def leave(db: Any, group: orm.Group, user: orm.User) -> bool:
+    if user not in group.users:
+        return False
+    group.users.remove(user)
+    db.commit()
+    return True
+
+
+def set_lti_contexts(db: Any, group: orm.Group, contexts: list[str]) -> None:
+    rec = record(group)
+    rec["lti_contexts"] = sorted({str(c) for c in contexts if str(c)})
+    _save(db, group, rec)

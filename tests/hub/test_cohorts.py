@@ -1,0 +1,339 @@
+"""Cohorts on the real hub: instructors scoped to their cohort (tested from both sides with real
+tokens), invitations, instructor-approved sign-ups, and membership applied to a running server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import (
+    ADMIN_PASSWORD,
+    PASSWORD,
+    HubClient,
+    HubProcess,
+    User,
+    new_user,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def assert_error(r: httpx.Response, status: int, type_: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()
+    assert {"status", "message", "reason", "type"} <= set(body), body
+    assert body["status"] == status and body["message"]
+    if type_:
+        assert body["type"] == type_, body
+    return body
+
+
+@pytest.fixture(scope="module")
+async def admin(hub: HubProcess) -> AsyncIterator[User]:
+    client = HubClient(hub)
+    await client.login("admin", ADMIN_PASSWORD)
+    yield User(name="admin", token=await client.token("admin"), client=client)
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+async def people(hub: HubProcess) -> AsyncIterator[dict[str, User]]:
+    client = HubClient(hub)
+    tag = uuid.uuid4().hex[:5]
+    out = {k: await new_user(client, f"{k}{tag}") for k in ("ivy", "ian", "sam", "sue", "tom")}
+    yield out
+    await client.aclose()
+
+
+async def make_cohort(
+    admin: User, name: str, instructors: list[str], **extra: Any
+) -> dict[str, Any]:
+    r = await admin.api(
+        "POST", "/hub/api/cohorts", json={"name": name, "instructors": instructors, **extra}
+    )
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"].endswith(f"/hub/api/cohorts/{name}")
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def test_instructors_manage_only_their_cohort(admin: User, people: dict[str, User]) -> None:
+    ivy, ian, sam, sue, tom = (people[k] for k in ("ivy", "ian", "sam", "sue", "tom"))
+    a, b = f"cs-a-{uuid.uuid4().hex[:4]}", f"cs-b-{uuid.uuid4().hex[:4]}"
+    made = await make_cohort(admin, a, [ivy.name])
+    assert made["instructors"] == [ivy.name] and made["members"] == []
+    await make_cohort(admin, b, [ian.name])
+
+    # ivy manages a's membership; ian manages b's
+    r = await ivy.api("POST", f"/hub/api/cohorts/{a}/members", json={"users": [sam.name]})
+    assert r.status_code == 200, r.text
+    assert r.json()["members"] == [sam.name]
+    assert r.json()["live"][sam.name]["state"] == "next_start"
+    r = await ian.api("POST", f"/hub/api/cohorts/{b}/members", json={"users": [sue.name]})
+    assert r.status_code == 200, r.text
+
+    # what ivy sees: her cohort, its members and their servers; nothing of b
+    r = await ivy.api("GET", "/hub/api/cohorts")
+    assert [c["name"] for c in r.json()["cohorts"]] == [a]
+    r = await ivy.api("GET", f"/hub/api/cohorts/{a}")
+    assert r.status_code == 200, r.text
+    assert [m["name"] for m in r.json()["members"]] == [sam.name]
+    assert r.json()["invite_code"]
+    r = await ivy.api("GET", "/hub/api/users")
+    assert r.status_code == 200, r.text
+    assert {u["name"] for u in r.json()} == {sam.name}
+    r = await ivy.api("GET", f"/hub/api/users/{sam.name}")
+    assert r.status_code == 200 and a in r.json()["groups"]
+
+    # she starts and stops her student's server
+    r = await ivy.api("POST", f"/hub/api/users/{sam.name}/server")
+    assert r.status_code in (201, 202), r.text
+    await sam.wait_ready()
+    r = await ivy.api("DELETE", f"/hub/api/users/{sam.name}/server")
+    assert r.status_code in (202, 204), r.text
+
+    async def stopped() -> bool:
+        r = await sam.api("GET", f"/hub/api/users/{sam.name}")
+        return "" not in r.json().get("servers", {})
+
+    await wait_for(stopped, 60, f"{sam.name}'s server to stop")
+
+    # ... and is refused everything of cohort b, other users, and the hub's administration
+    for method, path, body in [
+        ("GET", f"/hub/api/cohorts/{b}", None),
+        ("GET", f"/hub/api/cohorts/{b}/policy", None),
+        ("PUT", f"/hub/api/cohorts/{b}/policy", {"ai": False}),
+        ("POST", f"/hub/api/cohorts/{b}/members", {"users": [tom.name]}),
+        ("DELETE", f"/hub/api/cohorts/{b}/members", {"users": [sue.name]}),
+        ("GET", f"/hub/api/cohorts/{b}/signups", None),
+        ("POST", f"/hub/api/cohorts/{b}/invitations", None),
+        ("POST", f"/hub/api/cohorts/{a}/instructors", {"users": [tom.name]}),
+        ("PUT", f"/hub/api/cohorts/{a}/lti", {"contexts": ["x"]}),
+        ("POST", "/hub/api/cohorts", {"name": "mine", "instructors": [ivy.name]}),
+    ]:
+        r = await ivy.api(method, path, json=body)
+        # 404 where she holds the scope for another group (JupyterHub hides what exists)
+        assert_error(r, 404 if r.status_code == 404 else 403)
+    for method, path in [
+        ("GET", f"/hub/api/users/{sue.name}"),
+        ("POST", f"/hub/api/users/{sue.name}/server"),
+        ("GET", f"/hub/api/groups/{b}"),
+        ("POST", f"/hub/api/groups/{b}/users"),
+        ("PUT", f"/hub/api/groups/{b}/properties"),
+        ("POST", f"/hub/api/users/{tom.name}/tokens"),
+    ]:
+        r = await ivy.api(method, path, json={"users": [tom.name]})
+        assert r.status_code in (403, 404), (path, r.status_code, r.text)
+    r = await ivy.api("GET", "/hub/admin")
+    assert r.status_code == 403, r.status_code
+    r = await ivy.api("GET", "/hub/api/users/admin")
+    assert r.status_code in (403, 404)
+
+    # a student sees nothing of the cohort's management
+    for method, path, body in [
+        ("GET", f"/hub/api/cohorts/{a}", None),
+        ("PUT", f"/hub/api/cohorts/{a}/policy", {"ai": False}),
+        ("POST", f"/hub/api/cohorts/{a}/members", {"users": [tom.name]}),
+        ("POST", f"/hub/api/cohorts/{a}/signups/{tom.name}", None),
+    ]:
+        assert_error(await sam.api(method, path, json=body), 403)
+    r = await sam.api("GET", "/hub/api/cohorts")
+    assert r.json() == {"cohorts": []}
+
+    # bad input: clear 400s, nothing changed
+    body = assert_error(
+        await ivy.api("PUT", f"/hub/api/cohorts/{a}/policy", json={"ai": "maybe", "x": 1}),
+        400,
+        "invalid_request",
+    )
+    assert "ai" in body["message"]
+    assert_error(
+        await ivy.api(
+            "PUT",
+            f"/hub/api/cohorts/{a}/policy",
+            json={"exam_windows": [{"start": "2026-01-01T10:00", "end": "2026-01-01T09:00"}]},
+        ),
+        400,
+    )
+    assert_error(
+        await ivy.api(
+            "PUT",
+            f"/hub/api/cohorts/{a}/policy",
+            json={
+                "exam_windows": [
+                    {"start": "2026-01-01T10:00", "end": "2026-01-01T11:00", "timezone": "Mars/X"}
+                ]
+            },
+        ),
+        400,
+    )
+    assert_error(
+        await ivy.api("POST", f"/hub/api/cohorts/{a}/members", json={"users": ["nobody-x"]}),
+        400,
+        "user_not_found",
+    )
+    assert_error(await admin.api("GET", "/hub/api/cohorts/no-such-cohort"), 404, "cohort_not_found")
+    assert_error(await admin.api("POST", "/hub/api/cohorts", json={"name": a}), 409)
+    r = await ivy.api("GET", f"/hub/api/cohorts/{a}/policy")
+    assert r.json()["policy"]["ai"] is True
+
+    # membership: leaving
+    r = await ivy.api("DELETE", f"/hub/api/cohorts/{a}/members", json={"users": [sam.name]})
+    assert r.status_code == 200 and r.json()["members"] == []
+
+
+async def test_invitation_code_joins_at_once(
+    hub: HubProcess, admin: User, people: dict[str, User]
+) -> None:
+    ivy = people["ivy"]
+    name = f"inv-{uuid.uuid4().hex[:4]}"
+    await make_cohort(admin, name, [ivy.name])
+    r = await ivy.api("POST", f"/hub/api/cohorts/{name}/invitations")
+    assert r.status_code == 201, r.text
+    code, url = r.json()["code"], r.json()["url"]
+    assert url == f"/hub/signup?invite={code}"
+
+    # a new account signs up with the link's code: approved and in the cohort at once
+    client = HubClient(hub)
+    try:
+        page = await client.http.get(url)
+        assert f'value="{code}"' in page.text
+        student = f"inv{uuid.uuid4().hex[:6]}"
+        r = await client._form(
+            "/hub/signup",
+            {
+                "username": student,
+                "signup_password": PASSWORD,
+                "signup_password_confirmation": PASSWORD,
+                "invite": code,
+            },
+        )
+        assert r.status_code == 200 and f"You are in cohort {name}" in r.text, r.text[-800:]
+        await client.login(student, PASSWORD)
+        r = await ivy.api("GET", f"/hub/api/cohorts/{name}")
+        assert [m["name"] for m in r.json()["members"]] == [student]
+
+        # a wrong code creates nothing
+        r = await client._form(
+            "/hub/signup",
+            {
+                "username": f"bad{uuid.uuid4().hex[:6]}",
+                "signup_password": PASSWORD,
+                "signup_password_confirmation": PASSWORD,
+                "invite": "not-a-code",
+            },
+        )
+        assert r.status_code == 400 and "invitation code is not valid" in r.text
+
+        # an existing user joins with the code through the API; the old code stops working
+        tom = people["tom"]
+        r = await tom.api("POST", "/hub/api/cohorts/join", json={"code": code})
+        assert r.status_code == 200 and r.json()["cohort"] == name, r.text
+        r = await ivy.api("POST", f"/hub/api/cohorts/{name}/invitations")
+        assert_error(
+            await people["sue"].api("POST", "/hub/api/cohorts/join", json={"code": code}),
+            404,
+            "bad_invite",
+        )
+        assert_error(await tom.api("POST", "/hub/api/cohorts/join", json={}), 400)
+    finally:
+        await client.aclose()
+
+
+async def test_membership_applies_to_a_running_server(
+    admin: User, people: dict[str, User], hub: HubProcess
+) -> None:
+    """process spawner: the cohort folder is linked into a running server's home at once, and
+    unlinked when the student leaves, without a restart."""
+    ivy, tom = people["ivy"], people["tom"]
+    name = f"live-{uuid.uuid4().hex[:4]}"
+    await make_cohort(admin, name, [ivy.name])
+    await tom.spawn()
+    try:
+        r = await ivy.api("POST", f"/hub/api/cohorts/{name}/members", json={"users": [tom.name]})
+        assert r.status_code == 200, r.text
+        assert r.json()["live"][tom.name]["state"] == "applied"
+        link = Path(hub.data_dir) / "users" / tom.name / "shared" / name
+        assert link.is_symlink() and link.resolve().is_dir()
+        kernel = await tom.start_kernel()
+        out = await tom.execute(
+            kernel, f"import os; print(os.path.isdir(os.path.expanduser('~/shared/{name}')))"
+        )
+        assert out["stdout"].strip() == "True", out
+        r = await ivy.api("DELETE", f"/hub/api/cohorts/{name}/members", json={"users": [tom.name]})
+        assert r.json()["live"][tom.name]["state"] == "applied"
+        assert not link.exists() and not link.is_symlink()
+    finally:
+        await tom.stop_server()
+
+
+async def test_sign_up_approved_by_the_cohort_instructor(tmp_path: Path) -> None:
+    """Without open sign-up: refused before approval, approved by the instructor (not an
+    admin), then signed in and in the cohort."""
+    hub = await HubProcess(tmp_path / "hub", env={"ORACULO_OPEN_SIGNUP": "0"}).start()
+    client, student_client = HubClient(hub), HubClient(hub)
+    try:
+        await client.login("admin", ADMIN_PASSWORD)
+        admin = User("admin", await client.token("admin"), client)
+        # the instructor signs up and the admin approves her (the hub's own approval)
+        teacher_client = HubClient(hub)
+        client.sessions.append(teacher_client)
+        r = await teacher_client._form(
+            "/hub/signup",
+            {
+                "username": "ivy",
+                "signup_password": PASSWORD,
+                "signup_password_confirmation": PASSWORD,
+            },
+        )
+        assert "sent to the admin" in r.text
+        r = await client.http.get("/hub/authorize/ivy")
+        assert r.status_code == 302
+        await teacher_client.login("ivy", PASSWORD)
+        ivy = User("ivy", await teacher_client.token("ivy"), teacher_client)
+        await make_cohort(admin, "bio-1", ["ivy"])
+
+        r = await student_client._form(
+            "/hub/signup",
+            {
+                "username": "stu",
+                "signup_password": PASSWORD,
+                "signup_password_confirmation": PASSWORD,
+                "cohort": "bio-1",
+            },
+        )
+        assert "waits for approval by an instructor of cohort bio-1" in r.text
+        r = await student_client._form("/hub/login", {"username": "stu", "password": PASSWORD})
+        assert r.status_code == 200 and "has not been authorized" in r.text
+        r = await ivy.api("GET", "/hub/api/cohorts/bio-1/signups")
+        assert r.json()["pending"] == ["stu"]
+        r = await ivy.api("POST", "/hub/api/cohorts/bio-1/signups/stu")
+        assert r.status_code == 200, r.text
+        await student_client.login("stu", PASSWORD)
+        r = await ivy.api("GET", "/hub/api/cohorts/bio-1")
+        assert [m["name"] for m in r.json()["members"]] == ["stu"] and r.json()["pending"] == []
+        assert_error(
+            await ivy.api("POST", "/hub/api/cohorts/bio-1/signups/stu"), 404, "not_pending"
+        )
+        # an unknown cohort at sign-up creates nothing
+        r = await student_client._form(
+            "/hub/signup",
+            {
+                "username": "stu2",
+                "signup_password": PASSWORD,
+                "signup_password_confirmation": PASSWORD,
+                "cohort": "no-such",
+            },
+        )
+        assert r.status_code == 400 and "no cohort named" in r.text
+    finally:
+        await student_client.aclose()
+        await client.aclose()
+        hub.stop()

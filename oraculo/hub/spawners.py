@@ -25,6 +25,7 @@ from dockerspawner import DockerSpawner
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Unicode, default
 
+from oraculo.hub.cohorts import cohorts_of_instructor
 from oraculo.hub.exchange import EXCHANGE_ENV, CohortExchange, instructors_of
 from oraculo.hub.gpus import shared_allocator
 from oraculo.hub.groups import (
@@ -72,17 +73,26 @@ class GroupFoldersHook:
         if not folders.enabled:
             self.group_dirs = []
             return
-        groups = user_groups(self)
         user: Any = getattr(self, "user", None)
-        self.instructs = sorted(
-            g.name for g in getattr(user, "groups", []) if user.name in instructors_of(g)
-        )
+        self.instructs = self.taught_cohorts(user)
+        # An instructor of a cohort (its role, or its `instructors` property) gets its folder
+        # and exchange like a member, whether or not they are one.
+        groups = sorted(set(user_groups(self)) | set(self.instructs))
         self.group_dirs = await asyncio.to_thread(self.prepare_group_folders, folders, groups)
         exchange = CohortExchange(parent=self)
         if exchange.enabled and groups:
             await asyncio.to_thread(self.prepare_exchange, exchange, groups)
             self.exchange_root = exchange.root
             self.cohorts = groups
+
+    def taught_cohorts(self, user: Any) -> list[str]:
+        """The cohorts ``user`` teaches: those whose instructor role (oraculo.hub.cohorts) they
+        hold, and groups whose ``instructors`` property names them."""
+        taught = {g.name for g in getattr(user, "groups", []) if user.name in instructors_of(g)}
+        db, orm_user = getattr(self, "db", None), getattr(user, "orm_user", None)
+        if db is not None and orm_user is not None:
+            taught.update(cohorts_of_instructor(db, orm_user))
+        return sorted(taught)
 
     def prepare_exchange(self, exchange: CohortExchange, groups: list[str]) -> None:
         """Make the user's cohorts' nbgrader exchanges (blocking; runs in a thread). Here

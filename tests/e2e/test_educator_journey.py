@@ -1,37 +1,61 @@
 """The educator's journey in Chromium against a real hub (model service loaded), with a
 screenshot per step under test-artifacts/educator-*.png.
 
-An instructor's cohort with two students (the hub group, its instructor named in the group's
-properties) → the instructor sees the Cohort tile in JupyterLab's launcher, opens the Cohort
-panel and releases an nbgrader assignment → a student opens the panel, fetches the assignment
-into their home, completes it and submits it → the instructor collects and autogrades it and
-sees the score in the Cohort panel, with each student's AI use this week.
+An instructor (approved by the hub's admin) gets a cohort and invites two students: one signs up
+with the invitation link and is in at once, the other asks to join and is refused until the
+instructor approves → the cohort's folder is in the students' homes → the instructor starts an
+exam window: a student's chat is refused with a message naming the cohort while code still runs
+→ the window ends and chat answers again, nothing restarted → the instructor releases an nbgrader
+assignment from the Cohort panel (its tile in the instructor's launcher only); a student fetches
+it into their home, completes it and submits it → the instructor collects and autogrades it and
+sees the score in the Cohort panel, next to the cohort's AI use this week.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.cohorts import ASSIGNMENT, Cohort, complete, new_cohort, write_source
-from tests.harness import CHROMIUM_ARGS, PASSWORD, HubClient, HubProcess, signed_in_panel, wait_for
+from tests.cohorts import ASSIGNMENT, complete, write_source
+from tests.harness import (
+    ADMIN_PASSWORD,
+    CHROMIUM_ARGS,
+    PASSWORD,
+    HubClient,
+    HubProcess,
+    User,
+    signed_in_panel,
+    wait_for,
+)
 
 pytestmark = pytest.mark.browser
 
 VIEW = {"width": 1200, "height": 900}
 
 
+@dataclass
+class Course:
+    hub: HubProcess
+    admin: User
+    clients: list[HubClient]
+
+
 @pytest.fixture(scope="module")
-async def cohort(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cohort]:
-    hub = await HubProcess(tmp_path_factory.mktemp("hub-educator"), models=True).start()
-    signup = HubClient(hub)
-    made: Cohort | None = None
+async def course(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Course]:
+    hub = HubProcess(
+        tmp_path_factory.mktemp("hub-educator"), models=True, env={"ORACULO_OPEN_SIGNUP": "0"}
+    )
+    await hub.start()
+    admin_client = HubClient(hub)
+    clients = [admin_client]
     try:
 
         async def models_loaded() -> bool:
@@ -40,66 +64,176 @@ async def cohort(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Coho
                 return r.status_code == 200 and r.json().get("status") == "ok"
 
         await wait_for(models_loaded, 180, "the hub's model service to load", 0.25)
-        tag = uuid.uuid4().hex[:5]
-        made = await new_cohort(hub, f"bio{tag}", tag, signup)
-        yield made
+        await admin_client.login("admin", ADMIN_PASSWORD)
+        admin = User("admin", await admin_client.token("admin"), admin_client)
+        yield Course(hub, admin, clients)
     finally:
-        if made is not None:
-            await made.aclose()
-        await signup.aclose()
+        for c in reversed(clients):
+            await c.aclose()
         hub.stop()
 
 
-async def test_release_submit_autograde_in_the_cohort_panel(
-    cohort: Cohort, artifacts: Path
-) -> None:
-    teacher, (ana, ben) = cohort.instructor, cohort.students
-    group = cohort.group
-    shot = 0
+async def sign_up_in_browser(page: Page, url: str, name: str) -> str:
+    """Fill the hub's sign-up page at ``url``; the alert's text."""
+    await page.goto(url)
+    await page.fill("#username_input", name)
+    await page.fill("#password_input", PASSWORD)
+    await page.fill("#password_confirmation_input", PASSWORD)
+    await page.click("#signup_submit")
+    alert = page.locator(".alert").first
+    await alert.wait_for(timeout=30_000)
+    return await alert.inner_text()
 
-    async def snap(page: object, what: str) -> None:
-        nonlocal shot
-        shot += 1
-        await page.screenshot(path=str(artifacts / f"educator-{shot:02d}-{what}.png"))  # type: ignore[attr-defined]
 
-    # The instructor's notebook of the assignment, with nbgrader's cell metadata, in their
-    # course folder (written as JupyterLab saves it, through the contents API).
-    await write_source(teacher, group)
-    # A little AI use for the usage table: one chat answer for ana, through her server.
-    r = await ana.api(
+async def sign_in(page: Page, hub: HubProcess, name: str, next_path: str) -> None:
+    await page.goto(f"{hub.url}/hub/login?next={next_path}")
+    await page.fill("#username_input", name)
+    await page.fill("#password_input", PASSWORD)
+    await page.click("#login_submit")
+
+
+async def signed_in_user(hub: HubProcess, name: str, clients: list[HubClient]) -> User:
+    client = HubClient(hub)
+    clients.append(client)
+    await client.login(name)
+    return User(name, await client.token(name), client)
+
+
+async def server_chat(user: User) -> httpx.Response:
+    return await user.api(
         "POST",
-        f"/user/{ana.name}/api/v1/chat",
-        json={"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8},
+        f"/user/{user.name}/api/v1/chat",
+        json={"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
         timeout=120,
     )
-    assert r.status_code == 200, r.text
 
-    # 1. the instructor's launcher has the Cohort tile; a student's has none
-    from playwright.async_api import async_playwright
+
+async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
+    hub, admin = course.hub, course.admin
+    tag = uuid.uuid4().hex[:5]
+    group = f"bio{tag}"
+    shot = 0
+
+    async def snap(page: Page, what: str) -> None:
+        nonlocal shot
+        shot += 1
+        await page.screenshot(path=str(artifacts / f"educator-{shot:02d}-{what}.png"))
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser: Browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
         try:
-            for who, has_tile in ((teacher, True), (ben, False)):
-                page = await browser.new_page(viewport=VIEW)
-                await page.goto(f"{cohort.hub.url}/hub/login?next=/user/{who.name}/lab")
-                await page.fill("#username_input", who.name)
-                await page.fill("#password_input", PASSWORD)
-                await page.click("#login_submit")
-                await page.wait_for_url(re.compile(rf"/user/{who.name}/lab"), timeout=120_000)
-                await page.locator('.jp-LauncherCard[title="Workspace"]').wait_for(timeout=90_000)
-                tile = page.locator('.jp-LauncherCard[title="Cohort"]')
-                if has_tile:
-                    await expect(tile).to_be_visible(timeout=10_000)
-                    await snap(page, "instructor-launcher-cohort-tile")
-                else:
-                    await expect(tile).to_have_count(0)
-                await page.close()
+            # 1. the instructor signs up; the hub's admin approves her; her cohort is made
+            page = await browser.new_page(viewport=VIEW)
+            ivy_name = f"ivy{tag}"
+            said = await sign_up_in_browser(page, f"{hub.url}/hub/signup", ivy_name)
+            assert "admin" in said, said
+            r = await admin.client.http.get(f"/hub/authorize/{ivy_name}")
+            assert r.status_code == 302, r.status_code
+            ivy = await signed_in_user(hub, ivy_name, course.clients)
+            r = await admin.api(
+                "POST", "/hub/api/cohorts", json={"name": group, "instructors": [ivy_name]}
+            )
+            assert r.status_code == 201, r.text
+            r = await ivy.api("POST", f"/hub/api/cohorts/{group}/invitations")
+            assert r.status_code == 201, r.text
+            invite_url = hub.url + r.json()["url"]
+            await page.close()
+
+            # 2. ana joins with the invitation link; ben asks to join and waits for approval
+            page = await browser.new_page(viewport=VIEW)
+            ana_name, ben_name = f"ana{tag}", f"ben{tag}"
+            said = await sign_up_in_browser(page, invite_url, ana_name)
+            await snap(page, "student-joined-by-invitation")
+            said = await sign_up_in_browser(page, f"{hub.url}/hub/signup?cohort={group}", ben_name)
+            assert f"instructor of cohort {group}" in said, said
+            await snap(page, "student-waits-for-approval")
+            await sign_in(page, hub, ben_name, f"/user/{ben_name}/lab")
+            await expect(page.get_by_text("has not been authorized")).to_be_visible()
+            await snap(page, "student-refused-before-approval")
+            r = await ivy.api("GET", f"/hub/api/cohorts/{group}/signups")
+            assert r.json()["pending"] == [ben_name], r.text
+            r = await ivy.api("POST", f"/hub/api/cohorts/{group}/signups/{ben_name}")
+            assert r.status_code == 200, r.text
+            r = await ivy.api("GET", f"/hub/api/cohorts/{group}")
+            assert sorted(m["name"] for m in r.json()["members"]) == [ana_name, ben_name]
+            ana = await signed_in_user(hub, ana_name, course.clients)
+            ben = await signed_in_user(hub, ben_name, course.clients)
+            for person in (ivy, ana, ben):
+                await person.spawn(timeout=180)
+            await sign_in(page, hub, ben_name, f"/user/{ben_name}/lab")
+            # (through the hub's spawn page, whose URL names the lab only in ?next=)
+            lab = re.compile(rf"^{re.escape(hub.url)}/user/{ben_name}/lab")
+            await page.wait_for_url(lab, timeout=180_000)
+            await page.locator('.jp-LauncherCard[title="Workspace"]').wait_for(timeout=180_000)
+            # a student's launcher has no Cohort tile
+            await expect(page.locator('.jp-LauncherCard[title="Cohort"]')).to_have_count(0)
+            await snap(page, "student-approved-signed-in")
+            await page.close()
+
+            # 3. the cohort's folder is in the students' homes
+            for person in (ana, ben):
+                r = await person.api("GET", f"/user/{person.name}/api/contents/shared")
+                assert group in [c["name"] for c in r.json()["content"]], r.text
+
+            # 4.-5. an exam window: ana's chat is refused with the message, code still runs
+            assert (await server_chat(ana)).status_code == 200
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+            window = {
+                "start": (now - dt.timedelta(minutes=5)).isoformat(),
+                "end": (now + dt.timedelta(minutes=30)).isoformat(),
+                "timezone": "UTC",
+            }
+            r = await ivy.api(
+                "PUT", f"/hub/api/cohorts/{group}/policy", json={"exam_windows": [window]}
+            )
+            assert r.status_code == 200, r.text
+
+            async def refused() -> bool:
+                return (await server_chat(ana)).status_code == 403
+
+            await wait_for(refused, 60, "the exam window to pause chat", 1)
+            r = await server_chat(ana)
+            assert group in r.json()["message"] and "exam" in r.json()["message"], r.text
+            r = await ana.api(
+                "POST", f"/user/{ana.name}/api/v1/execute", json={"code": "print(6 * 7)"}
+            )
+            assert r.status_code == 200 and r.json()["stdout"] == "42\n", r.text
+            async with signed_in_panel(ana, "chat", VIEW) as panel:
+                box = panel.page.locator("textarea").first
+                await box.wait_for(timeout=120_000)
+                await box.fill("Say hi.")
+                await box.press("Enter")
+                await expect(panel.page.get_by_text("exam window").first).to_be_visible(
+                    timeout=60_000
+                )
+                await snap(panel.page, "student-chat-refused-in-exam")
+
+            # 6. the window ends: chat answers again without any restart
+            r = await ivy.api("PUT", f"/hub/api/cohorts/{group}/policy", json={"exam_windows": []})
+            assert r.status_code == 200, r.text
+
+            async def answers() -> bool:
+                return (await server_chat(ana)).status_code == 200
+
+            await wait_for(answers, 60, "chat to answer again", 1)
+
+            # 7. the instructor's launcher has the Cohort tile; she releases the assignment
+            await write_source(ivy, group)
+            page = await browser.new_page(viewport=VIEW)
+            await sign_in(page, hub, ivy.name, f"/user/{ivy.name}/lab")
+            lab = re.compile(rf"^{re.escape(hub.url)}/user/{ivy.name}/lab")
+            await page.wait_for_url(lab, timeout=180_000)
+            await expect(page.locator('.jp-LauncherCard[title="Cohort"]')).to_be_visible(
+                timeout=180_000
+            )
+            await snap(page, "instructor-launcher-cohort-tile")
+            await page.close()
         finally:
             await browser.close()
 
-    # 2. the instructor releases the assignment from the Cohort panel
-    async with signed_in_panel(teacher, "cohort", VIEW) as panel:
+    async with signed_in_panel(ivy, "cohort", VIEW) as panel:
         page = panel.page
         root = page.get_by_test_id("oraculo-cohort")
         await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
@@ -114,7 +248,7 @@ async def test_release_submit_autograde_in_the_cohort_panel(
         await snap(page, "instructor-released")
         assert not panel.offsite(), panel.offsite()
 
-    # 3. ana fetches it into her home, completes it and submits it
+    # 8. ana fetches it into her home, completes it and submits it
     async with signed_in_panel(ana, "cohort", VIEW) as panel:
         page = panel.page
         root = page.get_by_test_id("oraculo-cohort")
@@ -128,11 +262,10 @@ async def test_release_submit_autograde_in_the_cohort_panel(
         await page.locator(".cohort-submit button").click()
         await expect(row).to_contain_text("submitted", timeout=120_000)
         await snap(page, "student-submitted")
-        # a student's panel offers no instructor step
         await expect(page.locator(".cohort-collect")).to_have_count(0)
 
-    # 4. the instructor collects and autogrades; the score is in the panel
-    async with signed_in_panel(teacher, "cohort", VIEW) as panel:
+    # 9. the instructor collects and autogrades; the score is in the Cohort panel
+    async with signed_in_panel(ivy, "cohort", VIEW) as panel:
         page = panel.page
         root = page.get_by_test_id("oraculo-cohort")
         await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
@@ -141,7 +274,6 @@ async def test_release_submit_autograde_in_the_cohort_panel(
         score = page.locator(f'[data-testid=cohort-scores] tr[data-student="{ana.name}"]')
         await expect(score).to_have_attribute("data-score", "2", timeout=300_000)
         await expect(score).to_contain_text("2 / 2")
-        usage = page.get_by_test_id("cohort-usage")
-        await expect(usage).to_be_visible()
+        await expect(page.get_by_test_id("cohort-usage")).to_be_visible()
         await snap(page, "instructor-scores")
         assert not panel.offsite(), panel.offsite()

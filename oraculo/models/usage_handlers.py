@@ -92,7 +92,7 @@ class UsageSummaryHandler(BaseHandler):
         if not who.can_read_all_usage:
             if user not in (None, who.name):
                 raise Forbidden("You may only read your own usage.", param="user")
-            if group is not None and group not in who.groups:
+            if group is not None and group not in (*who.groups, *who.readable_groups):
                 raise Forbidden("You may only read the usage of your own groups.", param="group")
             if group is None:
                 user = who.name
@@ -106,7 +106,10 @@ class UsageSummaryHandler(BaseHandler):
         until = period_end(period, now) if until is None else until
         if until <= since:
             raise InvalidRequest("'until' must be after 'since'.", param="until")
-        result = await self._summary(user, group, since, until, who.can_read_all_usage)
+        # an operator, or whoever may read the group in the hub (its instructor), sees each
+        # member's share
+        per_user = who.can_read_all_usage or (group is not None and group in who.readable_groups)
+        result = await self._summary(user, group, since, until, per_user)
         self.write_json({"object": "usage.summary", **result})
 
     async def _summary(

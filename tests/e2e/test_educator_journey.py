@@ -201,13 +201,14 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
             )
             assert r.status_code == 200 and r.json()["stdout"] == "42\n", r.text
             async with signed_in_panel(ana, "chat", VIEW) as panel:
+                status = panel.page.get_by_test_id("oraculo-chat")
+                await expect(status).to_have_attribute("data-state", "idle", timeout=120_000)
                 box = panel.page.locator("textarea").first
                 await box.wait_for(timeout=120_000)
                 await box.fill("Say hi.")
                 await box.press("Enter")
-                await expect(panel.page.get_by_text("exam window").first).to_be_visible(
-                    timeout=60_000
-                )
+                await expect(status).to_have_attribute("data-state", "error", timeout=60_000)
+                await expect(panel.page.get_by_test_id("chat-error")).to_contain_text("exam window")
                 await snap(panel.page, "student-chat-refused-in-exam")
 
             # 6. the window ends: chat answers again without any restart
@@ -238,13 +239,19 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
         root = page.get_by_test_id("oraculo-cohort")
         await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
         await expect(root).to_have_attribute("data-cohort", group)
+        # the cohort as the hub sees it: members and their servers, no sign-up waiting, AI on
+        for person in (ana, ben):
+            member = page.locator(f'[data-testid=cohort-members] tr[data-member="{person.name}"]')
+            await expect(member).to_have_attribute("data-server", "running")
+        await expect(page.get_by_test_id("cohort-pending")).to_contain_text("none")
+        await expect(page.get_by_test_id("cohort-policy")).to_have_attribute("data-ai", "true")
         await page.locator(".cohort-assignment input").fill(ASSIGNMENT)
         await page.locator(".cohort-release button").click()
         await expect(page.get_by_test_id("cohort-message")).to_have_attribute(
             "data-ok", "true", timeout=120_000
         )
         row = page.locator(f'[data-testid=cohort-assignments] tr[data-assignment="{ASSIGNMENT}"]')
-        await expect(row).to_contain_text("released")
+        await expect(row).to_have_attribute("data-state", "released", timeout=120_000)
         await snap(page, "instructor-released")
         assert not panel.offsite(), panel.offsite()
 
@@ -254,13 +261,13 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
         root = page.get_by_test_id("oraculo-cohort")
         await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
         row = page.locator(f'[data-testid=cohort-assignments] tr[data-assignment="{ASSIGNMENT}"]')
-        await expect(row).to_contain_text("released")
+        await expect(row).to_have_attribute("data-state", "released", timeout=120_000)
         await page.locator(".cohort-fetch button").click()
-        await expect(row).to_contain_text("fetched", timeout=120_000)
+        await expect(row).to_have_attribute("data-state", "fetched", timeout=120_000)
         await snap(page, "student-fetched")
         await complete(ana, group)
         await page.locator(".cohort-submit button").click()
-        await expect(row).to_contain_text("submitted", timeout=120_000)
+        await expect(row).to_have_attribute("data-state", "submitted", timeout=120_000)
         await snap(page, "student-submitted")
         await expect(page.locator(".cohort-collect")).to_have_count(0)
 
@@ -274,6 +281,8 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
         score = page.locator(f'[data-testid=cohort-scores] tr[data-student="{ana.name}"]')
         await expect(score).to_have_attribute("data-score", "2", timeout=300_000)
         await expect(score).to_contain_text("2 / 2")
-        await expect(page.get_by_test_id("cohort-usage")).to_be_visible()
+        # each student's AI use this week: ana chatted, so she has tokens in the table
+        used = page.locator(f'[data-testid=cohort-usage] tr[data-user="{ana.name}"]')
+        await expect(used).to_be_visible()
         await snap(page, "instructor-scores")
         assert not panel.offsite(), panel.offsite()

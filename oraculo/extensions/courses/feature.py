@@ -11,6 +11,7 @@ from oraculo.extensions.base.feature import Feature
 from oraculo.extensions.courses.handlers import (
     AssignmentStepHandler,
     CourseHandler,
+    CourseRosterHandler,
     CoursesHandler,
     CourseUsageHandler,
 )
@@ -39,6 +40,7 @@ class CoursesFeature(Feature):
             (r"/api/v1/courses", CoursesHandler),
             (rf"/api/v1/courses/({_NAME})", CourseHandler),
             (rf"/api/v1/courses/({_NAME})/usage", CourseUsageHandler),
+            (rf"/api/v1/courses/({_NAME})/roster", CourseRosterHandler),
             (
                 rf"/api/v1/courses/({_NAME})/assignments/({_NAME})/({_NAME})",
                 AssignmentStepHandler,

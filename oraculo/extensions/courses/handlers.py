@@ -25,6 +25,13 @@ class CourseUsageHandler(OraculoAPIHandler):
         self.finish(await feature.service.usage(cohort, feature.models))
 
 
+class CourseRosterHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, cohort: str) -> None:
+        self.finish(await self.feature("courses").service.roster(cohort))
+
+
 class CourseHandler(OraculoAPIHandler):
     @web.authenticated
     @authorized

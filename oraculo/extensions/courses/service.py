@@ -27,7 +27,9 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 from traitlets import Float, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -42,6 +44,7 @@ from oraculo.extensions.courses.models import (
 )
 from oraculo.hub.exchange import EXCHANGE_ENV, course_exchange
 from oraculo.hub.groups import group_slug
+from oraculo.kernels.credentials import server_token
 
 #: The nbgrader commands behind each step, in order.
 STEPS: dict[str, list[str]] = {
@@ -230,6 +233,30 @@ class CourseService(LoggingConfigurable):
         return logged
 
     # --- what there is ----------------------------------------------------------------------
+
+    async def roster(self, cohort: str) -> dict[str, Any]:
+        """The cohort as the hub sees it (members and their servers, sign-ups waiting, the
+        policy and what it does now), read with this server's hub token, which holds
+        ``read:groups`` only where its owner teaches (instructors only)."""
+        if not self.is_instructor(cohort):
+            raise Forbidden(f"Only cohort {cohort}'s instructor may read its members.")
+        api = os.environ.get("JUPYTERHUB_API_URL", "").rstrip("/")
+        if not api:
+            raise Unavailable("This server runs without a hub.")
+        headers = {"Authorization": f"token {server_token()}"}
+        try:
+            async with httpx.AsyncClient(timeout=15, trust_env=False) as client:
+                r = await client.get(f"{api}/cohorts/{quote(cohort, safe='')}", headers=headers)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"The hub did not answer ({type(e).__name__}).") from e
+        if r.status_code == 404:
+            raise NotFound(f"The hub has no cohort {cohort}.")
+        if r.status_code >= 400:
+            raise Forbidden(f"The hub refused to show cohort {cohort} (HTTP {r.status_code}).")
+        data: dict[str, Any] = r.json()
+        return {
+            k: data.get(k) for k in ("name", "instructors", "members", "pending", "policy", "now")
+        }
 
     async def usage(self, cohort: str, models: Any) -> dict[str, Any]:
         """The cohort's AI use this week, from the model service (instructors only)."""

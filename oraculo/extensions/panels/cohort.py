@@ -6,14 +6,18 @@ the instructor, every submission's score from nbgrader's gradebook),
 ``POST api/v1/courses/<cohort>/assignments/<name>/<step>`` (the nbgrader steps) and
 ``GET api/v1/courses/<cohort>/usage`` (the model service's usage of the cohort this week, per
 student where the service gives it). The usage is aggregated with polars and charted with Bokeh,
-every asset served by the panel server itself.
+every asset served by the panel server itself. For the instructor it also shows the cohort as
+the hub sees it (``GET api/v1/courses/<cohort>/roster``): members and their servers, sign-ups
+waiting, and what the AI policy does now.
 
 One panel for both sides: the instructor releases, collects and autogrades, and returns
 feedback; a student fetches, submits and fetches feedback.
 
 Stable hooks for tests: ``[data-testid=oraculo-cohort]`` (``data-state`` loading, ready, busy
 or error; ``data-cohort`` once ready), ``cohort-assignments`` (one ``tr[data-assignment]``
-each), ``cohort-scores`` (one ``tr[data-student]`` each, ``data-score``), ``cohort-usage``
+each), ``cohort-scores`` (one ``tr[data-student]`` each, ``data-score``), ``cohort-members`` (one
+``tr[data-member]`` each, ``data-server``), ``cohort-pending``, ``cohort-policy`` (``data-ai``),
+``cohort-usage``
 and ``cohort-message``; buttons carry the CSS class ``cohort-<step>``.
 """
 
@@ -67,6 +71,10 @@ class CohortClient(ServerClient):
 
     async def course(self, cohort: str) -> dict[str, Any]:
         data: dict[str, Any] = await self.request("GET", f"/{cohort}")
+        return data
+
+    async def roster(self, cohort: str) -> dict[str, Any]:
+        data: dict[str, Any] = await self.request("GET", f"/{cohort}/roster")
         return data
 
     async def usage(self, cohort: str) -> dict[str, Any]:
@@ -143,7 +151,8 @@ def render_assignments(course: dict[str, Any]) -> str:
             )
             extra = f"{len(a.get('feedback') or [])} feedback"
         rows.append(
-            f'<tr data-assignment="{_e(a["name"])}"><td>{_e(a["name"])}</td>'
+            f'<tr data-assignment="{_e(a["name"])}" data-state="{_e(state)}">'
+            f"<td>{_e(a['name'])}</td>"
             f"<td>{_e(state)}</td><td>{_e(extra)}</td></tr>"
         )
     body = "".join(rows) or "<tr><td colspan=3>No assignments yet.</td></tr>"
@@ -170,6 +179,41 @@ def render_scores(course: dict[str, Any]) -> str:
         '<div class="oco oco-card" data-testid="cohort-scores"><h2>Submissions and scores</h2>'
         "<table><tr><th>Student</th><th>Assignment</th><th>Score</th><th>Submitted</th></tr>"
         f"{body}</table></div>"
+    )
+
+
+def render_roster(roster: dict[str, Any], error: str = "") -> str:
+    """Members and their servers, sign-ups waiting, and what the policy does now."""
+    if error:
+        return (
+            '<div class="oco oco-card" data-testid="cohort-members"><h2>Members</h2>'
+            f'<p class="oco-sub">{_e(error)}</p></div>'
+        )
+    members = "".join(
+        f'<tr data-member="{_e(m["name"])}" data-server="{_e(m["server"])}"><td>{_e(m["name"])}'
+        f"</td><td>{_e(m['server'])}</td><td>{_e((m.get('last_activity') or '')[:16])}</td></tr>"
+        for m in roster.get("members") or []
+    )
+    pending = ", ".join(_e(p) for p in roster.get("pending") or []) or "none"
+    now = (roster.get("now") or {}).get("ai") or {"available": True}
+    effect = (
+        "AI is available to the cohort."
+        if now.get("available")
+        else str(now.get("message") or "AI is paused for the cohort.")
+    )
+    policy = roster.get("policy") or {}
+    windows = policy.get("exam_windows") or []
+    return (
+        '<div class="oco oco-card" data-testid="cohort-members"><h2>Members</h2>'
+        "<table><tr><th>Member</th><th>Server</th><th>Last active</th></tr>"
+        f"{members or '<tr><td colspan=3>No members yet.</td></tr>'}</table>"
+        f'<p class="oco-sub" data-testid="cohort-pending">Sign-ups waiting: {pending}</p></div>'
+        '<div class="oco oco-card" data-testid="cohort-policy" '
+        f'data-ai="{str(bool(now.get("available"))).lower()}"><h2>AI policy now</h2>'
+        f"<p>{_e(effect)}</p>"
+        f'<p class="oco-sub">Exam windows: {len(windows)}; models: '
+        f"{_e(', '.join(policy.get('models') or []) or 'any')}; tokens per student a day: "
+        f"{_e(policy.get('tokens_per_day') or 'no limit')}</p></div>"
     )
 
 
@@ -214,6 +258,7 @@ class CohortPanel(pn.viewable.Viewer):
         self._message = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._assignments = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._scores = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+        self._roster = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._usage = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._chart = pn.Column(sizing_mode="stretch_width")
         refresh = pn.widgets.Button(name="Refresh", button_type="primary", width=100)
@@ -233,6 +278,7 @@ class CohortPanel(pn.viewable.Viewer):
             self._state,
             pn.Row(self._name, self._buttons, align="end"),
             self._message,
+            self._roster,
             self._assignments,
             self._scores,
             self._usage,
@@ -293,6 +339,10 @@ class CohortPanel(pn.viewable.Viewer):
         self._assignments.object = render_assignments(course)
         self._scores.object = render_scores(course)
         if course.get("instructor"):
+            try:
+                self._roster.object = render_roster(await self._client.roster(self.cohort))
+            except ServerAPIError as e:
+                self._roster.object = render_roster({}, str(e))
             try:
                 df = usage_frame((await self._client.usage(self.cohort)).get("summary") or {})
                 self._usage.object = render_usage(df)

@@ -103,6 +103,9 @@ async def test_the_cohort_list_and_usage(cohort: Cohort) -> None:
     r = await ana.api("GET", f"/user/{ana.name}/api/v1/courses")
     assert r.json() == {"cohorts": [cohort.group], "instructs": []}
     # usage is the instructor's to read; this hub runs no model service: a clear 503
+    r = await ana.api("GET", f"/user/{ana.name}/api/v1/courses/{cohort.group}/roster")
+    assert r.status_code == 403
+    error_shape(r.json(), "forbidden")
     r = await ana.api("GET", f"/user/{ana.name}/api/v1/courses/{cohort.group}/usage")
     assert r.status_code == 403
     error_shape(r.json(), "forbidden")
@@ -139,6 +142,7 @@ async def test_another_users_token_is_refused_on_every_endpoint(cohort: Cohort) 
         ("GET", f"/user/{teacher.name}/api/v1/courses"),
         ("GET", base),
         ("GET", f"{base}/usage"),
+        ("GET", f"{base}/roster"),
         ("POST", f"{base}/assignments/{ASSIGNMENT}/collect"),
         ("POST", f"{base}/assignments/{ASSIGNMENT}/release"),
     ):

@@ -286,3 +286,9 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
         await expect(used).to_be_visible()
         await snap(page, "instructor-scores")
         assert not panel.offsite(), panel.offsite()
+
+    # a student reads the cohort's totals from the model service, never classmates' shares
+    r = await ben.api(
+        "GET", "/services/models/v1/usage/summary", params={"group": group, "period": "week"}
+    )
+    assert r.status_code == 200 and "users" not in r.json(), r.text

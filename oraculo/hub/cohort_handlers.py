@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tornado import web
 
 from oraculo.hub import cohorts
+from oraculo.hub.cohort_page import page_handlers
 from oraculo.policy import CohortPolicy, combine
 
 
@@ -293,23 +294,7 @@ class CohortSignupsHandler(CohortAPIHandler):
 class CohortSignupHandler(CohortAPIHandler):
     @needs_scope("groups")
     async def post(self, group_name: str, pending_name: str) -> None:
-        group = cohorts.find(self.db, group_name)
-        if pending_name not in cohorts.record(group).get("pending", []):
-            raise cohorts.CohortError(
-                404,
-                f"{pending_name} has no sign-up waiting for cohort {group_name}.",
-                "not_pending",
-            )
-        info = getattr(self.authenticator, "get_user", lambda _n: None)(pending_name)
-        if info is not None:
-            info.is_authorized = True
-            self.authenticator.db.commit()
-        user = self.user_from_username(pending_name)
-        cohorts.join(self.db, group, user.orm_user)
-        cohorts.remove_pending(self.db, group, pending_name)
-        self.log.info(
-            "%s approved %s into cohort %s", self.current_user.name, pending_name, group_name
-        )
+        cohorts.approve(self, cohorts.find(self.db, group_name), pending_name)
         self.finish(json.dumps({"approved": pending_name, "cohort": group_name}))
 
     @needs_scope("groups")
@@ -362,9 +347,11 @@ class CohortJoinHandler(CohortAPIHandler):
 
 
 def api_handlers() -> list[tuple[str, Any]]:
-    """The cohort API routes (JupyterHub prefixes them with the hub's base URL)."""
+    """The cohort API routes and the instructors' page (JupyterHub prefixes them with the
+    hub's base URL)."""
     c = r"/api/cohorts/(?P<group_name>[^/]+)"
     return [
+        *page_handlers(),
         (r"/api/cohorts", CohortListHandler),
         (r"/api/cohorts/join", CohortJoinHandler),
         (c, CohortHandler),

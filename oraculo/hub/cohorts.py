@@ -25,7 +25,7 @@ from typing import Any
 from jupyterhub import orm, roles
 
 from oraculo.hub.groups import group_slug
-from oraculo.policy import POLICY_PROPERTY, CohortPolicy
+from oraculo.policy import POLICY_PROPERTY, CohortPolicy, combine
 
 #: The group property holding a cohort's own record.
 COHORT_PROPERTY = "oraculo_cohort"
@@ -59,7 +59,8 @@ def instructor_scopes(cohort: str) -> list[str]:
 
 
 def is_cohort(group: orm.Group) -> bool:
-    return isinstance(group.properties, dict) and COHORT_PROPERTY in group.properties
+    properties = getattr(group, "properties", None)
+    return isinstance(properties, dict) and COHORT_PROPERTY in properties
 
 
 def record(group: orm.Group) -> dict[str, Any]:
@@ -112,7 +113,16 @@ def create(
     )
     for user in instructors:
         roles.grant_role(db, user, role)
+    _record_instructors(db, group)
     return group
+
+
+def _record_instructors(db: Any, group: orm.Group) -> None:
+    """Keep the instructors' names in the cohort's record too: the model service reads groups,
+    not roles, and lets instructors read their cohort's usage."""
+    rec = record(group)
+    rec["instructors"] = instructors(db, group.name)
+    _save(db, group, rec)
 
 
 def instructors(db: Any, cohort: str) -> list[str]:
@@ -128,6 +138,9 @@ def set_instructors(db: Any, cohort: str, add: list[orm.User], remove: list[orm.
         roles.grant_role(db, user, role)
     for user in remove:
         roles.strip_role(db, user, role)
+    group = orm.Group.find(db, name=cohort)
+    if group is not None:
+        _record_instructors(db, group)
 
 
 def cohorts_of_instructor(db: Any, user: orm.User) -> list[str]:
@@ -196,6 +209,32 @@ def remove_pending(db: Any, group: orm.Group, name: str) -> bool:
     rec["pending"] = [p for p in pending if p != name]
     _save(db, group, rec)
     return True
+
+
+def approve(handler: Any, group: orm.Group, name: str) -> None:
+    """Approve ``name``'s sign-up into cohort ``group`` (from a hub handler): their account
+    may sign in (NativeAuthenticator's approval) and is a member."""
+    if name not in record(group).get("pending", []):
+        raise CohortError(
+            404, f"{name} has no sign-up waiting for cohort {group.name}.", "not_pending"
+        )
+    get_user = getattr(handler.authenticator, "get_user", None)
+    info = get_user(name) if get_user is not None else None
+    if info is not None:
+        info.is_authorized = True
+        handler.db.commit()
+    user = handler.user_from_username(name)
+    join(handler.db, group, user.orm_user)
+    remove_pending(handler.db, group, name)
+    handler.log.info("%s approved %s into cohort %s", handler.current_user.name, name, group.name)
+
+
+def combine_one(name: str, policy: CohortPolicy | None) -> str:
+    """One line on the cohort's AI now."""
+    if policy is None:
+        return "available (no policy)"
+    pause = combine({name: policy}).paused
+    return "available" if pause is None else pause.message("AI")
 
 
 def join(db: Any, group: orm.Group, user: orm.User) -> bool:

@@ -143,6 +143,10 @@ class GroupFolders(LoggingConfigurable):
     def os_group(self, group: str) -> str:
         return self.os_group_prefix + group_slug(group)
 
+    def staff_os_group(self, cohort: str) -> str:
+        """The OS group of a cohort's instructors (they write its ``material`` folder)."""
+        return self.os_group_prefix + group_slug(f"{cohort}/instructors")
+
     # --- folders and OS groups ----------------------------------------------------------------
 
     def ensure_folders(self, groups: Iterable[str], os_groups: bool = False) -> dict[str, int]:
@@ -197,8 +201,40 @@ class GroupFolders(LoggingConfigurable):
         finally:
             os.close(parent)
 
+    def ensure_material(self, cohort: str, os_groups: bool = False) -> None:
+        """``<cohort folder>/material``: course material that students read and instructors
+        write. With ``os_groups``: root-owned, the instructors' OS group's, mode 2775 (members
+        reach it through the cohort folder, 2770, and may only read; non-members cannot reach
+        it). Students can write in the cohort folder, so nothing there is followed, and a
+        ``material`` that is not the hub's (a student made it first) is moved aside."""
+        folder = self.folder(cohort)
+        parent = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            try:
+                st = os.stat("material", dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode) or (os_groups and st.st_uid != 0):
+                    aside = f"material.moved-{st.st_uid}-{int(time.time())}"
+                    os.rename("material", aside, src_dir_fd=parent, dst_dir_fd=parent)
+                    self.log.warning("%s/material was not the hub's: moved to %s", folder, aside)
+                    raise FileNotFoundError
+            except FileNotFoundError:
+                os.mkdir("material", 0o755, dir_fd=parent)
+            if not os_groups:
+                return
+            gid = self.ensure_os_group_named(self.staff_os_group(cohort))
+            fd = os.open("material", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            try:
+                os.fchown(fd, 0, gid)
+                os.fchmod(fd, 0o2775)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(parent)
+
     def ensure_os_group(self, group: str) -> int:
-        name = self.os_group(group)
+        return self.ensure_os_group_named(self.os_group(group))
+
+    def ensure_os_group_named(self, name: str) -> int:
         # two members' spawns (hook threads of one hub) must not both groupadd: both can
         # succeed, leaving two groups of one name (the folder in one, the members in the other)
         with _GROUPADD_LOCK:
@@ -208,16 +244,19 @@ class GroupFolders(LoggingConfigurable):
                 pass
             try:
                 run_shadow_command(["groupadd", name])
-                self.log.info("Created OS group %s for hub group %s", name, group)
+                self.log.info("Created OS group %s", name)
             except RuntimeError:
                 if not _group_exists(name):  # another hub made it meanwhile: fine
                     raise
             return grp.getgrnam(name).gr_gid
 
-    def sync_membership(self, os_user: str, groups: Iterable[str]) -> None:
-        """Make ``os_user`` a member of exactly the OS groups of ``groups`` among the OS groups
-        this hub manages (``os_group_prefix``); other groups are left alone."""
-        want = {self.os_group(g) for g in groups}
+    def sync_membership(
+        self, os_user: str, groups: Iterable[str], teaching: Iterable[str] = ()
+    ) -> None:
+        """Make ``os_user`` a member of exactly the OS groups of ``groups`` (and, for the
+        cohorts in ``teaching``, of their instructors' group too) among the OS groups this hub
+        manages (``os_group_prefix``); other groups are left alone."""
+        want = {self.os_group(g) for g in groups} | {self.staff_os_group(c) for c in teaching}
         have = {
             g.gr_name
             for g in grp.getgrall()

@@ -25,7 +25,7 @@ from dockerspawner import DockerSpawner
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Unicode, default
 
-from oraculo.hub.cohorts import cohorts_of_instructor
+from oraculo.hub.cohorts import cohorts_of_instructor, is_cohort
 from oraculo.hub.exchange import EXCHANGE_ENV, CohortExchange, instructors_of
 from oraculo.hub.gpus import shared_allocator
 from oraculo.hub.groups import (
@@ -56,12 +56,19 @@ class GroupFoldersHook:
 
     #: The user's group folders, made by :meth:`make_group_folders` at this start.
     group_dirs: list[str] = []
-    #: The hub groups whose instructor this user is (their ``instructors`` property).
+    #: The hub groups this user teaches: ``teaching`` and groups whose ``instructors``
+    #: property names them (their nbgrader course folders are the user's).
     instructs: list[str] = []
     #: The hub groups whose exchange this server gets (its groups and those it teaches).
     cohorts: list[str] = []
     #: Where the cohorts' nbgrader exchanges are (:mod:`oraculo.hub.exchange`); "" for none.
     exchange_root: str = ""
+    #: The cohorts the user teaches (oraculo.hub.cohorts): their folders too, and the right to
+    #: write their ``material``.
+    teaching: list[str] = []
+    #: The cohorts among the user's groups and the ones they teach (their folders get
+    #: ``material``: read-only for students).
+    cohort_names: list[str] = []
 
     def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
         """Make the user's group folders (and whatever grants access to them); their paths.
@@ -73,26 +80,24 @@ class GroupFoldersHook:
         if not folders.enabled:
             self.group_dirs = []
             return
-        user: Any = getattr(self, "user", None)
-        self.instructs = self.taught_cohorts(user)
-        # An instructor of a cohort (its role, or its `instructors` property) gets its folder
-        # and exchange like a member, whether or not they are one.
-        groups = sorted(set(user_groups(self)) | set(self.instructs))
+        groups = user_groups(self)
+        user = self.user  # type: ignore[attr-defined]
+        db, orm_user = getattr(user, "db", None), getattr(user, "orm_user", None)
+        self.teaching = cohorts_of_instructor(db, orm_user) if db and orm_user else []
+        self.instructs = sorted(
+            set(self.teaching)
+            | {g.name for g in getattr(user, "groups", []) if user.name in instructors_of(g)}
+        )
+        self.cohort_names = sorted(
+            {g.name for g in getattr(user, "groups", []) if is_cohort(g)} | set(self.teaching)
+        )
+        groups = sorted(set(groups) | set(self.instructs))
         self.group_dirs = await asyncio.to_thread(self.prepare_group_folders, folders, groups)
         exchange = CohortExchange(parent=self)
         if exchange.enabled and groups:
             await asyncio.to_thread(self.prepare_exchange, exchange, groups)
             self.exchange_root = exchange.root
             self.cohorts = groups
-
-    def taught_cohorts(self, user: Any) -> list[str]:
-        """The cohorts ``user`` teaches: those whose instructor role (oraculo.hub.cohorts) they
-        hold, and groups whose ``instructors`` property names them."""
-        taught = {g.name for g in getattr(user, "groups", []) if user.name in instructors_of(g)}
-        db, orm_user = getattr(self, "db", None), getattr(user, "orm_user", None)
-        if db is not None and orm_user is not None:
-            taught.update(cohorts_of_instructor(db, orm_user))
-        return sorted(taught)
 
     def prepare_exchange(self, exchange: CohortExchange, groups: list[str]) -> None:
         """Make the user's cohorts' nbgrader exchanges (blocking; runs in a thread). Here
@@ -270,6 +275,8 @@ class OraculoProcessSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
     def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
         # One OS account for everyone: the folders are made and linked, not protected.
         paths = list(folders.ensure_folders(groups))
+        for cohort in self.cohort_names:
+            folders.ensure_material(cohort)
         folders.link_into_home(self.home_dir, paths, (os.getuid(), os.getgid()))
         return paths
 
@@ -340,7 +347,9 @@ class SystemUserSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
         # Before the server starts: LocalProcessSpawner reads the account's supplementary
         # groups (os.getgrouplist) when it builds the process's preexec function.
         paths = list(folders.ensure_folders(groups, os_groups=True))
-        folders.sync_membership(self.os_user, groups)
+        for cohort in self.cohort_names:
+            folders.ensure_material(cohort, os_groups=True)
+        folders.sync_membership(self.os_user, groups, self.teaching)
         entry = pwd.getpwnam(self.os_user)
         folders.link_into_home(entry.pw_dir, paths, (entry.pw_uid, entry.pw_gid))
         self._gids = {g: folders.ensure_os_group(g) for g in groups}
@@ -389,8 +398,16 @@ class OraculoDockerSpawner(OraculoSpawnerMixin, DockerSpawner):
     def prepare_group_folders(self, folders: GroupFolders, groups: list[str]) -> list[str]:
         # Only the user's own group folders are mounted. As root the folders get OS groups,
         # whose gids the container's user is given (group_add) so it may write there.
-        made = folders.ensure_folders(groups, os_groups=os.geteuid() == 0)
-        self.group_gids = sorted({gid for gid in made.values() if gid >= 0})
+        root = os.geteuid() == 0
+        made = folders.ensure_folders(groups, os_groups=root)
+        gids = {gid for gid in made.values() if gid >= 0}
+        for cohort in self.cohort_names:  # students read the material, instructors write it
+            folders.ensure_material(cohort, os_groups=root)
+        if root:
+            gids |= {
+                folders.ensure_os_group_named(folders.staff_os_group(c)) for c in self.teaching
+            }
+        self.group_gids = sorted(gids)
         return list(made)
 
     @property

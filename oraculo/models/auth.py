@@ -38,9 +38,6 @@ class Identity:
     can_write_audit: bool = False
     #: May read and export everyone's audit records (operators).
     can_read_all_audit: bool = False
-    #: Groups the credential may read in the hub (``read:groups!group=<g>``: a cohort's
-    #: instructor): their usage may be read per member.
-    readable_groups: tuple[str, ...] = ()
 
 
 class Authenticator(LoggingConfigurable):
@@ -105,18 +102,7 @@ class HubAuthenticator(Authenticator):
             can_write_audit=model.get("kind", "user") == "user"
             and any(s.split("!", 1)[0] == "users:activity" for s in scopes),
             can_read_all_audit=AUDIT_READ_ALL in scopes,
-            readable_groups=readable_groups(scopes),
         )
-
-
-def readable_groups(scopes: set[str]) -> tuple[str, ...]:
-    """The groups that ``read:groups!group=<g>`` (or ``groups!group=<g>``) scopes name."""
-    out = set()
-    for scope in scopes:
-        base, _, filt = scope.partition("!")
-        if base in ("read:groups", "groups") and filt.startswith("group="):
-            out.add(filt[len("group=") :])
-    return tuple(sorted(out))
 
 
 class StaticKeyAuthenticator(Authenticator):

@@ -29,6 +29,9 @@ from .budgets import BudgetExceeded, Budgets
 from .errors import Forbidden, Overloaded
 from .usage import iso, period_end
 
+#: The group property of a cohort's own record (oraculo.hub.cohorts): its instructors.
+COHORT_PROPERTY = "oraculo_cohort"
+
 #: The policy feature each metered endpoint belongs to.
 ENDPOINT_FEATURES = {
     "chat.completions": "chat",
@@ -50,6 +53,8 @@ class CohortPolicies:
         self.log = log
         self.ttl = ttl
         self._groups: dict[str, tuple[frozenset[str], CohortPolicy]] | None = None
+        #: cohort -> its instructors (from the cohort's record), read with the groups
+        self._instructors: dict[str, frozenset[str]] = {}
         self._read_at = -1e18
         self._lock = asyncio.Lock()
 
@@ -59,6 +64,7 @@ class CohortPolicies:
 
     async def _fetch(self) -> dict[str, tuple[frozenset[str], CohortPolicy]]:
         out: dict[str, tuple[frozenset[str], CohortPolicy]] = {}
+        teachers: dict[str, frozenset[str]] = {}
         headers = {
             "Authorization": f"token {self.api_token}",
             "Accept": "application/jupyterhub-pagination+json",
@@ -75,11 +81,15 @@ class CohortPolicies:
                 body = r.json()
                 items = body["items"] if isinstance(body, dict) else body
                 for g in items:
+                    cohort = (g.get("properties") or {}).get(COHORT_PROPERTY)
+                    if isinstance(cohort, dict):
+                        teachers[g["name"]] = frozenset(cohort.get("instructors") or ())
                     policy = CohortPolicy.from_properties(g.get("properties"))
                     if policy is not None:
                         out[g["name"]] = (frozenset(g.get("users") or ()), policy)
                 nxt = body.get("_pagination", {}).get("next") if isinstance(body, dict) else None
                 if not nxt:
+                    self._instructors = teachers
                     return out
                 offset = int(nxt["offset"])
 
@@ -105,6 +115,13 @@ class CohortPolicies:
                 self.log.warning("could not re-read cohort policies from the hub: %s", e)
                 self._read_at = time.monotonic() - self.ttl + 2
         return self._groups
+
+    async def teaches(self, who: Identity, group: str) -> bool:
+        """Whether ``who`` is an instructor of cohort ``group`` (they read its usage)."""
+        if who.kind != "user" or not self.enabled:
+            return False
+        await self.groups()
+        return who.name in self._instructors.get(group, frozenset())
 
     async def effective(self, who: Identity, now: dt.datetime | None = None) -> EffectivePolicy:
         if who.kind != "user":

@@ -2,7 +2,8 @@
 
 - ``GET v1/usage/summary?period=day|week|month`` (or ``since``/``until``, unix times), with
   ``user=`` or ``group=``: what a user or group used, per unit and per model (and per user for
-  operators). A user reads their own and their groups'; an operator (usage read-all) anyone's.
+  operators and a cohort's instructors). A user reads their own and their groups'; an operator
+  (usage read-all) anyone's; a cohort's instructors their cohort's, per student.
 - ``GET v1/usage/events?since=&until=&limit=``: the caller's own rows (newest first), as
   columns: what the Usage panel charts.
 - ``GET v1/usage/export?by=user|group&format=csv|parquet|json`` (and a period): billing
@@ -89,10 +90,12 @@ class UsageSummaryHandler(BaseHandler):
         group = self.get_argument("group", None) or None
         if user and group:
             raise InvalidRequest("Give 'user' or 'group', not both.", param="group")
+        # a cohort's instructors read its usage per student (oraculo.models.cohorts)
+        teaches = group is not None and await self.service.cohorts.teaches(who, group)
         if not who.can_read_all_usage:
             if user not in (None, who.name):
                 raise Forbidden("You may only read your own usage.", param="user")
-            if group is not None and group not in (*who.groups, *who.readable_groups):
+            if group is not None and group not in who.groups and not teaches:
                 raise Forbidden("You may only read the usage of your own groups.", param="group")
             if group is None:
                 user = who.name
@@ -106,10 +109,7 @@ class UsageSummaryHandler(BaseHandler):
         until = period_end(period, now) if until is None else until
         if until <= since:
             raise InvalidRequest("'until' must be after 'since'.", param="until")
-        # an operator, or whoever may read the group in the hub (its instructor), sees each
-        # member's share
-        per_user = who.can_read_all_usage or (group is not None and group in who.readable_groups)
-        result = await self._summary(user, group, since, until, per_user)
+        result = await self._summary(user, group, since, until, who.can_read_all_usage or teaches)
         self.write_json({"object": "usage.summary", **result})
 
     async def _summary(

@@ -236,3 +236,24 @@ async def test_sandbox_limits_apply_at_the_next_kernel_start(cohort: dict[str, A
     # the kernel that was running keeps what it started with
     assert (await stu.execute(before, nofile))["stdout"].strip() == "1024"
     await put_policy(ivy, name, {})
+
+
+async def test_instructors_read_their_cohorts_usage_per_student(cohort: dict[str, Any]) -> None:
+    name, ivy, stu, other = cohort["name"], cohort["ivy"], cohort["stu"], cohort["other"]
+    path = "/services/models/v1/usage/summary"
+
+    async def readable() -> bool:
+        r = await ivy.api("GET", path, params={"group": name, "period": "day"})
+        return r.status_code == 200
+
+    await until(readable, "the instructor to read the cohort's usage")
+    r = await ivy.api("GET", path, params={"group": name, "period": "day"})
+    per_student = {u["user"]: u for u in r.json()["users"]}
+    assert per_student[stu.name]["tokens"] > 0, r.json()
+    # a member reads the cohort's totals, not each student's; an outsider nothing
+    r = await stu.api("GET", path, params={"group": name, "period": "day"})
+    assert r.status_code == 200 and "users" not in r.json()
+    r = await other.api("GET", path, params={"group": name, "period": "day"})
+    assert r.status_code == 403 and r.json()["error"]["param"] == "group"
+    r = await ivy.api("GET", path, params={"user": stu.name, "period": "day"})
+    assert r.status_code == 403

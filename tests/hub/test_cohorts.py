@@ -4,6 +4,7 @@ tokens), invitations, instructor-approved sign-ups, and membership applied to a 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -262,11 +263,11 @@ async def test_membership_applies_to_a_running_server(
         assert r.json()["live"][tom.name]["state"] == "applied"
         link = Path(hub.data_dir) / "users" / tom.name / "shared" / name
         assert link.is_symlink() and link.resolve().is_dir()
-        kernel = await tom.start_kernel()
-        out = await tom.execute(
-            kernel, f"import os; print(os.path.isdir(os.path.expanduser('~/shared/{name}')))"
+        code = f"import os; print(os.path.isdir(os.path.expanduser('~/shared/{name}')))"
+        r = await tom.api(
+            "POST", f"/user/{tom.name}/api/v1/execute", json={"code": code}, timeout=120
         )
-        assert out["stdout"].strip() == "True", out
+        assert r.status_code == 200 and r.json()["stdout"].strip() == "True", r.text
         r = await ivy.api("DELETE", f"/hub/api/cohorts/{name}/members", json={"users": [tom.name]})
         assert r.json()["live"][tom.name]["state"] == "applied"
         assert not link.exists() and not link.is_symlink()
@@ -333,6 +334,39 @@ async def test_sign_up_approved_by_the_cohort_instructor(tmp_path: Path) -> None
             },
         )
         assert r.status_code == 400 and "no cohort named" in r.text
+
+        # on the hub's cohorts page, a student cannot approve anyone
+        other = HubClient(hub)
+        client.sessions.append(other)
+        await other._form(
+            "/hub/signup",
+            {
+                "username": "stu3",
+                "signup_password": PASSWORD,
+                "signup_password_confirmation": PASSWORD,
+                "cohort": "bio-1",
+            },
+        )
+        page = await student_client.http.get("/hub/cohorts")
+        assert page.status_code == 200 and "You teach no cohort" in page.text
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+        xsrf_value = xsrf.group(1) if xsrf else student_client.http.cookies.get("_xsrf", "")
+        r = await student_client.http.post(
+            "/hub/cohorts/bio-1/signups/stu3", data={"_xsrf": xsrf_value, "action": "approve"}
+        )
+        assert r.status_code == 403 and "You do not teach this cohort" in r.text, r.text[-500:]
+        r = await ivy.api("GET", "/hub/api/cohorts/bio-1/signups")
+        assert r.json()["pending"] == ["stu3"]
+
+        # a restarted hub keeps the cohort, its instructor's role and its members
+        hub.stop()
+        await hub.start()
+        r = await ivy.api("GET", "/hub/api/cohorts/bio-1")
+        assert r.status_code == 200, r.text
+        assert r.json()["instructors"] == ["ivy"]
+        assert [m["name"] for m in r.json()["members"]] == ["stu"]
+        r = await ivy.api("POST", "/hub/api/cohorts/bio-1/signups/stu3")
+        assert r.status_code == 200, r.text
     finally:
         await student_client.aclose()
         await client.aclose()

@@ -451,7 +451,7 @@ async def test_example_notebooks_run(alice: User) -> None:
     for cell in chat:
         reply, _, footer = _stream(cell).rpartition("\n\n— ")
         assert reply.strip() and "variables: sales" in footer, _stream(cell)
-    # the educator's: a cohort group with its students and policy, through the hub's API
+    # the educator's: a cohort with its students and policy, through the hub's cohort API
     admin = HubClient(hub)
     try:
         await admin.login("admin", ADMIN_PASSWORD)
@@ -470,7 +470,9 @@ async def test_example_notebooks_run(alice: User) -> None:
         group = r.json()
         assert sorted(group["users"]) == ["stu-ada", "stu-linus"]
         assert group["properties"]["oraculo_policy"]["sandbox"]["memory_mb"] == 2048
-        assert "c.SandboxConfig.group_limits" in _stream(educator.cells[-1])
+        assert group["properties"]["oraculo_policy"]["agents"] is False
+        assert "stu-ada: server stopped" in _stream(educator.cells[-1])
+        assert "AI now: available" in _stream(educator.cells[-1])
     finally:
         await admin.aclose()
 

@@ -25,6 +25,7 @@ DEFAULT_FEATURES = [
     "oraculo.extensions.mcp.feature:MCPFeature",
     "oraculo.extensions.git.feature:GitFeature",
     "oraculo.extensions.api.feature:ApiFeature",
+    "oraculo.extensions.courses.feature:CoursesFeature",
 ]
 
 

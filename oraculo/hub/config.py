@@ -60,6 +60,10 @@ SERVER_TOKEN_SCOPES = [
     "access:servers!server",
     "access:services!service=models",
     "tokens!user",
+    # The cohorts an instructor teaches, for the Cohort panel: JupyterHub intersects this with
+    # the owner's own permissions, so it is read:groups!group=<cohort> for an instructor
+    # (oraculo.hub.cohorts) and nothing for anyone else.
+    "read:groups",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -26,6 +26,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Unicode, default
 
 from oraculo.hub.cohorts import cohorts_of_instructor, is_cohort
+from oraculo.hub.exchange import EXCHANGE_ENV, CohortExchange, instructors_of
 from oraculo.hub.gpus import shared_allocator
 from oraculo.hub.groups import (
     SHARED_DIRS_ENV,
@@ -55,6 +56,13 @@ class GroupFoldersHook:
 
     #: The user's group folders, made by :meth:`make_group_folders` at this start.
     group_dirs: list[str] = []
+    #: The hub groups this user teaches: ``teaching`` and groups whose ``instructors``
+    #: property names them (their nbgrader course folders are the user's).
+    instructs: list[str] = []
+    #: The hub groups whose exchange this server gets (its groups and those it teaches).
+    cohorts: list[str] = []
+    #: Where the cohorts' nbgrader exchanges are (:mod:`oraculo.hub.exchange`); "" for none.
+    exchange_root: str = ""
     #: The cohorts the user teaches (oraculo.hub.cohorts): their folders too, and the right to
     #: write their ``material``.
     teaching: list[str] = []
@@ -76,15 +84,34 @@ class GroupFoldersHook:
         user = self.user  # type: ignore[attr-defined]
         db, orm_user = getattr(user, "db", None), getattr(user, "orm_user", None)
         self.teaching = cohorts_of_instructor(db, orm_user) if db and orm_user else []
+        self.instructs = sorted(
+            set(self.teaching)
+            | {g.name for g in getattr(user, "groups", []) if user.name in instructors_of(g)}
+        )
         self.cohort_names = sorted(
             {g.name for g in getattr(user, "groups", []) if is_cohort(g)} | set(self.teaching)
         )
-        groups = sorted(set(groups) | set(self.teaching))
+        groups = sorted(set(groups) | set(self.instructs))
         self.group_dirs = await asyncio.to_thread(self.prepare_group_folders, folders, groups)
+        exchange = CohortExchange(parent=self)
+        if exchange.enabled and groups:
+            await asyncio.to_thread(self.prepare_exchange, exchange, groups)
+            self.exchange_root = exchange.root
+            self.cohorts = groups
+
+    def prepare_exchange(self, exchange: CohortExchange, groups: list[str]) -> None:
+        """Make the user's cohorts' nbgrader exchanges (blocking; runs in a thread). Here
+        every user is one account: the course folders stay the hub's."""
+        for group in groups:
+            exchange.ensure(group)
 
     def group_env(self, env: dict[str, str]) -> dict[str, str]:
         if self.group_dirs:
             env[SHARED_DIRS_ENV] = os.pathsep.join(self.group_dirs)
+        if self.exchange_root:
+            env[EXCHANGE_ENV] = self.exchange_root
+            env["ORACULO_INSTRUCTS"] = ",".join(self.instructs)
+            env["ORACULO_COHORTS"] = ",".join(self.cohorts)
         return env
 
 
@@ -325,6 +352,7 @@ class SystemUserSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
         folders.sync_membership(self.os_user, groups, self.teaching)
         entry = pwd.getpwnam(self.os_user)
         folders.link_into_home(entry.pw_dir, paths, (entry.pw_uid, entry.pw_gid))
+        self._gids = {g: folders.ensure_os_group(g) for g in groups}
         if paths and not reachable_by_others(folders.root):
             self.log.warning(
                 "Group folders under %s are out of reach of OS accounts: a folder above it "
@@ -332,6 +360,14 @@ class SystemUserSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
                 folders.root,
             )
         return paths
+
+    def prepare_exchange(self, exchange: CohortExchange, groups: list[str]) -> None:
+        # Members enter their cohort's exchange through its OS group; the course folders
+        # become the instructor's account's at the instructor's first start.
+        uid = pwd.getpwnam(self.os_user).pw_uid
+        for group in groups:
+            gid = getattr(self, "_gids", {}).get(group, -1)
+            exchange.ensure(group, gid, uid if group in self.instructs else -1)
 
 
 class OraculoDockerSpawner(OraculoSpawnerMixin, DockerSpawner):

@@ -230,7 +230,9 @@ def server_url() -> str:
     """This Jupyter server's own URL (with its base_url) as a local kernel reaches it."""
     from jupyter_server.serverapp import ServerApp
 
-    if not ServerApp.initialized():
+    # Not ``ServerApp.initialized()``: in another Jupyter application (nbgrader's autograde
+    # starts this kernel) that application is the singleton every Application class inherits.
+    if not isinstance(getattr(ServerApp, "_instance", None), ServerApp):
         return os.environ.get("JUPYTERHUB_SERVICE_URL", "")
     app = ServerApp.instance()
     if app.sock:

@@ -12,6 +12,7 @@ FEATURES = (
     "agents",
     "api",
     "chat",
+    "courses",
     "execute",
     "git",
     "mcp",

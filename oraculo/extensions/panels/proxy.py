@@ -233,3 +233,16 @@ def setup_backstage_tile() -> dict[str, Any]:
 
 def setup_usage_tile() -> dict[str, Any]:
     return _tile("usage")
+
+
+#: The Cohort panel's tile: shown only in the servers of a cohort's instructors (the spawner
+#: names the cohorts a user teaches in ORACULO_INSTRUCTS); students reach the panel by URL.
+COHORT_TILE = "Cohort"
+
+
+def setup_cohort_tile() -> dict[str, Any]:
+    entry = {**_common(), "launcher_entry": {**_launcher_entry("usage"), "title": COHORT_TILE}}
+    entry["launcher_entry"]["path_info"] = f"{PROXY_NAME}/cohort"
+    entry["launcher_entry"]["icon_path"] = str(STATIC_DIR / "cohort.svg")
+    entry["launcher_entry"]["enabled"] = bool(os.environ.get("ORACULO_INSTRUCTS"))
+    return entry

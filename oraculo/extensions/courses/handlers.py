@@ -1,0 +1,48 @@
+"""``/api/v1/courses/<cohort>``: a cohort's assignments; ``.../assignments/<name>/<step>``:
+one nbgrader step (release, collect, autograde, feedback; fetch, submit, fetch_feedback)."""
+
+from __future__ import annotations
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from oraculo.extensions.base.handlers import OraculoAPIHandler
+
+
+class CoursesHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        service = self.feature("courses").service
+        self.finish({"cohorts": service.cohorts, "instructs": service.instructs})
+
+
+class CourseUsageHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, cohort: str) -> None:
+        feature = self.feature("courses")
+        self.finish(await feature.service.usage(cohort, feature.models))
+
+
+class CourseRosterHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, cohort: str) -> None:
+        self.finish(await self.feature("courses").service.roster(cohort))
+
+
+class CourseHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, cohort: str) -> None:
+        view = await self.feature("courses").service.view(cohort)
+        self.finish(view.model_dump_json())
+
+
+class AssignmentStepHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, cohort: str, assignment: str, step: str) -> None:
+        result = await self.feature("courses").service.run(cohort, assignment, step)
+        self.finish(result.model_dump_json())

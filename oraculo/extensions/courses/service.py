@@ -1,0 +1,317 @@
+"""Course material out, work back in, with the real nbgrader (0.9) and its exchange.
+
+Each step is nbgrader's own command (``python -m nbgrader <step>``), run as a child process of
+the user's server, as the user, so nothing blocks the server and nbgrader's traitlets state never
+leaks between calls. A cohort (hub group) is an nbgrader course whose ``course_id`` is the
+group's slug and whose exchange the hub made (:mod:`oraculo.hub.exchange`):
+
+- the instructor keeps the course in ``~/courses/<slug>`` (``source/<assignment>/*.ipynb`` with
+  nbgrader's cell metadata, ``gradebook.db``): ``release`` = ``generate_assignment`` +
+  ``release_assignment``; ``collect`` = ``collect``; ``autograde`` = ``autograde --create`` (the
+  scores go into nbgrader's gradebook); ``feedback`` = ``generate_feedback`` +
+  ``release_feedback``.
+- a student ``fetch``-es into ``~/assignments/<slug>/<assignment>``, ``submit``-s from there,
+  and ``fetch_feedback``-s the graded HTML next to it. The submission carries the student's hub
+  name, whatever the OS account is called.
+
+Who may do what is the file system's answer in system-users mode (only the instructor's account
+owns the course folders; students cannot list ``inbound``); the service also refuses instructor
+steps to anyone the hub did not name as the cohort's instructor (``ORACULO_INSTRUCTS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from traitlets import Float, List, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from oraculo.extensions.base.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from oraculo.extensions.courses.gradebook import read_scores
+from oraculo.extensions.courses.models import (
+    INSTRUCTOR_ACTIONS,
+    NAME_PATTERN,
+    ActionResult,
+    Assignment,
+    CourseView,
+)
+from oraculo.hub.exchange import EXCHANGE_ENV, course_exchange
+from oraculo.hub.groups import group_slug
+from oraculo.kernels.credentials import server_token
+
+#: The nbgrader commands behind each step, in order.
+STEPS: dict[str, list[str]] = {
+    "release": ["generate_assignment", "release_assignment"],
+    "collect": ["collect"],
+    "autograde": ["autograde"],
+    "feedback": ["generate_feedback", "release_feedback"],
+    "fetch": ["fetch_assignment"],
+    "submit": ["submit"],
+    "fetch_feedback": ["fetch_feedback"],
+}
+#: Environment the nbgrader children never get: credentials (autograde runs students' code).
+_SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|KEY|JUPYTERHUB_API|JPY_API", re.I)
+_LOG_LINE = re.compile(r"^\[(\w+) \| (INFO|WARNING|ERROR|CRITICAL)\] (.*)$")
+_NAME = re.compile(NAME_PATTERN)
+
+
+class CourseService(LoggingConfigurable):
+    """Runs nbgrader's steps for the server's user in their cohorts."""
+
+    owner = Unicode(help="The hub user this server belongs to (the student id in submissions).")
+    exchange_root = Unicode(
+        config=True,
+        help="""Folder of the cohorts' nbgrader exchanges, made by the hub
+        (oraculo.hub.exchange). Default ORACULO_EXCHANGE_DIR, which the spawner sets.""",
+    )
+    instructs = List(
+        Unicode(),
+        config=True,
+        help="""Hub groups whose instructor this user is (the group's `instructors` property,
+        read by the spawner). Default ORACULO_INSTRUCTS (comma-separated).""",
+    )
+    cohorts = List(
+        Unicode(),
+        config=True,
+        help="""Hub groups this user belongs to or teaches, as the spawner saw them at start.
+        Default ORACULO_COHORTS (comma-separated).""",
+    )
+    courses_dir = Unicode(
+        config=True,
+        help="Where an instructor's courses live, one folder per cohort. Default ~/courses.",
+    )
+    assignments_dir = Unicode(
+        config=True,
+        help="Where students' fetched assignments go, per cohort. Default ~/assignments.",
+    )
+    timeout = Float(
+        900.0,
+        config=True,
+        help="Seconds one nbgrader step may take (autograde runs every submission).",
+    )
+
+    @default("exchange_root")
+    def _default_exchange_root(self) -> str:
+        return os.environ.get(EXCHANGE_ENV, "")
+
+    @default("instructs")
+    def _default_instructs(self) -> list[str]:
+        return [g for g in os.environ.get("ORACULO_INSTRUCTS", "").split(",") if g]
+
+    @default("cohorts")
+    def _default_cohorts(self) -> list[str]:
+        return [g for g in os.environ.get("ORACULO_COHORTS", "").split(",") if g]
+
+    @default("courses_dir")
+    def _default_courses_dir(self) -> str:
+        return os.path.join(os.path.expanduser("~"), "courses")
+
+    @default("assignments_dir")
+    def _default_assignments_dir(self) -> str:
+        return os.path.join(os.path.expanduser("~"), "assignments")
+
+    # --- paths ------------------------------------------------------------------------------
+
+    def _exchange(self, cohort: str) -> tuple[str, str]:
+        if not _NAME.match(cohort) and group_slug(cohort) != cohort:
+            raise BadRequest(f"Not a cohort name: {cohort!r}")
+        if not self.exchange_root:
+            raise NotFound(
+                f"You are not a member of cohort {cohort}: this server belongs to no cohort."
+            )
+        root, course_id = course_exchange(self.exchange_root, cohort)
+        try:
+            os.stat(os.path.join(root, course_id, "outbound"))
+        except PermissionError as e:
+            raise Forbidden(f"You are not a member of cohort {cohort}.") from e
+        except FileNotFoundError as e:
+            raise NotFound(
+                f"Cohort {cohort} has no exchange here: you are not its member, or your server "
+                "started before you joined it (restart it from the hub's home page)."
+            ) from e
+        return root, course_id
+
+    def course_dir(self, cohort: str) -> Path:
+        return Path(self.courses_dir) / group_slug(cohort)
+
+    def is_instructor(self, cohort: str) -> bool:
+        return cohort in self.instructs
+
+    # --- the steps --------------------------------------------------------------------------
+
+    async def run(self, cohort: str, assignment: str, action: str) -> ActionResult:
+        """Run one step (:data:`STEPS`) of ``assignment`` in ``cohort``."""
+        if action not in STEPS:
+            raise NotFound(f"No such step: {action!r} (one of {', '.join(STEPS)})")
+        if not _NAME.match(assignment):
+            raise BadRequest(f"Not an assignment name: {assignment!r}")
+        root, course_id = self._exchange(cohort)
+        common = [
+            f"--course={course_id}",
+            f"--Exchange.root={root}",
+            "--Exchange.path_includes_course=True",
+        ]
+        if action in INSTRUCTOR_ACTIONS:
+            if not self.is_instructor(cohort):
+                raise Forbidden(f"Only cohort {cohort}'s instructor may {action} its assignments.")
+            cwd = self.course_dir(cohort)
+            if action == "release" and not (cwd / "source" / assignment).is_dir():
+                raise NotFound(
+                    f"No assignment {assignment!r} to release: put its notebooks in "
+                    f"{cwd / 'source' / assignment}"
+                )
+            common.append(f"--CourseDirectory.root={cwd}")
+            out = cwd
+        else:
+            cwd = Path(self.assignments_dir)
+            common += [
+                f"--CourseDirectory.student_id={self.owner}",
+                f"--Exchange.assignment_dir={cwd}",
+            ]
+            out = cwd / course_id / assignment
+        cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log: list[str] = []
+        for step in STEPS[action]:
+            args = [step, assignment, *common]
+            if step in ("generate_assignment", "release_assignment"):
+                args.append("--force")
+            if step == "autograde":
+                args.append("--create")  # students join the gradebook as they submit
+            if step == "collect":
+                args.append("--update")  # a newer submission replaces the collected one
+            log += await self._nbgrader(args, cwd)
+        return ActionResult(
+            cohort=cohort,
+            assignment=assignment,
+            action=action,  # type: ignore[arg-type]
+            path=str(out),
+            log=log,
+        )
+
+    async def _nbgrader(self, args: list[str], cwd: Path) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if not _SECRET.search(k)}
+        env["PYTHONUNBUFFERED"] = "1"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "nbgrader",
+            *args,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            raw, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise Unavailable(f"nbgrader {args[0]} took longer than {self.timeout:.0f} s") from None
+        lines = raw.decode(errors="replace").splitlines()
+        logged = [m.group(3) for m in map(_LOG_LINE.match, lines) if m]
+        if proc.returncode != 0:
+            errors = [
+                m.group(3)
+                for m in map(_LOG_LINE.match, lines)
+                if m and m.group(2) in ("ERROR", "CRITICAL") and "failed" not in m.group(3)
+            ]
+            message = errors[0] if errors else f"nbgrader {args[0]} failed"
+            self.log.info("nbgrader %s failed: %s", args[0], "\n".join(lines[-20:]))
+            if "ermission" in message or "don't own" in message or "not have access" in message:
+                raise Forbidden(message)
+            if "not found" in message.lower() or "No notebooks" in message:
+                raise NotFound(message)
+            raise Conflict(message)
+        return logged
+
+    # --- what there is ----------------------------------------------------------------------
+
+    async def roster(self, cohort: str) -> dict[str, Any]:
+        """The cohort as the hub sees it (members and their servers, sign-ups waiting, the
+        policy and what it does now), read with this server's hub token, which holds
+        ``read:groups`` only where its owner teaches (instructors only)."""
+        if not self.is_instructor(cohort):
+            raise Forbidden(f"Only cohort {cohort}'s instructor may read its members.")
+        api = os.environ.get("JUPYTERHUB_API_URL", "").rstrip("/")
+        if not api:
+            raise Unavailable("This server runs without a hub.")
+        headers = {"Authorization": f"token {server_token()}"}
+        try:
+            async with httpx.AsyncClient(timeout=15, trust_env=False) as client:
+                r = await client.get(f"{api}/cohorts/{quote(cohort, safe='')}", headers=headers)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"The hub did not answer ({type(e).__name__}).") from e
+        if r.status_code == 404:
+            raise NotFound(f"The hub has no cohort {cohort}.")
+        if r.status_code >= 400:
+            raise Forbidden(f"The hub refused to show cohort {cohort} (HTTP {r.status_code}).")
+        data: dict[str, Any] = r.json()
+        return {
+            k: data.get(k) for k in ("name", "instructors", "members", "pending", "policy", "now")
+        }
+
+    async def usage(self, cohort: str, models: Any) -> dict[str, Any]:
+        """The cohort's AI use this week, from the model service (instructors only)."""
+        self._exchange(cohort)
+        if not self.is_instructor(cohort):
+            raise Forbidden(f"Only cohort {cohort}'s instructor may read its usage.")
+        if models is None or not models.configured:
+            raise Unavailable("No model service is configured for this server.")
+        r = await models.request(
+            "GET", "v1/usage/summary", params={"group": cohort, "period": "week"}
+        )
+        return {"cohort": cohort, "period": "week", "summary": r.json()}
+
+    async def view(self, cohort: str) -> CourseView:
+        """The cohort's assignments as the caller sees them (with scores for its instructor)."""
+        root, course_id = self._exchange(cohort)
+        return await asyncio.to_thread(self._view, cohort, root, course_id)
+
+    def _view(self, cohort: str, root: str, course_id: str) -> CourseView:
+        names: dict[str, Assignment] = {}
+
+        def entry(name: str) -> Assignment:
+            return names.setdefault(name, Assignment(name=name))
+
+        for p in _listdir(Path(root) / course_id / "outbound"):
+            entry(p).released = True
+        mine = Path(self.assignments_dir) / course_id
+        for p in _listdir(mine):
+            if (mine / p).is_dir():
+                entry(p).fetched = True
+                entry(p).feedback = sorted(_listdir(mine / p / "feedback"))
+        cache = Path(os.path.expanduser("~/.local/share/jupyter/nbgrader_cache")) / course_id
+        for p in _listdir(cache):
+            parts = p.split("+")
+            if len(parts) >= 3 and parts[0] == self.owner and parts[1] in names:
+                entry(parts[1]).submitted.append(parts[2])
+        instructor = self.is_instructor(cohort)
+        course = self.course_dir(cohort)
+        if instructor:
+            for p in _listdir(course / "source"):
+                entry(p).in_source = True
+            for name, (max_score, scores) in read_scores(course / "gradebook.db").items():
+                a = entry(name)
+                a.max_score, a.scores = max_score, scores
+        return CourseView(
+            cohort=cohort,
+            course_id=course_id,
+            instructor=instructor,
+            course_dir=str(course),
+            assignments=sorted(names.values(), key=lambda a: a.name),
+        )
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return sorted(p for p in os.listdir(path) if not p.startswith("."))
+    except OSError:
+        return []

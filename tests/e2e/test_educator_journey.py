@@ -1,0 +1,294 @@
+"""The educator's journey in Chromium against a real hub (model service loaded), with a
+screenshot per step under test-artifacts/educator-*.png.
+
+An instructor (approved by the hub's admin) gets a cohort and invites two students: one signs up
+with the invitation link and is in at once, the other asks to join and is refused until the
+instructor approves → the cohort's folder is in the students' homes → the instructor starts an
+exam window: a student's chat is refused with a message naming the cohort while code still runs
+→ the window ends and chat answers again, nothing restarted → the instructor releases an nbgrader
+assignment from the Cohort panel (its tile in the instructor's launcher only); a student fetches
+it into their home, completes it and submits it → the instructor collects and autogrades it and
+sees the score in the Cohort panel, next to the cohort's AI use this week.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.cohorts import ASSIGNMENT, complete, write_source
+from tests.harness import (
+    ADMIN_PASSWORD,
+    CHROMIUM_ARGS,
+    PASSWORD,
+    HubClient,
+    HubProcess,
+    User,
+    signed_in_panel,
+    wait_for,
+)
+
+pytestmark = pytest.mark.browser
+
+VIEW = {"width": 1200, "height": 900}
+
+
+@dataclass
+class Course:
+    hub: HubProcess
+    admin: User
+    clients: list[HubClient]
+
+
+@pytest.fixture(scope="module")
+async def course(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Course]:
+    hub = HubProcess(
+        tmp_path_factory.mktemp("hub-educator"), models=True, env={"ORACULO_OPEN_SIGNUP": "0"}
+    )
+    await hub.start()
+    admin_client = HubClient(hub)
+    clients = [admin_client]
+    try:
+
+        async def models_loaded() -> bool:
+            async with httpx.AsyncClient(timeout=5) as c:
+                r = await c.get(f"{hub.url}/services/models/health")
+                return r.status_code == 200 and r.json().get("status") == "ok"
+
+        await wait_for(models_loaded, 180, "the hub's model service to load", 0.25)
+        await admin_client.login("admin", ADMIN_PASSWORD)
+        admin = User("admin", await admin_client.token("admin"), admin_client)
+        yield Course(hub, admin, clients)
+    finally:
+        for c in reversed(clients):
+            await c.aclose()
+        hub.stop()
+
+
+async def sign_up_in_browser(page: Page, url: str, name: str) -> str:
+    """Fill the hub's sign-up page at ``url``; the alert's text."""
+    await page.goto(url)
+    await page.fill("#username_input", name)
+    await page.fill("#password_input", PASSWORD)
+    await page.fill("#password_confirmation_input", PASSWORD)
+    await page.click("#signup_submit")
+    alert = page.locator(".alert").first
+    await alert.wait_for(timeout=30_000)
+    return await alert.inner_text()
+
+
+async def sign_in(page: Page, hub: HubProcess, name: str, next_path: str) -> None:
+    await page.goto(f"{hub.url}/hub/login?next={next_path}")
+    await page.fill("#username_input", name)
+    await page.fill("#password_input", PASSWORD)
+    await page.click("#login_submit")
+
+
+async def signed_in_user(hub: HubProcess, name: str, clients: list[HubClient]) -> User:
+    client = HubClient(hub)
+    clients.append(client)
+    await client.login(name)
+    return User(name, await client.token(name), client)
+
+
+async def server_chat(user: User) -> httpx.Response:
+    return await user.api(
+        "POST",
+        f"/user/{user.name}/api/v1/chat",
+        json={"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
+        timeout=120,
+    )
+
+
+async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
+    hub, admin = course.hub, course.admin
+    tag = uuid.uuid4().hex[:5]
+    group = f"bio{tag}"
+    shot = 0
+
+    async def snap(page: Page, what: str) -> None:
+        nonlocal shot
+        shot += 1
+        await page.screenshot(path=str(artifacts / f"educator-{shot:02d}-{what}.png"))
+
+    async with async_playwright() as pw:
+        browser: Browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
+        try:
+            # 1. the instructor signs up; the hub's admin approves her; her cohort is made
+            page = await browser.new_page(viewport=VIEW)
+            ivy_name = f"ivy{tag}"
+            said = await sign_up_in_browser(page, f"{hub.url}/hub/signup", ivy_name)
+            assert "admin" in said, said
+            r = await admin.client.http.get(f"/hub/authorize/{ivy_name}")
+            assert r.status_code == 302, r.status_code
+            ivy = await signed_in_user(hub, ivy_name, course.clients)
+            r = await admin.api(
+                "POST", "/hub/api/cohorts", json={"name": group, "instructors": [ivy_name]}
+            )
+            assert r.status_code == 201, r.text
+            r = await ivy.api("POST", f"/hub/api/cohorts/{group}/invitations")
+            assert r.status_code == 201, r.text
+            invite_url = hub.url + r.json()["url"]
+            await page.close()
+
+            # 2. ana joins with the invitation link; ben asks to join and waits for approval
+            page = await browser.new_page(viewport=VIEW)
+            ana_name, ben_name = f"ana{tag}", f"ben{tag}"
+            said = await sign_up_in_browser(page, invite_url, ana_name)
+            await snap(page, "student-joined-by-invitation")
+            said = await sign_up_in_browser(page, f"{hub.url}/hub/signup?cohort={group}", ben_name)
+            assert f"instructor of cohort {group}" in said, said
+            await snap(page, "student-waits-for-approval")
+            await sign_in(page, hub, ben_name, f"/user/{ben_name}/lab")
+            await expect(page.get_by_text("has not been authorized")).to_be_visible()
+            await snap(page, "student-refused-before-approval")
+            r = await ivy.api("GET", f"/hub/api/cohorts/{group}/signups")
+            assert r.json()["pending"] == [ben_name], r.text
+            r = await ivy.api("POST", f"/hub/api/cohorts/{group}/signups/{ben_name}")
+            assert r.status_code == 200, r.text
+            r = await ivy.api("GET", f"/hub/api/cohorts/{group}")
+            assert sorted(m["name"] for m in r.json()["members"]) == [ana_name, ben_name]
+            ana = await signed_in_user(hub, ana_name, course.clients)
+            ben = await signed_in_user(hub, ben_name, course.clients)
+            for person in (ivy, ana, ben):
+                await person.spawn(timeout=180)
+            await sign_in(page, hub, ben_name, f"/user/{ben_name}/lab")
+            # (through the hub's spawn page, whose URL names the lab only in ?next=)
+            lab = re.compile(rf"^{re.escape(hub.url)}/user/{ben_name}/lab")
+            await page.wait_for_url(lab, timeout=180_000)
+            await page.locator('.jp-LauncherCard[title="Workspace"]').wait_for(timeout=180_000)
+            # a student's launcher has no Cohort tile
+            await expect(page.locator('.jp-LauncherCard[title="Cohort"]')).to_have_count(0)
+            await snap(page, "student-approved-signed-in")
+            await page.close()
+
+            # 3. the cohort's folder is in the students' homes
+            for person in (ana, ben):
+                r = await person.api("GET", f"/user/{person.name}/api/contents/shared")
+                assert group in [c["name"] for c in r.json()["content"]], r.text
+
+            # 4.-5. an exam window: ana's chat is refused with the message, code still runs
+            assert (await server_chat(ana)).status_code == 200
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+            window = {
+                "start": (now - dt.timedelta(minutes=5)).isoformat(),
+                "end": (now + dt.timedelta(minutes=30)).isoformat(),
+                "timezone": "UTC",
+            }
+            r = await ivy.api(
+                "PUT", f"/hub/api/cohorts/{group}/policy", json={"exam_windows": [window]}
+            )
+            assert r.status_code == 200, r.text
+
+            async def refused() -> bool:
+                return (await server_chat(ana)).status_code == 403
+
+            await wait_for(refused, 60, "the exam window to pause chat", 1)
+            r = await server_chat(ana)
+            assert group in r.json()["message"] and "exam" in r.json()["message"], r.text
+            r = await ana.api(
+                "POST", f"/user/{ana.name}/api/v1/execute", json={"code": "print(6 * 7)"}
+            )
+            assert r.status_code == 200 and r.json()["stdout"] == "42\n", r.text
+            async with signed_in_panel(ana, "chat", VIEW) as panel:
+                status = panel.page.get_by_test_id("oraculo-chat")
+                await expect(status).to_have_attribute("data-state", "idle", timeout=120_000)
+                box = panel.page.locator("textarea").first
+                await box.wait_for(timeout=120_000)
+                await box.fill("Say hi.")
+                await box.press("Enter")
+                await expect(status).to_have_attribute("data-state", "error", timeout=60_000)
+                await expect(panel.page.get_by_test_id("chat-error")).to_contain_text("exam window")
+                await snap(panel.page, "student-chat-refused-in-exam")
+
+            # 6. the window ends: chat answers again without any restart
+            r = await ivy.api("PUT", f"/hub/api/cohorts/{group}/policy", json={"exam_windows": []})
+            assert r.status_code == 200, r.text
+
+            async def answers() -> bool:
+                return (await server_chat(ana)).status_code == 200
+
+            await wait_for(answers, 60, "chat to answer again", 1)
+
+            # 7. the instructor's launcher has the Cohort tile; she releases the assignment
+            await write_source(ivy, group)
+            page = await browser.new_page(viewport=VIEW)
+            await sign_in(page, hub, ivy.name, f"/user/{ivy.name}/lab")
+            lab = re.compile(rf"^{re.escape(hub.url)}/user/{ivy.name}/lab")
+            await page.wait_for_url(lab, timeout=180_000)
+            await expect(page.locator('.jp-LauncherCard[title="Cohort"]')).to_be_visible(
+                timeout=180_000
+            )
+            await snap(page, "instructor-launcher-cohort-tile")
+            await page.close()
+        finally:
+            await browser.close()
+
+    async with signed_in_panel(ivy, "cohort", VIEW) as panel:
+        page = panel.page
+        root = page.get_by_test_id("oraculo-cohort")
+        await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
+        await expect(root).to_have_attribute("data-cohort", group)
+        # the cohort as the hub sees it: members and their servers, no sign-up waiting, AI on
+        for person in (ana, ben):
+            member = page.locator(f'[data-testid=cohort-members] tr[data-member="{person.name}"]')
+            await expect(member).to_have_attribute("data-server", "running")
+        await expect(page.get_by_test_id("cohort-pending")).to_contain_text("none")
+        await expect(page.get_by_test_id("cohort-policy")).to_have_attribute("data-ai", "true")
+        await page.locator(".cohort-assignment input").fill(ASSIGNMENT)
+        await page.locator(".cohort-release button").click()
+        await expect(page.get_by_test_id("cohort-message")).to_have_attribute(
+            "data-ok", "true", timeout=120_000
+        )
+        row = page.locator(f'[data-testid=cohort-assignments] tr[data-assignment="{ASSIGNMENT}"]')
+        await expect(row).to_have_attribute("data-state", "released", timeout=120_000)
+        await snap(page, "instructor-released")
+        assert not panel.offsite(), panel.offsite()
+
+    # 8. ana fetches it into her home, completes it and submits it
+    async with signed_in_panel(ana, "cohort", VIEW) as panel:
+        page = panel.page
+        root = page.get_by_test_id("oraculo-cohort")
+        await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
+        row = page.locator(f'[data-testid=cohort-assignments] tr[data-assignment="{ASSIGNMENT}"]')
+        await expect(row).to_have_attribute("data-state", "released", timeout=120_000)
+        await page.locator(".cohort-fetch button").click()
+        await expect(row).to_have_attribute("data-state", "fetched", timeout=120_000)
+        await snap(page, "student-fetched")
+        await complete(ana, group)
+        await page.locator(".cohort-submit button").click()
+        await expect(row).to_have_attribute("data-state", "submitted", timeout=120_000)
+        await snap(page, "student-submitted")
+        await expect(page.locator(".cohort-collect")).to_have_count(0)
+
+    # 9. the instructor collects and autogrades; the score is in the Cohort panel
+    async with signed_in_panel(ivy, "cohort", VIEW) as panel:
+        page = panel.page
+        root = page.get_by_test_id("oraculo-cohort")
+        await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
+        await page.locator(".cohort-assignment input").fill(ASSIGNMENT)
+        await page.locator(".cohort-collect button").click()
+        score = page.locator(f'[data-testid=cohort-scores] tr[data-student="{ana.name}"]')
+        await expect(score).to_have_attribute("data-score", "2", timeout=300_000)
+        await expect(score).to_contain_text("2 / 2")
+        # each student's AI use this week: ana chatted, so she has tokens in the table
+        used = page.locator(f'[data-testid=cohort-usage] tr[data-user="{ana.name}"]')
+        await expect(used).to_be_visible()
+        await snap(page, "instructor-scores")
+        assert not panel.offsite(), panel.offsite()
+
+    # a student reads the cohort's totals from the model service, never classmates' shares
+    r = await ben.api(
+        "GET", "/services/models/v1/usage/summary", params={"group": group, "period": "week"}
+    )
+    assert r.status_code == 200 and "users" not in r.json(), r.text

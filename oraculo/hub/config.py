@@ -24,6 +24,7 @@ from traitlets import Bool, Dict, Int, List, Set, TraitError, Unicode, default, 
 from traitlets.config import Config, LoggingConfigurable
 
 from .database import shared_usage_url, sqlalchemy_url
+from .releases import HANDLERS as RELEASE_HANDLERS
 
 #: Spawner names an operator picks from, and the JupyterHub entry points they stand for.
 SPAWNERS = {
@@ -589,6 +590,7 @@ class OraculoHub(LoggingConfigurable):
         c.Spawner.environment = environment
         c.GroupFolders.enabled = self.group_folders
         c.GroupFolders.root = self.groups_dir
+        c.JupyterHub.extra_handlers = list(RELEASE_HANDLERS)  # maintainers replace releases
 
         c.JupyterHub.custom_scopes = CUSTOM_SCOPES
         c.JupyterHub.load_roles = self.roles()

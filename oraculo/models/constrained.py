@@ -11,7 +11,7 @@ Qwen convention, which small instruct models have seen): an xgrammar structural 
 through until the trigger ``<tool_call>`` and then forces a whole call (``tool_choice`` ``auto``);
 ``required`` or a named function allows nothing but calls, one per line; ``none`` disables the
 tools. The text is turned back into OpenAI's ``tool_calls`` shape (``finish_reason: "tool_calls"``)
-by :func:`final_message`.
+by :func:`final_message`; streamed, :mod:`.toolstream` sends each call as the model writes it.
 
 Why xgrammar: it ships CPU wheels, compiles a schema in milliseconds, and fills a 49k-token bitmask
 per step in microseconds (lm-format-enforcer walks the vocabulary in Python; outlines-core builds a

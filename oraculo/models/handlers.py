@@ -35,6 +35,7 @@ from .protocol import (
     parse_body,
 )
 from .service import ModelService
+from .toolstream import ToolCallStream
 
 __all__ = ["BaseHandler", "routes"]
 
@@ -146,8 +147,11 @@ class ChatCompletionsHandler(BaseHandler):
             self.write(f"data: {data}\n\n")
             await self.flush()
 
-        # a reply that may call tools is sent whole at the end, once its calls have parsed
+        # a reply that may call tools: its calls stream as the model writes them (name first,
+        # then the arguments in fragments); its text is sent whole at the end, once the calls
+        # are known (the non-streamed answer's content)
         held: list[str] | None = [] if constrained.wants_tool_calls(req) else None
+        calls = ToolCallStream()
         try:
             await send(chunk_body(cid, model, created, delta={"role": "assistant", "content": ""}))
             async for text in stream:
@@ -155,6 +159,8 @@ class ChatCompletionsHandler(BaseHandler):
                     self.ttft_ms = (time.monotonic() - self.started) * 1000
                 if held is not None:
                     held.append(text)
+                    if deltas := calls.feed(text):
+                        await send(chunk_body(cid, model, created, delta={"tool_calls": deltas}))
                 else:
                     await send(chunk_body(cid, model, created, delta={"content": text}))
             self._account(stream)
@@ -166,9 +172,11 @@ class ChatCompletionsHandler(BaseHandler):
                 if held is not None:
                     message, finish = _final_message(req, stream, "".join(held))
                     delta = {k: v for k, v in message.items() if k != "role" and v is not None}
-                    for i, call in enumerate(delta.get("tool_calls", [])):
-                        call["index"] = i
-                    await send(chunk_body(cid, model, created, delta=delta))
+                    rest = _unstreamed(delta.pop("tool_calls", []), calls.streamed())
+                    if rest:
+                        delta["tool_calls"] = rest
+                    if delta:
+                        await send(chunk_body(cid, model, created, delta=delta))
                 await send(chunk_body(cid, model, created, delta={}, finish_reason=finish))
                 if req.include_usage:
                     usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
@@ -202,6 +210,18 @@ def _final_message(
         message = {"role": "assistant", "content": text or None, "tool_calls": stream.tool_calls}
         return message, "tool_calls" if finish == "stop" else finish
     return constrained.final_message(req, text, finish)
+
+
+def _unstreamed(
+    final: list[dict[str, Any]], streamed: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The calls of the whole message that were not streamed already, with their ``index``
+    (after the streamed ones): none when the stream followed every call (a local model's), all
+    when it followed none (an upstream's, sent whole)."""
+    names = [c["function"]["name"] for c in final]
+    same = [c["function"]["name"] for c in streamed] == names[: len(streamed)]
+    start = len(streamed) if same else 0
+    return [{**call, "index": i} for i, call in enumerate(final[start:], start=len(streamed))]
 
 
 class EmbeddingsHandler(BaseHandler):

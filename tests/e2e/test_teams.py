@@ -9,6 +9,7 @@ refused until he approves the new version. Eve, outside the team, sees none of i
 
 from __future__ import annotations
 
+import base64
 import grp
 import json
 import os
@@ -471,3 +472,124 @@ async def test_backstage_for_a_new_user_and_a_teammate(team: Team, artifacts: Pa
         await expect(page.locator(".oraculo-backstage-say input")).to_be_hidden()
         await page.screenshot(path=str(artifacts / "teams-10-shared-run.png"), full_page=True)
     assert not panel.offsite(), panel.offsite()
+
+
+RELAY = '''def relay(note: "Literal['ping']") -> str:
+    """Pass a note on.
+
+    Args:
+        note: the note
+    """
+    return "VERSION"'''
+
+
+def relay_notebook(version: str) -> dict[str, Any]:
+    cells = [v4.new_code_cell(RELAY.replace("VERSION", version))]
+    meta = {"name": "relay", "max_steps": 1, "temperature": 0.0}
+    return dict(v4.new_notebook(cells=cells, metadata={"oraculo": {"agent": meta}}))
+
+
+async def test_only_the_publisher_or_a_maintainer_replaces_a_release(team: Team) -> None:
+    """A release is replaced by its publisher or one of the team's maintainers (named by an
+    admin in the hub group's properties), the latter through the hub (root), never a looser
+    mode; a member who is neither is refused through the API, from his kernel, and calling the
+    hub himself; a kernel's token cannot use its maintainer's right; the teammates approve the
+    new release's digest again."""
+    ana, ben, eve, admin = team.ana, team.ben, team.eve, team.admin
+    hub_path = f"/hub/api/oraculo/users/{ben.name}/releases/{team.group}/relay"
+    props = f"/hub/api/groups/{team.group}/properties"
+    target = team.folder / "published" / "relay.ipynb"
+    ana_uid = pwd.getpwnam(f"jupyter-{ana.name}").pw_uid
+    ben_uid = pwd.getpwnam(f"jupyter-{ben.name}").pw_uid
+    await write_as(team, ana, team.folder / "relay.ipynb", relay_notebook("ana's"))
+    r = await agents_api(ana, "POST", "/relay/publish", json={})
+    assert r.status_code == 201, r.text
+    first = r.json()["sha256"]
+    # Ana approves her release (a run that needs it starts)
+    body = {"goal": "Pass the note on.", "agents": ["relay"]}
+    r = await agents_api(ana, "POST", "/runs", json={**body, "approve": first})
+    assert r.status_code == 201, r.text
+    await finished(ana, r.json()["id"])
+    assert not (await catalogue(ana))["relay"]["needs_approval"]
+
+    # Ben has a version of his own in ~/agents
+    ben_home = Path(pwd.getpwnam(f"jupyter-{ben.name}").pw_dir)
+    await write_as(team, ben, ben_home / "agents" / "relay.ipynb", relay_notebook("ben's"))
+    notebook = base64.b64encode(json.dumps(relay_notebook("ben's")).encode()).decode()
+
+    # not a maintainer: refused through his server's API, calling the hub, and from his kernel
+    r = await agents_api(ben, "POST", "/relay/publish", json={})
+    assert r.status_code == 403 and set(r.json()) == ENVELOPE, r.text
+    assert "maintainers" in r.json()["message"]
+    r = await ben.api("POST", hub_path, json={"notebook": notebook})
+    assert r.status_code == 403, r.text
+    attack = (
+        "import os, pathlib, tempfile\n"
+        f"t = pathlib.Path({str(target)!r})\n"
+        "fd, fake = tempfile.mkstemp(dir=t.parent); os.close(fd)\n"
+        "outcome = []\n"
+        "for how in (lambda: os.replace(fake, t), lambda: t.unlink(), lambda: t.write_text('x')):\n"
+        "    try:\n"
+        "        how(); outcome.append('done')\n"
+        "    except PermissionError:\n"
+        "        outcome.append('refused')\n"
+        "os.unlink(fake); print(outcome)"
+    )
+    out = await team.run_code(ben, attack)
+    assert out["stdout"].strip() == "['refused', 'refused', 'refused']", out
+    assert target.stat().st_uid == ana_uid and (await catalogue(ana))["relay"]["sha256"] == first
+
+    # only an admin names the maintainers; another user's token is refused on the hub's route
+    r = await ana.api("PUT", props, json={"maintainers": [ana.name]})
+    assert r.status_code == 403, r.text
+    r = await admin.api("PUT", props, json={"maintainers": [ben.name]})
+    assert r.status_code == 200, r.text
+    r = await eve.api("POST", hub_path, json={"notebook": notebook})
+    assert r.status_code in (403, 404), r.text  # the hub's answer to another user's resource
+    eve_path = f"/hub/api/oraculo/users/{eve.name}/releases/{team.group}/relay"
+    r = await eve.api("POST", eve_path, json={"notebook": notebook})
+    assert r.status_code == 403 and "not a member" in r.json()["message"], r.text
+    # code in the maintainer's kernel (a teammate's agent tool, say) holds only the kernel's
+    # token, which lacks users:activity: the hub refuses it
+    steal = (
+        "import os, json, urllib.request\n"
+        f"req = urllib.request.Request({team.hub.url + hub_path!r},\n"
+        f"    data=json.dumps({{'notebook': {notebook!r}}}).encode(), method='POST',\n"
+        "    headers={'Authorization': 'token ' + os.environ['ORACULO_KERNEL_TOKEN'],\n"
+        "             'Content-Type': 'application/json'})\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(req).status)\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code)"
+    )
+    out = await team.run_code(ben, steal)
+    assert out["stdout"].strip() == "403", out
+    assert target.stat().st_uid == ana_uid
+    # bad input: a clear 400, the release untouched
+    r = await ben.api("POST", hub_path, json={"notebook": "not base64!"})
+    assert r.status_code == 400, r.text
+    assert target.stat().st_uid == ana_uid
+
+    # the maintainer's publish replaces it: a file of his account, 0644, the group's
+    r = await agents_api(ben, "POST", "/relay/publish", json={})
+    assert r.status_code == 201, r.text
+    second = r.json()
+    assert second["owner"] == ben.name and second["sha256"] != first
+    st = target.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (ben_uid, 0o644)
+    assert st.st_gid == grp.getgrnam(f"oraculo-{team.group}").gr_gid
+    folder = target.parent.stat()
+    assert folder.st_uid == 0 and stat.S_IMODE(folder.st_mode) == 0o3770  # no mode loosened
+    assert "ben's" in target.read_text() and not list(target.parent.glob(".relay-*"))
+
+    # Ana sees Ben as the release's publisher and must approve the new digest
+    agent = (await catalogue(ana))["relay"]
+    assert agent["owner"] == ben.name and agent["sha256"] == second["sha256"]
+    assert agent["needs_approval"]
+    r = await agents_api(ana, "POST", "/runs", json=body)
+    assert r.status_code == 409 and r.json()["digest"] == second["sha256"], r.text
+    # and Ana, now neither its publisher nor a maintainer, cannot put hers back
+    r = await agents_api(ana, "POST", "/relay/publish", json={})
+    assert r.status_code == 403, r.text
+    r = await admin.api("PUT", props, json={})
+    assert r.status_code == 200, r.text

@@ -20,6 +20,7 @@ import pytest
 from traitlets.config import Config
 
 from oraculo.hub.groups import MAX_SLUG, SHARED_DIRS_ENV, GroupFolders, group_slug
+from oraculo.hub.releases import replace_release
 from tests.harness import SystemUsersTeam, system_users_team
 from tests.hub.fakes import FakeDockerAPI, make_spawner
 
@@ -232,6 +233,46 @@ def test_a_published_folder_a_member_made_is_moved_aside_not_adopted(tmp_path: P
     assert list((path / "published").iterdir()) == []
     (aside,) = path.glob("published.moved-*")
     assert (aside / "inspector.ipynb").exists() and aside.stat().st_uid == 65534
+
+
+@pytest.mark.root
+def test_the_hub_replaces_a_release_only_for_a_maintainer_and_follows_no_link(
+    tmp_path: Path,
+) -> None:
+    """The hub's replacement (oraculo.hub.releases, as root): refused over another account's
+    release unless the user is a maintainer; done as a new file of the user's, 0644, the
+    folder's group; a link or a folder a member put in the release's place, or a published/
+    that is not the hub's, is refused and what it points at is untouched."""
+    folders = GroupFolders(root=str(tmp_path / "groups"))
+    folders.ensure_folders(["team"])
+    path = folders.folder("team")
+    folders._ensure_published(path, 0)
+    target = path / "published" / "relay.ipynb"
+    target.write_text('{"v": "ana"}')
+    os.chown(target, 65534, 0)  # ana's release
+    with pytest.raises(PermissionError, match="maintainers"):
+        replace_release(path, "relay", b'{"v": "ben"}', 65533, False)
+    assert target.read_text() == '{"v": "ana"}'
+    written, old = replace_release(path, "relay", b'{"v": "ben"}', 65533, True)
+    st = target.stat()
+    assert (written, old, st.st_uid, stat.S_IMODE(st.st_mode)) == (target, 65534, 65533, 0o644)
+    assert target.read_text() == '{"v": "ben"}'
+    assert sorted(p.name for p in target.parent.iterdir()) == ["relay.ipynb"]
+    # a member's link in the release's place: refused, its target untouched
+    secret = tmp_path / "secret"
+    secret.write_text("root's")
+    target.unlink()
+    target.symlink_to(secret)
+    os.lchown(target, 65534, 0)
+    with pytest.raises(PermissionError, match="not a release"):
+        replace_release(path, "relay", b"{}", 65533, True)
+    assert secret.read_text() == "root's" and target.is_symlink()
+    # a published/ that is not the hub's (a member's folder) is not written to
+    target.unlink()
+    os.chown(target.parent, 65534, -1)
+    with pytest.raises(PermissionError, match="not the hub's"):
+        replace_release(path, "relay", b"{}", 65533, True)
+    assert list(target.parent.iterdir()) == []
 
 
 @pytest.mark.root

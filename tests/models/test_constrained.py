@@ -190,12 +190,7 @@ async def test_named_tool_streamed_and_round_trip(client: openai.AsyncOpenAI) ->
         max_tokens=40,
         stream=True,
     )
-    calls: list[Any] = []
-    finish = None
-    async for chunk in stream:
-        for choice in chunk.choices:
-            calls.extend(choice.delta.tool_calls or [])
-            finish = choice.finish_reason or finish
+    calls, finish, _ = await _reassemble(stream)
     assert finish == "tool_calls"
     assert [c.function.name for c in calls] == ["add"]
     args = json.loads(calls[0].function.arguments)
@@ -225,6 +220,101 @@ async def test_named_tool_streamed_and_round_trip(client: openai.AsyncOpenAI) ->
     )
     assert r.choices[0].finish_reason in ("stop", "length")
     assert r.choices[0].message.tool_calls is None
+
+
+async def _reassemble(stream: Any) -> tuple[list[Any], str | None, list[tuple[int, int, str]]]:
+    """The tool calls of a stream put back together as OpenAI's client users do (by ``index``),
+    its finish reason, and each tool-call delta as (chunk number, index, arguments fragment)."""
+    calls: dict[int, Any] = {}
+    seen: list[tuple[int, int, str]] = []
+    finish = None
+    n = 0
+    async for chunk in stream:
+        n += 1
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for d in choice.delta.tool_calls or []:
+                seen.append((n, d.index, (d.function and d.function.arguments) or ""))
+                if d.index not in calls:
+                    assert d.id and d.function and d.function.name, "a call starts with id, name"
+                    calls[d.index] = openai.types.chat.ChatCompletionMessageToolCall(
+                        id=d.id,
+                        type="function",
+                        function={"name": d.function.name, "arguments": ""},  # type: ignore[arg-type]
+                    )
+                elif d.function and d.function.arguments:
+                    calls[d.index].function.arguments += d.function.arguments
+    assert sorted(calls) == list(range(len(calls)))
+    return [calls[i] for i in sorted(calls)], finish, seen
+
+
+async def test_tool_calls_stream_as_they_are_written(client: openai.AsyncOpenAI) -> None:
+    """Streamed, a tool call arrives as OpenAI sends one: its index, id and name first, then its
+    arguments in fragments as the model writes them, well before the stream ends; joined, they
+    are exactly the arguments of the same request not streamed (temperature 0, seed)."""
+    for choice_ in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        body: Any = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "What's the weather in Lisbon, in celsius?"}],
+            "tools": TOOLS,
+            "tool_choice": choice_,
+            "parallel_tool_calls": False,
+            "temperature": 0,
+            "seed": 7,
+            "max_tokens": 60,
+        }
+        whole = await client.chat.completions.create(**body)
+        expected = whole.choices[0].message.tool_calls
+        assert expected and whole.choices[0].finish_reason == "tool_calls"
+        stream = await client.chat.completions.create(**body, stream=True)
+        calls, finish, seen = await _reassemble(stream)
+        assert finish == "tool_calls"
+        assert [(c.function.name, c.function.arguments) for c in calls] == [
+            (c.function.name, c.function.arguments) for c in expected
+        ]
+        fragments = [s for s in seen if s[2]]
+        assert len(fragments) >= 3, seen  # in pieces, not whole
+        last_chunk = max(n for n, _, _ in seen)
+        first_chunk = min(n for n, _, _ in seen)
+        assert first_chunk < last_chunk  # the name came before the arguments were done
+        print(f"{choice_}: {len(fragments)} fragments for {expected[0].function.arguments}")
+
+
+async def test_non_streamed_tool_calls_unchanged(client: openai.AsyncOpenAI) -> None:
+    """Not streamed, a reply's calls are one whole message, as before."""
+    r = await client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is 3 plus 4?"}],
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        temperature=0,
+        max_tokens=40,
+    )
+    calls = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and calls and len(calls) == 1
+    assert calls[0].id.startswith("call_") and calls[0].function.name == "add"
+    jsonschema.validate(json.loads(calls[0].function.arguments), PARAMS["add"])
+    assert r.choices[0].message.content is None
+
+
+def test_streamed_arguments_are_canonical_json() -> None:
+    """Whatever whitespace, escapes and number forms the text has, the fragments join to what
+    json.dumps gives for it (the non-streamed ``arguments``)."""
+    from oraculo.models.toolstream import ToolCallStream
+
+    text = (
+        'Sure. <tool_call>{ "name" : "f",\n "arguments":{"a" : 1.50, "b":[ true,null ,-2E1],'
+        r' "c":"x\"y\u00e9\ud83d\ude00\n\/", "d" : {}}}</tool_call>'
+    )
+    for size in (1, 2, 3, 7, len(text)):
+        ts = ToolCallStream()
+        deltas = [d for i in range(0, len(text), size) for d in ts.feed(text[i : i + size])]
+        assert deltas[0]["function"]["name"] == "f" and deltas[0]["id"].startswith("call_")
+        joined = "".join(d["function"].get("arguments", "") for d in deltas)
+        start = text.index('"arguments":') + len('"arguments":')
+        args = json.loads(text[start : text.rindex("}</tool_call>")])
+        assert joined == json.dumps(args, ensure_ascii=False), (size, joined)
+        assert [c["function"]["arguments"] for c in ts.streamed()] == [joined]
 
 
 async def test_bad_constraints_are_400(server: ModelServer) -> None:

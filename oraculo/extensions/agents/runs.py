@@ -21,6 +21,10 @@ Events (``type``):
   ``tool_calls`` in OpenAI's shape, ``tokens`` and ``seconds``) or ``note`` (a message sent to
   a running agent, ``POST runs/{id}/messages``: the agent reads it at its next step; sent while
   its tool calls are going, it waits until their results are in, so the transcript stays valid);
+- ``tool_call_delta``: ``agent``, ``step``, ``index``, ``call_id``, ``tool`` and ``arguments`` (the
+  text so far): the model is writing a tool call (its reply streams; sent when the call's name is
+  written, then at most every :data:`DELTA_EVERY` seconds while its arguments come), so a call
+  shows before the model's reply is whole;
 - ``tool_call``: ``agent``, ``call_id``, ``tool``, ``arguments`` and the ``code`` run in the kernel,
   emitted when the call starts (one event per call, as the model makes it);
 - ``tool_result``: ``agent``, ``call_id``, ``tool``, ``content``, ``output``, ``error``,
@@ -37,6 +41,7 @@ import datetime as dt
 import json
 import os
 import time
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,3 +333,64 @@ def export_notebook(state: RunState) -> dict[str, Any]:
     nb = v4.new_notebook(cells=cells, metadata={"oraculo": {"run": state.summary()}})
     nbformat.validate(nb)
     return dict(nb)
+
+
+#: Seconds between two ``tool_call_delta`` events of one call while its arguments stream.
+DELTA_EVERY = 0.25
+
+
+async def follow_tool_calls(
+    chunks: AsyncIterable[dict[str, Any]],
+    emit: Callable[..., Awaitable[Any]],
+    agent: str,
+    step: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a streamed completion into the assistant message (OpenAI's shape) and its usage,
+    emitting ``tool_call_delta`` as each tool call is written (see the module)."""
+    content: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    sent: dict[int, tuple[float, str]] = {}  # index: (when, arguments) of its last event
+    usage: dict[str, Any] = {}
+
+    async def tell(i: int, force: bool) -> None:
+        call = calls[i]
+        args = call["function"]["arguments"]
+        last = sent.get(i)
+        if last is not None and (
+            last[1] == args or (not force and time.monotonic() - last[0] < DELTA_EVERY)
+        ):
+            return
+        sent[i] = (time.monotonic(), args)
+        await emit(
+            "tool_call_delta",
+            agent=agent,
+            step=step,
+            index=i,
+            call_id=call["id"],
+            tool=call["function"]["name"],
+            arguments=args,
+        )
+
+    async for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                content.append(delta["content"])
+            for d in delta.get("tool_calls") or []:
+                i = int(d.get("index", 0))
+                fn = d.get("function") or {}
+                call = calls.setdefault(
+                    i,
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                call["id"] = d.get("id") or call["id"]
+                call["function"]["name"] = fn.get("name") or call["function"]["name"]
+                call["function"]["arguments"] += fn.get("arguments") or ""
+                await tell(i, i not in sent)
+    for i in sorted(calls):
+        await tell(i, True)  # the call as written whole
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return message, usage

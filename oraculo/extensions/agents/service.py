@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ from oraculo.extensions.agents.runs import (
     EventLog,
     RunState,
     export_notebook,
+    follow_tool_calls,
     make_event,
     messages,
 )
@@ -63,6 +65,7 @@ from oraculo.extensions.agents.trust import (
     os_user_prefix,
     publish_copy,
     read_file,
+    replace_through_hub,
     trusted_folder,
     write_shared_run,
 )
@@ -332,11 +335,20 @@ class AgentsService(LoggingConfigurable):
             raise Conflict(f"{spec.path} changed while publishing; publish again")
         try:
             target = await asyncio.to_thread(publish_copy, data, folder, spec.name)
-        except PermissionError as e:
-            raise Forbidden(str(e)) from e
+        except PermissionError as e:  # a teammate's release: a maintainer's server asks the hub
+            try:
+                replaced = await replace_through_hub(data, folder, spec.name)
+            except PermissionError as refused:
+                raise Forbidden(str(refused)) from e
+            if replaced is None:
+                raise Forbidden(str(e)) from e
+            target = replaced
         self.log.info("%s published agent %s %s to %s", user, name, spec.version, target)
-        for s in await asyncio.to_thread(self._catalogue):
-            if s.published and s.path == str(target):
+        # the release as teammates see it (an own agent of the name may shadow it here)
+        prefix = self.owner_prefix
+        releases = functools.partial(scan, shared=True, owner_prefix=prefix, published=True)
+        for s in await asyncio.to_thread(releases, target.parent, depth=1):
+            if s.path == str(target):
                 return s.summary()
         raise OraculoError(f"{target} was written but is not in the catalogue")
 
@@ -730,7 +742,7 @@ class AgentsService(LoggingConfigurable):
             self._check_bounds(run, spec)
             step = st.stats[spec.name].steps + 1
             await run.emit("step_started", agent=spec.name, step=step)
-            message, tokens, seconds = await self._step(run, spec)
+            message, tokens, seconds = await self._step(run, spec, step)
             calls = message.get("tool_calls") or []
             await run.emit(
                 "message",
@@ -754,7 +766,9 @@ class AgentsService(LoggingConfigurable):
                     return str(args.get("answer", ""))
                 await self._call_tool(run, spec, call["id"], name, args)
 
-    async def _step(self, run: _Run, spec: AgentSpec) -> tuple[dict[str, Any], int, float]:
+    async def _step(
+        self, run: _Run, spec: AgentSpec, step: int
+    ) -> tuple[dict[str, Any], int, float]:
         st = run.state
         used = sum(1 for m in st.transcripts[spec.name] if m.get("role") == "tool")
         tools = [t.openai() for t in spec.tools]
@@ -782,9 +796,10 @@ class AgentsService(LoggingConfigurable):
             "max_tokens": max(1, min(self.reply_max_tokens, left)),
         }
         t0 = time.monotonic()
-        reply = await self.models.complete(body, f"run:{st.id}")
-        usage = reply.get("usage") or {}
-        message = reply["choices"][0]["message"]
+        stream = await self.models.open_stream(
+            {**body, "stream_options": {"include_usage": True}}, f"run:{st.id}"
+        )
+        message, usage = await follow_tool_calls(stream, run.emit, spec.name, step)
         return message, int(usage.get("total_tokens", 0)), time.monotonic() - t0
 
     async def _call_tool(

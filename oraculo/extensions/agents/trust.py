@@ -10,7 +10,9 @@ published releases.
   0700, file 0600); a changed notebook has a new digest, so it is refused until approved again.
 - **Published releases**: ``<group folder>/published/<name>.ipynb``, a copy owned by its
   publisher, mode 0644, in a sticky folder (``+t``): teammates can read it, only its publisher
-  (or root) can replace or remove it, so the team approves once per release, not per edit. The
+  (or root) can replace or remove it, so the team approves once per release, not per edit; a
+  team's maintainers (named in the hub group's properties) replace it through the hub
+  (:func:`replace_through_hub`, oraculo.hub.releases), never through a looser mode. The
   folder itself is trusted only when the hub made it (:func:`trusted_folder`: a real folder,
   sticky, owned by root or by the group folder's owner); in system-users mode the group folder
   is sticky too, so no member can rename ``published/`` away and put a folder of their own in
@@ -19,6 +21,7 @@ published releases.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -28,8 +31,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from oraculo.extensions.agents.models import AgentSpec
 from oraculo.extensions.base.errors import Conflict
+from oraculo.kernels import credentials
 
 #: The folder, in a group folder, that holds the published releases of the team's agents.
 PUBLISHED = "published"
@@ -219,6 +225,33 @@ def append_shared_run(path: Path, line: str) -> None:
         os.write(fd, line.encode("utf-8"))
     finally:
         os.close(fd)
+
+
+async def replace_through_hub(data: bytes, group_folder: Path, name: str) -> Path | None:
+    """Ask the hub (root, in system-users mode) to replace a teammate's release with ``data``:
+    it does when this user is one of the team's maintainers (oraculo.hub.releases). The path
+    written; None outside a hub; PermissionError with the hub's reason when it refuses."""
+    hub = credentials.HubTokens.from_environment()
+    if hub is None:
+        return None
+    url = f"{hub.api_url}/oraculo/users/{hub.user}/releases/{group_folder.name}/{name}"
+    body = {"notebook": base64.b64encode(data).decode("ascii")}
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(
+                url, json=body, headers={"Authorization": f"token {hub.api_token}"}
+            )
+    except httpx.HTTPError as e:
+        raise PermissionError(f"The hub did not answer ({type(e).__name__})") from e
+    if r.status_code == 200:
+        return Path(r.json()["path"])
+    if r.status_code == 400:
+        return None  # not a mode in which the hub replaces releases
+    try:
+        reason = r.json().get("message") or r.text
+    except ValueError:
+        reason = r.text
+    raise PermissionError(reason)
 
 
 def publish_copy(data: bytes, group_folder: Path, name: str) -> Path:

@@ -67,6 +67,7 @@ CSS = """
 .ob-ev[data-kind=note] { border-color: #7048e8; background: #f3f0ff; }
 .ob-ev[data-type=run_finished] { border-color: #1971c2; font-weight: 600; }
 .ob-ev[data-type=fan_out] { border-color: #7048e8; }
+.ob-ev[data-type=tool_call_delta] { border-color: #ffd8a8; color: #616e7c; padding: 0 10px; }
 .ob-ev[data-type=step_started] { border-color: #e9ecef; color: #616e7c; padding: 0 10px; }
 .ob-ev pre { background: #f5f7fa; padding: 6px 8px; border-radius: 6px; white-space: pre-wrap;
              margin: 4px 0; font-size: 12px; max-height: 240px; overflow: auto; }
@@ -280,6 +281,11 @@ def render_event(ev: dict[str, Any]) -> str:
         return (
             f'{head}{when}<b data-testid="backstage-message">{_e(ev.get("from"))} → '
             f"{_e(ev.get('to'))}</b>{extra}<div>{body}</div></div>"
+        )
+    if kind == "tool_call_delta":  # the model is writing the call: its arguments so far
+        return (
+            f"{head}{when}<b>{_e(ev.get('agent'))}</b> writes <code>{_e(ev.get('tool'))}"
+            f"({_e(ev.get('arguments', ''))}</code>…</div>"
         )
     if kind == "tool_call":
         return (

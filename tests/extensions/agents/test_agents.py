@@ -178,6 +178,19 @@ async def test_multi_agent_run_calls_a_notebook_tool_in_the_kernel(alice: User) 
     call = next(e for e in events if e["type"] == "tool_call")
     result = next(e for e in events if e["type"] == "tool_result")
     assert call["agent"] == "recorder" and call["tool"] == "record"
+    # the call streamed while the model wrote it: its name first, then its arguments in pieces,
+    # all before the model's reply was whole (the reply message) and the call started
+    deltas = [e for e in events if e["type"] == "tool_call_delta" and e["tool"] == "record"]
+    assert deltas and deltas[0]["agent"] == "recorder" and deltas[0]["call_id"] == call["call_id"]
+    reply = next(
+        e
+        for e in events
+        if e["type"] == "message"
+        and any(c["id"] == call["call_id"] for c in e.get("tool_calls") or [])
+    )
+    assert deltas[0]["seq"] < reply["seq"] < call["seq"]
+    assert deltas[0]["arguments"] != deltas[-1]["arguments"]  # the first was partial
+    assert json.loads(deltas[-1]["arguments"]) == call["arguments"]
     assert "def record" in call["code"] and result["error"] is None
     assert "recorded" in result["content"]
     final = events[-1]
@@ -511,6 +524,18 @@ async def test_backstage_follows_a_live_run(alice: User, artifacts: Path) -> Non
         await expect(nodes.nth(1)).to_contain_text("tokens")
         calls = page.locator("[data-testid=backstage-event][data-type=tool_call]")
         await expect(calls.first).to_contain_text("def record")
+        # the call as the model wrote it, before it ran
+        writing = page.locator(
+            "[data-testid=backstage-event][data-type=tool_call_delta]",
+            has_text="recorder writes record(",
+        )
+        await expect(writing.first).to_be_visible()
+        kinds = await page.locator("[data-testid=backstage-event]").evaluate_all(
+            "els => els.map(e => e.dataset.type + ' ' + e.textContent)"
+        )
+        first_writing = next(i for i, k in enumerate(kinds) if "writes record(" in k)
+        first_call = next(i for i, k in enumerate(kinds) if k.startswith("tool_call "))
+        assert first_writing < first_call, kinds
         results = page.locator("[data-testid=backstage-event][data-type=tool_result]")
         await expect(results.first).to_contain_text("recorded")
         await expect(page.get_by_test_id("backstage-message").first).to_contain_text(

@@ -143,11 +143,16 @@ async def test_tool_call_whole_streamed_and_round_trip(client: openai.AsyncOpenA
         max_tokens=40,
         stream=True,
     )
+    # a call streams as OpenAI's does: index, id and name first, then argument fragments
     pieces: list[Any] = []
     finish = None
     async for chunk in stream:
         for c in chunk.choices:
-            pieces.extend(c.delta.tool_calls or [])
+            for d in c.delta.tool_calls or []:
+                if d.index == len(pieces):
+                    pieces.append(d)
+                elif d.function and d.function.arguments:
+                    pieces[d.index].function.arguments += d.function.arguments
             finish = c.finish_reason or finish
     assert finish == "tool_calls"
     assert [p.function.name for p in pieces] == ["add"]

@@ -21,6 +21,7 @@ from typing import Any
 from traitlets import Bool, Dict, Int, List, Set, TraitError, Unicode, default, validate
 from traitlets.config import Config, LoggingConfigurable
 
+from . import operators
 from .database import shared_usage_url, sqlalchemy_url
 
 #: Spawner names an operator picks from, and the JupyterHub entry points they stand for.
@@ -455,5 +456,6 @@ class OraculoHub(LoggingConfigurable):
 
         c.JupyterHub.custom_scopes = CUSTOM_SCOPES
         c.JupyterHub.load_roles = self.roles()
+        operators.install()  # admins made on the admin page get oraculo-admin too
         c.JupyterHub.services = self.services()
         return c

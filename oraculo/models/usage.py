@@ -460,8 +460,8 @@ def _memo(store: UsageStore, key: tuple[Any, ...], make: Any) -> Any:
     if key in memo:
         return memo[key]
     value = memo[key] = make()
-    while len(memo) > _MEMO_SIZE:
-        memo.pop(next(iter(memo)), None)
+    for old in list(memo)[:-_MEMO_SIZE]:  # the oldest first (list() is atomic: threads share it)
+        memo.pop(old, None)
     return value
 
 

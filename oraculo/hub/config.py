@@ -23,6 +23,7 @@ import psutil
 from traitlets import Bool, Dict, Int, List, Set, TraitError, Unicode, default, validate
 from traitlets.config import Config, LoggingConfigurable
 
+from . import operators
 from .database import shared_usage_url, sqlalchemy_url
 from .releases import HANDLERS as RELEASE_HANDLERS
 
@@ -594,5 +595,6 @@ class OraculoHub(LoggingConfigurable):
 
         c.JupyterHub.custom_scopes = CUSTOM_SCOPES
         c.JupyterHub.load_roles = self.roles()
+        operators.install()  # admins made on the admin page get oraculo-admin too
         c.JupyterHub.services = self.services()
         return c

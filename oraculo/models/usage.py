@@ -18,7 +18,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
-from .metering import UsageEvent, UsageStore, usage_daily, usage_events, utc_day
+from .metering import _SUMMED, UsageEvent, UsageStore, usage_daily, usage_events, utc_day
 
 #: The units a budget may count, ``cost`` being the weighted one.
 UNITS = ("tokens", "cpu_seconds", "gpu_seconds", "voice_seconds", "cost")
@@ -163,7 +163,7 @@ def _filters(
     return where
 
 
-def _cost(t: sa.Table, prices: Prices) -> sa.ColumnElement[Any]:
+def _cost(t: sa.FromClause, prices: Prices) -> sa.ColumnElement[Any]:
     """The weighted unit of each row, in SQL (the token price by model)."""
     c = t.c
     price: sa.ColumnElement[Any] = sa.literal(prices.per_1k_tokens)
@@ -183,9 +183,11 @@ def _cost(t: sa.Table, prices: Prices) -> sa.ColumnElement[Any]:
     )
 
 
-def _sums(t: sa.Table, prices: Prices, *group_by: sa.ColumnElement[Any]) -> list[Any]:
+def _sums(t: sa.FromClause, prices: Prices, *group_by: sa.ColumnElement[Any]) -> list[Any]:
+    """Every unit summed, and the cost; ``t``: ``usage_events``, or ``usage_daily`` or a
+    subquery of its columns (with ``requests``)."""
     c = t.c
-    if t is usage_daily:
+    if "requests" in c:
         requests = sa.func.sum(c.requests)
     else:
         requests = sa.func.sum(sa.case((c.endpoint == "kernel", 0), else_=1))
@@ -376,31 +378,234 @@ def daily_columns(store: UsageStore, prices: Prices, since: float, until: float)
     return {"columns": list(DAILY_COLUMNS), "rows": rows, "since": iso(since), "until": iso(until)}
 
 
+#: The columns of :func:`dashboard_columns`' ``series``, in order.
+SERIES_COLUMNS = (
+    "day",
+    "model",
+    "groups",
+    "cost_user",
+    "cpu_user",
+    "tokens",
+    "cost",
+    "cpu_seconds",
+    "voice_seconds",
+)
+#: Users a chart names one by one (the rest are summed as :data:`OTHERS`).
+CHART_USERS = 7
+OTHERS = "(others)"
+
+
+#: A day's sums are final this long after it ends (a request observed just before midnight is
+#: written a moment later): the days before are kept in :attr:`UsageStore.memo`.
+LATE_SECONDS = 600.0
+_MEMO_SIZE = 32
+
+
+def dashboard_columns(
+    store: UsageStore, prices: Prices, since: float, until: float, now: float
+) -> dict[str, Any]:
+    """What the operator's dashboard shows, summed in SQL over the daily sums:
+
+    - ``rows`` (:data:`DAILY_COLUMNS`): per user, groups and model, every unit and the cost,
+      summed per *span*: ``day`` is the start of the span the row sums, the spans split at the
+      window's first day, the current UTC month's and today's, so the window's tables (per user,
+      group and model) and each budget's current day or month come from one small result;
+    - ``series`` (:data:`SERIES_COLUMNS`): per day, model and groups, tokens, cost, CPU and voice
+      seconds, with the :data:`CHART_USERS` users of most cost and of most CPU named
+      (``cost_user``, ``cpu_user``) and everyone else :data:`OTHERS`: the charts per day.
+
+    Rows are written with the time they happen, so a day's sums stop changing once it is over
+    (:data:`LATE_SECONDS` later): the sums of those days are kept (:attr:`UsageStore.memo`, per
+    window and prices) and only the days since are read again. Costs are the operator's prices
+    applied to each model's sums.
+    """
+    since, until = utc_day(since), utc_day(until - 1) + 86400
+    today = utc_day(now)
+    bounds = sorted({since, period_start("month", now), today})
+    lo, hi = bounds[0], max(until, today + 86400)
+    closed = min(max(utc_day(now - LATE_SECONDS), lo), hi)
+    price_key = prices.model_dump_json()
+    key: tuple[Any, ...] = ("spans", tuple(bounds), closed, price_key)
+    old = _memo(store, key, lambda: _span_sums(store, prices, bounds, lo, closed))
+    rows = _merge(old, _span_sums(store, prices, bounds, closed, hi))
+    # who the charts name: most cost and most CPU in the window
+    cost: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for r in rows:
+        if since <= r[0] < until:
+            cost[r[1]] = cost.get(r[1], 0.0) + r[10]
+            cpu[r[1]] = cpu.get(r[1], 0.0) + r[7]
+    top_cost = tuple(sorted(u for u, v in _top(cost)))
+    top_cpu = tuple(sorted(u for u, v in _top(cpu)))
+    end = max(since, min(closed, until))
+    key = ("series", since, end, top_cost, top_cpu, price_key)
+    series = _memo(store, key, lambda: _series(store, prices, since, end, top_cost, top_cpu))
+    series = series + _series(store, prices, end, until, top_cost, top_cpu)
+    return {
+        "columns": list(DAILY_COLUMNS),
+        "rows": rows,
+        "series": {"columns": list(SERIES_COLUMNS), "rows": series},
+        "since": iso(since),
+        "until": iso(until),
+    }
+
+
+def _top(used: dict[str, float]) -> list[tuple[str, float]]:
+    ranked = sorted(used.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(u, v) for u, v in ranked if v > 0][:CHART_USERS]
+
+
+def _memo(store: UsageStore, key: tuple[Any, ...], make: Any) -> Any:
+    memo = store.memo
+    if key in memo:
+        return memo[key]
+    value = memo[key] = make()
+    for old in list(memo)[:-_MEMO_SIZE]:  # the oldest first (list() is atomic: threads share it)
+        memo.pop(old, None)
+    return value
+
+
+def _span_sums(
+    store: UsageStore, prices: Prices, bounds: list[float], lo: float, hi: float
+) -> list[list[Any]]:
+    """Per span (the last of ``bounds`` at or before the day), user, groups and model, in
+    ``[lo, hi)``: rows of :data:`DAILY_COLUMNS`."""
+    if hi <= lo:
+        return []
+    d = usage_daily.c
+    span: sa.ColumnElement[Any] = sa.literal(bounds[0])
+    for b in bounds[1:]:
+        span = sa.case((d.day >= b, sa.literal(b)), else_=span)
+    # the span computed per row in a subquery, then grouped by name: PostgreSQL groups by an
+    # expression only when it is the same, parameters included
+    spans = (
+        sa.select(span.label("span"), d.user, d.groups, d.model, *(d[k] for k in _SUMMED))
+        .where(d.day >= lo, d.day < hi)
+        .subquery()
+    )
+    t = spans.c
+    q = sa.select(t.span, t.user, t.groups, t.model, *(sa.func.sum(t[k]) for k in _SUMMED))
+    q = q.group_by(t.span, t.user, t.groups, t.model)
+    with store.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    out = []
+    for span_, user, groups, model, requests, prompt, completion, cpu, gpu, voice in rows:
+        tokens = int(prompt or 0) + int(completion or 0)
+        cost = prices.cost(model, tokens, cpu or 0.0, gpu or 0.0, voice or 0.0)
+        out.append(
+            [
+                float(span_),
+                user,
+                groups,
+                model,
+                int(requests or 0),
+                int(prompt or 0),
+                int(completion or 0),
+                float(cpu or 0.0),
+                float(gpu or 0.0),
+                float(voice or 0.0),
+                round(cost, 6),
+            ]
+        )
+    return out
+
+
+def _merge(a: list[list[Any]], b: list[list[Any]]) -> list[list[Any]]:
+    """Rows of :data:`DAILY_COLUMNS` with the same day, user, groups and model summed."""
+    if not a or not b:
+        return a + b
+    out: dict[tuple[Any, ...], list[Any]] = {tuple(r[:4]): list(r) for r in a}
+    for r in b:
+        have = out.get(tuple(r[:4]))
+        if have is None:
+            out[tuple(r[:4])] = list(r)
+        else:
+            for i in range(4, len(r)):
+                have[i] += r[i]
+            have[10] = round(have[10], 6)
+    return list(out.values())
+
+
+def _series(
+    store: UsageStore,
+    prices: Prices,
+    lo: float,
+    hi: float,
+    top_cost: tuple[str, ...],
+    top_cpu: tuple[str, ...],
+) -> list[list[Any]]:
+    """Per day, model, groups and the named users in ``[lo, hi)``: rows of
+    :data:`SERIES_COLUMNS`."""
+    if hi <= lo:
+        return []
+    d = usage_daily.c
+    others = sa.literal(OTHERS)
+    cost_user = sa.case((d.user.in_(top_cost), d.user), else_=others) if top_cost else others
+    cpu_user = sa.case((d.user.in_(top_cpu), d.user), else_=others) if top_cpu else others
+    named = (
+        sa.select(
+            d.day,
+            d.model,
+            d.groups,
+            cost_user.label("cost_user"),
+            cpu_user.label("cpu_user"),
+            d.prompt_tokens,
+            d.completion_tokens,
+            d.cpu_seconds,
+            d.gpu_seconds,
+            d.audio_seconds,
+        )
+        .where(d.day >= lo, d.day < hi)
+        .subquery()
+    )
+    n = named.c
+    keys = (n.day, n.model, n.groups, n.cost_user, n.cpu_user)
+    sums = (n.prompt_tokens, n.completion_tokens, n.cpu_seconds, n.gpu_seconds, n.audio_seconds)
+    q = sa.select(*keys, *(sa.func.sum(c) for c in sums)).group_by(*keys).order_by(n.day)
+    with store.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    out = []
+    for day, model, groups, cu, pu, prompt, completion, cpu, gpu, voice in rows:
+        tokens = int(prompt or 0) + int(completion or 0)
+        cost = prices.cost(model, tokens, cpu or 0.0, gpu or 0.0, voice or 0.0)
+        out.append(
+            [
+                float(day),
+                model,
+                groups,
+                cu,
+                pu,
+                tokens,
+                round(cost, 6),
+                float(cpu or 0.0),
+                float(voice or 0.0),
+            ]
+        )
+    return out
+
+
 def refusals(store: UsageStore, since: float, until: float) -> list[dict[str, Any]]:
     """Requests refused for rate limits, quotas and budgets (status 429) in ``[since, until)``,
     per user and kind, most first."""
     c = usage_events.c
     q = (
-        sa.select(
-            c.user,
-            sa.func.coalesce(c.error_type, "rate_limit").label("type"),
-            sa.func.count().label("count"),
-            sa.func.max(c.ts).label("last"),
-        )
-        .where(c.status == 429, c.ts >= since, c.ts < until)
-        .group_by(c.user, sa.func.coalesce(c.error_type, "rate_limit"))
-        .order_by(sa.func.count().desc(), c.user)
+        sa.select(c.user, c.error_type, sa.func.count(), sa.func.max(c.ts))
+        # a literal 429, so the partial index on refused rows applies (SQLite and PostgreSQL)
+        .where(c.status == sa.literal_column("429"), c.ts >= since, c.ts < until)
+        # by the column itself: PostgreSQL does not match coalesce(x, $1) to coalesce(x, $2)
+        .group_by(c.user, c.error_type)
     )
+    per: dict[tuple[str, str], list[float]] = {}
     with store.engine.connect() as conn:
-        return [
-            {
-                "user": r.user,
-                "type": r.type,
-                "count": int(r._mapping["count"]),
-                "last": iso(float(r.last)),
-            }
-            for r in conn.execute(q)
-        ]
+        for user, kind, count, last in conn.execute(q):
+            seen = per.setdefault((user, kind or "rate_limit"), [0, 0.0])
+            seen[0] += int(count)
+            seen[1] = max(seen[1], float(last))
+    ranked = sorted(per.items(), key=lambda kv: (-kv[1][0], kv[0][0], kv[0][1]))
+    return [
+        {"user": user, "type": kind, "count": int(n), "last": iso(last)}
+        for (user, kind), (n, last) in ranked
+    ]
 
 
 def recent_kernels(store: UsageStore, since: float) -> list[dict[str, Any]]:

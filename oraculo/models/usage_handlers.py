@@ -8,9 +8,11 @@
   columns: what the Usage panel charts.
 - ``GET v1/usage/export?by=user|group&format=csv|parquet|json`` (and a period): billing
   export for operators (:mod:`.billing`).
-- ``GET v1/usage/daily?since=&until=`` (operators): everyone's use per day, user, groups and
-  model with its cost, the requests refused (429) per user and kind, and the kernels that
-  reported compute in the last 15 minutes: what the operator's dashboard shows.
+- ``GET v1/usage/daily?since=&until=`` (operators): everyone's use per user, groups and model
+  with its cost, summed in SQL over the window and this month and today (for budgets), the
+  charts' series per day, the requests refused (429) per user and kind, and the kernels that
+  reported compute in the last 15 minutes: what the operator's dashboard shows
+  (:func:`.usage.dashboard_columns`).
 - ``POST v1/usage/kernels`` ``{"samples": [{"kernel_id", "cpu_seconds", "gpu_seconds"}]}``: a
   user's server reports the compute its kernels used since its last report (for the user its
   credential names).
@@ -39,7 +41,7 @@ from .handlers import BaseHandler
 from .metering import UsageEvent, groups_column
 from .usage import (
     UNITS,
-    daily_columns,
+    dashboard_columns,
     events_columns,
     iso,
     period_end,
@@ -226,7 +228,7 @@ class UsageDailyHandler(BaseHandler):
         if until - since > 400 * 86400:
             raise InvalidRequest("Ask for at most 400 days at a time.", param="since")
         store, prices = self.service.store, self.service.budgets.prices
-        days = await asyncio.to_thread(daily_columns, store, prices, since, until)
+        days = await asyncio.to_thread(dashboard_columns, store, prices, since, until, now)
         refused = await asyncio.to_thread(refusals, store, since, until)
         kernels = await asyncio.to_thread(recent_kernels, store, now - RECENT_KERNEL_SECONDS)
         self.write_json({"object": "usage.daily", **days, "refusals": refused, "kernels": kernels})

@@ -189,7 +189,7 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
         await form.locator("button[type=submit]").click()
         flash = page.get_by_test_id("flash")
         await flash.wait_for()
-        assert "Budget set: user opal, 1 tokens per day" in await flash.inner_text()
+        assert "Budget set" in await flash.inner_text()
         budget = page.get_by_test_id("budgets").locator("tr", has_text="opal")
         assert "spent" in await budget.locator("[data-col=state]").inner_text()
         await page.screenshot(path=str(artifacts / "dashboard-2-budget-set.png"), full_page=True)
@@ -211,7 +211,7 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
         # stop opal's server
         await page.get_by_test_id("stop-opal").click()
         await page.get_by_test_id("flash").wait_for()
-        assert "Stopping opal's server" in await page.get_by_test_id("flash").inner_text()
+        assert "Stopping the server" in await page.get_by_test_id("flash").inner_text()
 
         async def stopped() -> bool:
             r = await opal.client.http.get("/hub/api/users/opal", headers=opal.auth)
@@ -222,6 +222,11 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
         await board.wait_for()
         assert "opal" not in await page.get_by_test_id("servers").inner_text()
         await page.screenshot(path=str(artifacts / "dashboard-3-stopped.png"), full_page=True)
+        # a crafted link cannot put its own words on the page: only fixed messages, by code
+        await page.goto(f"{hub.url}{DASHBOARD}?done=Call+0800+now&good=Call+0800+now&bad=x")
+        await board.wait_for()
+        assert await page.get_by_test_id("flash").count() == 0
+        assert "0800" not in await page.content()
         assert offsite(seen) == []
     key = {k: v for k, v in usage["near"].items() if k != "limit"}
     await models_api(hub, people["admin"], "DELETE", "v1/budgets", 204, params=key)
@@ -298,3 +303,40 @@ async def test_the_model_service_root_is_a_page_for_users_and_operators(
         await page.get_by_test_id("operator").locator("a").click()
         await page.get_by_test_id("operator-dashboard").wait_for(timeout=60_000)
         assert offsite(seen) == []
+
+
+async def test_an_admin_made_on_the_admin_page_is_an_operator_until_unmade(
+    hub: HubProcess, hub_client: HubClient, people: dict[str, User]
+) -> None:
+    """The hub's admin page makes an admin with PATCH /hub/api/users/<name> {"admin": true}
+    (only the flag): they get oraculo-admin with it, and lose it with it."""
+    admin = people["admin"]
+    jade = await new_user(hub_client, "jade")
+    read_all = "custom:oraculo:usage:read-all"
+    async with httpx.AsyncClient(base_url=hub.url, timeout=60) as c:
+
+        async def look() -> tuple[set[str], int, int]:
+            me = (await c.get("/hub/api/user", headers=jade.auth)).json()
+            seen = (await c.get("/hub/api/users/jade", headers=admin.auth)).json()
+            token = await jade.client.token("jade")  # fresh: no service has it cached
+            fresh = {"Authorization": f"token {token}"}
+            page = await c.get(DASHBOARD, headers=fresh)
+            daily = await c.get(f"{MODELS}v1/usage/daily", headers=fresh)
+            return set(seen["roles"]) | set(me["scopes"]), page.status_code, daily.status_code
+
+        held, page, daily = await look()
+        assert read_all not in held and "oraculo-admin" not in held
+        assert (page, daily) == (403, 403)
+        path = "/hub/api/users/jade"
+        r = await c.patch(path, json={"admin": True}, headers=admin.auth)
+        assert r.status_code == 200 and r.json()["admin"] is True
+        try:
+            held, page, daily = await look()
+            assert {read_all, "oraculo-admin"} <= held
+            assert (page, daily) == (200, 200)
+        finally:
+            r = await c.patch(path, json={"admin": False}, headers=admin.auth)
+            assert r.status_code == 200
+        held, page, daily = await look()
+        assert read_all not in held and "oraculo-admin" not in held
+        assert (page, daily) == (403, 403)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from oraculo.models.auth import Identity
 from oraculo.models.budgets import Budget, BudgetExceeded, Budgets
 from oraculo.models.errors import QuotaExceeded
-from oraculo.models.metering import RateLimiter, UsageEvent, UsageStore, groups_column
+from oraculo.models.metering import RateLimiter, UsageEvent, UsageStore, groups_column, utc_day
 from oraculo.models.usage import (
     Prices,
     daily_columns,
+    dashboard_columns,
     period_end,
     period_start,
     refusals,
@@ -224,3 +226,67 @@ def test_the_dashboard_reads_every_day_with_its_cost_and_the_refusals(store: Usa
         {"user": "bob", "type": "budget_exceeded", "count": 1, "last": "2026-11-25T11:59:00Z"},
         {"user": "bob", "type": "rate_limit", "count": 1, "last": "2026-11-25T11:59:30Z"},
     ]
+
+
+def dashboard_matches_the_rows(store: UsageStore, prices: Prices, now: float) -> dict[str, Any]:
+    """The dashboard's sums from SQL (per span, and per day for the charts), shaped, against
+    the same numbers from every user-day-model row (the reference) for a week and this month."""
+    from oraculo.hub.dashboard.data import budget_status, by, daily_frame, shape
+
+    budgets = [
+        {"scope": "user", "name": "*", "period": "month", "unit": "cost", "limit": 1.0},
+        {"scope": "user", "name": "*", "period": "day", "unit": "tokens", "limit": 100},
+        {"scope": "group", "name": "g0", "period": "month", "unit": "cpu_seconds", "limit": 50},
+    ]
+    since = now - 7 * 86400
+    daily = dashboard_columns(store, prices, since, now + 1, now)
+    got = shape(daily, since, now, budgets)
+    ref = daily_frame(daily_columns(store, prices, since, now + 1))
+    month = daily_frame(daily_columns(store, prices, period_start("month", now), now + 1))
+
+    def rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+
+    for key, rows in (("user", got.users), ("group", got.groups), ("model", got.models)):
+        assert rounded(rows) == rounded(by(ref, key).to_dicts()), key
+    assert rounded(got.budgets) == rounded(budget_status(month, budgets, now))
+    # the charts' series add up to the window's totals
+    series = daily["series"]
+    col = {c: i for i, c in enumerate(series["columns"])}
+    for unit in ("tokens", "cost", "cpu_seconds", "voice_seconds"):
+        assert sum(r[col[unit]] for r in series["rows"]) == pytest.approx(got.totals[unit])
+    return daily
+
+
+def test_the_dashboards_sums_in_sql_agree_with_the_rows_and_keep_past_days(
+    tmp_path: Path,
+) -> None:
+    s = UsageStore(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    events = []
+    for i in range(10):  # ten users in two groups (one in both), over three days and last month
+        groups = groups_column(["g0", "g1"] if i == 0 else [f"g{i % 2}"])
+        for ago in (0.1, 1, 2, 40):
+            ts = NOW - ago * 86400
+            events += [
+                UsageEvent(f"u{i}", "small", "chat.completions", 200, 10 * i, 5, groups=groups),
+                UsageEvent(f"u{i}", "big", "chat.completions", 200, 100, i, groups=groups),
+                UsageEvent(f"u{i}", "kernel", "kernel", 200, cpu_seconds=i + 0.5, groups=groups),
+                UsageEvent(f"u{i}", "whisper", "audio.transcriptions", 200, audio_seconds=i),
+            ]
+            for e in events[-4:]:
+                e.ts = ts
+    s.record_many(events)
+    daily = dashboard_matches_the_rows(s, PRICES, NOW)
+    series = [
+        dict(zip(daily["series"]["columns"], r, strict=True)) for r in daily["series"]["rows"]
+    ]
+    # the charts name the seven users of most cost and of most CPU; the rest are "(others)"
+    assert {r["cost_user"] for r in series} == {f"u{i}" for i in range(3, 10)} | {"(others)"}
+    assert {r["cpu_user"] for r in series} == {f"u{i}" for i in range(3, 10)} | {"(others)"}
+    # the past days' sums are kept; today's are read again: a new row counts at once
+    assert s.memo
+    s.record(UsageEvent("u1", "small", "chat.completions", 200, 1000, 0, groups=",g1,", ts=NOW))
+    dashboard_matches_the_rows(s, PRICES, NOW)
+    # a look in the first minutes of a day reads the day before again too
+    dashboard_matches_the_rows(s, PRICES, utc_day(NOW) + 60)
+    s.close()

@@ -10,8 +10,9 @@ from oraculo.hub.database import sqlalchemy_url
 from oraculo.models.auth import Identity
 from oraculo.models.budgets import Budget, BudgetExceeded, Budgets
 from oraculo.models.metering import UsageEvent, UsageStore
-from oraculo.models.usage import Prices, period_end, period_start, summary
+from oraculo.models.usage import Prices, period_end, period_start, refusals, summary
 from tests.scaleout.postgres import PostgresServer
+from tests.usage.test_store import dashboard_matches_the_rows
 
 
 @pytest.fixture(scope="module")
@@ -44,4 +45,30 @@ async def test_daily_sums_and_budgets_on_postgresql(pg_url: str) -> None:
     await budgets.put(Budget(scope="group", name="g_1", period="day", unit="cost", limit=5), "t")
     with pytest.raises(BudgetExceeded, match="daily cost budget of group g_1"):
         await budgets.check(Identity("bo", groups=("g_1",)), ["tokens"], now=now + 10)
+    store.close()
+
+
+def test_the_dashboards_sums_on_postgresql(pg_url: str) -> None:
+    """The dashboard's SQL (spans and the charts' named users grouped from subqueries) runs on
+    PostgreSQL and agrees with every user-day-model row."""
+    store = UsageStore(pg_url)
+    now = 1_800_000_000.0
+    events = []
+    for i in range(9):
+        for ago in (0.01, 1, 3):
+            g = ",g0,g1," if i == 0 else f",g{i % 2},"
+            events += [
+                UsageEvent(f"p{i}", "big", "chat.completions", 200, 10 * i, 1, groups=g),
+                UsageEvent(f"p{i}", "kernel", "kernel", 200, cpu_seconds=i + 1.0, groups=g),
+                UsageEvent(f"p{i}", "whisper", "audio.transcriptions", 200, audio_seconds=2.0),
+            ]
+            for e in events[-3:]:
+                e.ts = now - ago * 86400
+    store.record_many(events)
+    refused = UsageEvent("p1", "big", "chat.completions", 429, error_type="budget_exceeded")
+    refused.ts = now - 5
+    store.record(refused)
+    prices = Prices(per_1k_tokens=1.0, models={"big": 4.0}, per_cpu_hour=3600.0)
+    dashboard_matches_the_rows(store, prices, now)
+    assert refusals(store, now - 86400, now + 1)[0]["type"] == "budget_exceeded"
     store.close()

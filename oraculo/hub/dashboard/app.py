@@ -17,7 +17,6 @@ import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import polars as pl
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tornado import httpserver, web
@@ -31,17 +30,36 @@ from .data import (
     Throughput,
     UpstreamError,
     Upstreams,
-    budget_status,
-    by,
-    daily_frame,
     gpu_memory,
-    over_time,
     parse_metrics,
     servers,
+    shape,
 )
 
 USAGE_READ_ALL = "custom:oraculo:usage:read-all"
 BUDGETS_WRITE = "custom:oraculo:budgets:write"
+
+
+#: What an action's redirect may say: ``?done=<code>``, shown as its fixed sentence.
+MESSAGES: dict[str, tuple[str, str]] = {
+    "stopping": ("good", "Stopping the server."),
+    "stop-unnamed": ("bad", "Say whose server to stop."),
+    "stop-failed": ("bad", "The hub refused to stop that server (the dashboard's log says why)."),
+    "budget-set": ("good", "Budget set; it applies at once (see Budgets)."),
+    "budget-removed": ("good", "Budget removed."),
+    "budget-invalid": (
+        "bad",
+        "Not a budget: give a user or group name, day or month, a unit and a limit of 0 or more.",
+    ),
+    "budget-refused": (
+        "bad",
+        "The model service refused that budget (the dashboard's log says why).",
+    ),
+    "budget-forbidden": (
+        "bad",
+        f"The model service refused: changing budgets needs {BUDGETS_WRITE}.",
+    ),
+}
 
 
 class BudgetForm(BaseModel):
@@ -91,9 +109,11 @@ class DashboardBase(HubOAuthenticated, web.RequestHandler):
         assert token, "an authenticated viewer has a token"
         return Upstreams(self.app.hub_api_url, self.app.models_url, token)
 
-    def back(self, kind: str, text: str) -> None:
-        """Back to the page (303), with what happened."""
-        self.redirect(f"{self.app.base_url}?{urlencode({kind: text})}", status=303)
+    def back(self, code: str) -> None:
+        """Back to the page (303), with what happened as one of :data:`MESSAGES`' codes (never
+        text: a link someone crafts can show an operator only these fixed sentences)."""
+        assert code in MESSAGES, code
+        self.redirect(f"{self.app.base_url}?{urlencode({'done': code})}", status=303)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -118,33 +138,21 @@ class DashboardHandler(DashboardBase):
             self.finish(render.forbidden(user["name"], f"an upstream refused: {e}"))
             return
         gpus = await asyncio.to_thread(gpu_memory)
-        df = daily_frame(raw.daily)
         since = raw.now - PERIODS[period] * 86400
-        days = pl.date_range(
-            pl.from_epoch(pl.lit(int(since)), time_unit="s").dt.date(),
-            pl.from_epoch(pl.lit(int(raw.now)), time_unit="s").dt.date(),
-            eager=True,
-        ).to_list()
-        window = df.filter(pl.col("day") >= since - since % 86400)
-        with_groups = window.with_columns(
-            pl.when(pl.col("groups").str.strip_chars(",") == "")
-            .then(pl.lit(",(no group),"))
-            .otherwise(pl.col("groups"))
-            .alias("groups")
-        )
+        shaped = shape(raw.daily, since, raw.now, raw.budgets)
         members = {g["name"]: len(g.get("users") or []) for g in raw.groups}
-        group_rows = [
-            {**r, "members": members.get(r["group"], "")} for r in by(window, "group").to_dicts()
-        ]
+        group_rows = [{**r, "members": members.get(r["group"], "")} for r in shaped.groups]
         known = {r["group"] for r in group_rows}
         group_rows += [{"group": g, "members": n} for g, n in members.items() if g not in known]
         metrics = parse_metrics(raw.metrics)
         throughput = self.app.throughput.update(metrics.tokens, time.time())
-        message = None
-        for kind in ("good", "bad"):
-            if self.get_argument(kind, None):
-                message = (kind, self.get_argument(kind))
-        totals = {u: float(window[u].sum() or 0) for u in UNITS}
+        message = MESSAGES.get(self.get_argument("done", ""))
+        testids = {
+            "tokens_by_model": "chart-tokens",
+            "cost_by_user": "chart-cost",
+            "cpu_by_user": "chart-cpu",
+            "voice_by_group": "chart-voice",
+        }
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(
             render.page(
@@ -153,39 +161,16 @@ class DashboardHandler(DashboardBase):
                 period=period,
                 xsrf=self.xsrf_form_html(),
                 flash=message,
-                totals=totals,
+                totals=shaped.totals,
                 charts={
-                    "tokens_by_model": render.stacked_bars(
-                        over_time(window.filter(pl.col("tokens") > 0), "tokens", "model", days),
-                        "tokens",
-                        "chart-tokens",
-                    ),
-                    "cost_by_user": render.stacked_bars(
-                        over_time(window, "cost", "user", days), "cost", "chart-cost"
-                    ),
-                    "cpu_by_user": render.stacked_bars(
-                        over_time(
-                            window.filter(pl.col("cpu_seconds") > 0), "cpu_seconds", "user", days
-                        ),
-                        "cpu_seconds",
-                        "chart-cpu",
-                    ),
-                    "voice_by_group": render.stacked_bars(
-                        over_time(
-                            by_group_rows(with_groups.filter(pl.col("voice_seconds") > 0)),
-                            "voice_seconds",
-                            "group",
-                            days,
-                        ),
-                        "voice_seconds",
-                        "chart-voice",
-                    ),
+                    name: render.stacked_bars(wide, unit, testids[name])
+                    for name, (wide, unit) in shaped.charts.items()
                 },
-                users=users_table(raw.users, by(window, "user").to_dicts()),
+                users=users_table(raw.users, shaped.users),
                 groups=group_rows,
-                models=by(window, "model").to_dicts(),
+                models=shaped.models,
                 servers=servers(raw),
-                budgets=budget_status(df, raw.budgets, raw.now),
+                budgets=shaped.budgets,
                 refusals=raw.daily.get("refusals") or [],
                 metrics=metrics,
                 throughput=throughput,
@@ -216,15 +201,6 @@ def _groups(u: dict[str, Any]) -> str:
     return ", ".join(sorted(u.get("groups") or []))
 
 
-def by_group_rows(df: pl.DataFrame) -> pl.DataFrame:
-    """One row per group a day's row counts for (a member of two groups counts in both)."""
-    return (
-        df.with_columns(pl.col("groups").str.strip_chars(",").str.split(",").alias("group"))
-        .explode("group")
-        .filter(pl.col("group") != "")
-    )
-
-
 class StopServerHandler(DashboardBase):
     @web.authenticated
     async def post(self) -> None:
@@ -232,15 +208,16 @@ class StopServerHandler(DashboardBase):
             return
         name = self.get_argument("user", "")
         if not name:
-            self.back("bad", "Say whose server to stop.")
+            self.back("stop-unnamed")
             return
         try:
             await self.upstreams().stop_server(quote(name, safe=""))
         except UpstreamError as e:
-            self.back("bad", f"Could not stop {name}'s server: {e}")
+            self.app.log.warning("could not stop %r's server: %s %s", name, e.status, e)
+            self.back("stop-failed")
             return
         self.app.log.info("%s stopped %s's server", self.current_user["name"], name)
-        self.back("good", f"Stopping {name}'s server.")
+        self.back("stopping")
 
 
 class BudgetActionHandler(DashboardBase):
@@ -253,22 +230,22 @@ class BudgetActionHandler(DashboardBase):
         try:
             if action == "delete":
                 await up.delete_budget(fields)
-                self.back("good", f"Removed the {fields['period']} {fields['unit']} budget.")
+                self.app.log.info("%s removed budget %s", self.current_user["name"], fields)
+                self.back("budget-removed")
                 return
             try:
                 form = BudgetForm.model_validate({**fields, "limit": self.get_argument("limit")})
             except (ValidationError, web.MissingArgumentError) as e:
-                self.back("bad", f"Not a budget: {e}".splitlines()[0])
+                self.app.log.info("not a budget: %s", str(e).splitlines()[0])
+                self.back("budget-invalid")
                 return
             await up.put_budget(form.model_dump())
         except UpstreamError as e:
-            self.back("bad", f"The model service refused: {e}")
+            self.app.log.warning("the model service refused a budget: %s %s", e.status, e)
+            self.back("budget-forbidden" if e.status == 403 else "budget-refused")
             return
         self.app.log.info("%s set budget %s", self.current_user["name"], form.model_dump())
-        self.back(
-            "good",
-            f"Budget set: {form.scope} {form.name}, {form.limit:g} {form.unit} per {form.period}.",
-        )
+        self.back("budget-set")
 
 
 class DashboardApp(Application):

@@ -151,6 +151,107 @@ def daily_frame(daily: dict[str, Any]) -> pl.DataFrame:
     )
 
 
+_SERIES_SCHEMA = {
+    "day": pl.Float64,
+    "model": pl.String,
+    "groups": pl.String,
+    "cost_user": pl.String,
+    "cpu_user": pl.String,
+    "tokens": pl.Int64,
+    "cost": pl.Float64,
+    "cpu_seconds": pl.Float64,
+    "voice_seconds": pl.Float64,
+}
+
+
+def series_frame(daily: dict[str, Any]) -> pl.DataFrame:
+    """The charts' per-day sums (``series`` of ``v1/usage/daily``) as a frame with a ``date``."""
+    series = daily.get("series") or {}
+    columns = series.get("columns") or list(_SERIES_SCHEMA)
+    df = pl.DataFrame(
+        series.get("rows") or [],
+        schema={c: _SERIES_SCHEMA.get(c, pl.String) for c in columns},
+        orient="row",
+    )
+    return df.with_columns(
+        pl.from_epoch(pl.col("day").cast(pl.Int64), time_unit="s").dt.date().alias("date")
+    )
+
+
+@dataclasses.dataclass
+class Shaped:
+    """The page's numbers: totals, the tables per user, group and model, the charts' frames
+    (date by key), and each budget's state."""
+
+    totals: dict[str, float]
+    users: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+    charts: dict[str, tuple[pl.DataFrame, str]]
+    budgets: list[dict[str, Any]]
+
+
+def shape(
+    daily: dict[str, Any], since: float, now: float, budgets: list[dict[str, Any]] | None = None
+) -> Shaped:
+    """polars over the model service's sums (small: per user, groups, model and span, and
+    per day for the charts) into what the page shows."""
+    df = daily_frame(daily)
+    series = series_frame(daily)
+    days = pl.date_range(
+        pl.from_epoch(pl.lit(int(since)), time_unit="s").dt.date(),
+        pl.from_epoch(pl.lit(int(now)), time_unit="s").dt.date(),
+        eager=True,
+    ).to_list()
+    window = df.filter(pl.col("day") >= since - since % 86400)
+    voice = series.filter(pl.col("voice_seconds") > 0).with_columns(
+        pl.when(pl.col("groups").str.strip_chars(",") == "")
+        .then(pl.lit(",(no group),"))
+        .otherwise(pl.col("groups"))
+        .alias("groups")
+    )
+    charts = {
+        "tokens_by_model": (
+            over_time(series.filter(pl.col("tokens") > 0), "tokens", "model", days),
+            "tokens",
+        ),
+        "cost_by_user": (
+            over_time(series.rename({"cost_user": "user"}), "cost", "user", days),
+            "cost",
+        ),
+        "cpu_by_user": (
+            over_time(
+                series.filter(pl.col("cpu_seconds") > 0).rename({"cpu_user": "user"}),
+                "cpu_seconds",
+                "user",
+                days,
+            ),
+            "cpu_seconds",
+        ),
+        "voice_by_group": (
+            over_time(by_group_rows(voice), "voice_seconds", "group", days),
+            "voice_seconds",
+        ),
+    }
+    return Shaped(
+        totals={u: float(window[u].sum() or 0) for u in UNITS},
+        users=by(window, "user").to_dicts(),
+        groups=by(window, "group").to_dicts(),
+        models=by(window, "model").to_dicts(),
+        charts=charts,
+        budgets=budget_status(df, budgets or [], now),
+    )
+
+
+def by_group_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per group a row counts for (a member of two groups counts in both)."""
+    return (
+        df.with_columns(pl.col("groups").str.strip_chars(",").str.split(",").alias("group"))
+        .explode("group")
+        .filter(pl.col("group") != "")
+    )
+
+
 def by(df: pl.DataFrame, key: str) -> pl.DataFrame:
     """Every unit summed per ``key`` (``user``, ``model`` or ``group``), most cost first."""
     if key == "group":

@@ -106,7 +106,7 @@ class OraculoOIDCAuthenticator(GenericOAuthenticator):
             self.log.info("OpenID Connect endpoints from %s", self.oidc_issuer)
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
-        return api_handlers() + list(super().get_handlers(app))  # the cohort API
+        return api_handlers(app) + list(super().get_handlers(app))  # the cohort API
 
     async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
         auth_model = await super().update_auth_model(auth_model)

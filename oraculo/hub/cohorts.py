@@ -313,6 +313,16 @@ def leave(db: Any, group: orm.Group, user: orm.User) -> bool:
     return True
 
 
+def keep_cohort_groups(groups: list[str], user: orm.User | None) -> list[str]:
+    """The groups a sign-in that manages groups (OpenID Connect's ``groups`` claim) should
+    leave ``user`` in: the claim's, plus the cohorts they are in now. Cohort membership is the
+    hub's (invitations, approvals, instructors, LMS launches), so a sign-in never drops it; plain
+    groups still follow the directory, added and removed."""
+    if user is None:
+        return list(groups)
+    return sorted({*groups, *(g.name for g in user.groups if is_cohort(g))})
+
+
 def set_lti_contexts(db: Any, group: orm.Group, contexts: list[str]) -> None:
     rec = record(group)
     rec["lti_contexts"] = sorted({str(c) for c in contexts if str(c)})

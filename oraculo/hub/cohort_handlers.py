@@ -239,16 +239,19 @@ class CohortMembersHandler(CohortAPIHandler):
     async def _change(self, group_name: str, join: bool) -> None:
         self.require_manage(group_name)
         group = cohorts.find(self.db, group_name)
-        users = self.users_named(self.parse(UsersIn).users)
+        names = [self.authenticator.normalize_username(n) for n in self.parse(UsersIn).users]
+        pending = set(cohorts.record(group).get("pending", []))
+        # a sign-up waiting for this cohort (it may have no hub user yet): approving it joins
+        waiting = [n for n in names if join and n in pending]
+        users = self.users_named([n for n in names if n not in waiting])
         if join:
             cohorts.check_joinable(group, users, by_admin=self.by_admin)
-        pending = set(cohorts.record(group).get("pending", []))
         changed = []
+        for name in waiting:
+            cohorts.approve(self, group, name)
+            changed.append(self.find_user(name).orm_user)
         for user in users:
-            if join and user.name in pending and user not in group.users:
-                cohorts.approve(self, group, user.name)  # a sign-up waiting: approve it
-                changed.append(user)
-            elif (cohorts.join if join else cohorts.leave)(self.db, group, user):
+            if (cohorts.join if join else cohorts.leave)(self.db, group, user):
                 changed.append(user)
                 if not join:
                     cohorts.remove_pending(self.db, group, user.name)

@@ -428,8 +428,12 @@ async def test_sign_up_approved_by_the_cohort_instructor(tmp_path: Path) -> None
         assert r.status_code == 200, r.text
         assert r.json()["instructors"] == ["ivy"]
         assert [m["name"] for m in r.json()["members"]] == ["stu"]
-        r = await ivy.api("POST", "/hub/api/cohorts/bio-1/signups/stu3")
-        assert r.status_code == 200, r.text
+        # adding a waiting sign-up as a member approves it too
+        r = await ivy.api("POST", "/hub/api/cohorts/bio-1/members", json={"users": ["stu3"]})
+        assert r.status_code == 200 and r.json()["members"] == ["stu", "stu3"], r.text
+        r = await ivy.api("GET", "/hub/api/cohorts/bio-1/signups")
+        assert r.json()["pending"] == []
+        await other.login("stu3", PASSWORD)
     finally:
         await student_client.aclose()
         await client.aclose()

@@ -84,7 +84,7 @@ class OraculoNativeAuthenticator(NativeAuthenticator):
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
         replaced = {r"/login": LoginHandler, r"/signup": CohortSignUpHandler}
-        return api_handlers() + [
+        return api_handlers(app) + [
             (pattern, replaced.get(pattern, handler))
             for pattern, handler in super().get_handlers(app)
         ]

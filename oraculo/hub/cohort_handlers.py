@@ -1,18 +1,21 @@
 """The hub's cohort API (``/hub/api/cohorts``) and the sign-up page that knows cohorts.
 
 Served by the hub itself (the authenticator adds these handlers, ahead of JupyterHub's own), so
-every check is a JupyterHub scope on the cohort's group: an instructor's role
-(:mod:`.cohorts`) grants ``groups!group=<cohort>``, an admin has every group.
+every check is a JupyterHub scope on the cohort's group: reads need ``read:groups!group=<c>``,
+writes ("manage") ``custom:oraculo:cohorts:manage!group=<c>`` (an instructor's role,
+:mod:`.cohorts`) or ``admin:groups`` (admins). Instructors hold no JupyterHub ``groups`` scope,
+so the raw ``/hub/api/groups`` writes stay admins'; the handlers here check who may join
+(:func:`.cohorts.check_joinable`) and then change the group with the hub's authority.
 
 ===========================================================  =========================  ======
 ``GET  /hub/api/cohorts``                                     the cohorts you manage     any
 ``POST /hub/api/cohorts`` ``{name, instructors, policy?}``    make a cohort              admin
 ``GET  /hub/api/cohorts/<c>``                                 members, servers, policy   read
-``GET|PUT /hub/api/cohorts/<c>/policy``                       the AI policy              groups
-``POST|DELETE /hub/api/cohorts/<c>/members`` ``{users}``      join/leave, applied live   groups
+``GET|PUT /hub/api/cohorts/<c>/policy``                       the AI policy              manage
+``POST|DELETE /hub/api/cohorts/<c>/members`` ``{users}``      join/leave, applied live   manage
 ``POST|DELETE /hub/api/cohorts/<c>/instructors`` ``{users}``  grant/strip the role       admin
-``GET /hub/api/cohorts/<c>/signups``, ``POST|DELETE …/<u>``   approve/decline a sign-up  groups
-``POST /hub/api/cohorts/<c>/invitations``                     a new invitation code      groups
+``GET /hub/api/cohorts/<c>/signups``, ``POST|DELETE …/<u>``   approve/decline a sign-up  manage
+``POST /hub/api/cohorts/<c>/invitations``                     a new invitation code      manage
 ``PUT /hub/api/cohorts/<c>/lti`` ``{contexts}``               LMS courses of the cohort  admin
 ``POST /hub/api/cohorts/join`` ``{code}``                     join by invitation         self
 ===========================================================  =========================  ======
@@ -28,6 +31,7 @@ from typing import Any
 
 from jupyterhub import orm
 from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.apihandlers.groups import GroupUsersAPIHandler
 from jupyterhub.scopes import has_scope, needs_scope
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tornado import web
@@ -100,6 +104,18 @@ class CohortAPIHandler(APIHandler):
             self.log.info("cohort API: %s %s", value.status, value.message)
             return
         super().log_exception(typ, value, tb)
+
+    def require_manage(self, group_name: str) -> None:
+        """403 unless the request may change ``group_name`` (the same answer whether or not
+        the cohort exists, for anyone who may not)."""
+        if self.current_user is None or not cohorts.may_manage(
+            self.parsed_scopes, self.db, group_name
+        ):
+            raise cohorts.CohortError(403, f"You do not manage cohort {group_name}.", "forbidden")
+
+    @property
+    def by_admin(self) -> bool:
+        return bool(has_scope("admin:groups", self.parsed_scopes, db=self.db))
 
     def users_named(self, names: list[str]) -> list[orm.User]:
         out = []
@@ -195,8 +211,8 @@ class CohortPolicyHandler(CohortAPIHandler):
             )
         )
 
-    @needs_scope("groups")
     async def put(self, group_name: str) -> None:
+        self.require_manage(group_name)
         group = cohorts.find(self.db, group_name)
         policy = self.parse(CohortPolicy)
         cohorts.set_policy(self.db, group, policy)
@@ -214,18 +230,26 @@ class CohortPolicyHandler(CohortAPIHandler):
 class CohortMembersHandler(CohortAPIHandler):
     """Join and leave; a member's running server gets the change at once where it can."""
 
-    @needs_scope("groups")
     async def post(self, group_name: str) -> None:
         await self._change(group_name, join=True)
 
-    @needs_scope("groups")
     async def delete(self, group_name: str) -> None:
         await self._change(group_name, join=False)
 
     async def _change(self, group_name: str, join: bool) -> None:
+        self.require_manage(group_name)
         group = cohorts.find(self.db, group_name)
-        users = self.users_named(self.parse(UsersIn).users)
+        names = [self.authenticator.normalize_username(n) for n in self.parse(UsersIn).users]
+        pending = set(cohorts.record(group).get("pending", []))
+        # a sign-up waiting for this cohort (it may have no hub user yet): approving it joins
+        waiting = [n for n in names if join and n in pending]
+        users = self.users_named([n for n in names if n not in waiting])
+        if join:
+            cohorts.check_joinable(group, users, by_admin=self.by_admin)
         changed = []
+        for name in waiting:
+            cohorts.approve(self, group, name)
+            changed.append(self.find_user(name).orm_user)
         for user in users:
             if (cohorts.join if join else cohorts.leave)(self.db, group, user):
                 changed.append(user)
@@ -292,13 +316,13 @@ class CohortSignupsHandler(CohortAPIHandler):
 
 
 class CohortSignupHandler(CohortAPIHandler):
-    @needs_scope("groups")
     async def post(self, group_name: str, pending_name: str) -> None:
+        self.require_manage(group_name)
         cohorts.approve(self, cohorts.find(self.db, group_name), pending_name)
         self.finish(json.dumps({"approved": pending_name, "cohort": group_name}))
 
-    @needs_scope("groups")
     async def delete(self, group_name: str, pending_name: str) -> None:
+        self.require_manage(group_name)
         group = cohorts.find(self.db, group_name)
         if not cohorts.remove_pending(self.db, group, pending_name):
             raise cohorts.CohortError(
@@ -311,8 +335,8 @@ class CohortSignupHandler(CohortAPIHandler):
 
 
 class CohortInvitationsHandler(CohortAPIHandler):
-    @needs_scope("groups")
     async def post(self, group_name: str) -> None:
+        self.require_manage(group_name)
         group = cohorts.find(self.db, group_name)
         code = cohorts.rotate_code(self.db, group)
         self.created(
@@ -346,12 +370,52 @@ class CohortJoinHandler(CohortAPIHandler):
         self.finish(json.dumps({"cohort": group.name, "live": live}))
 
 
-def api_handlers() -> list[tuple[str, Any]]:
-    """The cohort API routes and the instructors' page (JupyterHub prefixes them with the
-    hub's base URL)."""
+class LiveGroupUsersAPIHandler(GroupUsersAPIHandler):
+    """JupyterHub's own ``/hub/api/groups/<group>/users`` (admins; the admin page uses it), plus
+    the live steps the cohort API takes: a member added or removed has their running server
+    brought up to date (:func:`apply_membership`), and a cohort's waiting sign-up of someone
+    removed is dropped. JupyterHub's answer is unchanged; the live outcome is logged."""
+
+    async def post(self, group_name: str) -> None:
+        await self._live(group_name, super().post)
+
+    async def delete(self, group_name: str) -> None:
+        await self._live(group_name, super().delete)
+
+    async def _live(self, group_name: str, change: Any) -> None:
+        group = orm.Group.find(self.db, group_name)
+        before = {u.name for u in group.users} if group is not None else set()
+        result = change(group_name)
+        if result is not None and hasattr(result, "__await__"):
+            await result
+        group = orm.Group.find(self.db, group_name)
+        if group is None:
+            return
+        after = {u.name for u in group.users}
+        for name in sorted(before ^ after):
+            orm_user = orm.User.find(self.db, name)
+            if orm_user is None:
+                continue
+            if name in before and cohorts.is_cohort(group):
+                cohorts.remove_pending(self.db, group, name)
+            live = await apply_membership(self, orm_user)
+            self.log.info("Group %s, %s: %s", group_name, name, live["state"])
+
+
+def api_handlers(app: Any = None) -> list[tuple[str, Any]]:
+    """The cohort API routes, the instructors' page and JupyterHub's group-membership API with
+    the live steps (JupyterHub prefixes them with the hub's base URL). With the hub ``app``
+    (the authenticator's ``get_handlers``, at start, after the roles are loaded) instructor
+    roles made by an older version get today's scopes."""
+    db = getattr(app, "db", None)
+    if db is not None:
+        changed = cohorts.upgrade_roles(db)
+        if changed:
+            app.log.warning("Instructor roles given today's scopes: %s", ", ".join(changed))
     c = r"/api/cohorts/(?P<group_name>[^/]+)"
     return [
         *page_handlers(),
+        (r"/api/groups/([^/]+)/users", LiveGroupUsersAPIHandler),
         (r"/api/cohorts", CohortListHandler),
         (r"/api/cohorts/join", CohortJoinHandler),
         (c, CohortHandler),

@@ -1,10 +1,10 @@
 """``/hub/cohorts``: the instructor's page in the hub, for the cohorts they teach.
 
 Each cohort shows its invitation link, the sign-ups waiting for approval (Approve / Decline
-buttons: form posts with the hub's XSRF token, checked against the same ``groups!group=``
-scope as the API) and the members with their servers. Admins see every cohort. The Cohort
-panel in JupyterLab is a client of the API (:mod:`.cohort_handlers`); this page needs no
-server of one's own.
+buttons: form posts with the hub's XSRF token, checked like the API's writes: an instructor's
+``custom:oraculo:cohorts:manage!group=`` or an admin) and the members with their servers.
+Admins see every cohort. The Cohort panel in JupyterLab is a client of the API
+(:mod:`.cohort_handlers`); this page needs no server of one's own.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ class CohortsPageHandler(BaseHandler):
     def _may(self, scope: str, cohort: str) -> bool:
         return bool(has_scope(f"{scope}!group={cohort}", self.parsed_scopes, db=self.db))
 
+    def _may_manage(self, cohort: str) -> bool:
+        return cohorts.may_manage(self.parsed_scopes, self.db, cohort)
+
     @web.authenticated
     async def get(self) -> None:
         items = []
@@ -95,7 +98,7 @@ class CohortsPageHandler(BaseHandler):
 
     @web.authenticated
     async def post(self, group_name: str, pending_name: str) -> None:
-        if not self._may("groups", group_name):
+        if not self._may_manage(group_name):
             raise web.HTTPError(403, "You do not teach this cohort.")
         try:
             group = cohorts.find(self.db, group_name)

@@ -6,8 +6,13 @@ an AI policy (:mod:`oraculo.policy`), all kept in the hub's own database.
   waiting, LMS course ids).
 - Each cohort has a **role** ``instructor-<slug>`` whose scopes are all filtered to the group
   (``!group=<cohort>``): list and read its members, start and stop their servers, read the
-  group and change its membership and properties (so its policy). Nothing else: no other
-  cohort, no admin page (``admin-ui``), no other user. The role is granted to each instructor.
+  group, and ``custom:oraculo:cohorts:manage`` - the right to use the cohort API's writes
+  (membership, policy, sign-ups, invitations). Not JupyterHub's ``groups`` scope: with it an
+  instructor could add any hub user to the group (an admin, another cohort's student) or put
+  raw properties past the policy's validation. Every membership and policy write goes through
+  the cohort API, which checks who may join (:func:`check_joinable`) and then acts with the
+  hub's authority. Nothing else: no other cohort, no admin page (``admin-ui``), no other user.
+  The role is granted to each instructor.
   It is marked ``managed_by_auth`` so a hub restart keeps it (JupyterHub deletes roles made at
   run time that are neither in ``load_roles`` nor managed) - JupyterHub never resets these
   unless ``Authenticator.reset_managed_roles_on_startup`` is set.
@@ -23,6 +28,7 @@ import secrets
 from typing import Any
 
 from jupyterhub import orm, roles
+from jupyterhub.scopes import has_scope
 
 from oraculo.hub.groups import group_slug
 from oraculo.policy import POLICY_PROPERTY, CohortPolicy, combine
@@ -30,6 +36,8 @@ from oraculo.policy import POLICY_PROPERTY, CohortPolicy, combine
 #: The group property holding a cohort's own record.
 COHORT_PROPERTY = "oraculo_cohort"
 ROLE_PREFIX = "instructor-"
+#: The custom scope (filtered ``!group=<cohort>``) that lets a token use the cohort API's writes.
+MANAGE_SCOPE = "custom:oraculo:cohorts:manage"
 
 
 class CohortError(Exception):
@@ -53,9 +61,60 @@ def instructor_scopes(cohort: str) -> list[str]:
         f"list:users{f}",
         f"read:users{f}",
         f"servers{f}",
-        f"groups{f}",
+        f"read:groups{f}",
         f"read:roles:users{f}",
+        f"{MANAGE_SCOPE}{f}",
     ]
+
+
+def may_manage(parsed_scopes: Any, db: Any, cohort: str) -> bool:
+    """Whether a request's scopes may change ``cohort`` through the cohort API: an admin's
+    (``admin:groups``) or an instructor's of that cohort."""
+    return bool(
+        has_scope("admin:groups", parsed_scopes, db=db)
+        or has_scope(f"{MANAGE_SCOPE}!group={cohort}", parsed_scopes, db=db)
+    )
+
+
+def upgrade_roles(db: Any) -> list[str]:
+    """Give every cohort's instructor role today's scopes (roles made by an older version held
+    JupyterHub's ``groups!group=`` scope). Run at hub start; returns the roles changed."""
+    changed = []
+    cohort_of = {role_name(g.name): g.name for g in db.query(orm.Group) if is_cohort(g)}
+    for role in db.query(orm.Role):
+        cohort = cohort_of.get(role.name)
+        if cohort is not None and sorted(role.scopes or []) != sorted(instructor_scopes(cohort)):
+            role.scopes = instructor_scopes(cohort)
+            changed.append(role.name)
+    if changed:
+        db.commit()
+    return changed
+
+
+def check_joinable(group: orm.Group, users: list[orm.User], by_admin: bool) -> None:
+    """Who an instructor may put in their cohort: members already, and people who asked to
+    join it (a sign-up waiting for this cohort). Never a hub admin. Everyone else joins with the
+    invitation code themselves (or an LMS launch), or an admin adds them. Admins add anyone.
+    Refuses the whole request (403 ``not_allowed``) before anything changes."""
+    if by_admin:
+        return
+    pending = set(record(group).get("pending", []))
+    refused = []
+    for user in users:
+        if user in group.users:
+            continue
+        if user.admin:
+            refused.append(f"{user.name} (a hub admin)")
+        elif user.name not in pending:
+            refused.append(f"{user.name} (has not asked to join)")
+    if refused:
+        raise CohortError(
+            403,
+            f"An instructor cannot add {', '.join(refused)} to cohort {group.name}: people "
+            "join with the invitation link, or by signing up for the cohort and being approved; "
+            "an admin can add anyone.",
+            "not_allowed",
+        )
 
 
 def is_cohort(group: orm.Group) -> bool:
@@ -252,6 +311,16 @@ def leave(db: Any, group: orm.Group, user: orm.User) -> bool:
     group.users.remove(user)
     db.commit()
     return True
+
+
+def keep_cohort_groups(groups: list[str], user: orm.User | None) -> list[str]:
+    """The groups a sign-in that manages groups (OpenID Connect's ``groups`` claim) should
+    leave ``user`` in: the claim's, plus the cohorts they are in now. Cohort membership is the
+    hub's (invitations, approvals, instructors, LMS launches), so a sign-in never drops it; plain
+    groups still follow the directory, added and removed."""
+    if user is None:
+        return list(groups)
+    return sorted({*groups, *(g.name for g in user.groups if is_cohort(g))})
 
 
 def set_lti_contexts(db: Any, group: orm.Group, contexts: list[str]) -> None:

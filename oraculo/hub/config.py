@@ -53,6 +53,9 @@ CUSTOM_SCOPES = {
     "custom:oraculo:audit:read-all": {
         "description": "Read and export every user's execution audit trail.",
     },
+    "custom:oraculo:cohorts:manage": {
+        "description": "Change a cohort through /hub/api/cohorts (its instructors, !group=).",
+    },
 }
 
 #: What a user's server token may do: the JupyterHub defaults, reaching the model service, and

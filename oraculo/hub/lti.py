@@ -49,7 +49,7 @@ class OraculoLTI13Authenticator(LTI13Authenticator):
         return True
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
-        return api_handlers() + list(super().get_handlers(app))
+        return api_handlers(app) + list(super().get_handlers(app))
 
     async def authenticate(self, handler: Any, data: dict[str, Any] | None = None) -> Any:
         model = await super().authenticate(handler, data)

@@ -18,10 +18,11 @@ import os
 import urllib.request
 from typing import Any
 
-from jupyterhub import roles
+from jupyterhub import orm, roles
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets import Unicode, default
 
+from oraculo.hub import cohorts
 from oraculo.hub.cohort_handlers import api_handlers
 
 #: The role that carries Oráculo's operator scopes (usage read-all, budgets, audit); the hub's
@@ -59,8 +60,10 @@ class OraculoOIDCAuthenticator(GenericOAuthenticator):
     groups_claim = Unicode(
         config=True,
         help="""Userinfo claim listing the user's groups; they become the user's hub groups at
-        each sign-in (manage_groups), added and removed. Empty: hub groups are managed in the
-        hub. Default ORACULO_OIDC_GROUPS_CLAIM or `groups`.""",
+        each sign-in (manage_groups), added and removed - except cohorts (/hub/api/cohorts):
+        a cohort the claim names is joined, but a cohort membership made in the hub (an
+        invitation, an approval, an admin) is never dropped by a sign-in. Empty: hub groups
+        are managed in the hub. Default ORACULO_OIDC_GROUPS_CLAIM or `groups`.""",
     )
     admin_claim = Unicode(
         config=True,
@@ -111,7 +114,13 @@ class OraculoOIDCAuthenticator(GenericOAuthenticator):
             self.log.info("OpenID Connect endpoints from %s", self.oidc_issuer)
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
-        return api_handlers() + list(super().get_handlers(app))  # the cohort API
+        return api_handlers(app) + list(super().get_handlers(app))  # the cohort API
+
+    async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> Any:
+        model = await super().refresh_user(user, handler, **kwargs)
+        if isinstance(model, dict) and model.get("groups") is not None:
+            model["groups"] = cohorts.keep_cohort_groups(model["groups"], user.orm_user)
+        return model
 
     async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
         auth_model = await super().update_auth_model(auth_model)
@@ -123,8 +132,13 @@ class OraculoOIDCAuthenticator(GenericOAuthenticator):
 
     async def run_post_auth_hook(self, handler: Any, auth_model: dict[str, Any]) -> Any:
         """Admins from the claim get the operator role too (usage dashboard, budgets, audit),
-        and lose it with the claim, like admin itself; admin_users keep theirs from the config."""
+        and lose it with the claim, like admin itself; admin_users keep theirs from the config.
+        Cohort memberships made in the hub survive the groups claim (see cohorts)."""
+        # after check_allowed, so the cohorts kept below never count towards allowed_groups
         auth_model = await super().run_post_auth_hook(handler, auth_model)
+        if isinstance(auth_model, dict) and auth_model.get("groups") is not None:
+            found = orm.User.find(handler.db, auth_model["name"])
+            auth_model["groups"] = cohorts.keep_cohort_groups(auth_model["groups"], found)
         if self.admin_claim and auth_model and auth_model.get("name"):
             user = handler.user_from_username(auth_model["name"])
             if auth_model.get("admin"):

@@ -48,10 +48,19 @@ async def course(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict
             "POST", "/hub/api/cohorts", json={"name": cohort, "instructors": [ivy.name]}
         )
         assert r.status_code == 201, r.text
-        r = await ivy.api("POST", f"/hub/api/cohorts/{cohort}/members", json={"users": [sam.name]})
+        r = await admin.api(
+            "POST", f"/hub/api/cohorts/{cohort}/members", json={"users": [sam.name]}
+        )
         assert r.status_code == 200, r.text
         await asyncio.gather(*(p.spawn() for p in people))
-        yield {"cohort": cohort, "ivy": ivy, "sam": sam, "eve": eve, "dir": groups_dir / cohort}
+        yield {
+            "cohort": cohort,
+            "ivy": ivy,
+            "sam": sam,
+            "eve": eve,
+            "admin": admin,
+            "dir": groups_dir / cohort,
+        }
     finally:
         for person in people:
             await person.client.aclose()
@@ -105,8 +114,9 @@ async def test_students_read_the_material_instructors_write_it(course: dict[str,
 
 
 async def test_joining_while_running_says_to_restart_then_works(course: dict[str, Any]) -> None:
-    cohort, ivy, eve = course["cohort"], course["ivy"], course["eve"]
-    r = await ivy.api("POST", f"/hub/api/cohorts/{cohort}/members", json={"users": [eve.name]})
+    cohort, admin, eve = course["cohort"], course["admin"], course["eve"]
+    # an admin adds her (an instructor adds only people who asked to join)
+    r = await admin.api("POST", f"/hub/api/cohorts/{cohort}/members", json={"users": [eve.name]})
     assert r.status_code == 200, r.text
     live = r.json()["live"][eve.name]
     assert live["state"] == "restart_needed" and "restart" in live["message"], live

@@ -36,7 +36,7 @@ async def cohort(hub: HubProcess) -> AsyncIterator[dict[str, Any]]:
     name = f"exam-{tag}"
     r = await admin.api("POST", "/hub/api/cohorts", json={"name": name, "instructors": [ivy.name]})
     assert r.status_code == 201, r.text
-    r = await ivy.api("POST", f"/hub/api/cohorts/{name}/members", json={"users": [stu.name]})
+    r = await admin.api("POST", f"/hub/api/cohorts/{name}/members", json={"users": [stu.name]})
     assert r.status_code == 200, r.text
     await stu.spawn()
     try:

@@ -5,6 +5,7 @@ tokens), invitations, instructor-approved sign-ups, and membership applied to a 
 from __future__ import annotations
 
 import re
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -72,12 +73,19 @@ async def test_instructors_manage_only_their_cohort(admin: User, people: dict[st
     assert made["instructors"] == [ivy.name] and made["members"] == []
     await make_cohort(admin, b, [ian.name])
 
-    # ivy manages a's membership; ian manages b's
-    r = await ivy.api("POST", f"/hub/api/cohorts/{a}/members", json={"users": [sam.name]})
+    # an instructor cannot put just anyone in her cohort (only people who asked to join it);
+    # an admin can: sam into a, sue into b
+    body = assert_error(
+        await ivy.api("POST", f"/hub/api/cohorts/{a}/members", json={"users": [sam.name]}),
+        403,
+        "not_allowed",
+    )
+    assert sam.name in body["message"] and "invitation link" in body["message"]
+    r = await admin.api("POST", f"/hub/api/cohorts/{a}/members", json={"users": [sam.name]})
     assert r.status_code == 200, r.text
     assert r.json()["members"] == [sam.name]
     assert r.json()["live"][sam.name]["state"] == "next_start"
-    r = await ian.api("POST", f"/hub/api/cohorts/{b}/members", json={"users": [sue.name]})
+    r = await admin.api("POST", f"/hub/api/cohorts/{b}/members", json={"users": [sue.name]})
     assert r.status_code == 200, r.text
 
     # what ivy sees: her cohort, its members and their servers; nothing of b
@@ -134,6 +142,44 @@ async def test_instructors_manage_only_their_cohort(admin: User, people: dict[st
         assert r.status_code in (403, 404), (path, r.status_code, r.text)
     r = await ivy.api("GET", "/hub/admin")
     assert r.status_code == 403, r.status_code
+
+    # her own cohort's group, attacked with her real token: JupyterHub's raw group API refuses
+    # to add an admin or another cohort's student, or to put raw properties (past the policy's
+    # validation, or an LMS course only admins map); the cohort API refuses the student too
+    r = await admin.api("GET", f"/hub/api/groups/{a}")
+    before = r.json()
+    assert before["users"] == [sam.name]
+    for method, path, body in [
+        ("POST", f"/hub/api/groups/{a}/users", {"users": ["admin"]}),
+        ("POST", f"/hub/api/groups/{a}/users", {"users": [sue.name]}),
+        ("DELETE", f"/hub/api/groups/{a}/users", {"users": [sam.name]}),
+        (
+            "PUT",
+            f"/hub/api/groups/{a}/properties",
+            {
+                "oraculo_policy": {"ai": "whatever", "exam_windows": "always"},
+                "oraculo_cohort": {"lti_contexts": ["course-42"], "invite_code": "mine"},
+            },
+        ),
+        ("POST", f"/hub/api/groups/{a}", {"users": ["admin"]}),
+        ("DELETE", f"/hub/api/groups/{a}", None),
+    ]:
+        r = await ivy.api(method, path, json=body)
+        assert r.status_code in (403, 404), (method, path, r.status_code, r.text)
+    for users in (["admin"], [sue.name], [sam.name, tom.name]):
+        body = assert_error(
+            await ivy.api("POST", f"/hub/api/cohorts/{a}/members", json={"users": users}),
+            403,
+            "not_allowed",
+        )
+        assert users[-1] in body["message"]
+    r = await ivy.api("GET", f"/hub/api/groups/{a}")  # she still reads her group
+    assert r.status_code == 200, r.text
+    assert r.json()["users"] == [sam.name] and r.json()["properties"] == before["properties"]
+    r = await admin.api("GET", f"/hub/api/groups/{b}")
+    assert r.json()["users"] == [sue.name]
+    r = await admin.api("GET", "/hub/api/users/admin")
+    assert r.json()["groups"] == []
     r = await ivy.api("GET", "/hub/api/users/admin")
     assert r.status_code in (403, 404)
 
@@ -255,13 +301,22 @@ async def test_membership_applies_to_a_running_server(
     unlinked when the student leaves, without a restart."""
     ivy, tom = people["ivy"], people["tom"]
     name = f"live-{uuid.uuid4().hex[:4]}"
-    await make_cohort(admin, name, [ivy.name])
+    made = await make_cohort(admin, name, [ivy.name])
     await tom.spawn()
     try:
-        r = await ivy.api("POST", f"/hub/api/cohorts/{name}/members", json={"users": [tom.name]})
+        # tom joins with the invitation code while his server runs
+        r = await tom.api("POST", "/hub/api/cohorts/join", json={"code": made["invite_code"]})
         assert r.status_code == 200, r.text
-        assert r.json()["live"][tom.name]["state"] == "applied"
+        assert r.json()["live"]["state"] == "applied"
         link = Path(hub.data_dir) / "users" / tom.name / "shared" / name
+        assert link.is_symlink() and link.resolve().is_dir()
+
+        # an admin's plain group API takes the same live steps: out, then back in
+        r = await admin.api("DELETE", f"/hub/api/groups/{name}/users", json={"users": [tom.name]})
+        assert r.status_code == 200 and r.json()["users"] == [], r.text
+        assert not link.exists() and not link.is_symlink()
+        r = await admin.api("POST", f"/hub/api/groups/{name}/users", json={"users": [tom.name]})
+        assert r.status_code == 200 and r.json()["users"] == [tom.name], r.text
         assert link.is_symlink() and link.resolve().is_dir()
         code = f"import os; print(os.path.isdir(os.path.expanduser('~/shared/{name}')))"
         r = await tom.api(
@@ -358,15 +413,27 @@ async def test_sign_up_approved_by_the_cohort_instructor(tmp_path: Path) -> None
         r = await ivy.api("GET", "/hub/api/cohorts/bio-1/signups")
         assert r.json()["pending"] == ["stu3"]
 
-        # a restarted hub keeps the cohort, its instructor's role and its members
+        # a restarted hub keeps the cohort, its instructor's role and its members; a role
+        # left by an older version with JupyterHub's `groups` scope gets today's scopes
         hub.stop()
+        db = sqlite3.connect(Path(hub.data_dir) / "jupyterhub.sqlite")
+        old = '["groups!group=bio-1", "read:users!group=bio-1"]'
+        db.execute("UPDATE roles SET scopes = ? WHERE name = 'instructor-bio-1'", (old,))
+        db.commit()
+        db.close()
         await hub.start()
+        r = await ivy.api("POST", "/hub/api/groups/bio-1/users", json={"users": ["admin"]})
+        assert r.status_code in (403, 404), r.text
         r = await ivy.api("GET", "/hub/api/cohorts/bio-1")
         assert r.status_code == 200, r.text
         assert r.json()["instructors"] == ["ivy"]
         assert [m["name"] for m in r.json()["members"]] == ["stu"]
-        r = await ivy.api("POST", "/hub/api/cohorts/bio-1/signups/stu3")
-        assert r.status_code == 200, r.text
+        # adding a waiting sign-up as a member approves it too
+        r = await ivy.api("POST", "/hub/api/cohorts/bio-1/members", json={"users": ["stu3"]})
+        assert r.status_code == 200 and r.json()["members"] == ["stu", "stu3"], r.text
+        r = await ivy.api("GET", "/hub/api/cohorts/bio-1/signups")
+        assert r.json()["pending"] == []
+        await other.login("stu3", PASSWORD)
     finally:
         await student_client.aclose()
         await client.aclose()

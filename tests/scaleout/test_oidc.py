@@ -122,7 +122,7 @@ c.JupyterHub.services.append({{"name": "probe", "api_token": {PROBE_TOKEN!r}}})
 c.JupyterHub.load_roles.append(
     {{
         "name": "probe",
-        "scopes": ["read:users", "read:groups", "read:servers", "read:roles:users"],
+        "scopes": ["read:users", "read:groups", "read:servers", "read:roles:users", "admin:groups"],
         "services": ["probe"],
     }}
 )
@@ -235,6 +235,29 @@ async def test_admin_claim_and_group_claim_follow_the_directory(
         )
         # (404 when this test runs alone: ada never signed in while in cohort-a)
         assert r.status_code == 404 or r.json()["users"] == []
+
+
+async def test_a_sign_in_keeps_cohorts_made_in_the_hub(
+    oidc_hub: HubProcess, provider: Provider, artifacts: Path
+) -> None:
+    """The directory manages plain groups; a cohort joined in the hub (here an admin adds her;
+    an invitation or an approval is the same) survives her next sign-in."""
+    provider.set_groups("ada", ["cohort-b"])
+    await provider_round(oidc_hub, provider, "ada", artifacts, "8")
+    probe = {"Authorization": f"token {PROBE_TOKEN}"}
+    async with httpx.AsyncClient(base_url=oidc_hub.url, headers=probe, timeout=30) as c:
+        r = await c.post("/hub/api/cohorts", json={"name": "seminar-9", "instructors": []})
+        assert r.status_code == 201, r.text
+        r = await c.post("/hub/api/cohorts/seminar-9/members", json={"users": ["ada"]})
+        assert r.status_code == 200 and r.json()["members"] == ["ada"], r.text
+    ada = await hub_user(oidc_hub, "ada")
+    assert ada is not None and ada["groups"] == ["cohort-b", "seminar-9"]
+
+    # the directory moves her back to cohort-a: the plain group follows, the cohort stays
+    provider.set_groups("ada", ["cohort-a"])
+    await provider_round(oidc_hub, provider, "ada", artifacts, "9")
+    ada = await hub_user(oidc_hub, "ada")
+    assert ada is not None and ada["groups"] == ["cohort-a", "seminar-9"], ada["groups"]
 
 
 async def test_someone_outside_the_allowed_groups_is_refused(

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import signal
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -42,7 +43,7 @@ from .root import root_routes
 from .secrets import secrets_routes
 from .service import ModelService
 from .stripe_billing import StripeBilling
-from .usage import Prices
+from .usage import Prices, next_warm, warm_dashboard
 from .usage_handlers import usage_routes
 
 
@@ -258,12 +259,16 @@ class ModelServiceApp(Application):
         if service.stripe is not None and service.stripe.enabled and service.stripe.report_interval:
             prices = service.budgets.prices
             reporter = asyncio.create_task(service.stripe.run(service.store, prices))
+        # the operator's dashboard's kept sums are made in the background, now and after each
+        # UTC midnight, so no operator's view pays for summing a month
+        warmer = asyncio.create_task(keep_dashboard_warm(service, self.log))
         try:
             await asyncio.to_thread(self._load_models, service)
             service.ready = True
             self.log.info("models ready: %s", ", ".join(b.spec.name for b in service.registry))
             await stop.wait()
         finally:
+            warmer.cancel()
             if reporter is not None:
                 reporter.cancel()
             server.stop()
@@ -291,6 +296,18 @@ class ModelServiceApp(Application):
             asyncio.run(self.serve())
         except KeyboardInterrupt:
             self.log.info("interrupted")
+
+
+async def keep_dashboard_warm(service: ModelService, log: logging.Logger) -> None:
+    """:func:`.usage.warm_dashboard` at start, then at :func:`.usage.next_warm`, until cancelled."""
+    while True:
+        try:
+            await asyncio.to_thread(
+                warm_dashboard, service.store, service.budgets.prices, time.time()
+            )
+        except Exception:  # a store that is down now may answer next time
+            log.exception("could not sum the operator's dashboard's days ahead")
+        await asyncio.sleep(next_warm(time.time()))
 
 
 def application(base_url: str, service: ModelService, **settings: Any) -> web.Application:

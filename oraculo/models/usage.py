@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import threading
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -455,14 +456,54 @@ def _top(used: dict[str, float]) -> list[tuple[str, float]]:
     return [(u, v) for u, v in ranked if v > 0][:CHART_USERS]
 
 
+_making: dict[tuple[int, tuple[Any, ...]], threading.Lock] = {}
+_making_lock = threading.Lock()
+
+
 def _memo(store: UsageStore, key: tuple[Any, ...], make: Any) -> Any:
+    """``make()`` kept in ``store.memo`` under ``key``; a caller that asks while another thread
+    makes the same key (the background warm, :func:`warm_dashboard`) waits for its result
+    instead of summing the same days again."""
     memo = store.memo
     if key in memo:
         return memo[key]
-    value = memo[key] = make()
+    with _making_lock:
+        lock = _making.setdefault((id(store), key), threading.Lock())
+    try:
+        with lock:
+            if key in memo:
+                return memo[key]
+            value = memo[key] = make()
+    finally:
+        with _making_lock:
+            _making.pop((id(store), key), None)
     for old in list(memo)[:-_MEMO_SIZE]:  # the oldest first (list() is atomic: threads share it)
         memo.pop(old, None)
     return value
+
+
+#: The windows the operator's dashboard offers, in days back from now (its day, week and
+#: month: ``oraculo.hub.dashboard.data.PERIODS``).
+DASHBOARD_DAYS = (1, 7, 30)
+#: The background warm runs this often (a new top user in today's use changes the charts' key)
+#: and just after each UTC midnight and :data:`LATE_SECONDS` after it (the kept days move on).
+WARM_EVERY = 300.0
+
+
+def warm_dashboard(store: UsageStore, prices: Prices, now: float) -> None:
+    """Sum what the operator's dashboard's windows keep (:func:`dashboard_columns` for each of
+    :data:`DASHBOARD_DAYS`, asked as the dashboard asks), so no operator's view pays for it."""
+    for days in DASHBOARD_DAYS:
+        dashboard_columns(store, prices, now - days * 86400, now + 1, now)
+
+
+def next_warm(now: float) -> float:
+    """Seconds until the next :func:`warm_dashboard`: :data:`WARM_EVERY`, or sooner, a second
+    after the next UTC midnight or :data:`LATE_SECONDS` after a midnight, when the kept days'
+    keys change."""
+    today = utc_day(now)
+    moments = [today + 86400 + 1, today + LATE_SECONDS + 1]
+    return min([WARM_EVERY] + [m - now for m in moments if m > now])
 
 
 def _span_sums(

@@ -13,14 +13,18 @@ from oraculo.models.budgets import Budget, BudgetExceeded, Budgets
 from oraculo.models.errors import QuotaExceeded
 from oraculo.models.metering import RateLimiter, UsageEvent, UsageStore, groups_column, utc_day
 from oraculo.models.usage import (
+    LATE_SECONDS,
+    WARM_EVERY,
     Prices,
     daily_columns,
     dashboard_columns,
+    next_warm,
     period_end,
     period_start,
     refusals,
     summary,
     totals,
+    warm_dashboard,
 )
 
 PRICES = Prices(per_1k_tokens=0.5, models={"big": 2.0}, per_cpu_hour=3.6, per_voice_minute=0.6)
@@ -290,3 +294,44 @@ def test_the_dashboards_sums_in_sql_agree_with_the_rows_and_keep_past_days(
     # a look in the first minutes of a day reads the day before again too
     dashboard_matches_the_rows(s, PRICES, utc_day(NOW) + 60)
     s.close()
+
+
+def test_the_background_warm_keeps_what_each_window_of_the_dashboard_sums(
+    tmp_path: Path,
+) -> None:
+    s = UsageStore(f"sqlite:///{tmp_path / 'usage.sqlite'}")
+    events = []
+    for i in range(4):
+        for ago in (0.1, 1, 3, 20):
+            e = UsageEvent(f"u{i}", "small", "chat.completions", 200, 10 * i, 5, groups=",g0,")
+            k = UsageEvent(f"u{i}", "kernel", "kernel", 200, cpu_seconds=i + 0.5, groups=",g0,")
+            e.ts = k.ts = NOW - ago * 86400
+            events += [e, k]
+    s.record_many(events)
+    warm_dashboard(s, PRICES, NOW)
+    kept = dict(s.memo)
+    assert kept
+    # an operator's view of each window afterwards finds every past day kept (nothing new is
+    # kept: only today is read) and the same answer as summing every row
+    for days in (1, 7, 30):
+        dashboard_columns(s, PRICES, NOW - days * 86400, NOW + 1, NOW)
+        assert s.memo.keys() == kept.keys(), days
+    dashboard_matches_the_rows(s, PRICES, NOW)
+    # what was kept is what a cold view sums
+    for days in (1, 7, 30):
+        warm = dashboard_columns(s, PRICES, NOW - days * 86400, NOW + 1, NOW)
+        s.memo.clear()
+        cold = dashboard_columns(s, PRICES, NOW - days * 86400, NOW + 1, NOW)
+        assert sorted(map(str, warm["rows"])) == sorted(map(str, cold["rows"]))
+        assert warm["series"] == cold["series"]
+        s.memo.update(kept)
+    s.close()
+
+
+def test_the_warm_runs_again_after_midnight_and_when_yesterday_is_final() -> None:
+    midnight = utc_day(NOW) + 86400
+    assert next_warm(NOW) == WARM_EVERY
+    assert next_warm(midnight - 100) == 101  # a second after midnight
+    # then a second after the day before is over
+    assert next_warm(midnight + LATE_SECONDS - 100) == 101
+    assert next_warm(midnight + LATE_SECONDS + 1) == WARM_EVERY

@@ -397,7 +397,7 @@ class PanelPage:
 
 @contextlib.asynccontextmanager
 async def signed_in_panel(
-    user: User, panel: str, viewport: dict[str, int]
+    user: User, panel: str, viewport: dict[str, int], password: str = PASSWORD
 ) -> AsyncIterator[PanelPage]:
     """Chromium signed in as ``user`` on the login page, sent on to ``oraculo-panels/<panel>``."""
     from playwright.async_api import async_playwright
@@ -417,7 +417,7 @@ async def signed_in_panel(
                 f"{hub.url}/hub/login?next=/user/{user.name}/oraculo-panels/{panel}"
             )
             await out.page.fill("#username_input", user.name)
-            await out.page.fill("#password_input", PASSWORD)
+            await out.page.fill("#password_input", password)
             await out.page.click("#login_submit")
             yield out
         finally:

@@ -64,6 +64,10 @@ SERVER_TOKEN_SCOPES = [
     "users:activity!user",
     "access:servers!server",
     "access:services!service=models",
+    # Operators only (the hub intersects it with the owner's permissions): their Usage panel
+    # links to the operator's dashboard when the model service lets the server read everyone's
+    # usage. A server could already mint its owner's tokens (tokens!user).
+    "custom:oraculo:usage:read-all",
     "tokens!user",
     # The cohorts an instructor teaches, for the Cohort panel: JupyterHub intersects this with
     # the owner's own permissions, so it is read:groups!group=<cohort> for an instructor

@@ -168,6 +168,8 @@ async def test_usage_panel_charts_real_usage_against_a_budget(
             assert "kernel" in top
             # the chat's requests, counted together as its conversation
             assert "conversation" in top and conversation in top, top
+            # a plain user may not read everyone's usage: no link to the operator's dashboard
+            assert await page.get_by_test_id("usage-operator-link").count() == 0
             await page.screenshot(path=str(artifacts / "usage-panel.png"), full_page=True)
             # another period, through the selector
             await page.locator(".usage-period button", has_text="This month").click()
@@ -178,6 +180,36 @@ async def test_usage_panel_charts_real_usage_against_a_budget(
             assert not [u for u in p.bad if "/oraculo-panels/" in u or "/api/v1/usage" in u]
     finally:
         await budget(hub, admin, "DELETE", 204, **b)
+
+
+@pytest.mark.browser
+async def test_an_admins_usage_panel_links_to_the_operators_dashboard(
+    hub: HubProcess, people: dict[str, User], artifacts: Path
+) -> None:
+    admin = people["admin"]
+    await admin.spawn()
+    async with signed_in_panel(
+        admin, "usage", {"width": 1200, "height": 1000}, password=ADMIN_PASSWORD
+    ) as p:
+        page = p.page
+        ready = page.locator(f"[data-testid={TEST_ID}][data-state=ready]")
+        await ready.wait_for(state="attached", timeout=90_000)
+        link = page.get_by_test_id("usage-operator-link")
+        await link.wait_for(timeout=30_000)
+        # the admin's own usage, not everyone's: the totals are the admin's summary
+        await page.screenshot(path=str(artifacts / "usage-panel-admin-link.png"), full_page=True)
+        async with page.expect_popup() as opened:
+            await link.click()
+        dashboard = await opened.value
+        await dashboard.get_by_test_id("operator-dashboard").wait_for(timeout=90_000)
+        await dashboard.screenshot(path=str(artifacts / "usage-panel-admin-dashboard.png"))
+        assert p.offsite() == []
+    # the panel's API says the same, and names the admin's own usage
+    r = await admin.api("GET", "/user/admin/api/v1/usage", params={"period": "day"})
+    assert r.status_code == 200, r.text
+    assert r.json()["operator_dashboard"] == "/services/usage-dashboard/"
+    assert r.json()["summary"].get("users") in (None, [])  # not everyone's, per user
+    await admin.client.http.delete("/hub/api/users/admin/server", headers=admin.auth)
 
 
 async def test_usage_api_is_the_users_own(hub: HubProcess, people: dict[str, User]) -> None:

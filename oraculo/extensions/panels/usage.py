@@ -7,8 +7,9 @@ hourly (today) or daily (week, month) buckets and draws them with Bokeh, every a
 the panel server itself.
 
 Stable hooks for tests: ``[data-testid=oraculo-usage]`` (``data-state`` loading, ready or
-error; ``data-period`` once ready), ``usage-totals``, ``usage-budgets``, ``usage-top``; the
-period selector carries the CSS class ``usage-period``.
+error; ``data-period`` once ready), ``usage-totals``, ``usage-budgets``, ``usage-top``,
+``usage-operator-link`` (only for a user who may read everyone's usage); the period selector
+carries the CSS class ``usage-period``.
 """
 
 from __future__ import annotations
@@ -217,6 +218,17 @@ def render_totals(summary: dict[str, Any]) -> str:
     return f'<div class="ous ous-grid" data-testid="usage-totals">{cards}{table}</div>'
 
 
+def render_operator(url: str | None) -> str:
+    """A link to the operator's dashboard, for a user who may read everyone's usage."""
+    if not url:
+        return ""
+    return (
+        '<p class="ous ous-sub">You may read everyone\'s usage: '
+        f'<a data-testid="usage-operator-link" href="{_e(url)}" target="_blank" rel="noopener">'
+        "Operator's dashboard</a> (users, servers, budgets, top spenders).</p>"
+    )
+
+
 def render_budgets(budgets: list[dict[str, Any]]) -> str:
     if not budgets:
         body = '<p class="ous-sub">No budget bounds you.</p>'
@@ -302,6 +314,7 @@ class UsagePanel(pn.viewable.Viewer):
         self._totals = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._budgets = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._top = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+        self._operator = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._charts = pn.GridBox(ncols=2, sizing_mode="stretch_width")
         self._select = pn.widgets.RadioButtonGroup(
             options=PERIODS, value=self.period, css_classes=["usage-period"]
@@ -322,6 +335,7 @@ class UsagePanel(pn.viewable.Viewer):
                 sizing_mode="stretch_width",
             ),
             self._state,
+            self._operator,
             self._totals,
             self._budgets,
             self._charts,
@@ -345,6 +359,7 @@ class UsagePanel(pn.viewable.Viewer):
         df = frame(data.get("events") or {})
         per = buckets(df, self.period)
         budgets = data.get("budgets") or []
+        self._operator.object = render_operator(data.get("operator_dashboard"))
         self._totals.object = render_totals(data.get("summary") or {})
         self._budgets.object = render_budgets(budgets)
         self._top.object = render_top(top_items(df))

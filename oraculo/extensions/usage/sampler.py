@@ -218,6 +218,19 @@ class KernelSampler(LoggingConfigurable):
 
     # --- what the Usage panel shows ----------------------------------------------------------
 
+    async def _operator(self) -> str | None:
+        """The operator's dashboard's address when this user may read everyone's usage: the
+        model service answers its operator-only list of every budget to the server's token (whose
+        usage read-all scope the hub keeps only for users who hold it themselves); else None."""
+        assert self.models is not None
+        try:
+            await self.models.request("GET", "v1/budgets")
+        except ModelServiceError as e:
+            if e.status == 403:
+                return None
+            raise
+        return os.environ.get("JUPYTERHUB_BASE_URL", "/") + DASHBOARD_PATH
+
     async def overview(self, period: str) -> dict[str, Any]:
         """This user's usage this ``period`` (day, week or month): totals per unit and model,
         budgets with what is used and when they reset, and the period's usage rows."""
@@ -227,10 +240,16 @@ class KernelSampler(LoggingConfigurable):
             raise Unavailable("No model service is configured for this server.")
         await self.report()
         models = self.models
+        # the user's own usage, named: an operator's server token may read everyone's, and
+        # without a name the model service would answer everyone's totals
+        mine = {"period": period}
+        if os.environ.get("JUPYTERHUB_USER"):
+            mine["user"] = os.environ["JUPYTERHUB_USER"]
         try:
-            summary, budget = await asyncio.gather(
-                models.request("GET", "v1/usage/summary", params={"period": period}),
+            summary, budget, operator = await asyncio.gather(
+                models.request("GET", "v1/usage/summary", params=mine),
                 models.request("GET", "v1/budget"),
+                self._operator(),
             )
             since = summary.json().get("since")
             events = await models.request(
@@ -240,10 +259,16 @@ class KernelSampler(LoggingConfigurable):
             raise _refusal(e) from e
         return {
             "period": period,
+            "operator_dashboard": operator,
             "summary": summary.json(),
             "budgets": budget.json().get("data", []),
             "events": {k: events.json()[k] for k in ("columns", "rows", "truncated")},
         }
+
+
+#: The operator's dashboard, under the hub's base URL (the hub service ``usage-dashboard``:
+#: oraculo.hub.config.DASHBOARD).
+DASHBOARD_PATH = "services/usage-dashboard/"
 
 
 def _refusal(error: OraculoError) -> OraculoError:

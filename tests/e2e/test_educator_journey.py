@@ -1,19 +1,20 @@
 """The educator's journey in Chromium against a real hub (model service loaded), with a
 screenshot per step under test-artifacts/educator-*.png.
 
-An instructor (approved by the hub's admin) gets a cohort and invites two students: one signs up
-with the invitation link and is in at once, the other asks to join and is refused until the
-instructor approves → the cohort's folder is in the students' homes → the instructor starts an
-exam window: a student's chat is refused with a message naming the cohort while code still runs
-→ the window ends and chat answers again, nothing restarted → the instructor releases an nbgrader
-assignment from the Cohort panel (its tile in the instructor's launcher only); a student fetches
-it into their home, completes it and submits it → the instructor collects and autogrades it and
-sees the score in the Cohort panel, next to the cohort's AI use this week.
+An instructor (approved by the hub's admin, who puts her in the ``instructors`` group) makes a
+cohort and invites two students: one signs up with the invitation link and is in at once, the
+other asks to join and is refused until the instructor approves → the cohort's folder is in the
+students' homes → the instructor starts an exam window in her Cohort panel (where a bad token
+limit is refused, saying why): a student's chat is refused with a message naming the cohort
+while code still runs → she ends the window in the panel and chat answers again, nothing
+restarted → the instructor releases an nbgrader assignment from the Cohort panel (its tile in
+the instructor's launcher only); a student fetches it into their home, completes it and submits
+it → the instructor collects and autogrades it and sees the score in the Cohort panel, next to
+the cohort's AI use this week.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -36,7 +37,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(1200)]
 
 VIEW = {"width": 1200, "height": 900}
 
@@ -132,10 +133,15 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
             r = await admin.client.http.get(f"/hub/authorize/{ivy_name}")
             assert r.status_code == 302, r.status_code
             ivy = await signed_in_user(hub, ivy_name, course.clients)
+            # the admin makes her an instructor (the operator's instructors group); she then
+            # makes the cohort herself and is its instructor
             r = await admin.api(
-                "POST", "/hub/api/cohorts", json={"name": group, "instructors": [ivy_name]}
+                "POST", "/hub/api/groups/instructors/users", json={"users": [ivy_name]}
             )
+            assert r.status_code == 200, r.text
+            r = await ivy.api("POST", "/hub/api/cohorts", json={"name": group})
             assert r.status_code == 201, r.text
+            assert r.json()["instructors"] == [ivy_name], r.text
             r = await ivy.api("POST", f"/hub/api/cohorts/{group}/invitations")
             assert r.status_code == 201, r.text
             invite_url = hub.url + r.json()["url"]
@@ -177,18 +183,32 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
                 r = await person.api("GET", f"/user/{person.name}/api/contents/shared")
                 assert group in [c["name"] for c in r.json()["content"]], r.text
 
-            # 4.-5. an exam window: ana's chat is refused with the message, code still runs
+            # 4.-5. the instructor starts an exam window in her Cohort panel (a bad token limit
+            # is refused there first, saying why); ana's chat is refused, code still runs
             assert (await server_chat(ana)).status_code == 200
-            now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
-            window = {
-                "start": (now - dt.timedelta(minutes=5)).isoformat(),
-                "end": (now + dt.timedelta(minutes=30)).isoformat(),
-                "timezone": "UTC",
-            }
-            r = await ivy.api(
-                "PUT", f"/hub/api/cohorts/{group}/policy", json={"exam_windows": [window]}
-            )
-            assert r.status_code == 200, r.text
+            async with signed_in_panel(ivy, "cohort", VIEW) as panel:
+                root = panel.page.get_by_test_id("oraculo-cohort")
+                await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
+                said = panel.page.get_by_test_id("cohort-policy-message")
+                await panel.page.locator(".cohort-policy-tokens input").fill("-5")
+                await panel.page.locator(".cohort-policy-tokens input").press("Enter")
+                await panel.page.locator(".cohort-policy-save button").click()
+                await expect(said).to_have_attribute("data-ok", "false", timeout=60_000)
+                await expect(said).to_contain_text("tokens_per_day")
+                await snap(panel.page, "instructor-policy-invalid")
+                await panel.page.locator(".cohort-policy-tokens input").fill("")
+                await panel.page.locator(".cohort-policy-tokens input").press("Enter")
+                await panel.page.locator(".cohort-exam-minutes input").fill("30")
+                await panel.page.locator(".cohort-exam-start button").click()
+                await expect(said).to_have_attribute("data-ok", "true", timeout=60_000)
+                policy = panel.page.get_by_test_id("cohort-policy")
+                await expect(policy).to_have_attribute("data-ai", "false", timeout=60_000)
+                await expect(policy).to_contain_text("exam")
+                await snap(panel.page, "instructor-started-exam-window")
+                assert not panel.offsite(), panel.offsite()
+            r = await ivy.api("GET", f"/hub/api/cohorts/{group}/policy")
+            assert len(r.json()["policy"]["exam_windows"]) == 1, r.text
+            assert r.json()["policy"]["tokens_per_day"] is None, r.text
 
             async def refused() -> bool:
                 return (await server_chat(ana)).status_code == 403
@@ -211,9 +231,18 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
                 await expect(panel.page.get_by_test_id("chat-error")).to_contain_text("exam window")
                 await snap(panel.page, "student-chat-refused-in-exam")
 
-            # 6. the window ends: chat answers again without any restart
-            r = await ivy.api("PUT", f"/hub/api/cohorts/{group}/policy", json={"exam_windows": []})
-            assert r.status_code == 200, r.text
+            # 6. the instructor ends the window in her panel: chat answers again, no restart
+            async with signed_in_panel(ivy, "cohort", VIEW) as panel:
+                root = panel.page.get_by_test_id("oraculo-cohort")
+                await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
+                await panel.page.locator(".cohort-exam-end button").click()
+                said = panel.page.get_by_test_id("cohort-policy-message")
+                await expect(said).to_have_attribute("data-ok", "true", timeout=60_000)
+                policy = panel.page.get_by_test_id("cohort-policy")
+                await expect(policy).to_have_attribute("data-ai", "true", timeout=60_000)
+                await snap(panel.page, "instructor-ended-exam-window")
+            r = await ivy.api("GET", f"/hub/api/cohorts/{group}/policy")
+            assert r.json()["policy"]["exam_windows"] == [], r.text
 
             async def answers() -> bool:
                 return (await server_chat(ana)).status_code == 200

@@ -9,7 +9,7 @@ so the raw ``/hub/api/groups`` writes stay admins'; the handlers here check who 
 
 ===========================================================  =========================  ======
 ``GET  /hub/api/cohorts``                                     the cohorts you manage     any
-``POST /hub/api/cohorts`` ``{name, instructors, policy?}``    make a cohort              admin
+``POST /hub/api/cohorts`` ``{name, instructors, policy?}``    make a cohort              admin+
 ``GET  /hub/api/cohorts/<c>``                                 members, servers, policy   read
 ``GET|PUT /hub/api/cohorts/<c>/policy``                       the AI policy              manage
 ``POST|DELETE /hub/api/cohorts/<c>/members`` ``{users}``      join/leave, applied live   manage
@@ -19,6 +19,9 @@ so the raw ``/hub/api/groups`` writes stay admins'; the handlers here check who 
 ``PUT /hub/api/cohorts/<c>/lti`` ``{contexts}``               LMS courses of the cohort  admin
 ``POST /hub/api/cohorts/join`` ``{code}``                     join by invitation         self
 ===========================================================  =========================  ======
+
++ or a member of the operator's ``instructors`` group (``custom:oraculo:cohorts:create``): a
+new cohort (not an existing group) with themselves as its only instructor.
 
 Errors are ``{"status", "message", "reason", "type"}`` with the right status.
 """
@@ -39,6 +42,9 @@ from tornado import web
 from oraculo.hub import cohorts
 from oraculo.hub.cohort_page import page_handlers
 from oraculo.policy import CohortPolicy, combine
+
+#: Held by the operator's ``instructors`` role (oraculo.hub.config): make a cohort, teach it.
+CREATE_SCOPE = "custom:oraculo:cohorts:create"
 
 
 class CohortIn(BaseModel):
@@ -180,9 +186,31 @@ class CohortListHandler(CohortAPIHandler):
                 out.append(self.cohort_model(group, full=False))
         self.finish(json.dumps({"cohorts": out}))
 
-    @needs_scope("admin:groups")
     async def post(self) -> None:
+        """Admins make any cohort with any instructors; a holder of
+        ``custom:oraculo:cohorts:create`` (the ``instructors`` group's role) makes a new one
+        whose only instructor is themselves."""
+        if self.current_user is None:
+            raise web.HTTPError(403, "Missing or invalid credentials.")
+        by_creator = not self.by_admin
+        if by_creator and not has_scope(CREATE_SCOPE, self.parsed_scopes, db=self.db):
+            raise cohorts.CohortError(
+                403, "Only admins and instructors may make a cohort.", "forbidden"
+            )
         body = self.parse(CohortIn)
+        if by_creator:
+            me = self.current_user.name
+            if getattr(self.current_user, "kind", "") != "user":
+                raise cohorts.CohortError(403, "Only a user can make a cohort.", "forbidden")
+            if any(self.authenticator.normalize_username(n) != me for n in body.instructors):
+                raise cohorts.CohortError(
+                    403, "You may make a cohort with yourself as instructor only.", "forbidden"
+                )
+            if orm.Group.find(self.db, name=body.name) is not None:
+                raise cohorts.CohortError(
+                    409, f"A group named {body.name} exists already.", "cohort_exists"
+                )
+            body.instructors = [me]
         instructors = self.users_named(body.instructors)
         group = cohorts.create(self.db, body.name, instructors, body.policy)
         self.log.info("Cohort %s created with instructors %s", group.name, body.instructors)

@@ -56,6 +56,9 @@ CUSTOM_SCOPES = {
     "custom:oraculo:cohorts:manage": {
         "description": "Change a cohort through /hub/api/cohorts (its instructors, !group=).",
     },
+    "custom:oraculo:cohorts:create": {
+        "description": "Make a new cohort through /hub/api/cohorts and become its instructor.",
+    },
 }
 
 #: What a user's server token may do: the JupyterHub defaults, reaching the model service, and
@@ -73,6 +76,9 @@ SERVER_TOKEN_SCOPES = [
     # the owner's own permissions, so it is read:groups!group=<cohort> for an instructor
     # (oraculo.hub.cohorts) and nothing for anyone else.
     "read:groups",
+    # Likewise the Cohort panel's policy editor: intersected with the owner's permissions,
+    # custom:oraculo:cohorts:manage!group=<cohort> for an instructor, nothing for a student.
+    "custom:oraculo:cohorts:manage",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -179,6 +185,13 @@ class OraculoHub(LoggingConfigurable):
         config=True,
         help="""Hub admins. Default ORACULO_ADMIN_USERS (comma separated), else {'admin'}
         with the native authenticator and none with the others.""",
+    )
+    instructors_group = Unicode(
+        config=True,
+        help="""Members of this hub group may make cohorts (POST /hub/api/cohorts) and become
+        their instructors (role oraculo-instructors, scope custom:oraculo:cohorts:create); an
+        admin adds people to it. Default ORACULO_INSTRUCTORS_GROUP or `instructors`; empty:
+        only admins make cohorts.""",
     )
     open_signup = Bool(
         config=True,
@@ -350,6 +363,10 @@ class OraculoHub(LoggingConfigurable):
         )
         return {n.strip() for n in names.split(",") if n.strip()}
 
+    @default("instructors_group")
+    def _default_instructors_group(self) -> str:
+        return os.environ.get("ORACULO_INSTRUCTORS_GROUP", "instructors")
+
     @default("open_signup")
     def _default_open_signup(self) -> bool:
         return os.environ.get("ORACULO_OPEN_SIGNUP", "0") == "1"
@@ -414,6 +431,15 @@ class OraculoHub(LoggingConfigurable):
                 "users": sorted(self.admin_users),
             },
         ]
+        if self.instructors_group:
+            roles.append(
+                {
+                    "name": "oraculo-instructors",
+                    "description": "May make cohorts and becomes their instructor.",
+                    "scopes": ["custom:oraculo:cohorts:create"],
+                    "groups": [self.instructors_group],
+                }
+            )
         if self.slack:
             # every user may open the Slack app's link and settings pages (hub OAuth)
             roles[0]["scopes"].append("access:services!service=slack")

@@ -1,29 +1,36 @@
 """The educator's journey in Chromium against a real hub (model service loaded), with a
 screenshot per step under test-artifacts/educator-*.png.
 
-An instructor (approved by the hub's admin) gets a cohort and invites two students: one signs up
-with the invitation link and is in at once, the other asks to join and is refused until the
-instructor approves → the cohort's folder is in the students' homes → the instructor starts an
-exam window: a student's chat is refused with a message naming the cohort while code still runs
-→ the window ends and chat answers again, nothing restarted → the instructor releases an nbgrader
-assignment from the Cohort panel (its tile in the instructor's launcher only); a student fetches
-it into their home, completes it and submits it → the instructor collects and autogrades it and
-sees the score in the Cohort panel, next to the cohort's AI use this week.
+An instructor (approved by the hub's admin, who puts her in the ``instructors`` group) makes a
+cohort and invites two students: one signs up with the invitation link and is in at once, the
+other asks to join and is refused until the instructor approves → the cohort's folder is in the
+students' homes, its material read-only for them (as root, where the hub runs in system-users
+mode) → the instructor starts an exam window in her Cohort panel (where a bad token
+limit is refused, saying why): a student's chat is refused with a message naming the cohort
+while code still runs → she ends the window in the panel and chat answers again, nothing
+restarted → the instructor releases an nbgrader assignment from the Cohort panel (its tile in
+the instructor's launcher only); a student fetches it into their home, completes it and submits
+it → the instructor collects and autogrades it and sees the score in the Cohort panel, next to
+the cohort's AI use this week.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import os
 import re
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from oraculo.hub.groups import group_slug
 from tests.cohorts import ASSIGNMENT, complete, write_source
 from tests.harness import (
     ADMIN_PASSWORD,
@@ -36,9 +43,15 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(1200)]
 
 VIEW = {"width": 1200, "height": 900}
+
+
+#: As root (as CI runs) the journey's hub gives each user an OS account (system-users mode), so
+#: the course material is read-only for students in fact; otherwise one account for all
+#: (process mode), where nothing can be read-only and that step is left out.
+AS_ROOT = os.geteuid() == 0
 
 
 @dataclass
@@ -46,16 +59,28 @@ class Course:
     hub: HubProcess
     admin: User
     clients: list[HubClient]
+    #: hub users and groups the journey made, whose OS accounts and groups go at the end
+    users: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
 async def course(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Course]:
+    top = Path(f"/tmp/oraculo-educator-{uuid.uuid4().hex[:6]}")  # other accounts traverse /tmp
+    env = {"ORACULO_OPEN_SIGNUP": "0"}
+    if AS_ROOT:
+        env["ORACULO_GROUPS_DIR"] = str(top / "groups")
+        env["ORACULO_EXCHANGE_DIR"] = str(top / "exchange")
     hub = HubProcess(
-        tmp_path_factory.mktemp("hub-educator"), models=True, env={"ORACULO_OPEN_SIGNUP": "0"}
+        tmp_path_factory.mktemp("hub-educator"),
+        models=True,
+        spawner="system-users" if AS_ROOT else "process",
+        env=env,
     )
     await hub.start()
     admin_client = HubClient(hub)
     clients = [admin_client]
+    made = Course(hub, None, clients)  # type: ignore[arg-type]
     try:
 
         async def models_loaded() -> bool:
@@ -65,12 +90,18 @@ async def course(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cour
 
         await wait_for(models_loaded, 180, "the hub's model service to load", 0.25)
         await admin_client.login("admin", ADMIN_PASSWORD)
-        admin = User("admin", await admin_client.token("admin"), admin_client)
-        yield Course(hub, admin, clients)
+        made.admin = User("admin", await admin_client.token("admin"), admin_client)
+        yield made
     finally:
         for c in reversed(clients):
             await c.aclose()
         hub.stop()
+        if AS_ROOT:
+            for name in made.users:
+                subprocess.run(["userdel", "--remove", f"jupyter-{name}"], capture_output=True)
+            for g in made.groups:
+                subprocess.run(["groupdel", f"oraculo-{group_slug(g)}"], capture_output=True)
+            shutil.rmtree(top, ignore_errors=True)
 
 
 async def sign_up_in_browser(page: Page, url: str, name: str) -> str:
@@ -97,6 +128,13 @@ async def signed_in_user(hub: HubProcess, name: str, clients: list[HubClient]) -
     clients.append(client)
     await client.login(name)
     return User(name, await client.token(name), client)
+
+
+async def run_code(user: User, code: str) -> dict[str, Any]:
+    """``code`` in a new kernel of ``user``'s (as their OS account in system-users mode)."""
+    kernel = await user.start_kernel()
+    out: dict[str, Any] = await user.execute(kernel, code)
+    return out
 
 
 async def server_chat(user: User) -> httpx.Response:
@@ -127,15 +165,22 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
             # 1. the instructor signs up; the hub's admin approves her; her cohort is made
             page = await browser.new_page(viewport=VIEW)
             ivy_name = f"ivy{tag}"
+            course.users += [ivy_name, f"ana{tag}", f"ben{tag}"]
+            course.groups += [group, f"{group}/instructors", "instructors"]
             said = await sign_up_in_browser(page, f"{hub.url}/hub/signup", ivy_name)
             assert "admin" in said, said
             r = await admin.client.http.get(f"/hub/authorize/{ivy_name}")
             assert r.status_code == 302, r.status_code
             ivy = await signed_in_user(hub, ivy_name, course.clients)
+            # the admin makes her an instructor (the operator's instructors group); she then
+            # makes the cohort herself and is its instructor
             r = await admin.api(
-                "POST", "/hub/api/cohorts", json={"name": group, "instructors": [ivy_name]}
+                "POST", "/hub/api/groups/instructors/users", json={"users": [ivy_name]}
             )
+            assert r.status_code == 200, r.text
+            r = await ivy.api("POST", "/hub/api/cohorts", json={"name": group})
             assert r.status_code == 201, r.text
+            assert r.json()["instructors"] == [ivy_name], r.text
             r = await ivy.api("POST", f"/hub/api/cohorts/{group}/invitations")
             assert r.status_code == 201, r.text
             invite_url = hub.url + r.json()["url"]
@@ -172,23 +217,58 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
             await snap(page, "student-approved-signed-in")
             await page.close()
 
-            # 3. the cohort's folder is in the students' homes
+            # 3. the cohort's folder is in the students' homes; its material, which the
+            # instructor writes, is read-only for them (as their own OS accounts, as root)
             for person in (ana, ben):
                 r = await person.api("GET", f"/user/{person.name}/api/contents/shared")
                 assert group in [c["name"] for c in r.json()["content"]], r.text
+            if AS_ROOT:
+                week1 = f"(pathlib.Path.home() / 'shared' / {group!r} / 'material' / 'week1.md')"
+                out = await run_code(ivy, f"import pathlib\n{week1}.write_text('Week 1: cells')")
+                assert out["error"] is None, out
+                out = await run_code(ben, f"import pathlib\nprint({week1}.read_text())")
+                assert out["stdout"] == "Week 1: cells\n", out
+                for code in (
+                    f"import pathlib\n{week1}.write_text('mine now')",
+                    f"import pathlib\n{week1}.with_name('answers.md').write_text('x')",
+                ):
+                    out = await run_code(ben, code)
+                    assert out["error"] and out["error"]["name"] == "PermissionError", out
+                r = await ben.api(
+                    "PUT",
+                    f"/user/{ben.name}/api/contents/shared/{group}/material/mine.md",
+                    json={"type": "file", "format": "text", "content": "x"},
+                )
+                assert r.status_code >= 400, r.text
+                out = await run_code(ben, f"import pathlib\nprint({week1}.read_text())")
+                assert out["stdout"] == "Week 1: cells\n", out
 
-            # 4.-5. an exam window: ana's chat is refused with the message, code still runs
+            # 4.-5. the instructor starts an exam window in her Cohort panel (a bad token limit
+            # is refused there first, saying why); ana's chat is refused, code still runs
             assert (await server_chat(ana)).status_code == 200
-            now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
-            window = {
-                "start": (now - dt.timedelta(minutes=5)).isoformat(),
-                "end": (now + dt.timedelta(minutes=30)).isoformat(),
-                "timezone": "UTC",
-            }
-            r = await ivy.api(
-                "PUT", f"/hub/api/cohorts/{group}/policy", json={"exam_windows": [window]}
-            )
-            assert r.status_code == 200, r.text
+            async with signed_in_panel(ivy, "cohort", VIEW) as panel:
+                root = panel.page.get_by_test_id("oraculo-cohort")
+                await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
+                said = panel.page.get_by_test_id("cohort-policy-message")
+                await panel.page.locator(".cohort-policy-tokens input").fill("-5")
+                await panel.page.locator(".cohort-policy-tokens input").press("Enter")
+                await panel.page.locator(".cohort-policy-save button").click()
+                await expect(said).to_have_attribute("data-ok", "false", timeout=60_000)
+                await expect(said).to_contain_text("tokens_per_day")
+                await snap(panel.page, "instructor-policy-invalid")
+                await panel.page.locator(".cohort-policy-tokens input").fill("")
+                await panel.page.locator(".cohort-policy-tokens input").press("Enter")
+                await panel.page.locator(".cohort-exam-minutes input").fill("30")
+                await panel.page.locator(".cohort-exam-start button").click()
+                await expect(said).to_have_attribute("data-ok", "true", timeout=60_000)
+                policy = panel.page.get_by_test_id("cohort-policy")
+                await expect(policy).to_have_attribute("data-ai", "false", timeout=60_000)
+                await expect(policy).to_contain_text("exam")
+                await snap(panel.page, "instructor-started-exam-window")
+                assert not panel.offsite(), panel.offsite()
+            r = await ivy.api("GET", f"/hub/api/cohorts/{group}/policy")
+            assert len(r.json()["policy"]["exam_windows"]) == 1, r.text
+            assert r.json()["policy"]["tokens_per_day"] is None, r.text
 
             async def refused() -> bool:
                 return (await server_chat(ana)).status_code == 403
@@ -211,9 +291,18 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
                 await expect(panel.page.get_by_test_id("chat-error")).to_contain_text("exam window")
                 await snap(panel.page, "student-chat-refused-in-exam")
 
-            # 6. the window ends: chat answers again without any restart
-            r = await ivy.api("PUT", f"/hub/api/cohorts/{group}/policy", json={"exam_windows": []})
-            assert r.status_code == 200, r.text
+            # 6. the instructor ends the window in her panel: chat answers again, no restart
+            async with signed_in_panel(ivy, "cohort", VIEW) as panel:
+                root = panel.page.get_by_test_id("oraculo-cohort")
+                await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
+                await panel.page.locator(".cohort-exam-end button").click()
+                said = panel.page.get_by_test_id("cohort-policy-message")
+                await expect(said).to_have_attribute("data-ok", "true", timeout=60_000)
+                policy = panel.page.get_by_test_id("cohort-policy")
+                await expect(policy).to_have_attribute("data-ai", "true", timeout=60_000)
+                await snap(panel.page, "instructor-ended-exam-window")
+            r = await ivy.api("GET", f"/hub/api/cohorts/{group}/policy")
+            assert r.json()["policy"]["exam_windows"] == [], r.text
 
             async def answers() -> bool:
                 return (await server_chat(ana)).status_code == 200

@@ -438,3 +438,52 @@ async def test_sign_up_approved_by_the_cohort_instructor(tmp_path: Path) -> None
         await student_client.aclose()
         await client.aclose()
         hub.stop()
+
+
+async def test_members_of_the_instructors_group_make_their_own_cohorts(
+    hub: HubProcess, admin: User
+) -> None:
+    """The operator's ``instructors`` group (role oraculo-instructors,
+    ``custom:oraculo:cohorts:create``): its members make new cohorts and teach them; a plain
+    user is refused, and a creator can neither name other instructors nor take over a group."""
+    client = HubClient(hub)
+    tag = uuid.uuid4().hex[:5]
+    try:
+        ina, pat, sid = [await new_user(client, f"{k}{tag}") for k in ("ina", "pat", "sid")]
+        mine, theirs = f"mk-{tag}", f"mk-other-{tag}"
+
+        # a plain user may not make a cohort
+        assert_error(await pat.api("POST", "/hub/api/cohorts", json={"name": mine}), 403)
+        # the admin puts ina in the instructors group; she makes one and is its instructor
+        r = await admin.api("POST", "/hub/api/groups/instructors/users", json={"users": [ina.name]})
+        assert r.status_code == 200, r.text
+        assert_error(
+            await ina.api(
+                "POST", "/hub/api/cohorts", json={"name": mine, "instructors": [sid.name]}
+            ),
+            403,
+            "forbidden",
+        )
+        r = await ina.api("POST", "/hub/api/cohorts", json={"name": mine})
+        assert r.status_code == 201, r.text
+        assert r.json()["instructors"] == [ina.name], r.text
+        # an existing group (here a cohort the admin made) is not hers to take
+        await make_cohort(admin, theirs, [sid.name])
+        assert_error(
+            await ina.api("POST", "/hub/api/cohorts", json={"name": theirs}), 409, "cohort_exists"
+        )
+        assert_error(await ina.api("POST", "/hub/api/cohorts", json={"name": "instructors"}), 409)
+        # she manages hers, not the other; a plain user's token touches neither
+        r = await ina.api("PUT", f"/hub/api/cohorts/{mine}/policy", json={"ai": False})
+        assert r.status_code == 200, r.text
+        assert_error(
+            await ina.api("PUT", f"/hub/api/cohorts/{theirs}/policy", json={"ai": False}), 403
+        )
+        assert_error(
+            await pat.api("PUT", f"/hub/api/cohorts/{mine}/policy", json={"ai": True}), 403
+        )
+        assert_error(await pat.api("GET", f"/hub/api/cohorts/{mine}"), 403)
+        r = await admin.api("GET", f"/hub/api/cohorts/{mine}")
+        assert r.json()["instructors"] == [ina.name] and r.json()["policy"]["ai"] is False
+    finally:
+        await client.aclose()

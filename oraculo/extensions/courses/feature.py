@@ -11,6 +11,7 @@ from oraculo.extensions.base.feature import Feature
 from oraculo.extensions.courses.handlers import (
     AssignmentStepHandler,
     CourseHandler,
+    CoursePolicyHandler,
     CourseRosterHandler,
     CoursesHandler,
     CourseUsageHandler,
@@ -41,6 +42,7 @@ class CoursesFeature(Feature):
             (rf"/api/v1/courses/({_NAME})", CourseHandler),
             (rf"/api/v1/courses/({_NAME})/usage", CourseUsageHandler),
             (rf"/api/v1/courses/({_NAME})/roster", CourseRosterHandler),
+            (rf"/api/v1/courses/({_NAME})/policy", CoursePolicyHandler),
             (
                 rf"/api/v1/courses/({_NAME})/assignments/({_NAME})/({_NAME})",
                 AssignmentStepHandler,

@@ -7,6 +7,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from oraculo.extensions.base.handlers import OraculoAPIHandler
+from oraculo.extensions.courses.models import PolicyIn
 
 
 class CoursesHandler(OraculoAPIHandler):
@@ -30,6 +31,17 @@ class CourseRosterHandler(OraculoAPIHandler):
     @authorized
     async def get(self, cohort: str) -> None:
         self.finish(await self.feature("courses").service.roster(cohort))
+
+
+class CoursePolicyHandler(OraculoAPIHandler):
+    @web.authenticated
+    @authorized
+    async def put(self, cohort: str) -> None:
+        self.finish(
+            await self.feature("courses").service.set_policy(
+                cohort, self.parse_body(PolicyIn).model_dump()
+            )
+        )
 
 
 class CourseHandler(OraculoAPIHandler):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 #: What an instructor does to an assignment, then what a student does.
 INSTRUCTOR_ACTIONS = ("release", "collect", "autograde", "feedback")
@@ -58,3 +58,10 @@ class CourseView(BaseModel):
     instructor: bool
     course_dir: str
     assignments: list[Assignment]
+
+
+class PolicyIn(BaseModel):
+    """A cohort's AI policy as the Cohort panel sends it; the hub validates its fields
+    (:class:`oraculo.policy.CohortPolicy`) and its 400 message reaches the panel."""
+
+    model_config = ConfigDict(extra="allow")

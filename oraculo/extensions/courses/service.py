@@ -258,6 +258,38 @@ class CourseService(LoggingConfigurable):
             k: data.get(k) for k in ("name", "instructors", "members", "pending", "policy", "now")
         }
 
+    async def set_policy(self, cohort: str, policy: Any) -> dict[str, Any]:
+        """Set the cohort's AI policy in the hub (``PUT /hub/api/cohorts/<c>/policy``) with this
+        server's hub token, which holds ``custom:oraculo:cohorts:manage`` only for the cohorts
+        its owner teaches; the hub validates it and its 400 message is passed on."""
+        if not self.is_instructor(cohort):
+            raise Forbidden(f"Only cohort {cohort}'s instructor may set its AI policy.")
+        if not isinstance(policy, dict):
+            raise BadRequest("The policy must be a JSON object.")
+        api = os.environ.get("JUPYTERHUB_API_URL", "").rstrip("/")
+        if not api:
+            raise Unavailable("This server runs without a hub.")
+        headers = {"Authorization": f"token {server_token()}"}
+        url = f"{api}/cohorts/{quote(cohort, safe='')}/policy"
+        try:
+            async with httpx.AsyncClient(timeout=15, trust_env=False) as client:
+                r = await client.put(url, headers=headers, json=policy)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"The hub did not answer ({type(e).__name__}).") from e
+        try:
+            data: dict[str, Any] = r.json()
+        except ValueError:
+            data = {}
+        if r.status_code == 400:
+            raise BadRequest(str(data.get("message") or "The hub refused the policy."))
+        if r.status_code == 404:
+            raise NotFound(f"The hub has no cohort {cohort}.")
+        if r.status_code >= 400:
+            raise Forbidden(
+                f"The hub refused to set cohort {cohort}'s policy (HTTP {r.status_code})."
+            )
+        return {"policy": data.get("policy"), "now": data.get("now")}
+
     async def usage(self, cohort: str, models: Any) -> dict[str, Any]:
         """The cohort's AI use this week, from the model service (instructors only)."""
         self._exchange(cohort)

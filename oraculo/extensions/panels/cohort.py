@@ -18,13 +18,19 @@ or error; ``data-cohort`` once ready), ``cohort-assignments`` (one ``tr[data-ass
 each), ``cohort-scores`` (one ``tr[data-student]`` each, ``data-score``), ``cohort-members`` (one
 ``tr[data-member]`` each, ``data-server``), ``cohort-pending``, ``cohort-policy`` (``data-ai``),
 ``cohort-usage``
-and ``cohort-message``; buttons carry the CSS class ``cohort-<step>``.
+and ``cohort-message``; buttons carry the CSS class ``cohort-<step>``. The instructor's policy
+editor (``PUT api/v1/courses/<cohort>/policy``, which the server passes to the hub with its
+token) has ``cohort-policy-ai``, ``cohort-policy-models``, ``cohort-policy-tokens``,
+``cohort-policy-save``, ``cohort-exam-minutes``, ``cohort-exam-start`` and ``cohort-exam-end``
+(CSS classes) and ``cohort-policy-message`` (``data-ok``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import panel as pn
 import param
@@ -75,6 +81,10 @@ class CohortClient(ServerClient):
 
     async def roster(self, cohort: str) -> dict[str, Any]:
         data: dict[str, Any] = await self.request("GET", f"/{cohort}/roster")
+        return data
+
+    async def set_policy(self, cohort: str, policy: dict[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = await self.request("PUT", f"/{cohort}/policy", json=policy)
         return data
 
     async def usage(self, cohort: str) -> dict[str, Any]:
@@ -130,6 +140,61 @@ def usage_chart(df: pl.DataFrame) -> Any:
     )
     fig.y_range.start = 0  # type: ignore[attr-defined]
     return fig
+
+
+# --- the policy editor -------------------------------------------------------------------------
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _window_bounds(w: dict[str, Any]) -> tuple[dt.datetime, dt.datetime] | None:
+    try:
+        zone = ZoneInfo(str(w.get("timezone") or "UTC"))
+        start = dt.datetime.fromisoformat(str(w["start"]))
+        end = dt.datetime.fromisoformat(str(w["end"]))
+    except (KeyError, ValueError, ZoneInfoNotFoundError):
+        return None
+    aware = [t if t.tzinfo else t.replace(tzinfo=zone) for t in (start, end)]
+    return aware[0], aware[1]
+
+
+def with_exam_now(policy: dict[str, Any], minutes: int) -> dict[str, Any]:
+    """``policy`` plus an exam window from now for ``minutes`` (UTC)."""
+    now = _utc_now().replace(tzinfo=None)
+    window = {
+        "start": now.isoformat(),
+        "end": (now + dt.timedelta(minutes=minutes)).isoformat(),
+        "timezone": "UTC",
+    }
+    return {**policy, "exam_windows": [*(policy.get("exam_windows") or []), window]}
+
+
+def without_current_exam(policy: dict[str, Any]) -> dict[str, Any]:
+    """``policy`` without the exam windows open now (later ones stay)."""
+    now = _utc_now()
+    kept = []
+    for w in policy.get("exam_windows") or []:
+        bounds = _window_bounds(w)
+        if bounds is None or not bounds[0] <= now < bounds[1]:
+            kept.append(w)
+    return {**policy, "exam_windows": kept}
+
+
+def edited_policy(policy: dict[str, Any], ai: bool, models: str, tokens: str) -> dict[str, Any]:
+    """``policy`` with the editor's fields: models comma-separated (empty: every model), tokens
+    per student a day (empty: no limit; anything else goes to the hub, which says what is
+    wrong with it)."""
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    text = tokens.strip()
+    limit: Any = None
+    if text:
+        try:
+            limit = int(text)
+        except ValueError:
+            limit = text
+    return {**policy, "ai": ai, "models": names or None, "tokens_per_day": limit}
 
 
 # --- rendering ----------------------------------------------------------------------------------
@@ -261,6 +326,47 @@ class CohortPanel(pn.viewable.Viewer):
         self._roster = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._usage = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._chart = pn.Column(sizing_mode="stretch_width")
+        self._policy: dict[str, Any] = {}
+        self._ai = pn.widgets.Checkbox(name="AI on", value=True, css_classes=["cohort-policy-ai"])
+        self._models = pn.widgets.TextInput(
+            name="Models allowed (comma-separated; empty: all)",
+            value="",
+            width=300,
+            css_classes=["cohort-policy-models"],
+        )
+        self._tokens = pn.widgets.TextInput(
+            name="Tokens per student a day (empty: no limit)",
+            value="",
+            width=260,
+            css_classes=["cohort-policy-tokens"],
+        )
+        save = pn.widgets.Button(
+            name="Save policy", button_type="primary", css_classes=["cohort-policy-save"]
+        )
+        save.on_click(self._on_save_policy)
+        self._minutes = pn.widgets.IntInput(
+            name="Exam minutes", value=60, start=1, width=120, css_classes=["cohort-exam-minutes"]
+        )
+        exam_start = pn.widgets.Button(
+            name="Start exam window now", button_type="warning", css_classes=["cohort-exam-start"]
+        )
+        exam_start.on_click(self._on_exam_start)
+        exam_end = pn.widgets.Button(name="End exam window now", css_classes=["cohort-exam-end"])
+        exam_end.on_click(self._on_exam_end)
+        self._policy_message = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+        self._editor = pn.Column(
+            pn.pane.HTML(
+                '<div class="oco"><h2 style="font:600 12px system-ui;color:#616e7c;'
+                'letter-spacing:.06em;text-transform:uppercase;margin:0">Set the AI policy</h2>'
+                "</div>"
+            ),
+            pn.Row(self._ai, self._models, self._tokens, save, align="end"),
+            pn.Row(self._minutes, exam_start, exam_end, align="end"),
+            self._policy_message,
+            visible=False,
+            sizing_mode="stretch_width",
+            css_classes=["cohort-policy-editor"],
+        )
         refresh = pn.widgets.Button(name="Refresh", button_type="primary", width=100)
         refresh.on_click(self._on_refresh)
         self._layout = pn.Column(
@@ -279,6 +385,7 @@ class CohortPanel(pn.viewable.Viewer):
             pn.Row(self._name, self._buttons, align="end"),
             self._message,
             self._roster,
+            self._editor,
             self._assignments,
             self._scores,
             self._usage,
@@ -340,9 +447,12 @@ class CohortPanel(pn.viewable.Viewer):
         self._scores.object = render_scores(course)
         if course.get("instructor"):
             try:
-                self._roster.object = render_roster(await self._client.roster(self.cohort))
+                roster = await self._client.roster(self.cohort)
+                self._roster.object = render_roster(roster)
+                self._show_policy(roster.get("policy") or {})
             except ServerAPIError as e:
                 self._roster.object = render_roster({}, str(e))
+                self._editor.visible = False
             try:
                 df = usage_frame((await self._client.usage(self.cohort)).get("summary") or {})
                 self._usage.object = render_usage(df)
@@ -380,6 +490,49 @@ class CohortPanel(pn.viewable.Viewer):
             return
         self._say(done, True)
         await self.refresh()
+
+    def _show_policy(self, policy: dict[str, Any]) -> None:
+        self._policy = dict(policy)
+        self._ai.value = bool(policy.get("ai", True))
+        self._models.value = ", ".join(policy.get("models") or [])
+        limit = policy.get("tokens_per_day")
+        self._tokens.value = "" if limit is None else str(limit)
+        self._editor.visible = True
+
+    def _say_policy(self, text: str, ok: bool) -> None:
+        self._policy_message.object = (
+            f'<div class="oco" data-testid="cohort-policy-message" data-ok="{str(ok).lower()}">'
+            f'<p class="{"oco-ok" if ok else "oco-error"}">{_e(text)}</p></div>'
+        )
+
+    async def put_policy(self, policy: dict[str, Any], done: str) -> bool:
+        """Send ``policy`` to the hub (through the server); say what happened in the editor."""
+        try:
+            await self._client.set_policy(self.cohort, policy)
+        except ServerAPIError as e:
+            self._say_policy(str(e), False)
+            return False
+        await self.refresh()
+        self._say_policy(done, True)
+        return True
+
+    async def _on_save_policy(self, event: Any) -> None:
+        policy = edited_policy(
+            self._policy, self._ai.value, self._models.value or "", self._tokens.value or ""
+        )
+        await self.put_policy(policy, "Policy saved.")
+
+    async def _on_exam_start(self, event: Any) -> None:
+        minutes = int(self._minutes.value or 0)
+        if minutes < 1:
+            self._say_policy("An exam window lasts at least a minute.", False)
+            return
+        await self.put_policy(
+            with_exam_now(self._policy, minutes), f"Exam window started for {minutes} min."
+        )
+
+    async def _on_exam_end(self, event: Any) -> None:
+        await self.put_policy(without_current_exam(self._policy), "Exam window ended.")
 
     async def _on_cohort(self, event: Any) -> None:
         if event.new and event.new != self.cohort:

@@ -143,6 +143,7 @@ async def test_another_users_token_is_refused_on_every_endpoint(cohort: Cohort) 
         ("GET", base),
         ("GET", f"{base}/usage"),
         ("GET", f"{base}/roster"),
+        ("PUT", f"{base}/policy"),
         ("POST", f"{base}/assignments/{ASSIGNMENT}/collect"),
         ("POST", f"{base}/assignments/{ASSIGNMENT}/release"),
     ):
@@ -150,3 +151,29 @@ async def test_another_users_token_is_refused_on_every_endpoint(cohort: Cohort) 
             r = await intruder.api(method, path)
             assert r.status_code in (403, 404), (intruder.name, path, r.status_code)
             assert r.status_code != 200
+
+
+async def test_the_policy_editor_endpoint_refuses_what_it_must(cohort: Cohort) -> None:
+    """``PUT api/v1/courses/<c>/policy`` (the Cohort panel's policy editor): bad bodies are 400,
+    a student 403, and a group that is not a hub cohort (here: no cohort API role, so the hub
+    refuses the server's token) a clear 403 with nothing written. The journey sets a real
+    cohort's policy through it."""
+    teacher, ana = cohort.instructor, cohort.students[0]
+    url = f"/user/{teacher.name}/api/v1/courses/{cohort.group}/policy"
+    r = await teacher.api("PUT", url, content=b"{not json")
+    assert r.status_code == 400
+    error_shape(r.json(), "invalid_request")
+    r = await teacher.api("PUT", url, json=["ai", False])
+    assert r.status_code == 400
+    error_shape(r.json(), "invalid_request")
+    r = await ana.api(
+        "PUT", f"/user/{ana.name}/api/v1/courses/{cohort.group}/policy", json={"ai": False}
+    )
+    assert r.status_code == 403
+    error_shape(r.json(), "forbidden")
+    r = await teacher.api("PUT", url, json={"ai": False})
+    assert r.status_code == 403, r.text
+    error_shape(r.json(), "forbidden")
+    assert cohort.group in r.json()["message"]
+    r = await cohort.admin.api("GET", f"/hub/api/groups/{cohort.group}")
+    assert "oraculo_policy" not in r.json()["properties"], r.text

@@ -7,7 +7,8 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from oraculo.extensions.base.handlers import OraculoAPIHandler
-from oraculo.extensions.courses.models import PolicyIn
+from oraculo.extensions.courses.models import ActionResult, CourseView, PolicyIn
+from oraculo.openapi import operation
 
 
 class CoursesHandler(OraculoAPIHandler):
@@ -34,6 +35,7 @@ class CourseRosterHandler(OraculoAPIHandler):
 
 
 class CoursePolicyHandler(OraculoAPIHandler):
+    @operation(summary="Set the cohort's AI policy (its instructors).", request=PolicyIn)
     @web.authenticated
     @authorized
     async def put(self, cohort: str) -> None:
@@ -45,6 +47,9 @@ class CoursePolicyHandler(OraculoAPIHandler):
 
 
 class CourseHandler(OraculoAPIHandler):
+    @operation(
+        summary="The cohort's assignments as the caller sees them.", responses={200: CourseView}
+    )
     @web.authenticated
     @authorized
     async def get(self, cohort: str) -> None:
@@ -53,6 +58,7 @@ class CourseHandler(OraculoAPIHandler):
 
 
 class AssignmentStepHandler(OraculoAPIHandler):
+    @operation(summary="Run one nbgrader step of an assignment.", responses={200: ActionResult})
     @web.authenticated
     @authorized
     async def post(self, cohort: str, assignment: str, step: str) -> None:

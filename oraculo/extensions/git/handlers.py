@@ -8,18 +8,33 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from oraculo.extensions.base.handlers import OraculoAPIHandler
-from oraculo.extensions.git.models import CommitRequest, CredentialRequest
+from oraculo.extensions.git.models import (
+    CommitRequest,
+    CommitResult,
+    Credential,
+    CredentialRequest,
+)
+from oraculo.openapi import operation
 
 
 class CredentialsHandler(OraculoAPIHandler):
     """``GET`` the stored logins (never a password); ``POST`` one (201 new, 200 replaced)."""
 
+    @operation(
+        summary="The stored git logins (never a password).",
+        responses={200: dict[str, list[Credential]]},
+    )
     @web.authenticated
     @authorized
     async def get(self) -> None:
         logins = self.feature("git").service.list_credentials()
         self.finish({"credentials": [c.model_dump() for c in logins]})
 
+    @operation(
+        summary="Store a git login for a host (201 new, 200 replaced).",
+        request=CredentialRequest,
+        responses={200: Credential, 201: Credential},
+    )
     @web.authenticated
     @authorized
     async def post(self) -> None:
@@ -36,6 +51,7 @@ class CredentialsHandler(OraculoAPIHandler):
 class CredentialHandler(OraculoAPIHandler):
     """``DELETE /api/v1/git/credentials/{host}``: forget the login for a host (204)."""
 
+    @operation(summary="Forget the login for a host.", responses={204: None})
     @web.authenticated
     @authorized
     async def delete(self, host: str) -> None:
@@ -47,6 +63,11 @@ class CredentialHandler(OraculoAPIHandler):
 class CommitsHandler(OraculoAPIHandler):
     """``POST /api/v1/git/commits``: commit a file and push its branch (201)."""
 
+    @operation(
+        summary="Commit a file in the home and push its branch.",
+        request=CommitRequest,
+        responses={201: CommitResult},
+    )
     @web.authenticated
     @authorized
     async def post(self) -> None:

@@ -16,8 +16,9 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from oraculo.extensions.base.handlers import OraculoAPIHandler
-from oraculo.extensions.mcp.models import MCPServerRequest
+from oraculo.extensions.mcp.models import MCPServerInfo, MCPServerRequest, MCPToolInfo
 from oraculo.extensions.mcp.service import ACTOR_KEY
+from oraculo.openapi import operation
 
 
 class MCPHandler(OraculoAPIHandler):
@@ -107,12 +108,21 @@ class MCPHandler(OraculoAPIHandler):
 class ServersHandler(OraculoAPIHandler):
     """``GET /api/v1/mcp/servers`` (no secret in it); ``POST`` one (201 new, 200 replaced)."""
 
+    @operation(
+        summary="The MCP servers this user configured (no secret in it).",
+        responses={200: dict[str, list[MCPServerInfo]]},
+    )
     @web.authenticated
     @authorized
     async def get(self) -> None:
         servers = self.feature("mcp").client.servers()
         self.finish({"servers": [s.model_dump() for s in servers]})
 
+    @operation(
+        summary="Add or replace an MCP server (201 new, 200 replaced).",
+        request=MCPServerRequest,
+        responses={200: MCPServerInfo, 201: MCPServerInfo},
+    )
     @web.authenticated
     @authorized
     async def post(self) -> None:
@@ -127,6 +137,7 @@ class ServersHandler(OraculoAPIHandler):
 class ServerHandler(OraculoAPIHandler):
     """``DELETE /api/v1/mcp/servers/{name}`` (204, its token forgotten too)."""
 
+    @operation(summary="Remove an MCP server and forget its token.", responses={204: None})
     @web.authenticated
     @authorized
     async def delete(self, name: str) -> None:
@@ -138,6 +149,10 @@ class ServerHandler(OraculoAPIHandler):
 class ServerToolsHandler(OraculoAPIHandler):
     """``GET /api/v1/mcp/servers/{name}/tools``: connect and list the server's tools."""
 
+    @operation(
+        summary="Connect to an MCP server and list its tools.",
+        responses={200: dict[str, list[MCPToolInfo]]},
+    )
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:

@@ -264,6 +264,18 @@ async def test_the_most_expensive_executions_are_the_users_own(
     assert [e["cpu_seconds"] for e in rows] == sorted(
         (e["cpu_seconds"] for e in rows), reverse=True
     )
+    # code run from a chat reply ("Run" in the chat panel) names its conversation
+    r = await uma.api(
+        "POST",
+        "/user/uma/api/v1/execute",
+        json={"code": "print('from chat')", "origin": "chat", "conversation_id": "conv42"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    r = await uma.api("GET", path, params={"period": "day", "limit": "100"})
+    chat = [e for e in r.json()["data"] if e["origin"] == "chat"]
+    assert chat and chat[0]["conversation_id"] == "conv42", chat
+    assert chat[0]["code_first_line"] == "print('from chat')"
     r = await uma.api("GET", path, params={"period": "day", "limit": "1"})
     assert [e["execution_id"] for e in r.json()["data"]] == [busy["execution_id"]]
     for bad in ({"period": "year"}, {"limit": "x"}, {"limit": "0"}, {"limit": "101"}):

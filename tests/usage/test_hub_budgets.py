@@ -127,8 +127,10 @@ async def test_usage_panel_charts_real_usage_against_a_budget(
     hub: HubProcess, people: dict[str, User], artifacts: Path
 ) -> None:
     uma, admin = people["uma"], people["admin"]
-    # real usage in every unit: the kernel's CPU, a chat reply, speech
-    assert (await execute(uma, BURN.format(s=0.5)))["status"] == "ok"
+    # real usage in every unit: the kernel's CPU, a chat reply, speech; the busy loop (more
+    # CPU than any of uma's executions before it) must top the panel's executions
+    burn = await execute(uma, "# burn for the usage panel\n" + BURN.format(s=2.0))
+    assert burn["status"] == "ok"
     r = await uma.api(
         "POST",
         "/user/uma/api/v1/chat",
@@ -168,6 +170,17 @@ async def test_usage_panel_charts_real_usage_against_a_budget(
             assert "kernel" in top
             # the chat's requests, counted together as its conversation
             assert "conversation" in top and conversation in top, top
+            # the most expensive executions: the busy loop first, with its origin, kernel CPU
+            # seconds and the code's first line
+            first = page.get_by_test_id("usage-executions").locator("tr[data-execution]").first
+            await first.wait_for(timeout=30_000)
+            assert await first.get_attribute("data-execution") == burn["execution_id"]
+            row = await first.inner_text()
+            assert "api" in row and "# burn for the usage panel" in row, row
+            assert "(wall)" not in row, row  # the kernel's own CPU time, not its wall time
+            await page.get_by_test_id("usage-executions").screenshot(
+                path=str(artifacts / "usage-panel-executions.png")
+            )
             # a plain user may not read everyone's usage: no link to the operator's dashboard
             assert await page.get_by_test_id("usage-operator-link").count() == 0
             await page.screenshot(path=str(artifacts / "usage-panel.png"), full_page=True)
@@ -221,6 +234,56 @@ async def test_usage_api_is_the_users_own(hub: HubProcess, people: dict[str, Use
     r = await uma.api("GET", "/user/uma/api/v1/usage", params={"period": "day"})
     assert r.status_code == 200, r.text
     assert r.json()["summary"]["user"] == "uma"
+
+
+async def test_the_most_expensive_executions_are_the_users_own(
+    hub: HubProcess, people: dict[str, User]
+) -> None:
+    """Real executions through the hub: a busy loop's kernel CPU seconds are measured and it
+    tops the list; a cheap one is below it; bad input gets the error shape; another user's token
+    is refused."""
+    uma, vic = people["uma"], people["vic"]
+    cheap = await execute(uma, "x = 1 + 1\nx")
+    busy = await execute(uma, "# the busiest loop\n" + BURN.format(s=3.0))
+    assert busy["status"] == "ok" and busy["cpu_source"] == "kernel"
+    assert busy["cpu_seconds"] >= 3.0, busy  # the kernel's CPU time over the loop
+    assert cheap["cpu_seconds"] < 1.0, cheap
+    path = "/user/uma/api/v1/usage/executions"
+    r = await uma.api("GET", path, params={"period": "day", "limit": "50"})
+    assert r.status_code == 200, r.text
+    rows = r.json()["data"]
+    top = rows[0]
+    assert top["execution_id"] == busy["execution_id"], rows[:3]
+    assert top["origin"] == "api" and top["cpu_source"] == "kernel"
+    assert top["code_first_line"] == "# the busiest loop"
+    assert top["cpu_seconds"] >= 3.0 and top["duration_seconds"] >= 3.0 * 0.9
+    assert top["started_at"] and top["finished_at"] and top["status"] == "ok"
+    ids = [e["execution_id"] for e in rows]
+    assert cheap["execution_id"] in ids  # ranked below
+    assert ids.index(cheap["execution_id"]) > 0
+    assert [e["cpu_seconds"] for e in rows] == sorted(
+        (e["cpu_seconds"] for e in rows), reverse=True
+    )
+    # code run from a chat reply ("Run" in the chat panel) names its conversation
+    r = await uma.api(
+        "POST",
+        "/user/uma/api/v1/execute",
+        json={"code": "print('from chat')", "origin": "chat", "conversation_id": "conv42"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    r = await uma.api("GET", path, params={"period": "day", "limit": "100"})
+    chat = [e for e in r.json()["data"] if e["origin"] == "chat"]
+    assert chat and chat[0]["conversation_id"] == "conv42", chat
+    assert chat[0]["code_first_line"] == "print('from chat')"
+    r = await uma.api("GET", path, params={"period": "day", "limit": "1"})
+    assert [e["execution_id"] for e in r.json()["data"]] == [busy["execution_id"]]
+    for bad in ({"period": "year"}, {"limit": "x"}, {"limit": "0"}, {"limit": "101"}):
+        r = await uma.api("GET", path, params=bad)
+        assert r.status_code == 400 and set(r.json()) == {"message", "reason", "type"}, bad
+    # another user's token never reaches uma's list
+    r = await vic.api("GET", path)
+    assert r.status_code in (403, 404), r.text
 
 
 async def test_no_user_sees_a_services_link_that_fails(people: dict[str, User]) -> None:

@@ -71,6 +71,10 @@ class ExecutionResult(BaseModel):
     started_at: str
     finished_at: str | None = None
     duration_seconds: float | None = None
+    # the kernel's CPU seconds over the execution ("kernel": its process tree's CPU time
+    # after less before), or its wall time where that is not knowable ("wall")
+    cpu_seconds: float | None = None
+    cpu_source: Literal["kernel", "wall"] | None = None
     output: str = ""  # stdout and stderr together, in the order they came
     stdout: str = ""
     stderr: str = ""

@@ -42,6 +42,7 @@ import time
 import uuid
 from typing import Any, Literal
 
+import psutil
 from prometheus_client import Counter, Histogram
 from traitlets import Any as AnyTrait
 from traitlets import Bool, Float, Instance, Int, Unicode, default
@@ -129,6 +130,7 @@ class _Execution:
         self.started = False  # the kernel has been sent the code
         self.ended = False  # ...and is done with it: too late to cancel
         self.cancelled_by: str | None = None
+        self.cpu_before: float | None = None  # the kernel's CPU seconds when it began
 
 
 def _now() -> str:
@@ -385,6 +387,8 @@ class ExecuteService(LoggingConfigurable):
         restart = False
         try:
             async with kernel.lock:
+                start = time.monotonic()  # the time it waited for the kernel is not its own
+                execution.cpu_before = self._kernel_cpu(kernel.id)
                 cwd = self._cwd(kernel.id)
                 before = await self._snapshot(cwd)
                 prov = provisioner_for(kernel.id)
@@ -402,6 +406,7 @@ class ExecuteService(LoggingConfigurable):
                     restart = True
                     self._process_limit(result, hits)
                 result.files = await self._files(result, cwd, before, out)
+                self._measure_cpu(execution)
                 self._finish(result, out, start)
                 execution.size = len(result.output) * 2 + out.result_chars
                 execution.done.set()
@@ -623,6 +628,8 @@ class ExecuteService(LoggingConfigurable):
         result.truncated = out.truncated
         result.finished_at = _now()
         result.duration_seconds = round(time.monotonic() - start, 4)
+        if result.cpu_seconds is None:  # the kernel's CPU time is not knowable: its wall time
+            result.cpu_seconds, result.cpu_source = result.duration_seconds, "wall"
         error = result.error
         origin = result.origin.split(":", 1)[0]  # agent:<name> -> agent: bounded label values
         EXECUTE_SECONDS.labels(result.status, origin).observe(result.duration_seconds)
@@ -639,12 +646,40 @@ class ExecuteService(LoggingConfigurable):
                 "session": result.session,
                 "status": result.status,
                 "duration_seconds": result.duration_seconds,
+                "cpu_seconds": result.cpu_seconds,
+                "cpu_source": result.cpu_source,
                 "error": error.name if error else None,
                 "limit": error.limit if error else None,
                 "timeout_action": result.timeout.action if result.timeout else None,
                 "files": [f.path for f in result.files],
             }
         )
+
+    def _kernel_cpu(self, kernel_id: str) -> float | None:
+        """CPU seconds (user + system) the kernel's process tree has used so far: its own,
+        its live children's and the children it reaped; None where its pid is not known."""
+        try:
+            prov = self.kernel_manager.get_kernel(kernel_id).provisioner
+            pid = getattr(prov, "pid", None) if prov is not None else None
+            if not pid:
+                return None
+            root = psutil.Process(int(pid))
+            t = root.cpu_times()
+            total = t.user + t.system + t.children_user + t.children_system
+            for child in root.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    c = child.cpu_times()
+                    total += c.user + c.system
+            return float(total)
+        except (KeyError, psutil.Error):
+            return None
+
+    def _measure_cpu(self, execution: _Execution) -> None:
+        """The execution's CPU seconds: the kernel's CPU time after it less before it."""
+        after = self._kernel_cpu(execution.result.session)
+        if execution.cpu_before is not None and after is not None and after >= execution.cpu_before:
+            execution.result.cpu_seconds = round(after - execution.cpu_before, 4)
+            execution.result.cpu_source = "kernel"
 
     def _remember(self, execution: _Execution) -> None:
         self._executions[execution.result.execution_id] = execution

@@ -8,12 +8,14 @@ the panel server itself.
 
 Stable hooks for tests: ``[data-testid=oraculo-usage]`` (``data-state`` loading, ready or
 error; ``data-period`` once ready), ``usage-totals``, ``usage-budgets``, ``usage-top``,
-``usage-operator-link`` (only for a user who may read everyone's usage); the period selector
-carries the CSS class ``usage-period``.
+``usage-executions`` (rows ``[data-execution]``: the most expensive executions, from
+``GET api/v1/usage/executions``), ``usage-operator-link`` (only for a user who may read
+everyone's usage); the period selector carries the CSS class ``usage-period``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import html
 from typing import Any
@@ -69,6 +71,13 @@ class UsageClient(ServerClient):
     async def fetch(self, period: str) -> dict[str, Any]:
         data: dict[str, Any] = await self.request("GET", "", params={"period": period})
         return data
+
+    async def executions(self, period: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The period's most expensive executions on the user's behalf."""
+        data = await self.request(
+            "GET", "/executions", params={"period": period, "limit": str(limit)}
+        )
+        return list(data["data"])
 
 
 def _e(value: Any) -> str:
@@ -265,6 +274,44 @@ def render_top(top: pl.DataFrame) -> str:
     )
 
 
+def _when(iso: Any) -> str:
+    t = str(iso or "")
+    return t[:19].replace("T", " ") + " UTC" if t else ""
+
+
+def _source(e: dict[str, Any]) -> str:
+    if e.get("conversation_id"):
+        return f"conversation {e['conversation_id']}"
+    if e.get("run_id"):
+        return f"agent run {e['run_id']}"
+    return ""
+
+
+def render_executions(executions: list[dict[str, Any]]) -> str:
+    """The most expensive executions: origin, when, CPU seconds (the kernel's; its wall time
+    where the kernel's CPU was not knowable, marked so), wall time, the code's first line and
+    the conversation or run it came from."""
+    rows = "".join(
+        f'<tr data-execution="{_e(e["execution_id"])}"><td>{_e(e["origin"])}</td>'
+        f"<td>{_e(_when(e.get('started_at') or e.get('finished_at')))}</td>"
+        f"<td>{float(e['cpu_seconds']):,.2f}"
+        f"{'' if e.get('cpu_source') == 'kernel' else ' (wall)'}</td>"
+        f"<td>{float(e['duration_seconds']):,.2f}</td>"
+        f"<td><code>{_e(e.get('code_first_line', ''))}</code></td>"
+        f"<td>{_e(_source(e))}</td><td>{_e(e.get('status', ''))}</td></tr>"
+        for e in executions
+    )
+    return (
+        '<div class="ous ous-card" data-testid="usage-executions"><h2>Most expensive executions'
+        '</h2><p class="ous-sub">Code run for you by the API, chat, agents and MCP (not your '
+        "notebook's own cells). CPU s is the kernel's CPU time over the execution; where the "
+        "kernel's process could not be read it is the wall time, marked (wall).</p><table>"
+        "<tr><th>Origin</th><th>When</th><th>CPU s</th><th>Wall s</th><th>Code</th>"
+        "<th>From</th><th>Status</th></tr>"
+        f"{rows or '<tr><td colspan=7>No executions this period.</td></tr>'}</table></div>"
+    )
+
+
 def chart(per: pl.DataFrame, unit: str, period: str, budgets: list[dict[str, Any]]) -> Any:
     """Bars of ``unit`` per bucket; a budget over the bucket's span is drawn as a red line."""
     width = 3_000_000 if period == "day" else 72_000_000  # ms: most of an hour / a day
@@ -314,6 +361,7 @@ class UsagePanel(pn.viewable.Viewer):
         self._totals = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._budgets = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._top = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+        self._executions = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._operator = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._charts = pn.GridBox(ncols=2, sizing_mode="stretch_width")
         self._select = pn.widgets.RadioButtonGroup(
@@ -340,6 +388,7 @@ class UsagePanel(pn.viewable.Viewer):
             self._budgets,
             self._charts,
             self._top,
+            self._executions,
             sizing_mode="stretch_width",
             styles={"max-width": "1100px", "margin": "0 auto", "padding": "24px"},
         )
@@ -350,7 +399,9 @@ class UsagePanel(pn.viewable.Viewer):
 
     async def refresh(self) -> None:
         try:
-            data = await self._client.fetch(self.period)
+            data, executions = await asyncio.gather(
+                self._client.fetch(self.period), self._client.executions(self.period)
+            )
         except ServerAPIError as e:
             self.error = str(e)
             self._state.object = self._marker("error", self.error)
@@ -363,6 +414,7 @@ class UsagePanel(pn.viewable.Viewer):
         self._totals.object = render_totals(data.get("summary") or {})
         self._budgets.object = render_budgets(budgets)
         self._top.object = render_top(top_items(df))
+        self._executions.object = render_executions(executions)
         self._charts.objects = [
             pn.pane.Bokeh(chart(per, unit, self.period, budgets), sizing_mode="stretch_width")
             for unit in UNITS

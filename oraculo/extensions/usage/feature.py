@@ -1,6 +1,7 @@
 """The usage feature: reports the kernels' compute to the model service, refuses new executions
 (through the API, chat's code runs and agents' tools) while a compute budget is spent, and
-answers ``GET /api/v1/usage`` for the Usage panel. A notebook's own cells never pass through
+answers ``GET /api/v1/usage`` and ``GET /api/v1/usage/executions`` (the most expensive
+executions, from their audit records) for the Usage panel. A notebook's own cells never pass through
 here, so a running cell is never cut."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from tornado.ioloop import IOLoop
 from traitlets import Instance, Type
 
 from oraculo.extensions.base.feature import Feature
-from oraculo.extensions.usage.handlers import UsageHandler
+from oraculo.extensions.usage.handlers import ExecutionsHandler, UsageHandler
 from oraculo.extensions.usage.sampler import KernelSampler
 
 
@@ -36,7 +37,7 @@ class UsageFeature(Feature):
         IOLoop.current().add_callback(self.sampler.start)
 
     def handlers(self) -> list[tuple[str, Any]]:
-        return [(r"/api/v1/usage", UsageHandler)]
+        return [(r"/api/v1/usage", UsageHandler), (r"/api/v1/usage/executions", ExecutionsHandler)]
 
     def connect(self, features: Mapping[str, Feature]) -> None:
         execute = features.get("execute")

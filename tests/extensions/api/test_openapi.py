@@ -192,7 +192,24 @@ async def test_the_extensions_answers_validate_against_its_document(
     await call("GET", f"/api/v1/agents/runs/{uuid.uuid4().hex}", 404)
     await call("POST", "/api/v1/agents/runs", 400, json={"goal": ""})
 
-    # most of the document was exercised (the rest: websockets, long agent runs, cells)
+    await call("GET", "/api/v1/usage/executions?period=week&limit=5", 200)
+    await call("GET", "/api/v1/usage/executions?period=year", 400)
+
+    login = {"host": "git.example.org", "username": "alice", "password": "t0ken"}
+    await call("GET", "/api/v1/git/credentials", 200)
+    await call("POST", "/api/v1/git/credentials", 201, json=login)
+    await call("POST", "/api/v1/git/credentials", 200, json=login)
+    await call("POST", "/api/v1/git/credentials", 400, json={**login, "host": "a b"})
+    await call("DELETE", "/api/v1/git/credentials/git.example.org", 204)
+    await call("POST", "/api/v1/git/commits", 400, json={"path": ""})
+
+    await call("GET", "/api/v1/mcp/servers", 200)
+    await call("POST", "/api/v1/mcp/servers", 400, json={"name": "no spaces", "url": "x"})
+    await call("DELETE", "/api/v1/mcp/servers/none-such", 404)
+
+    await call("GET", "/api/v1/courses", 200)
+
+    # most of the document was exercised (the rest: websockets, long agent runs, cells, cohorts)
     operations = sum(len(item) for item in server_doc["paths"].values())
     assert len(checked) >= operations // 2, sorted(checked)
 

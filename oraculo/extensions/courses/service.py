@@ -34,6 +34,7 @@ from traitlets import Float, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from oraculo.extensions.base.process import run_captured
 from oraculo.extensions.courses.gradebook import read_scores
 from oraculo.extensions.courses.models import (
     INSTRUCTOR_ACTIONS,
@@ -198,26 +199,15 @@ class CourseService(LoggingConfigurable):
     async def _nbgrader(self, args: list[str], cwd: Path) -> list[str]:
         env = {k: v for k, v in os.environ.items() if not _SECRET.search(k)}
         env["PYTHONUNBUFFERED"] = "1"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "nbgrader",
-            *args,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
         try:
-            raw, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+            status, output = await run_captured(
+                [sys.executable, "-m", "nbgrader", *args], cwd, env, self.timeout
+            )
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise Unavailable(f"nbgrader {args[0]} took longer than {self.timeout:.0f} s") from None
-        lines = raw.decode(errors="replace").splitlines()
+        lines = output.splitlines()
         logged = [m.group(3) for m in map(_LOG_LINE.match, lines) if m]
-        if proc.returncode != 0:
+        if status != 0:
             errors = [
                 m.group(3)
                 for m in map(_LOG_LINE.match, lines)

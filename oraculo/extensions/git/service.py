@@ -17,7 +17,6 @@ repository: nothing is lost.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shlex
@@ -28,6 +27,7 @@ from traitlets import Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.errors import BadRequest, Conflict, NotFound, OraculoError
+from oraculo.extensions.base.process import run_captured
 from oraculo.extensions.git.models import CommitRequest, CommitResult, Credential, CredentialRequest
 
 
@@ -115,33 +115,19 @@ class GitService(LoggingConfigurable):
             "SSH_ASKPASS": "",
             "LC_ALL": "C",
         }
-        proc = await asyncio.create_subprocess_exec(
-            "git",
-            # git runs in the server, outside the kernel's sandbox: no hook or fsmonitor that the
-            # user's code (or a repository) put in place runs with it
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "core.fsmonitor=false",
-            *args,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        # git runs in the server, outside the kernel's sandbox: no hook or fsmonitor that the
+        # user's code (or a repository) put in place runs with it
+        argv = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", *args]
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+            status, out = await run_captured(argv, cwd, env, self.timeout)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise PushFailed(
                 f"git {args[0]} took over {self.timeout:g} s and was stopped"
             ) from None
-        text = _scrub(out.decode(errors="replace"))
-        if check and proc.returncode:
+        text = _scrub(out)
+        if check and status:
             raise BadRequest(f"git {args[0]} failed: {text.strip()}")
-        return proc.returncode or 0, text
+        return status, text
 
     def _resolve(self, path: str) -> Path:
         root = Path(self.root_dir).resolve()

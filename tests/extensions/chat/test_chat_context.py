@@ -113,9 +113,10 @@ def test_summary_of_dataframes_and_arrays() -> None:
 
 def test_estimate_is_at_least_the_model_tokenizers_count_on_real_text() -> None:
     """Prose, code, JSON, numbers, Spanish, CJK and our own sources: estimate >= real count."""
+    import transformers  # the models extra, always installed by ./dev.sh
+
     from oraculo.models.registry import DEFAULT_MODELS, ModelSpec
 
-    transformers = pytest.importorskip("transformers")
     spec = ModelSpec.model_validate(DEFAULT_MODELS[0])
     tok = transformers.AutoTokenizer.from_pretrained(spec.local_path(), gguf_file=spec.gguf_file)
     repo = Path(__file__).resolve().parents[3]

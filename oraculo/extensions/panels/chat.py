@@ -398,6 +398,11 @@ class ChatPanel(pn.viewable.Viewer):
 
     # --- replies ------------------------------------------------------------------------------
 
+    def _drop_if_empty(self, message: Any, text: str) -> None:
+        """A reply that ended before its first word leaves no empty bubble behind."""
+        if not text:
+            self.interface.objects = [o for o in self.interface.objects if o is not message]
+
     async def _respond(self, contents: Any, user: str, instance: Any) -> AsyncIterator[Any]:
         """ChatInterface's callback: stream the reply, then show its sources and run buttons."""
         body: dict[str, Any] = {
@@ -430,11 +435,11 @@ class ChatPanel(pn.viewable.Viewer):
                     text += delta
                     yield text
         except asyncio.CancelledError:
-            if not text:  # stopped before a word: no empty bubble left behind
-                self.interface.objects = [o for o in self.interface.objects if o is not message]
+            self._drop_if_empty(message, text)
             self._set_state("stopped", "Stopped")
             raise
         except (ChatAPIError, httpx.HTTPError) as e:
+            self._drop_if_empty(message, text)  # refused (an exam window, a budget): no bubble
             self._set_state("error", error=str(e) or type(e).__name__)
             return
         if code_only:

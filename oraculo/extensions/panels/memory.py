@@ -308,7 +308,7 @@ class MemoryPanel(pn.viewable.Viewer):
         self._clear_form()
         self.table.selection = []
 
-    async def _on_search(self, event: Any) -> None:
+    async def _on_search(self, event: Any, say: bool = True) -> None:
         q = _text(self.query).strip()
         if not q:
             await self.load()
@@ -321,7 +321,8 @@ class MemoryPanel(pn.viewable.Viewer):
         self.searching = q
         self.table.selection = []
         self.table.value = _frame(hits, score=True)
-        self._say(f"Best matches for “{q}” ({len(hits)}), most relevant first.")
+        if say:
+            self._say(f"Best matches for “{q}” ({len(hits)}), most relevant first.")
 
     async def _on_enter(self, event: Any) -> None:
         await self._on_search(event)
@@ -352,9 +353,11 @@ class MemoryPanel(pn.viewable.Viewer):
             _set(widget, "")
 
     async def _reshow(self) -> None:
+        """The table again, after a save or delete, keeping what that said ("Saved …",
+        "Deleted …"): a search in progress is re-run without replacing the message."""
         if self.searching:
             _set(self.query, self.searching)
-            await self._on_search(None)
+            await self._on_search(None, say=False)
         else:
             await self.load()
 

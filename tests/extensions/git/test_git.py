@@ -213,24 +213,24 @@ async def test_an_nbgitpuller_link_brings_course_material_into_the_home(
 async def test_commit_and_push_a_notebook_with_my_own_login(
     alice: User, git_server: GitServer
 ) -> None:
-    repo = make_repo(git_server, "team", {"analysis.ipynb": notebook("1 + 1")})
-    events = await pull(alice, repo, "team")
+    repo = make_repo(git_server, "analyses", {"analysis.ipynb": notebook("1 + 1")})
+    events = await pull(alice, repo, "analyses")
     assert events[-1]["phase"] == "finished", events
     base = f"/user/{alice.name}/api/v1/git"
-    nb_path = home(alice) / "team" / "analysis.ipynb"
+    nb_path = home(alice) / "analyses" / "analysis.ipynb"
     nb_path.write_text(notebook("1 + 1", "print('alice was here')"))
 
     # no login stored yet: the push is refused, the commit is kept in the home
     r = await alice.api(
-        "POST", f"{base}/commits", json={"path": "team/analysis.ipynb", "message": "Add a cell"}
+        "POST", f"{base}/commits", json={"path": "analyses/analysis.ipynb", "message": "Add a cell"}
     )
     assert r.status_code == 502, r.text
     err = r.json()
     assert set(err) == ENVELOPE and err["type"] == "push_failed"
-    first = git(home(alice) / "team", "rev-parse", "HEAD").strip()
+    first = git(home(alice) / "analyses", "rev-parse", "HEAD").strip()
     assert first[:12] in err["message"] and "kept" in err["message"]
     assert (
-        git(home(alice) / "team", "log", "-1", "--format=%an %s").strip()
+        git(home(alice) / "analyses", "log", "-1", "--format=%an %s").strip()
         == f"{alice.name} Add a cell"
     )
 
@@ -246,7 +246,7 @@ async def test_commit_and_push_a_notebook_with_my_own_login(
     assert r.headers["location"] == f"{base}/credentials/{wrong['host'].replace(':', '%3A')}"
     nb_path.write_text(notebook("1 + 1", "print('alice was here')", "2 + 2"))
     r = await alice.api(
-        "POST", f"{base}/commits", json={"path": "team/analysis.ipynb", "message": "Another"}
+        "POST", f"{base}/commits", json={"path": "analyses/analysis.ipynb", "message": "Another"}
     )
     assert r.status_code == 502 and "wrong" not in r.text
 
@@ -259,14 +259,14 @@ async def test_commit_and_push_a_notebook_with_my_own_login(
     }
     nb_path.write_text(notebook("1 + 1", "print('alice was here')", "2 + 2", "3 + 3"))
     r = await alice.api(
-        "POST", f"{base}/commits", json={"path": "team/analysis.ipynb", "message": "Third"}
+        "POST", f"{base}/commits", json={"path": "analyses/analysis.ipynb", "message": "Third"}
     )
     assert r.status_code == 201, r.text
     done = r.json()
-    assert done["pushed"] is True and done["branch"] == "main" and done["repository"] == "team"
+    assert done["pushed"] is True and done["branch"] == "main" and done["repository"] == "analyses"
     assert done["remote"] == repo
     assert git_server.pushes == [LOGIN[0]] and git_server.refused >= 2
-    bare = git_server.root / "team.git"
+    bare = git_server.root / "analyses.git"
     log = git(bare, "log", "--format=%an|%s", "main").splitlines()
     assert log == [
         f"{alice.name}|Third",
@@ -286,20 +286,20 @@ async def test_commit_and_push_a_notebook_with_my_own_login(
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
     assert stat.S_IMODE(store.parent.stat().st_mode) == 0o700
     assert "correct%20horse" in store.read_text()
-    assert LOGIN[1] not in (home(alice) / "team" / ".git" / "config").read_text()
+    assert LOGIN[1] not in (home(alice) / "analyses" / ".git" / "config").read_text()
 
     # nothing to commit is a 409; bad input is a 400 or 404 in the error envelope
     r = await alice.api(
-        "POST", f"{base}/commits", json={"path": "team/analysis.ipynb", "message": "again"}
+        "POST", f"{base}/commits", json={"path": "analyses/analysis.ipynb", "message": "again"}
     )
     assert r.status_code == 409 and r.json()["type"] == "conflict"
     for body, status in [
         ({"path": "../../../../etc/passwd", "message": "x"}, 400),
         ({"path": "/etc/passwd", "message": "x"}, 400),
-        ({"path": "team/nope.ipynb", "message": "x"}, 404),
+        ({"path": "analyses/nope.ipynb", "message": "x"}, 404),
         ({"path": "course", "message": ""}, 400),
-        ({"path": "team/analysis.ipynb"}, 400),
-        ({"path": "team/analysis.ipynb", "message": "x", "force": True}, 400),
+        ({"path": "analyses/analysis.ipynb"}, 400),
+        ({"path": "analyses/analysis.ipynb", "message": "x", "force": True}, 400),
     ]:
         r = await alice.api("POST", f"{base}/commits", json=body)
         assert r.status_code == status and set(r.json()) == ENVELOPE, (body, r.text)
@@ -319,28 +319,28 @@ async def test_commit_and_push_a_notebook_with_my_own_login(
 async def test_the_git_magic_commits_and_pushes_from_the_kernel(
     alice: User, git_server: GitServer
 ) -> None:
-    # (after the test above: the team repository is in alice's home, her login is stored)
-    nb_path = home(alice) / "team" / "analysis.ipynb"
+    # (after the test above: the analyses repository is in alice's home, her login is stored)
+    nb_path = home(alice) / "analyses" / "analysis.ipynb"
     nb_path.write_text(notebook("1 + 1", "'from the magic'"))
     # a hook the user's code left in the repository does not run in the server (outside the
     # kernel's sandbox) when it commits and pushes
     marker = home(alice) / "hook-ran"
     for hook in ("pre-commit", "pre-push", "post-commit"):
-        path = home(alice) / "team" / ".git" / "hooks" / hook
+        path = home(alice) / "analyses" / ".git" / "hooks" / hook
         path.write_text(f"#!/bin/sh\ntouch {marker}\n")
         path.chmod(0o755)
     kernel = await alice.start_kernel("oraculo")
     try:
         out = await alice.execute(
-            kernel, "%git commit -m 'From the magic' team/analysis.ipynb", timeout=120
+            kernel, "%git commit -m 'From the magic' analyses/analysis.ipynb", timeout=120
         )
         assert "pushed to" in out["stdout"], out
-        log = git(git_server.root / "team.git", "log", "-1", "--format=%an|%s", "main")
+        log = git(git_server.root / "analyses.git", "log", "-1", "--format=%an|%s", "main")
         assert log.strip() == f"{alice.name}|From the magic"
         assert not marker.exists()
         out = await alice.execute(kernel, "%git logins")
         assert out["stdout"].strip().endswith(f"{LOGIN[0]}@{urlsplit(git_server.url).netloc}")
-        out = await alice.execute(kernel, "%git commit team/analysis.ipynb")
+        out = await alice.execute(kernel, "%git commit analyses/analysis.ipynb")
         assert "usage" in out["stderr"]
         # the kernel's narrow token gets no password back either
         out = await alice.execute(
@@ -361,7 +361,7 @@ async def test_another_users_token_and_no_token_are_refused(alice: User, mallory
         ("GET", f"{base}/credentials", None),
         ("POST", f"{base}/credentials", {"host": "h", "username": "m", "password": "p"}),
         ("DELETE", f"{base}/credentials/h", None),
-        ("POST", f"{base}/commits", {"path": "team/analysis.ipynb", "message": "mallory"}),
+        ("POST", f"{base}/commits", {"path": "analyses/analysis.ipynb", "message": "mallory"}),
     ]
     async with httpx.AsyncClient(base_url=alice.client.hub.url) as bare:
         for method, path, body in calls:

@@ -217,6 +217,9 @@ async def test_memory_panel_in_browser(server: Server, artifacts: Path) -> None:
                 await expect(page.locator(".oraculo-memory-key input")).to_have_value("")
                 await expect(page.locator(".oraculo-memory-value textarea")).to_have_value("")
                 await expect(table).not_to_contain_text("Vega-Lite")
+                # the search shown is re-run without replacing what the delete said
+                await expect(message).to_contain_text("Deleted")
+                await expect(message).not_to_contain_text("Best matches")
 
                 # Reindex: the index card reports the workspace's files (notes.md, and the
                 # agent notebook the agents feature seeds in a new home).

@@ -219,6 +219,13 @@ class OraculoHub(LoggingConfigurable):
         help="""Stop user servers idle for this many seconds (jupyterhub-idle-culler as a hub
         service). 0 turns culling off. Default ORACULO_CULL_IDLE_TIMEOUT or 3600.""",
     )
+    malloc_arena_max = Int(
+        config=True,
+        help="""MALLOC_ARENA_MAX for user servers and their kernels and panel servers: how many
+        glibc malloc arenas a process may make (glibc's default is 8 per core; each thread that
+        allocates may get its own, and freed memory stays in it). 0 leaves glibc's default.
+        Default ORACULO_MALLOC_ARENA_MAX or 0 (see README, scale-out, Density).""",
+    )
     group_folders = Bool(
         config=True,
         help="""Give each hub group a shared folder (<groups_dir>/<group>) that its members'
@@ -386,6 +393,10 @@ class OraculoHub(LoggingConfigurable):
     @default("cull_idle_timeout")
     def _default_cull_idle_timeout(self) -> int:
         return _env_int("ORACULO_CULL_IDLE_TIMEOUT", 3600)
+
+    @default("malloc_arena_max")
+    def _default_malloc_arena_max(self) -> int:
+        return _env_int("ORACULO_MALLOC_ARENA_MAX", 0)
 
     @default("group_folders")
     def _default_group_folders(self) -> bool:
@@ -620,6 +631,8 @@ class OraculoHub(LoggingConfigurable):
             # service where it listens, on the bridge (its hub-token check is the same there)
             base = self.models_url() if self.spawner == "docker" else self.public_url
             environment["ORACULO_MODELS_URL"] = f"{base}/services/models/"
+        if self.malloc_arena_max:
+            environment["MALLOC_ARENA_MAX"] = str(self.malloc_arena_max)
         environment.update(self.extra_environment)
         c.Spawner.environment = environment
         c.GroupFolders.enabled = self.group_folders

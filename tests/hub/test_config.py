@@ -205,3 +205,12 @@ def test_the_docs_service_serves_a_built_site(clean_env: None, tmp_path: os.Path
     docs = next(s for s in build(docs_dir=site).JupyterHub.services if s["name"] == "docs")
     assert docs["command"] == [sys.executable, "-m", "oraculo.hub.docs", site]
     assert docs["url"].startswith("http://127.0.0.1:")
+
+
+def test_malloc_arena_max_reaches_user_servers_only_when_set(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "MALLOC_ARENA_MAX" not in build().Spawner.environment  # glibc's own default
+    assert build(malloc_arena_max=2).Spawner.environment["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("ORACULO_MALLOC_ARENA_MAX", "4")
+    assert build().Spawner.environment["MALLOC_ARENA_MAX"] == "4"

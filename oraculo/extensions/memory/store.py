@@ -196,6 +196,11 @@ class LanceStore:
         result: list[dict[str, Any]] = (await query.to_arrow()).to_pylist()
         return result
 
+    @property
+    def is_open(self) -> bool:
+        """Whether LanceDB has been loaded and the database opened."""
+        return self._db is not None
+
     async def count(self, condition: str | None = None) -> int:
         table = await self.table()
         return 0 if table is None else int(await table.count_rows(condition))

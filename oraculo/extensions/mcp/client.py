@@ -14,6 +14,7 @@ here, in the server, through the official MCP client (streamable HTTP), not in t
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -123,6 +124,7 @@ class MCPServers(LoggingConfigurable):
         if info.has_token:
             r = await self._secrets().request("GET", f"v1/secrets/mcp:{name}")
             headers["Authorization"] = f"Bearer {r.json()['value']}"
+        await asyncio.to_thread(importlib.import_module, "mcp.client.streamable_http")  # ~1 s once
         import httpx2
         from mcp import ClientSession
         from mcp.client.streamable_http import streamable_http_client

@@ -12,6 +12,7 @@ It is also the client side: the MCP servers the user configures (``/api/v1/mcp/s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +68,13 @@ class MCPFeature(Feature):
             service.agents = getattr(features.get("agents"), "service", None)
             self._service = service
         return self._service
+
+    async def ready(self) -> Any:
+        """:attr:`service`, its module (and the SDK, ~1 s) imported off the event loop the
+        first time."""
+        if self._service is None:
+            await asyncio.to_thread(import_item, self.service_class)
+        return self.service
 
     def connect(self, features: Mapping[str, Feature]) -> None:
         self._features = features

@@ -98,7 +98,8 @@ class MCPHandler(OraculoAPIHandler):
                 else:
                     finished = True
 
-        await self.feature("mcp").service.handle(scope, receive, send)
+        service = await self.feature("mcp").ready()
+        await service.handle(scope, receive, send)
         if not self._finished:
             # APIHandler.finish would relabel the body application/json.
             web.RequestHandler.finish(self)

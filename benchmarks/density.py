@@ -222,12 +222,29 @@ async def measure_oraculo(args: argparse.Namespace, work: Path) -> dict[str, Any
         servers = user_servers(hub)
         per_user = [tree_memory(servers[u.name]) for u in users]
         mapped = {u.name: libraries(servers[u.name].pid) for u in users}
+        # A returning user's server, up but not used yet (what an idle user costs).
+        await users[0].stop_server()
+        await users[0].spawn(timeout=300)
+
+        async def index_ran() -> bool:
+            r = await users[0].api("GET", f"/user/{users[0].name}/api/v1/memory/index")
+            return r.json().get("last_run") is not None
+
+        await wait_for(index_ran, 120, "the index's start-up run", 0.5)
+        await asyncio.sleep(args.settle)
+        idle = user_servers(hub)[users[0].name]
+        idle_mb = {
+            k: {m: round(v / 2**20, 1) for m, v in part.items()}
+            for k, part in tree_memory(idle).items()
+        }
+        idle_mb["libraries"] = libraries(idle.pid)  # type: ignore[assignment]
         await client.aclose()
         return {
             "per_user_mb": summarise(per_user),
             "server_libraries": mapped[users[0].name],
             "libraries_same_everywhere": len({tuple(v) for v in mapped.values()}) == 1,
             "server_after_each_step_mb": trace,
+            "idle_returning_user_mb": idle_mb,
             "step_seconds": {k: statistics.median(t[k] for t in timings) for k in timings[0]},
             "env": env,
         }
@@ -310,6 +327,12 @@ def report(result: dict[str, Any]) -> None:
             f"  {step:<16} RSS {m['rss']:>6.0f}  PSS {m['pss']:>6.0f}  USS {m['uss']:>6.0f}"
             f"  {', '.join(m.get('libraries', []))}"
         )
+    idle = result["oraculo"]["idle_returning_user_mb"]
+    print(
+        f"a returning user's server, up, not used yet: server RSS {idle['server']['rss']:.0f}"
+        f" PSS {idle['server']['pss']:.0f} USS {idle['server']['uss']:.0f}, kernels"
+        f" {idle['kernels']['rss']:.0f} MB RSS; loaded: {', '.join(idle['libraries']) or 'none'}"
+    )
     print(f"steps (median s): {result['oraculo']['step_seconds']}")
 
 

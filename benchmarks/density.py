@@ -16,6 +16,9 @@ The baseline, in the same run: as many plain ``jupyter lab`` servers from the sa
 (our server extension off), each with a plain ``python3`` ipykernel running the same code.
 
     .venv/bin/python -m benchmarks.density [--users 8] [--panels]
+    .venv/bin/python -m benchmarks.density --imports-only   # what each import costs, no hub
+
+It ends with what each heavy import adds to a fresh interpreter (RSS, anonymous memory, time).
 
 The JSON goes to ``benchmarks/results/density-<users>.json``. Reading another process's
 ``smaps_rollup`` needs the same account (or root): a user server is non-dumpable, so run this
@@ -309,6 +312,74 @@ async def measure_baseline(args: argparse.Namespace, work: Path) -> dict[str, An
                 p.wait()
 
 
+#: ``(what, set-up, the import measured)``: each runs in a fresh interpreter, the set-up first.
+IMPORTS = [
+    ("jupyter_server", "", "import jupyter_server.serverapp"),
+    ("our features", "import jupyter_server.serverapp", "import_features()"),
+    (
+        "MCP server SDK",
+        "import jupyter_server.serverapp",
+        "import mcp.server.mcpserver, mcp.server.streamable_http_manager",
+    ),
+    ("numpy", "import pydantic, httpx", "import numpy"),
+    ("pyarrow (+compute)", "import pydantic, httpx, numpy", "import pyarrow, pyarrow.compute"),
+    (
+        "LanceDB's namespace client",
+        "import pydantic, httpx, numpy, pyarrow.compute",
+        "import lance_namespace",
+    ),
+    (
+        "lancedb, pandas kept out",
+        "import pydantic, httpx, numpy, pyarrow.compute, lance_namespace",
+        "import_lancedb()",
+    ),
+    ("lancedb as it comes", "import pydantic, httpx", "import lancedb"),
+    ("lancedb, pandas kept out", "import pydantic, httpx", "import_lancedb()"),
+]
+_PROBE = """
+import importlib, json, sys, time
+from oraculo.extensions.memory.store import import_lancedb
+def import_features():
+    from oraculo.extensions.app import DEFAULT_FEATURES
+    for spec in DEFAULT_FEATURES:
+        importlib.import_module(spec.split(":")[0])
+def memory():
+    with open("/proc/self/smaps_rollup") as f:
+        d = {l.split(":")[0]: int(l.split()[1]) for l in f if l.rstrip().endswith("kB")}
+    return d["Rss"], d["Anonymous"]
+exec(sys.argv[1])
+before, n, t = memory(), len(sys.modules), time.perf_counter()
+exec(sys.argv[2])
+after, seconds = memory(), time.perf_counter() - t
+print(json.dumps({
+    "rss_mb": (after[0] - before[0]) / 1024, "anon_mb": (after[1] - before[1]) / 1024,
+    "seconds": seconds, "modules": len(sys.modules) - n, "pandas": "pandas" in sys.modules,
+}))
+"""
+
+
+def import_costs() -> list[dict[str, Any]]:
+    """What each import adds to a fresh interpreter: RSS, anonymous (private) memory, time."""
+    out = []
+    for what, setup, statement in IMPORTS:
+        r = subprocess.run(
+            [str(VENV_BIN / "python"), "-c", _PROBE, setup, statement],
+            capture_output=True, text=True, check=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
+        row = json.loads(r.stdout.strip().splitlines()[-1])
+        out.append({"what": what, "after": setup or "(nothing)", **row})
+    return out
+
+
+def report_imports(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'import':<28}{'RSS MB':>8}{'anon MB':>9}{'s':>6}{'modules':>9}  pandas  after")
+    for r in rows:
+        print(
+            f"{r['what']:<28}{r['rss_mb']:>8.1f}{r['anon_mb']:>9.1f}{r['seconds']:>6.2f}"
+            f"{r['modules']:>9}  {'yes' if r['pandas'] else 'no ':<6}  {r['after']}"
+        )
+
+
 def report(result: dict[str, Any]) -> None:
     print(f"\n{result['users']} active users, mean MB per user (RSS / PSS / USS)")
     print(f"{'':<22}{'server':>20}{'kernel(s)':>20}{'panel server':>20}{'all in':>20}")
@@ -347,6 +418,9 @@ if __name__ == "__main__":
         help="an ORACULO_* setting for the hub (repeatable), to compare configurations",
     )  # fmt: skip
     parser.add_argument("--no-baseline", action="store_true", help="measure Oráculo only")
+    parser.add_argument(
+        "--imports-only", action="store_true", help="only what each import costs (no hub)"
+    )
     parser.add_argument("--label", default="", help="added to the JSON file's name")
     args = parser.parse_args()
 
@@ -361,8 +435,13 @@ if __name__ == "__main__":
             "baseline": baseline,
         }
 
+    if args.imports_only:
+        report_imports(import_costs())
+        raise SystemExit(0)
     result = asyncio.run(run())
+    result["imports"] = import_costs()
     report(result)
+    report_imports(result["imports"])
     RESULTS.mkdir(exist_ok=True)
     name = f"density-{args.users}{'-' + args.label if args.label else ''}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=2))

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks.density import summarise, tree_memory, user_servers
 from tests.harness import PASSWORD, REPO, HubClient, HubProcess, new_user, wait_for
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -80,31 +81,16 @@ def hub_roles(hub: HubProcess) -> dict[str, psutil.Process]:
     return roles
 
 
-def per_user_memory(hub: HubProcess, names: list[str]) -> dict[str, float]:
-    """Mean RSS per user (MB) of the server, its kernels and its panel server."""
-    assert hub.proc is not None
-    parts: dict[str, dict[str, float]] = {
-        n: {"server": 0, "kernels": 0, "panels": 0} for n in names
-    }
-    for p in psutil.Process(hub.proc.pid).children(recursive=True):
-        try:
-            line = " ".join(p.cmdline())
-            if "oraculo.singleuser" not in line:
-                continue
-            user = p.environ().get("JUPYTERHUB_USER", "")
-            if user not in parts:
-                continue
-            parts[user]["server"] += p.memory_info().rss / 2**20
-            for c in p.children(recursive=True):
-                kind = "panels" if "panel" in " ".join(c.cmdline()) else "kernels"
-                parts[user][kind] += c.memory_info().rss / 2**20
-        except psutil.Error:
-            continue
-    seen = [v for v in parts.values() if v["server"]]
-    out = {
-        k: round(statistics.mean(v[k] for v in seen), 1) for k in ("server", "kernels", "panels")
-    }
-    out["total"] = round(sum(out.values()), 1)
+def per_user_memory(hub: HubProcess, names: list[str]) -> dict[str, Any]:
+    """Mean RSS, and PSS (shared pages divided among the processes mapping them), per user
+    (MB) of the server, its kernels and its panel server (see benchmarks/density.py)."""
+    servers = {u: p for u, p in user_servers(hub).items() if u in names}
+    seen = [tree_memory(p) for p in servers.values()]
+    if not seen:
+        return {"users_measured": 0}
+    mean = summarise(seen)
+    out: dict[str, Any] = {k: mean[k]["rss"] for k in ("server", "kernels", "panels", "total")}
+    out["pss"] = {k: mean[k]["pss"] for k in ("server", "kernels", "panels", "total")}
     out["users_measured"] = len(seen)
     return out
 
@@ -219,7 +205,7 @@ def report(result: dict[str, Any]) -> None:
             f"{role:<14} CPU mean {s['cpu_mean_pct']}% max {s['cpu_max_pct']}%"
             f"  RSS max {s['rss_max_mb']} MB"
         )
-    print(f"per user (MB): {result['per_user_mb']}")
+    print(f"per user (MB; RSS, and PSS under 'pss'): {result['per_user_mb']}")
     print(f"acknowledged writes checked afterwards: {result['acknowledged']}")
     print(f"hub health after: {result['hub_health_after']}")
 

@@ -219,6 +219,25 @@ class OraculoHub(LoggingConfigurable):
         help="""Stop user servers idle for this many seconds (jupyterhub-idle-culler as a hub
         service). 0 turns culling off. Default ORACULO_CULL_IDLE_TIMEOUT or 3600.""",
     )
+    kernel_cull_idle_timeout = Int(
+        config=True,
+        help="""Shut down a user's kernel once it has been idle this many seconds with no client
+        connected (no notebook or console open on it). Its variables are gone; the next chat,
+        execute or agent run starts a fresh kernel. Busy kernels and kernels with an open
+        notebook are kept. Frees the kernel's memory (~40 MB) on servers that stay up.
+        0 keeps kernels until their server stops. Default ORACULO_KERNEL_CULL_IDLE_TIMEOUT or
+        3600.""",
+    )
+    kernel_cull_interval = Int(
+        300, config=True, help="How often (seconds) each server looks for idle kernels to cull."
+    )
+    malloc_arena_max = Int(
+        config=True,
+        help="""MALLOC_ARENA_MAX for user servers and their kernels and panel servers: how many
+        glibc malloc arenas a process may make (glibc's default is 8 per core; each thread that
+        allocates may get its own, and freed memory stays in it). 0 leaves glibc's default.
+        Default ORACULO_MALLOC_ARENA_MAX or 0 (see README, scale-out, Density).""",
+    )
     group_folders = Bool(
         config=True,
         help="""Give each hub group a shared folder (<groups_dir>/<group>) that its members'
@@ -386,6 +405,14 @@ class OraculoHub(LoggingConfigurable):
     @default("cull_idle_timeout")
     def _default_cull_idle_timeout(self) -> int:
         return _env_int("ORACULO_CULL_IDLE_TIMEOUT", 3600)
+
+    @default("kernel_cull_idle_timeout")
+    def _default_kernel_cull_idle_timeout(self) -> int:
+        return _env_int("ORACULO_KERNEL_CULL_IDLE_TIMEOUT", 3600)
+
+    @default("malloc_arena_max")
+    def _default_malloc_arena_max(self) -> int:
+        return _env_int("ORACULO_MALLOC_ARENA_MAX", 0)
 
     @default("group_folders")
     def _default_group_folders(self) -> bool:
@@ -564,10 +591,25 @@ class OraculoHub(LoggingConfigurable):
             )
         return services
 
+    def kernel_culling_args(self) -> list[str]:
+        """jupyter_server's own idle-kernel culling, as ``kernel_cull_idle_timeout`` says."""
+        if not self.kernel_cull_idle_timeout:
+            return []
+        return [
+            f"--MappingKernelManager.cull_idle_timeout={self.kernel_cull_idle_timeout}",
+            f"--MappingKernelManager.cull_interval={self.kernel_cull_interval}",
+            "--MappingKernelManager.cull_connected=False",
+            "--MappingKernelManager.cull_busy=False",
+        ]
+
     def singleuser_args(self) -> list[str]:
         # Extensions come with the environment or image: JupyterLab's PyPI extension manager
         # would pip-install into it (the shared one, in process mode) from the internet.
-        args = ["--LabApp.extension_manager=readonly", *self.singleuser_extra_args]
+        args = [
+            "--LabApp.extension_manager=readonly",
+            *self.kernel_culling_args(),
+            *self.singleuser_extra_args,
+        ]
         if self.spawner == "process" and os.geteuid() == 0:
             # Every server runs as the hub's account; as root, Jupyter must be told it may.
             args.append("--ServerApp.allow_root=True")
@@ -620,6 +662,8 @@ class OraculoHub(LoggingConfigurable):
             # service where it listens, on the bridge (its hub-token check is the same there)
             base = self.models_url() if self.spawner == "docker" else self.public_url
             environment["ORACULO_MODELS_URL"] = f"{base}/services/models/"
+        if self.malloc_arena_max:
+            environment["MALLOC_ARENA_MAX"] = str(self.malloc_arena_max)
         environment.update(self.extra_environment)
         c.Spawner.environment = environment
         c.GroupFolders.enabled = self.group_folders

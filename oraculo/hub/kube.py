@@ -187,7 +187,11 @@ def configure_kubernetes(
     c.Spawner.default_url = "/lab"
     # The image's command (deploy/docker), named: KubeSpawner drops the arguments otherwise.
     c.KubeSpawner.cmd = ["python", "-m", "oraculo.singleuser"]
-    c.Spawner.args = ["--LabApp.extension_manager=readonly", *hub.singleuser_extra_args]
+    c.Spawner.args = [
+        "--LabApp.extension_manager=readonly",
+        *hub.kernel_culling_args(),
+        *hub.singleuser_extra_args,
+    ]
     c.Spawner.environment = {"ORACULO_MODELS_URL": models_url, **hub.extra_environment}
     c.GroupFolders.enabled = hub.group_folders
     if "root" not in c.GroupFolders:

@@ -205,3 +205,23 @@ def test_the_docs_service_serves_a_built_site(clean_env: None, tmp_path: os.Path
     docs = next(s for s in build(docs_dir=site).JupyterHub.services if s["name"] == "docs")
     assert docs["command"] == [sys.executable, "-m", "oraculo.hub.docs", site]
     assert docs["url"].startswith("http://127.0.0.1:")
+
+
+def test_malloc_arena_max_reaches_user_servers_only_when_set(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "MALLOC_ARENA_MAX" not in build().Spawner.environment  # glibc's own default
+    assert build(malloc_arena_max=2).Spawner.environment["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("ORACULO_MALLOC_ARENA_MAX", "4")
+    assert build().Spawner.environment["MALLOC_ARENA_MAX"] == "4"
+
+
+def test_idle_kernels_are_culled_after_an_hour_unless_configured(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = build().Spawner.args
+    assert "--MappingKernelManager.cull_idle_timeout=3600" in args
+    assert "--MappingKernelManager.cull_interval=300" in args
+    assert "--MappingKernelManager.cull_connected=False" in args  # an open notebook keeps it
+    monkeypatch.setenv("ORACULO_KERNEL_CULL_IDLE_TIMEOUT", "0")
+    assert not [a for a in build().Spawner.args if "cull" in a]

@@ -14,16 +14,14 @@ here, in the server, through the official MCP client (streamable HTTP), not in t
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from traitlets import Any as AnyTrait
 from traitlets import Float, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -31,6 +29,9 @@ from traitlets.config import LoggingConfigurable
 from oraculo.extensions.base.errors import BadRequest, NotFound, OraculoError, Unavailable
 from oraculo.extensions.base.modelclient import ModelClient
 from oraculo.extensions.mcp.models import MCPServerInfo, MCPServerRequest, MCPToolInfo
+
+if TYPE_CHECKING:  # the MCP SDK (~25 MB of a server's memory) loads with the first session
+    from mcp import ClientSession
 
 #: Between a server's name and its tool's in the names agents see.
 SEP = "__"
@@ -123,6 +124,11 @@ class MCPServers(LoggingConfigurable):
         if info.has_token:
             r = await self._secrets().request("GET", f"v1/secrets/mcp:{name}")
             headers["Authorization"] = f"Bearer {r.json()['value']}"
+        await asyncio.to_thread(importlib.import_module, "mcp.client.streamable_http")  # ~1 s once
+        import httpx2
+        from mcp import ClientSession
+        from mcp.client.streamable_http import streamable_http_client
+
         timeout = httpx2.Timeout(self.timeout, connect=10)
         try:
             async with (

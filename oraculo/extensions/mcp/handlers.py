@@ -16,8 +16,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from oraculo.extensions.base.handlers import OraculoAPIHandler
-from oraculo.extensions.mcp.models import MCPServerInfo, MCPServerRequest, MCPToolInfo
-from oraculo.extensions.mcp.service import ACTOR_KEY
+from oraculo.extensions.mcp.models import ACTOR_KEY, MCPServerInfo, MCPServerRequest, MCPToolInfo
 from oraculo.openapi import operation
 
 
@@ -99,7 +98,8 @@ class MCPHandler(OraculoAPIHandler):
                 else:
                     finished = True
 
-        await self.feature("mcp").service.handle(scope, receive, send)
+        service = await self.feature("mcp").ready()
+        await service.handle(scope, receive, send)
         if not self._finished:
             # APIHandler.finish would relabel the body application/json.
             web.RequestHandler.finish(self)

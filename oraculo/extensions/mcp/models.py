@@ -10,6 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+#: Where the request's caller is kept in the ASGI scope the handler builds.
+ACTOR_KEY = "oraculo.actor"
+
 
 class CodeResult(BaseModel):
     """What ``run_code`` answers: a summary of the execution (``execution_id`` is the one

@@ -31,6 +31,7 @@ from traitlets.config import LoggingConfigurable
 from oraculo.extensions.agents.models import RunRequest
 from oraculo.extensions.base.errors import OraculoError
 from oraculo.extensions.mcp.models import (
+    ACTOR_KEY,
     AgentRun,
     CodeResult,
     FileEntry,
@@ -39,9 +40,6 @@ from oraculo.extensions.mcp.models import (
     PassageFound,
     Written,
 )
-
-#: Where the request's caller is kept in the ASGI scope the handler builds.
-ACTOR_KEY = "oraculo.actor"
 
 Path = Annotated[str, Field(max_length=1024, description="Relative to the home folder.")]
 Query = Annotated[str, Field(min_length=1, max_length=2000)]

@@ -9,8 +9,12 @@ so a server that never stores anything leaves no ``~/.oraculo`` behind. Callers 
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
+import importlib.machinery
 import logging
 import os
+import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # numpy and pyarrow load with the first store use, not at server start
@@ -30,6 +34,46 @@ def default_path() -> str:
 def sql_string(value: str) -> str:
     """``value`` as a SQL string literal for a LanceDB filter (quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+class _PandasKeptOut(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Fails ``import pandas`` in one thread while it is on ``sys.meta_path``.
+
+    Importing LanceDB imports ``pyarrow.dataset``, whose module set-up asks pyarrow's pandas
+    shim whether pandas is there, which imports pandas (~35 MB of a server's memory; measured
+    with ``benchmarks/density.py``). Neither the memory store nor the workspace index uses
+    pandas: they read Arrow tables as lists. The spec is found (LanceDB's own lazy
+    ``find_spec("pandas")`` still sees pandas installed) but loading it fails, so pyarrow
+    carries on without it; pyarrow and LanceDB import it for real when something asks them for
+    a DataFrame. Other threads, which may import pandas meanwhile, are not affected.
+    """
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "pandas" or threading.get_ident() != self.thread:
+            return None
+        return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: Any) -> None:
+        raise ImportError("pandas is not loaded with LanceDB (oraculo.extensions.memory.store)")
+
+
+def import_lancedb() -> Any:
+    """``import lancedb``, without pandas (see :class:`_PandasKeptOut`)."""
+    if "lancedb" in sys.modules:
+        return sys.modules["lancedb"]
+    finder = _PandasKeptOut()
+    sys.meta_path.insert(0, finder)
+    try:
+        import lancedb
+    finally:
+        sys.meta_path.remove(finder)
+    return lancedb
 
 
 def _fts() -> Any:
@@ -76,8 +120,7 @@ class LanceStore:
                 os.makedirs(self.path, mode=0o700, exist_ok=True)
             # Imported here: lancedb takes ~1 s to import, and every user server start would
             # pay for it before the hub sees the server ready.
-            import lancedb
-
+            lancedb = import_lancedb()
             self._db = await lancedb.connect_async(self.path)
         return self._db
 
@@ -152,6 +195,11 @@ class LanceStore:
             query = query.limit(limit)
         result: list[dict[str, Any]] = (await query.to_arrow()).to_pylist()
         return result
+
+    @property
+    def is_open(self) -> bool:
+        """Whether LanceDB has been loaded and the database opened."""
+        return self._db is not None
 
     async def count(self, condition: str | None = None) -> int:
         table = await self.table()

@@ -428,6 +428,22 @@ async def test_indexing_is_incremental(memo: User, models_hub: HubProcess) -> No
     paths = {p["path"] for p in await search("zulu yankee xray words")}
     assert not paths & {"inc/.hidden/secret.md", "inc/.ipynb_checkpoints/a-checkpoint.md"}
     assert "inc/blob.txt" not in paths
+
+    # A restarted server whose files did not change runs the index without loading LanceDB
+    # (a user who does not use memory keeps a light server), and counts what is there.
+    before = (await call(memo, "GET", INDEX)).json()
+    await memo.stop_server()
+    await memo.spawn()
+
+    async def started_run() -> dict[str, Any] | None:
+        status = (await call(memo, "GET", INDEX)).json()
+        return dict(status) if status["last_run"] and status["state"] == "idle" else None
+
+    after = await wait_for(started_run, 120, "the index's start-up run")
+    assert after["last_run"]["indexed"] == 0 and after["chunks"] == before["chunks"], after
+    maps = Path(f"/proc/{server_process(models_hub, memo.name).pid}/maps").read_text()
+    assert "_lancedb" not in maps
+    assert any("rack 14" in p["text"] for p in await search("where is the bravo server"))
     assert any(e["path"] == "inc/blob.txt" for e in second["errors"]), second["errors"]
 
 

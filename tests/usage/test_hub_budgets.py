@@ -227,7 +227,7 @@ async def test_an_admins_usage_panel_links_to_the_operators_dashboard(
         await tile.wait_for(timeout=120_000)
         icons = page.locator("style[data-oraculo=launcher-icons]")
         await icons.wait_for(state="attached", timeout=30_000)
-        assert "dashboard.svg" in (await icons.text_content() or "")
+        assert "/server-proxy/icon/oraculo-operator-dashboard" in (await icons.text_content() or "")
         await page.screenshot(path=str(artifacts / "launcher-operator-dashboard-tile.png"))
         async with page.expect_popup() as opened:
             await tile.click()

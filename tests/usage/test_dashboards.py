@@ -167,7 +167,9 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
         server = page.get_by_test_id("servers").locator("tr", has_text="opal")
         assert await server.locator("[data-col=state]").inner_text() == "ready"
         assert "CPU" in await server.locator("[data-col=gpu]").inner_text()  # no GPU here
-        assert "CPU s" in await server.locator("[data-col=kernels]").inner_text()
+        # every kernel the server runs (as it reports them), with its last CPU report
+        kernel = server.locator("[data-col=kernels] [data-kernel]").first
+        assert re.search(r"\(running; [\d.]+ CPU s, last report", await kernel.inner_text())
         # budgets and who is near them; the refused speech
         budget = page.get_by_test_id("budgets").locator("tr", has_text="opal")
         assert "near" in await budget.locator("[data-col=state]").inner_text()

@@ -64,7 +64,7 @@ SERVER_COLUMNS = [
     ("started", "Started"),
     ("last_activity", "Last activity"),
     ("gpu", "GPU"),
-    ("kernels", "Kernels (busy in the last 15 min)"),
+    ("kernels", "Kernels (CPU in the last 15 min)"),
 ]
 BUDGET_COLUMNS = [
     ("scope", "Scope"),
@@ -162,17 +162,27 @@ def servers(rows: list[dict[str, Any]], gpus: dict[str, dict[str, Any]]) -> str:
             extra = f" ({mem['used']}/{mem['total']} MiB)" if mem else ""
             return f'<td data-col="gpu">GPU {e(gpu)}{e(extra)}</td>'
         if k == "kernels":
-            ks = r["kernels"]
-            if not ks:
-                return '<td data-col="kernels">none busy</td>'
-            items = ", ".join(
-                f"{e(x['kernel_name'])} {e(str(x['kernel_id'])[:8])} ({x['cpu_seconds']:.1f} CPU s)"
-                for x in ks
-            )
-            return f'<td data-col="kernels">{items}</td>'
+            return f'<td data-col="kernels">{kernels(r)}</td>'
         return ""
 
     return table(rows, SERVER_COLUMNS, "servers", cell, "No server is running.")
+
+
+def kernels(server: dict[str, Any]) -> str:
+    """A server's kernels: name, id, and its last CPU report of the last 15 minutes."""
+    items = []
+    for x in server["kernels"]:
+        if x.get("cpu_seconds") is None:
+            report = "no CPU report in 15 min"
+        else:
+            last = str(x.get("last") or "")[11:19]
+            report = f"{x['cpu_seconds']:.1f} CPU s, last report {last} UTC"
+        state = "running" if "gone" not in x else "not running" if x["gone"] else "reported"
+        items.append(
+            f'<div data-kernel="{e(x["kernel_id"])}">{e(x["kernel_name"])} '
+            f"{e(str(x['kernel_id'])[:8])} ({state}; {e(report)})</div>"
+        )
+    return "".join(items) or "no kernel running"
 
 
 def budgets(rows: list[dict[str, Any]]) -> str:

@@ -22,6 +22,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import panel as pn
 import param
 import polars as pl
@@ -298,6 +299,11 @@ class OperatorBoard(pn.viewable.Viewer):
             self.error = f"an upstream refused: {e}"
             self._state.object = self._marker("error", self.error)
             return
+        except httpx.HTTPError as e:
+            _log.warning("an upstream did not answer: %s", e)
+            self.error = f"an upstream did not answer ({type(e).__name__})"
+            self._state.object = self._marker("error", self.error)
+            return
         gpus = await asyncio.to_thread(gpu_memory)
         since = raw.now - PERIODS[self.period] * 86400
         shaped = shape(raw.daily, since, raw.now, raw.budgets)
@@ -344,6 +350,9 @@ class OperatorBoard(pn.viewable.Viewer):
             return
         try:
             await self.upstreams.stop_server(quote(user, safe=""))
+        except httpx.HTTPError as e:
+            self._say("bad", f"The hub did not answer ({type(e).__name__}).")
+            return
         except UpstreamError as e:
             _log.warning("could not stop %r's server: %s %s", user, e.status, e)
             self._say("bad", f"The hub refused to stop {user}'s server ({e.status}).")
@@ -375,6 +384,9 @@ class OperatorBoard(pn.viewable.Viewer):
             return
         try:
             await self.upstreams.put_budget(form.model_dump())
+        except httpx.HTTPError as e:
+            self._say("bad", f"The model service did not answer ({type(e).__name__}).")
+            return
         except UpstreamError as e:
             self._refused(e)
             return
@@ -386,6 +398,9 @@ class OperatorBoard(pn.viewable.Viewer):
         key = {k: str(fields[k]) for k in ("scope", "name", "period", "unit")}
         try:
             await self.upstreams.delete_budget(key)
+        except httpx.HTTPError as e:
+            self._say("bad", f"The model service did not answer ({type(e).__name__}).")
+            return
         except UpstreamError as e:
             self._refused(e)
             return

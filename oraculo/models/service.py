@@ -125,6 +125,10 @@ class ModelService:
         #: Stripe billing, when configured (:mod:`.stripe_billing`).
         self.stripe: StripeBilling | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Each user's servers' running kernels as the servers last reported them (user, then
+        #: server name: ``{"at", "kernels": [{"kernel_id", "kernel_name"}]}``); this process's
+        #: memory only, filled again by the servers' next reports after a restart.
+        self.running_kernels: dict[str, dict[str, dict[str, Any]]] = {}
 
     def add(self, backend: Backend) -> None:
         self.registry.add(backend)

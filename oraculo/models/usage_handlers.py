@@ -68,10 +68,21 @@ class KernelSample(BaseModel):
     kernel_name: str = Field("kernel", min_length=1, max_length=255)
 
 
+class RunningKernel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kernel_id: str = Field(min_length=1, max_length=255)
+    kernel_name: str = Field("kernel", min_length=1, max_length=255)
+
+
 class KernelReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     samples: list[KernelSample] = Field(max_length=1000)
+    #: Every kernel the server runs now (idle ones too), for the operator's dashboard.
+    running: list[RunningKernel] | None = Field(default=None, max_length=1000)
+    #: The reporting server's name (JupyterHub's named servers; "" for the default one).
+    server: str = Field("", max_length=255)
 
 
 def _json_body(handler: BaseHandler, model: type[BaseModel]) -> Any:
@@ -231,7 +242,16 @@ class UsageDailyHandler(BaseHandler):
         days = await asyncio.to_thread(dashboard_columns, store, prices, since, until, now)
         refused = await asyncio.to_thread(refusals, store, since, until)
         kernels = await asyncio.to_thread(recent_kernels, store, now - RECENT_KERNEL_SECONDS)
-        self.write_json({"object": "usage.daily", **days, "refusals": refused, "kernels": kernels})
+        running = self.service.running_kernels
+        self.write_json(
+            {
+                "object": "usage.daily",
+                **days,
+                "refusals": refused,
+                "kernels": kernels,
+                "running": running,
+            }
+        )
 
 
 class KernelUsageHandler(BaseHandler):
@@ -257,7 +277,13 @@ class KernelUsageHandler(BaseHandler):
             for s in report.samples
             if s.cpu_seconds > 0 or s.gpu_seconds > 0
         ]
-        await self.service.record_events(events)
+        if events:
+            await self.service.record_events(events)
+        if report.running is not None:
+            self.service.running_kernels.setdefault(who.name, {})[report.server] = {
+                "at": iso(now),
+                "kernels": [k.model_dump() for k in report.running],
+            }
         self.set_status(204)
         self.finish()
 

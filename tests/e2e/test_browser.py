@@ -87,6 +87,8 @@ async def test_sign_in_lab_and_workspace_panel(
         for app, title in TILES.items():
             if (APPS_DIR / f"{app}.py").exists():
                 await page.locator(f'.jp-LauncherCard[title="{title}"]').wait_for(timeout=5_000)
+        # the operator's dashboard's tile is for those who may read everyone's usage only
+        assert await page.locator('.jp-LauncherCard[title^="Operator"]').count() == 0
         await tile.click()
         panel = page.frame_locator("iframe").first
         await panel.locator("[data-testid=oraculo-workspace][data-state=ok]").wait_for(

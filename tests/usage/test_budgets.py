@@ -228,6 +228,8 @@ async def test_users_read_only_their_own_usage_and_report_only_their_own(
         {"samples": [{"kernel_id": "", "cpu_seconds": 1}]},
         {"samples": [{"kernel_id": "k", "cpu_seconds": 1, "user": "bob"}]},
         {"samples": "x"},
+        {"samples": [], "running": [{"kernel_id": ""}]},
+        {"samples": [], "running": "x"},
     ):
         r = await http.post("/v1/usage/kernels", json=bad, headers=bearer(ADA))
         assert_envelope(r, 400)

@@ -7,7 +7,15 @@ import calendar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from oraculo.hub.dashboard.data import Throughput, budget_status, by, daily_frame, parse_metrics
+from oraculo.hub.dashboard.data import (
+    Raw,
+    Throughput,
+    budget_status,
+    by,
+    daily_frame,
+    parse_metrics,
+    servers,
+)
 
 COLUMNS = [
     "day",
@@ -69,3 +77,37 @@ def test_metrics_give_queue_tokens_and_a_rate_between_two_looks() -> None:
     tokens.labels("m", "completion").inc(30)
     second = parse_metrics(generate_latest(registry).decode())
     assert rate.update(second.tokens, 1010.0) == {"m": 3.0}
+
+
+def test_servers_list_every_running_kernel_with_its_last_cpu_report() -> None:
+    """Every kernel a server last reported running, idle ones too, with its CPU report of the
+    last 15 minutes if any; a kernel that reported but is no longer listed is kept, marked."""
+    users = [
+        {"name": "a", "servers": {"": {"ready": True, "state": {}}}},
+        {"name": "b", "servers": {"": {"ready": True, "state": {"gpu_id": 0}}}},
+    ]
+    report = {"kernel_name": "oraculo", "gpu_seconds": 0.0}
+    daily = {
+        "kernels": [
+            {**report, "user": "a", "kernel_id": "k1", "cpu_seconds": 2.5, "last": "t1"},
+            {**report, "user": "a", "kernel_id": "old", "cpu_seconds": 1.0, "last": "t0"},
+            {**report, "user": "b", "kernel_id": "kb", "cpu_seconds": 3.0, "last": "t2"},
+        ],
+        "running": {
+            "a": {
+                "": {
+                    "at": "t3",
+                    "kernels": [
+                        {"kernel_id": "k1", "kernel_name": "oraculo"},
+                        {"kernel_id": "k2", "kernel_name": "oraculo"},
+                    ],
+                }
+            }
+        },
+    }
+    a, b = servers(Raw(users, [], daily, [], "", "day", 0.0))
+    got = {k["kernel_id"]: (k["cpu_seconds"], k.get("gone")) for k in a["kernels"]}
+    assert got == {"k1": (2.5, None), "k2": (None, None), "old": (1.0, True)}
+    # b's server sent no list (yet): what reported is shown, not called stopped
+    assert [(k["kernel_id"], k["gone"]) for k in b["kernels"]] == [("kb", False)]
+    assert b["gpu"] == 0

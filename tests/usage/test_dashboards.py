@@ -139,14 +139,22 @@ def offsite(seen: list[str]) -> list[str]:
     return [u for u in seen if not u.startswith(("http://127.0.0.1:", "data:", "blob:"))]
 
 
+def ready(page: Any, period: str | None = None) -> Any:
+    """The board once its data is drawn (for ``period``, if given)."""
+    sel = "[data-testid=operator-dashboard][data-state=ready]"
+    return page.locator(sel + (f"[data-period={period}]" if period else ""))
+
+
 @pytest.mark.browser
 async def test_operator_dashboard_shows_real_usage_and_acts(
     hub: HubProcess, people: dict[str, User], usage: dict[str, Any], artifacts: Path
 ) -> None:
+    from playwright.async_api import expect
+
     opal = people["opal"]
     async with browser_page(hub, "admin", ADMIN_PASSWORD, DASHBOARD) as (page, seen):
-        board = page.get_by_test_id("operator-dashboard")
-        await board.wait_for(timeout=60_000)
+        await ready(page, "week").wait_for(state="attached", timeout=90_000)
+        await page.locator(".bk-Canvas, canvas").first.wait_for(timeout=30_000)
         await page.screenshot(path=str(artifacts / "dashboard-1-operator.png"), full_page=True)
         spenders = page.get_by_test_id("top-spenders")
         row = spenders.locator("tr", has_text="opal")
@@ -159,7 +167,9 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
         server = page.get_by_test_id("servers").locator("tr", has_text="opal")
         assert await server.locator("[data-col=state]").inner_text() == "ready"
         assert "CPU" in await server.locator("[data-col=gpu]").inner_text()  # no GPU here
-        assert "CPU s" in await server.locator("[data-col=kernels]").inner_text()
+        # every kernel the server runs (as it reports them), with its last CPU report
+        kernel = server.locator("[data-col=kernels] [data-kernel]").first
+        assert re.search(r"\(running; [\d.]+ CPU s, last report", await kernel.inner_text())
         # budgets and who is near them; the refused speech
         budget = page.get_by_test_id("budgets").locator("tr", has_text="opal")
         assert "near" in await budget.locator("[data-col=state]").inner_text()
@@ -167,8 +177,11 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
         assert "opal" in refusals and "budget_exceeded" in refusals
         # the model service's own metrics: the chat model with tokens since start
         assert "smollm2" in await page.get_by_test_id("model-service").inner_text()
-        for chart in ("chart-tokens", "chart-cpu", "chart-voice"):  # (no prices here: cost 0)
-            assert await page.get_by_test_id(chart).locator("rect").count() > 0, chart
+        # Bokeh charts (a canvas each), with their series (no prices here: cost 0)
+        assert await page.locator(".bk-Canvas, canvas").count() >= 4
+        for chart in ("chart-tokens", "chart-cpu", "chart-voice"):
+            assert await page.get_by_test_id(chart).locator("[data-key]").count() > 0, chart
+        assert "opal" in await page.get_by_test_id("chart-cpu").inner_text()
         group = page.get_by_test_id("groups").locator("tr", has_text=GROUP)
         assert await group.locator("[data-col=members]").inner_text() == "1"
         assert float((await group.locator("[data-col=tokens]").inner_text()).replace(",", "")) > 0
@@ -180,18 +193,16 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
         assert await admin_row.locator("[data-col=admin]").inner_text() == "yes"
 
         # change a budget: opal's tokens today capped at 1, so she is over it at once
-        form = page.get_by_test_id("budget-form")
-        await form.locator("select[name=scope]").select_option("user")
-        await form.locator("input[name=name]").fill("opal")
-        await form.locator("select[name=period]").select_option("day")
-        await form.locator("select[name=unit]").select_option("tokens")
-        await form.locator("input[name=limit]").fill("1")
-        await form.locator("button[type=submit]").click()
+        await page.locator(".budget-scope select").select_option("user")
+        await page.locator(".budget-name input").fill("opal")
+        await page.locator(".budget-period select").select_option("day")
+        await page.locator(".budget-unit select").select_option("tokens")
+        await page.locator(".budget-limit input").fill("1")
+        await page.locator(".budget-set button").click()
         flash = page.get_by_test_id("flash")
-        await flash.wait_for()
-        assert "Budget set" in await flash.inner_text()
+        await expect(flash).to_contain_text("Budget set", timeout=30_000)
         budget = page.get_by_test_id("budgets").locator("tr", has_text="opal")
-        assert "spent" in await budget.locator("[data-col=state]").inner_text()
+        await expect(budget.locator("[data-col=state]")).to_contain_text("spent")
         await page.screenshot(path=str(artifacts / "dashboard-2-budget-set.png"), full_page=True)
         r = await opal.api(
             "POST",
@@ -202,16 +213,16 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
         assert r.status_code == 429 and "daily token budget of user opal" in r.json()["message"]
 
         # a bad budget is refused with a message, and nothing changes
-        await form.locator("input[name=name]").fill("two words")
-        await form.locator("input[name=limit]").fill("5")
-        await form.locator("button[type=submit]").click()
-        await page.get_by_test_id("flash").wait_for()
-        assert "refused" in await page.get_by_test_id("flash").inner_text()
+        await page.locator(".budget-name input").fill("two words")
+        await page.locator(".budget-limit input").fill("5")
+        await page.locator(".budget-set button").click()
+        await expect(flash).to_contain_text("Budget refused", timeout=30_000)
+        await expect(budget.locator("[data-col=state]")).to_contain_text("spent")
 
         # stop opal's server
-        await page.get_by_test_id("stop-opal").click()
-        await page.get_by_test_id("flash").wait_for()
-        assert "Stopping the server" in await page.get_by_test_id("flash").inner_text()
+        await page.locator(".stop-user select").select_option("opal")
+        await page.locator(".stop-server button").click()
+        await expect(flash).to_contain_text("Stopping opal's server", timeout=30_000)
 
         async def stopped() -> bool:
             r = await opal.client.http.get("/hub/api/users/opal", headers=opal.auth)
@@ -219,17 +230,39 @@ async def test_operator_dashboard_shows_real_usage_and_acts(
 
         await wait_for(stopped, 60, "opal's server to stop")
         await page.goto(f"{hub.url}{DASHBOARD}?period=day")
-        await board.wait_for()
+        await ready(page, "day").wait_for(state="attached", timeout=60_000)
         assert "opal" not in await page.get_by_test_id("servers").inner_text()
         await page.screenshot(path=str(artifacts / "dashboard-3-stopped.png"), full_page=True)
-        # a crafted link cannot put its own words on the page: only fixed messages, by code
+        # a crafted link cannot put its own words on the page
         await page.goto(f"{hub.url}{DASHBOARD}?done=Call+0800+now&good=Call+0800+now&bad=x")
-        await board.wait_for()
+        await ready(page).wait_for(state="attached", timeout=60_000)
         assert await page.get_by_test_id("flash").count() == 0
         assert "0800" not in await page.content()
         assert offsite(seen) == []
     key = {k: v for k, v in usage["near"].items() if k != "limit"}
     await models_api(hub, people["admin"], "DELETE", "v1/budgets", 204, params=key)
+
+
+async def board_socket(hub: HubProcess, token: str, **headers: str) -> int:
+    """The status a websocket upgrade to the board's Bokeh server gets (101: it opened)."""
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    url = hub.url.replace("http", "ws", 1) + DASHBOARD + "ws"
+    request = HTTPRequest(url, headers={"Origin": hub.url, **headers}, request_timeout=30)
+    try:
+        conn = await websocket_connect(request, subprotocols=["bokeh", token])
+    except HTTPClientError as e:
+        return e.code
+    conn.close()
+    return 101
+
+
+def session_token(page: str) -> str:
+    """The Bokeh session token a board page carries (signed; it names the page's session)."""
+    match = re.search(r'\\?"token\\?":\s*\\?"([A-Za-z0-9_.-]+)', page)
+    assert match, page[:2000]
+    return match.group(1)
 
 
 async def test_a_users_token_and_an_unscoped_admin_token_are_refused(
@@ -239,16 +272,7 @@ async def test_a_users_token_and_an_unscoped_admin_token_are_refused(
     async with httpx.AsyncClient(base_url=hub.url, timeout=30) as c:
         r = await c.get(DASHBOARD, headers=opal.auth)
         assert r.status_code == 403
-        assert "operator-dashboard" not in r.text and "top-spenders" not in r.text
-        # an action with her token: refused, and the admin's session is untouched
-        r = await c.post(f"{DASHBOARD}servers/stop", data={"user": "admin"}, headers=opal.auth)
-        assert r.status_code == 403
-        r = await c.post(
-            f"{DASHBOARD}budgets",
-            data={"scope": "user", "name": "opal", "period": "day", "unit": "tokens", "limit": 9},
-            headers=opal.auth,
-        )
-        assert r.status_code == 403
+        assert "<title>Operator" not in r.text and "render_items" not in r.text
         # the data behind it, straight from the model service: refused in the error envelope
         r = await c.get(f"{MODELS}v1/usage/daily", headers=opal.auth)
         assert r.status_code == 403 and r.json()["error"]["type"]
@@ -258,9 +282,20 @@ async def test_a_users_token_and_an_unscoped_admin_token_are_refused(
         )
         r = await c.get(DASHBOARD, headers={"Authorization": f"token {narrow}"})
         assert r.status_code == 403 and "usage read-all scope" in r.text
-        # the admin's full token opens it
+        # the admin's full token opens it; the page holds no credential, only Bokeh's session
         r = await c.get(DASHBOARD, headers=admin.auth)
-        assert r.status_code == 200 and 'data-testid="operator-dashboard"' in r.text
+        assert r.status_code == 200 and "<title>Operator&#39;s dashboard" in r.text
+        assert admin.token not in r.text and "Cookie" not in r.text
+        token = session_token(r.text)
+    # the board's websocket (where its actions travel): only the viewer whose page made the
+    # session opens it; no login, another user's token, a token without the scope, or a page
+    # of another site are refused before the upgrade
+    assert await board_socket(hub, token) == 403
+    assert await board_socket(hub, token, **opal.auth) == 403
+    assert await board_socket(hub, token, Authorization=f"token {narrow}") == 403
+    assert await board_socket(hub, token, **admin.auth, Origin="http://evil.example") == 403
+    assert await board_socket(hub, "not-a-token", **admin.auth) == 403
+    assert await board_socket(hub, token, **admin.auth) == 101
 
 
 @pytest.mark.browser

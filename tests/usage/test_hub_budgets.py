@@ -217,6 +217,25 @@ async def test_an_admins_usage_panel_links_to_the_operators_dashboard(
         dashboard = await opened.value
         await dashboard.get_by_test_id("operator-dashboard").wait_for(timeout=90_000)
         await dashboard.screenshot(path=str(artifacts / "usage-panel-admin-dashboard.png"))
+        await dashboard.close()
+        # JupyterLab's launcher has an "Operator's dashboard" tile for an admin; it opens the
+        # dashboard in a new tab (a plain user has none: tests/e2e/test_browser.py)
+        await page.goto(f"{admin.client.hub.url}/user/admin/lab")
+        tile = page.locator(
+            '.jp-LauncherCard[data-category="Oráculo"][title^="Operator\'s dashboard"]'
+        )
+        await tile.wait_for(timeout=120_000)
+        icons = page.locator("style[data-oraculo=launcher-icons]")
+        await icons.wait_for(state="attached", timeout=30_000)
+        assert "/server-proxy/icon/oraculo-operator-dashboard" in (await icons.text_content() or "")
+        await page.screenshot(path=str(artifacts / "launcher-operator-dashboard-tile.png"))
+        async with page.expect_popup() as opened:
+            await tile.click()
+        dashboard = await opened.value
+        board = "[data-testid=operator-dashboard][data-state=ready]"
+        await dashboard.locator(board).wait_for(state="attached", timeout=90_000)
+        assert dashboard.url.endswith("/services/usage-dashboard/"), dashboard.url
+        await dashboard.screenshot(path=str(artifacts / "launcher-operator-dashboard-opened.png"))
         assert p.offsite() == []
     # the panel's API says the same, and names the admin's own usage
     r = await admin.api("GET", "/user/admin/api/v1/usage", params={"period": "day"})

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from oraculo import plugins
 from oraculo.kernels import credentials
 
@@ -245,4 +247,52 @@ def setup_cohort_tile() -> dict[str, Any]:
     entry["launcher_entry"]["path_info"] = f"{PROXY_NAME}/cohort"
     entry["launcher_entry"]["icon_path"] = str(STATIC_DIR / "cohort.svg")
     entry["launcher_entry"]["enabled"] = bool(os.environ.get("ORACULO_INSTRUCTS"))
+    return entry
+
+
+#: The operator's dashboard's tile: shown only to users who may read everyone's usage (the
+#: scope the dashboard needs); it opens the hub service ``usage-dashboard`` in a new tab.
+DASHBOARD_TILE = "Operator's dashboard"
+DASHBOARD_SCOPE = "custom:oraculo:usage:read-all"
+DASHBOARD_PATH = "services/usage-dashboard/"
+
+
+def owner_holds(scope: str) -> bool:
+    """Whether this server's owner holds ``scope``: the hub answers ``GET /hub/api/user`` to the
+    server's token with that token's scopes, which the hub keeps to what the owner holds (the
+    server token asks for the usage read-all scope: oraculo.hub.config.SERVER_TOKEN_SCOPES).
+    False outside JupyterHub or when the hub does not answer (logged)."""
+    hub = credentials.HubTokens.from_environment()
+    if hub is None:
+        return False
+    try:
+        r = httpx.get(
+            f"{hub.api_url}/user", headers={"Authorization": f"token {hub.api_token}"}, timeout=5
+        )
+        r.raise_for_status()
+    except httpx.HTTPError as e:
+        _log.warning("could not read this server's scopes from the hub: %s", e)
+        return False
+    return scope in (r.json().get("scopes") or [])
+
+
+def _dashboard_path_info() -> str:
+    """The dashboard's address relative to this server's base URL (``/user/<name>/``): up to
+    the hub's base URL, then the service's path."""
+    base = os.environ.get("JUPYTERHUB_BASE_URL", "/")
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", base)
+    inner = prefix[len(base) :] if prefix.startswith(base) else prefix.lstrip("/")
+    depth = len([p for p in inner.split("/") if p])
+    return "../" * depth + DASHBOARD_PATH
+
+
+def setup_dashboard_tile() -> dict[str, Any]:
+    entry = {**_common(), "new_browser_tab": True}
+    entry["launcher_entry"] = {
+        **_launcher_entry("usage"),
+        "title": DASHBOARD_TILE,
+        "path_info": _dashboard_path_info(),
+        "icon_path": str(STATIC_DIR / "dashboard.svg"),
+        "enabled": owner_holds(DASHBOARD_SCOPE),
+    }
     return entry

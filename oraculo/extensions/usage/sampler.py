@@ -80,6 +80,12 @@ class KernelSampler(LoggingConfigurable):
     min_report_seconds = Float(
         0.05, config=True, help="Compute below this (per kernel) waits for the next report."
     )
+    running_every = Float(
+        300.0,
+        config=True,
+        help="""Seconds after which the list of running kernels (for the operator's dashboard)
+        is sent again though it did not change (a restarted model service learns it again).""",
+    )
 
     @default("interval")
     def _default_interval(self) -> float:
@@ -91,6 +97,9 @@ class KernelSampler(LoggingConfigurable):
         self._pending: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._running: list[dict[str, str]] = []
+        self._sent_running: list[dict[str, str]] | None = None
+        self._sent_at = 0.0
 
     @property
     def configured(self) -> bool:
@@ -114,6 +123,7 @@ class KernelSampler(LoggingConfigurable):
         psutil and nvidia-smi; run it in a thread)."""
         now = now or time.monotonic()
         kernels = self._kernels()
+        self._running = [{"kernel_id": k, "kernel_name": name} for k, name, _ in kernels]
         gpu_pids = gpu.process_gpu_memory() if os.environ.get("CUDA_VISIBLE_DEVICES") else {}
         for kernel_id, name, pid in kernels:
             try:
@@ -154,12 +164,18 @@ class KernelSampler(LoggingConfigurable):
                 for e in self._pending.values()
                 if e["cpu_seconds"] >= self.min_report_seconds or e["gpu_seconds"] > 0
             ]
-            if not ready or self.models is None or not self.configured:
+            running = list(self._running)
+            now = time.monotonic()
+            due = running != self._sent_running or now - self._sent_at >= self.running_every
+            if not (ready or due) or self.models is None or not self.configured:
                 return 0
+            body = {
+                "samples": ready,
+                "running": running,
+                "server": os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
+            }
             try:
-                await self.models.request(
-                    "POST", "v1/usage/kernels", json={"samples": ready}, timeout=10.0
-                )
+                await self.models.request("POST", "v1/usage/kernels", json=body, timeout=10.0)
             except Unavailable as err:
                 self.log.warning("could not report kernel usage: %s", err.message)
                 return 0
@@ -168,6 +184,7 @@ class KernelSampler(LoggingConfigurable):
                 if err.status < 500:
                     self._pending.clear()  # it will never be taken: do not resend it forever
                 return 0
+            self._sent_running, self._sent_at = running, now
             for sent in ready:
                 self._pending.pop(sent["kernel_id"], None)
             return len(ready)

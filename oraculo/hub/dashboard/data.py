@@ -304,15 +304,32 @@ def budget_status(
 
 
 def servers(raw: Raw) -> list[dict[str, Any]]:
-    """Every server (running or starting) with its GPU, and the kernels that reported compute
-    in the last minutes."""
-    kernels: dict[str, list[dict[str, Any]]] = {}
+    """Every server (running or starting) with its GPU and its kernels: every kernel the server
+    last reported running (idle ones too), each with its last CPU report of the last 15
+    minutes, then kernels that reported compute but are not (or no longer) in that list."""
+    reports: dict[str, list[dict[str, Any]]] = {}
     for k in raw.daily.get("kernels") or []:
-        kernels.setdefault(k["user"], []).append(k)
+        reports.setdefault(k["user"], []).append(k)
+    running = raw.daily.get("running") or {}
     out = []
     for u in raw.users:
+        mine = {k["kernel_id"]: k for k in reports.get(u["name"], [])}
         for name, s in (u.get("servers") or {}).items():
             state = s.get("state") or {}
+            listed = (running.get(u["name"]) or {}).get(name) or {}
+            kernels = []
+            for k in listed.get("kernels") or []:
+                report = mine.pop(k["kernel_id"], None)
+                kernels.append(
+                    {
+                        **k,
+                        "cpu_seconds": report["cpu_seconds"] if report else None,
+                        "last": report["last"] if report else None,
+                    }
+                )
+            if name == "":  # reports name no server: the rest count with the default one
+                # (not in a list the server sent: stopped since; no list yet: unknown)
+                kernels += [{**k, "gone": bool(listed)} for k in mine.values()]
             out.append(
                 {
                     "user": u["name"],
@@ -322,7 +339,8 @@ def servers(raw: Raw) -> list[dict[str, Any]]:
                     "started": s.get("started"),
                     "last_activity": s.get("last_activity"),
                     "gpu": state.get("gpu_id"),
-                    "kernels": kernels.get(u["name"], []),
+                    "kernels": kernels,
+                    "kernels_listed_at": listed.get("at"),
                 }
             )
     return out

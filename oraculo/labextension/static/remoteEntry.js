@@ -81,9 +81,11 @@
           var e = p.launcher_entry || {};
           if (e.category !== "Oráculo" || !e.icon_url || !e.enabled) { return; }
           var title = String(e.title).replace(/["\\]/g, "");
+          // a tile that opens a new browser tab is titled with " [↗]" after its title
+          var card = '.jp-LauncherCard[data-category="Oráculo"][title="' + title;
           rules.push(
-            '.jp-LauncherCard[data-category="Oráculo"][title="' + title + '"] ' +
-            ".jp-LauncherCard-icon { background: url(\"" + encodeURI(e.icon_url) + "\") " +
+            card + '"] .jp-LauncherCard-icon, ' + card + ' [↗]"] .jp-LauncherCard-icon ' +
+            "{ background: url(\"" + encodeURI(e.icon_url) + "\") " +
             "center / 52px 52px no-repeat; }"
           );
         });

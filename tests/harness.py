@@ -60,10 +60,20 @@ def record(method: str, r: httpx.Response) -> None:
         RECORDED.append((method.upper(), path, r))
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now and not handed out before by this process: the system may
+    hand the same free port to two binds in a row, and a hub given it for both its own port and
+    its proxy's API port fails to start (seen once in a run)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 async def wait_for(

@@ -44,7 +44,7 @@ from oraculo.hub.cohort_page import page_handlers
 from oraculo.policy import CohortPolicy, combine
 
 #: Held by the operator's ``instructors`` role (oraculo.hub.config): make a cohort, teach it.
-CREATE_SCOPE = "custom:oraculo:cohorts:create"
+CREATE_SCOPE = cohorts.CREATE_SCOPE
 
 
 class CohortIn(BaseModel):
@@ -187,33 +187,15 @@ class CohortListHandler(CohortAPIHandler):
         self.finish(json.dumps({"cohorts": out}))
 
     async def post(self) -> None:
-        """Admins make any cohort with any instructors; a holder of
-        ``custom:oraculo:cohorts:create`` (the ``instructors`` group's role) makes a new one
-        whose only instructor is themselves."""
+        """Make a cohort (:func:`.cohorts.create_by`, the hub page's form takes the same path)."""
         if self.current_user is None:
             raise web.HTTPError(403, "Missing or invalid credentials.")
-        by_creator = not self.by_admin
-        if by_creator and not has_scope(CREATE_SCOPE, self.parsed_scopes, db=self.db):
+        if not cohorts.may_create(self.parsed_scopes, self.db):
             raise cohorts.CohortError(
                 403, "Only admins and instructors may make a cohort.", "forbidden"
             )
         body = self.parse(CohortIn)
-        if by_creator:
-            me = self.current_user.name
-            if getattr(self.current_user, "kind", "") != "user":
-                raise cohorts.CohortError(403, "Only a user can make a cohort.", "forbidden")
-            if any(self.authenticator.normalize_username(n) != me for n in body.instructors):
-                raise cohorts.CohortError(
-                    403, "You may make a cohort with yourself as instructor only.", "forbidden"
-                )
-            if orm.Group.find(self.db, name=body.name) is not None:
-                raise cohorts.CohortError(
-                    409, f"A group named {body.name} exists already.", "cohort_exists"
-                )
-            body.instructors = [me]
-        instructors = self.users_named(body.instructors)
-        group = cohorts.create(self.db, body.name, instructors, body.policy)
-        self.log.info("Cohort %s created with instructors %s", group.name, body.instructors)
+        group = cohorts.create_by(self, body.name, body.instructors, body.policy)
         self.created(
             f"{self.hub.base_url}api/cohorts/{group.name}", self.cohort_model(group, full=True)
         )

@@ -485,5 +485,41 @@ async def test_members_of_the_instructors_group_make_their_own_cohorts(
         assert_error(await pat.api("GET", f"/hub/api/cohorts/{mine}"), 403)
         r = await admin.api("GET", f"/hub/api/cohorts/{mine}")
         assert r.json()["instructors"] == [ina.name] and r.json()["policy"]["ai"] is False
+
+        # the hub's cohorts page: a plain user sees no form, and a post forged with his own
+        # session and XSRF token is refused, nothing made
+        page = await pat.client.http.get("/hub/cohorts")
+        assert page.status_code == 200 and 'id="new-cohort"' not in page.text
+        forged = f"forged-{tag}"
+        xsrf = pat.client.http.cookies.get("_xsrf", path="/hub/") or ""
+        r = await pat.client.http.post("/hub/cohorts", data={"_xsrf": xsrf, "name": forged})
+        assert r.status_code == 403, r.status_code
+        assert 'data-type="forbidden"' in r.text and "Only admins and instructors" in r.text
+        r = await pat.client.http.post("/hub/cohorts", data={"name": forged})  # no XSRF
+        assert r.status_code == 403, r.status_code
+        assert_error(await admin.api("GET", f"/hub/api/cohorts/{forged}"), 404)
+        r = await admin.api("GET", f"/hub/api/groups/{forged}")
+        assert r.status_code == 404, r.text
+
+        # an instructor makes one with the form (the API's path): a bad name and a taken one
+        # are said in the page with their status; then the new cohort's invitation link
+        page = await ina.client.http.get("/hub/cohorts")
+        assert 'id="new-cohort"' in page.text and "cohort_instructors_input" not in page.text
+        for name, status, type_ in [
+            ("bio 101!", 400, "invalid_name"),
+            (theirs, 409, "cohort_exists"),
+        ]:
+            r = await ina.client._form("/hub/cohorts", {"name": name})
+            assert r.status_code == status, r.status_code
+            assert f'data-type="{type_}"' in r.text and 'id="new-cohort"' in r.text
+        made = f"form-{tag}"
+        r = await ina.client._form("/hub/cohorts", {"name": made})
+        assert r.status_code == 302, r.status_code
+        page = await ina.client.http.get(r.headers["Location"])
+        r = await admin.api("GET", f"/hub/api/cohorts/{made}")
+        assert r.status_code == 200 and r.json()["instructors"] == [ina.name], r.text
+        link = f"{ina.client.hub.url}/hub/signup?invite={r.json()['invite_code']}"
+        section = page.text[page.text.index(f'id="cohort-{made}"') :]
+        assert "Created." in section and f'value="{link}"' in section
     finally:
         await client.aclose()

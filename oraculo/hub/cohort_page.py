@@ -21,6 +21,7 @@ from jupyterhub.scopes import has_scope
 from tornado import web
 
 from oraculo.hub import cohorts
+from oraculo.hub.cohort_live import apply_instructors
 
 PAGE = """{% extends "page.html" %}
 {% block main %}
@@ -202,6 +203,7 @@ class CohortsPageHandler(BaseHandler):
         except cohorts.CohortError as e:
             await self._render(error=e, typed=typed)
             return
+        await apply_instructors(self, group)
         query = web.escape.url_escape(group.name)
         self.redirect(f"{self.hub.base_url}cohorts?created={query}#cohort-{query}")
 

@@ -31,6 +31,7 @@ from typing import Any
 from jupyterhub import orm, roles
 from jupyterhub.scopes import has_scope
 
+from oraculo.hub.exchange import instructors_of
 from oraculo.hub.groups import group_slug
 from oraculo.policy import POLICY_PROPERTY, CohortPolicy, combine
 
@@ -266,6 +267,20 @@ def cohorts_of_instructor(db: Any, user: orm.User) -> list[str]:
                 if role_name(group.name) == role.name and is_cohort(group):
                     names.append(group.name)
     return sorted(names)
+
+
+def courses_of(db: Any, user: orm.User) -> tuple[list[str], list[str]]:
+    """``(groups, instructs)`` of ``user`` now, as the spawner hands them to a server at start
+    (``ORACULO_COHORTS``, ``ORACULO_INSTRUCTS``): the hub groups whose course the server
+    gets (the user's groups and those they teach) and those they teach (cohorts whose
+    instructor role they hold, groups whose ``instructors`` property names them). A running
+    server asks for them again (``GET /hub/api/users/<name>/cohorts``) so a join or a leave
+    applies without a restart."""
+    teaching = cohorts_of_instructor(db, user)
+    instructs = sorted(
+        set(teaching) | {g.name for g in user.groups if user.name in instructors_of(g)}
+    )
+    return sorted({g.name for g in user.groups} | set(instructs)), instructs
 
 
 def policy_of(group: orm.Group) -> CohortPolicy | None:

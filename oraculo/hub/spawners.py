@@ -94,10 +94,12 @@ class GroupFoldersHook:
         groups = sorted(set(groups) | set(self.instructs))
         self.group_dirs = await asyncio.to_thread(self.prepare_group_folders, folders, groups)
         exchange = CohortExchange(parent=self)
-        if exchange.enabled and groups:
-            await asyncio.to_thread(self.prepare_exchange, exchange, groups)
+        if exchange.enabled:
+            # named even to a server in no group yet: it may join one while it runs
             self.exchange_root = exchange.root
             self.cohorts = groups
+            if groups:
+                await asyncio.to_thread(self.prepare_exchange, exchange, groups)
 
     def prepare_exchange(self, exchange: CohortExchange, groups: list[str]) -> None:
         """Make the user's cohorts' nbgrader exchanges (blocking; runs in a thread). Here

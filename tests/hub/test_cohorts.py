@@ -298,7 +298,7 @@ async def test_membership_applies_to_a_running_server(
     admin: User, people: dict[str, User], hub: HubProcess
 ) -> None:
     """process spawner: the cohort folder is linked into a running server's home at once, and
-    unlinked when the student leaves, without a restart."""
+    unlinked when the student leaves, and the server's courses follow, without a restart."""
     ivy, tom = people["ivy"], people["tom"]
     name = f"live-{uuid.uuid4().hex[:4]}"
     made = await make_cohort(admin, name, [ivy.name])
@@ -310,6 +310,24 @@ async def test_membership_applies_to_a_running_server(
         assert r.json()["live"]["state"] == "applied"
         link = Path(hub.data_dir) / "users" / tom.name / "shared" / name
         assert link.is_symlink() and link.resolve().is_dir()
+        # his running server learns the cohort from the hub (its own token): the courses
+        # feature and the Cohort panel have it, nothing to restart
+        courses = f"/user/{tom.name}/api/v1/courses"
+
+        async def listed() -> bool:
+            r = await tom.api("GET", courses)
+            return name in r.json()["cohorts"]
+
+        await wait_for(listed, 30, f"{tom.name}'s server to learn cohort {name}", 0.5)
+        r = await tom.api("GET", courses)
+        assert r.json()["restart_needed"] == [] and r.json()["notice"] is None, r.text
+        r = await tom.api("GET", f"{courses}/{name}")
+        assert r.status_code == 200 and r.json()["instructor"] is False, r.text
+        # what the server asks the hub: the user's own token only
+        r = await tom.api("GET", f"/hub/api/users/{tom.name}/cohorts")
+        assert r.status_code == 200 and name in r.json()["cohorts"], r.text
+        r = await people["sue"].api("GET", f"/hub/api/users/{tom.name}/cohorts")
+        assert_error(r, 404 if r.status_code == 404 else 403)
 
         # an admin's plain group API takes the same live steps: out, then back in
         r = await admin.api("DELETE", f"/hub/api/groups/{name}/users", json={"users": [tom.name]})
@@ -326,6 +344,13 @@ async def test_membership_applies_to_a_running_server(
         r = await ivy.api("DELETE", f"/hub/api/cohorts/{name}/members", json={"users": [tom.name]})
         assert r.json()["live"][tom.name]["state"] == "applied"
         assert not link.exists() and not link.is_symlink()
+
+        async def dropped() -> bool:
+            r = await tom.api("GET", f"{courses}/{name}")
+            return r.status_code == 404
+
+        await wait_for(dropped, 30, f"{tom.name}'s server to drop cohort {name}", 0.5)
+        assert name not in (await tom.api("GET", courses)).json()["cohorts"]
     finally:
         await tom.stop_server()
 

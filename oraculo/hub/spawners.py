@@ -340,6 +340,9 @@ class SystemUserSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
         env["USER"] = self.os_user
         env["HOME"] = entry.pw_dir
         env["SHELL"] = entry.pw_shell or "/bin/bash"
+        # each hub user's OS account is <prefix><name>: the instructor's server checks who made
+        # each submission before nbgrader collects it (oraculo.extensions.courses)
+        env["ORACULO_OS_USER_PREFIX"] = self.os_user_prefix
         return env
 
     def prepare(self) -> None:

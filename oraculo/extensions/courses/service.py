@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import re
 import sys
 import time
@@ -106,6 +107,15 @@ class CourseService(LoggingConfigurable):
         config=True,
         help="Where students' fetched assignments go, per cohort. Default ~/assignments.",
     )
+    os_user_prefix = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Where each hub user has an OS account named <prefix><hub name> (system-users
+        mode), the prefix: a collect then sets aside submissions that another account made.
+        None (one account for everyone): no such check. Default ORACULO_OS_USER_PREFIX, which
+        the system-users spawner sets.""",
+    )
     timeout = Float(
         900.0,
         config=True,
@@ -123,6 +133,10 @@ class CourseService(LoggingConfigurable):
     @default("cohorts")
     def _default_cohorts(self) -> list[str]:
         return [g for g in os.environ.get("ORACULO_COHORTS", "").split(",") if g]
+
+    @default("os_user_prefix")
+    def _default_os_user_prefix(self) -> str | None:
+        return os.environ.get("ORACULO_OS_USER_PREFIX")
 
     @default("courses_dir")
     def _default_courses_dir(self) -> str:
@@ -253,6 +267,8 @@ class CourseService(LoggingConfigurable):
             out = cwd / course_id / assignment
         cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
         log: list[str] = []
+        if action == "collect":
+            log += await asyncio.to_thread(self.set_aside_forged, root, course_id)
         for step in STEPS[action]:
             args = [step, assignment, *common]
             if step in ("generate_assignment", "release_assignment"):
@@ -269,6 +285,47 @@ class CourseService(LoggingConfigurable):
             path=str(out),
             log=log,
         )
+
+    def set_aside_forged(self, root: str, course_id: str) -> list[str]:
+        """Before a collect: set aside every submission in ``inbound`` whose stated student id
+        does not name the OS account that made it (a student submitting as a classmate), so
+        nbgrader collects nothing under the classmate's name. It is renamed in place to
+        ``.set-aside+<name>``, which nbgrader's ``*+<assignment>+*`` never matches (a rename to
+        another folder would need write access to the student's own folder). Only where each
+        user has an OS account (``system-users``): with one account for everyone (``process``
+        mode) the owner says nothing. Blocking."""
+        prefix = self.os_user_prefix
+        if prefix is None:
+            return []
+        inbound = Path(root) / course_id / "inbound"
+        said = []
+        for name in _listdir(inbound):
+            student = name.split("+", 1)[0]
+            try:
+                made_by = os.lstat(inbound / name).st_uid
+                wanted = pwd.getpwnam(prefix + student).pw_uid
+            except KeyError:
+                wanted = -1
+            except OSError:
+                continue
+            if made_by == wanted and not (inbound / name).is_symlink():
+                continue
+            try:
+                maker = pwd.getpwuid(made_by).pw_name
+            except KeyError:
+                maker = str(made_by)
+            try:
+                os.rename(inbound / name, inbound / f".set-aside+{name}")
+            except OSError as e:
+                raise Conflict(
+                    f"Could not set aside {name}, which another account made: {e}"
+                ) from e
+            said.append(
+                f"Set aside {name}: it says it is {student}'s, but account {maker} made it; "
+                "nothing collected from it."
+            )
+            self.log.warning("Cohort course %s: %s", course_id, said[-1])
+        return said
 
     async def _nbgrader(self, args: list[str], cwd: Path) -> list[str]:
         env = {k: v for k, v in os.environ.items() if not _SECRET.search(k)}

@@ -18,6 +18,7 @@ so the raw ``/hub/api/groups`` writes stay admins'; the handlers here check who 
 ``POST /hub/api/cohorts/<c>/invitations``                     a new invitation code      manage
 ``PUT /hub/api/cohorts/<c>/lti`` ``{contexts}``               LMS courses of the cohort  admin
 ``POST /hub/api/cohorts/join`` ``{code}``                     join by invitation         self
+``GET /hub/api/users/<u>/cohorts``                            the user's courses now     self
 ===========================================================  =========================  ======
 
 + or a member of the operator's ``instructors`` group (``custom:oraculo:cohorts:create``): a
@@ -40,11 +41,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tornado import web
 
 from oraculo.hub import cohorts
+from oraculo.hub.cohort_live import apply_instructors, apply_membership
 from oraculo.hub.cohort_page import page_handlers
 from oraculo.policy import CohortPolicy, combine
 
 #: Held by the operator's ``instructors`` role (oraculo.hub.config): make a cohort, teach it.
-CREATE_SCOPE = "custom:oraculo:cohorts:create"
+CREATE_SCOPE = cohorts.CREATE_SCOPE
 
 
 class CohortIn(BaseModel):
@@ -187,33 +189,16 @@ class CohortListHandler(CohortAPIHandler):
         self.finish(json.dumps({"cohorts": out}))
 
     async def post(self) -> None:
-        """Admins make any cohort with any instructors; a holder of
-        ``custom:oraculo:cohorts:create`` (the ``instructors`` group's role) makes a new one
-        whose only instructor is themselves."""
+        """Make a cohort (:func:`.cohorts.create_by`, the hub page's form takes the same path)."""
         if self.current_user is None:
             raise web.HTTPError(403, "Missing or invalid credentials.")
-        by_creator = not self.by_admin
-        if by_creator and not has_scope(CREATE_SCOPE, self.parsed_scopes, db=self.db):
+        if not cohorts.may_create(self.parsed_scopes, self.db):
             raise cohorts.CohortError(
                 403, "Only admins and instructors may make a cohort.", "forbidden"
             )
         body = self.parse(CohortIn)
-        if by_creator:
-            me = self.current_user.name
-            if getattr(self.current_user, "kind", "") != "user":
-                raise cohorts.CohortError(403, "Only a user can make a cohort.", "forbidden")
-            if any(self.authenticator.normalize_username(n) != me for n in body.instructors):
-                raise cohorts.CohortError(
-                    403, "You may make a cohort with yourself as instructor only.", "forbidden"
-                )
-            if orm.Group.find(self.db, name=body.name) is not None:
-                raise cohorts.CohortError(
-                    409, f"A group named {body.name} exists already.", "cohort_exists"
-                )
-            body.instructors = [me]
-        instructors = self.users_named(body.instructors)
-        group = cohorts.create(self.db, body.name, instructors, body.policy)
-        self.log.info("Cohort %s created with instructors %s", group.name, body.instructors)
+        group = cohorts.create_by(self, body.name, body.instructors, body.policy)
+        await apply_instructors(self, group)
         self.created(
             f"{self.hub.base_url}api/cohorts/{group.name}", self.cohort_model(group, full=True)
         )
@@ -285,35 +270,6 @@ class CohortMembersHandler(CohortAPIHandler):
                     cohorts.remove_pending(self.db, group, user.name)
         live = {u.name: await apply_membership(self, u) for u in changed}
         self.finish(json.dumps({"members": sorted(u.name for u in group.users), "live": live}))
-
-
-async def apply_membership(handler: APIHandler, orm_user: orm.User) -> dict[str, str]:
-    """Bring a member's running server up to date with their groups: link or unlink the group
-    folders in their home and set their OS groups. What a running process cannot pick up (its
-    OS groups, a container's mounts) is said plainly."""
-    user = handler.users[orm_user]
-    spawner = user.spawners.get("")
-    if spawner is None or not spawner.ready:
-        return {"state": "next_start", "message": "Applied when the server starts."}
-    make = getattr(spawner, "make_group_folders", None)
-    if make is None:
-        return {"state": "restart_needed", "message": "Restart the server to apply."}
-    try:
-        await make()
-    except Exception as e:  # a folder or OS group that cannot be made must not fail the join
-        handler.log.exception("Could not apply the groups of %s live", user.name)
-        return {"state": "restart_needed", "message": f"Restart the server to apply ({e})."}
-    kind = type(spawner).__name__
-    if "Process" in kind:
-        return {"state": "applied", "message": "Folder linked or unlinked in ~/shared now."}
-    return {
-        "state": "restart_needed",
-        "message": (
-            f"{user.name}'s server runs with the OS groups (or mounts) it started with: the "
-            "cohort folder opens after they restart it (File > Hub Control Panel > Stop My "
-            "Server, then Start). AI policy applies now."
-        ),
-    }
 
 
 class CohortInstructorsHandler(CohortAPIHandler):
@@ -398,6 +354,20 @@ class CohortJoinHandler(CohortAPIHandler):
         self.finish(json.dumps({"cohort": group.name, "live": live}))
 
 
+class UserCohortsHandler(CohortAPIHandler):
+    """The groups whose course a user's server gets, and those they teach, now
+    (:func:`.cohorts.courses_of`): the user's running server asks with its own token
+    (``read:users:groups!user``), so a join or a leave reaches it without a restart."""
+
+    @needs_scope("read:users:groups")
+    async def get(self, user_name: str) -> None:
+        user = self.find_user(user_name)
+        if user is None:
+            raise cohorts.CohortError(404, f"No such user: {user_name}", "user_not_found")
+        groups, instructs = cohorts.courses_of(self.db, user.orm_user)
+        self.finish(json.dumps({"name": user.name, "cohorts": groups, "instructs": instructs}))
+
+
 class LiveGroupUsersAPIHandler(GroupUsersAPIHandler):
     """JupyterHub's own ``/hub/api/groups/<group>/users`` (admins; the admin page uses it), plus
     the live steps the cohort API takes: a member added or removed has their running server
@@ -446,6 +416,7 @@ def api_handlers(app: Any = None) -> list[tuple[str, Any]]:
         (r"/api/groups/([^/]+)/users", LiveGroupUsersAPIHandler),
         (r"/api/cohorts", CohortListHandler),
         (r"/api/cohorts/join", CohortJoinHandler),
+        (r"/api/users/(?P<user_name>[^/]+)/cohorts", UserCohortsHandler),
         (c, CohortHandler),
         (c + r"/policy", CohortPolicyHandler),
         (c + r"/members", CohortMembersHandler),

@@ -24,12 +24,14 @@ them.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from typing import Any
 
 from jupyterhub import orm, roles
 from jupyterhub.scopes import has_scope
 
+from oraculo.hub.exchange import instructors_of
 from oraculo.hub.groups import group_slug
 from oraculo.policy import POLICY_PROPERTY, CohortPolicy, combine
 
@@ -38,6 +40,10 @@ COHORT_PROPERTY = "oraculo_cohort"
 ROLE_PREFIX = "instructor-"
 #: The custom scope (filtered ``!group=<cohort>``) that lets a token use the cohort API's writes.
 MANAGE_SCOPE = "custom:oraculo:cohorts:manage"
+#: Held by the operator's ``instructors`` role (oraculo.hub.config): make a cohort, teach it.
+CREATE_SCOPE = "custom:oraculo:cohorts:create"
+#: A new cohort's name: it names a folder, an OS group and an nbgrader course too.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class CohortError(Exception):
@@ -74,6 +80,57 @@ def may_manage(parsed_scopes: Any, db: Any, cohort: str) -> bool:
         has_scope("admin:groups", parsed_scopes, db=db)
         or has_scope(f"{MANAGE_SCOPE}!group={cohort}", parsed_scopes, db=db)
     )
+
+
+def may_create(parsed_scopes: Any, db: Any) -> bool:
+    """Whether a request's scopes may make a cohort: an admin's (``admin:groups``) or a member's
+    of the operator's ``instructors`` group (:data:`CREATE_SCOPE`)."""
+    return bool(
+        has_scope("admin:groups", parsed_scopes, db=db)
+        or has_scope(CREATE_SCOPE, parsed_scopes, db=db)
+    )
+
+
+def create_by(
+    handler: Any, name: str, instructor_names: list[str], policy: CohortPolicy | None
+) -> orm.Group:
+    """Make cohort ``name`` for the signed-in user of a hub ``handler`` (the cohort API's
+    ``POST`` and the hub page's form both come here). Admins make any cohort with any
+    instructors; a holder of :data:`CREATE_SCOPE` makes a new one (never an existing group)
+    whose only instructor is themselves. Refuses with a :class:`CohortError` before anything
+    changes."""
+    db, scopes, current = handler.db, handler.parsed_scopes, handler.current_user
+    if current is None or not may_create(scopes, db):
+        raise CohortError(403, "Only admins and instructors may make a cohort.", "forbidden")
+    by_admin = bool(has_scope("admin:groups", scopes, db=db))
+    normalize = handler.authenticator.normalize_username
+    names = [normalize(n) for n in instructor_names]
+    if not by_admin:
+        if getattr(current, "kind", "") != "user":
+            raise CohortError(403, "Only a user can make a cohort.", "forbidden")
+        if any(n != current.name for n in names):
+            raise CohortError(
+                403, "You may make a cohort with yourself as instructor only.", "forbidden"
+            )
+        names = [current.name]
+    if not NAME.match(name):
+        raise CohortError(
+            400,
+            f"{name!r} cannot name a cohort: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (for instance bio-101).",
+            "invalid_name",
+        )
+    if not by_admin and orm.Group.find(db, name=name) is not None:
+        raise CohortError(409, f"A group named {name} exists already.", "cohort_exists")
+    users = []
+    for n in names:
+        user = orm.User.find(db, n)
+        if user is None:
+            raise CohortError(400, f"No such user: {n}", "user_not_found")
+        users.append(user)
+    group = create(db, name, users, policy)
+    handler.log.info("Cohort %s created by %s, instructors %s", name, current.name, names)
+    return group
 
 
 def upgrade_roles(db: Any) -> list[str]:
@@ -210,6 +267,20 @@ def cohorts_of_instructor(db: Any, user: orm.User) -> list[str]:
                 if role_name(group.name) == role.name and is_cohort(group):
                     names.append(group.name)
     return sorted(names)
+
+
+def courses_of(db: Any, user: orm.User) -> tuple[list[str], list[str]]:
+    """``(groups, instructs)`` of ``user`` now, as the spawner hands them to a server at start
+    (``ORACULO_COHORTS``, ``ORACULO_INSTRUCTS``): the hub groups whose course the server
+    gets (the user's groups and those they teach) and those they teach (cohorts whose
+    instructor role they hold, groups whose ``instructors`` property names them). A running
+    server asks for them again (``GET /hub/api/users/<name>/cohorts``) so a join or a leave
+    applies without a restart."""
+    teaching = cohorts_of_instructor(db, user)
+    instructs = sorted(
+        set(teaching) | {g.name for g in user.groups if user.name in instructors_of(g)}
+    )
+    return sorted({g.name for g in user.groups} | set(instructs)), instructs
 
 
 def policy_of(group: orm.Group) -> CohortPolicy | None:

@@ -79,6 +79,9 @@ SERVER_TOKEN_SCOPES = [
     # Likewise the Cohort panel's policy editor: intersected with the owner's permissions,
     # custom:oraculo:cohorts:manage!group=<cohort> for an instructor, nothing for a student.
     "custom:oraculo:cohorts:manage",
+    # The owner's groups, so a running server learns a join or a leave (courses, the Cohort
+    # panel) from GET /hub/api/users/<name>/cohorts without a restart.
+    "read:users:groups!user",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

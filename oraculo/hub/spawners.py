@@ -94,10 +94,12 @@ class GroupFoldersHook:
         groups = sorted(set(groups) | set(self.instructs))
         self.group_dirs = await asyncio.to_thread(self.prepare_group_folders, folders, groups)
         exchange = CohortExchange(parent=self)
-        if exchange.enabled and groups:
-            await asyncio.to_thread(self.prepare_exchange, exchange, groups)
+        if exchange.enabled:
+            # named even to a server in no group yet: it may join one while it runs
             self.exchange_root = exchange.root
             self.cohorts = groups
+            if groups:
+                await asyncio.to_thread(self.prepare_exchange, exchange, groups)
 
     def prepare_exchange(self, exchange: CohortExchange, groups: list[str]) -> None:
         """Make the user's cohorts' nbgrader exchanges (blocking; runs in a thread). Here
@@ -338,6 +340,9 @@ class SystemUserSpawner(OraculoSpawnerMixin, LocalProcessSpawner):
         env["USER"] = self.os_user
         env["HOME"] = entry.pw_dir
         env["SHELL"] = entry.pw_shell or "/bin/bash"
+        # each hub user's OS account is <prefix><name>: the instructor's server checks who made
+        # each submission before nbgrader collects it (oraculo.extensions.courses)
+        env["ORACULO_OS_USER_PREFIX"] = self.os_user_prefix
         return env
 
     def prepare(self) -> None:

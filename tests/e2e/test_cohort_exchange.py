@@ -1,10 +1,12 @@
 """system-users mode, as root: each cohort's nbgrader exchange keeps students out of each
 other's work. Another student's code, in their own kernel, cannot list the submissions, read one,
-reach a classmate's own copy, or replace the course folder; an account outside the cohort cannot
-enter the exchange at all; the instructor still collects and autogrades everyone."""
+reach a classmate's own copy, or replace the course folder, and what they submit in a
+classmate's name is set aside at collect; an account outside the cohort cannot enter the
+exchange at all; the instructor still collects and autogrades everyone."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import pwd
 import shutil
@@ -130,7 +132,21 @@ async def test_students_cannot_read_each_others_submissions(cohort: Cohort) -> N
     # ben's own submission goes through, and the instructor grades both
     assert (await step(ben, group, "fetch")).status_code == 200
     assert (await step(ben, group, "submit")).status_code == 200
-    assert (await step(teacher, group, "collect")).status_code == 200
+    # ben's code also submits his unfinished copy as ana's, newer than hers: collected, it
+    # would replace her work (and her score) with his; it is set aside, nothing of it collected
+    later = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    forged = inbound / f"{ana.name}+{ASSIGNMENT}+{later}+{'f' * 18}"
+    mine = Path(_os(ben.name).pw_dir) / "assignments" / group / ASSIGNMENT
+    out = await run_code(
+        ben,
+        f"import shutil\nshutil.copytree({str(mine)!r}, {str(forged)!r})\n"
+        f"open({str(forged / 'timestamp.txt')!r}, 'w').write({later!r})",
+    )
+    assert out["error"] is None, out
+    r = await step(teacher, group, "collect")
+    assert r.status_code == 200, r.text
+    assert any("Set aside" in line and ana.name in line for line in r.json()["log"]), r.text
+    assert not forged.exists()
     r = await step(teacher, group, "autograde")
     assert r.status_code == 200, r.text
     (hw,) = (await view(teacher, group))["assignments"]

@@ -2,15 +2,17 @@
 screenshot per step under test-artifacts/educator-*.png.
 
 An instructor (approved by the hub's admin, who puts her in the ``instructors`` group) makes a
-cohort and invites two students: one signs up with the invitation link and is in at once, the
-other asks to join and is refused until the instructor approves → the cohort's folder is in the
-students' homes, its material read-only for them (as root, where the hub runs in system-users
-mode) → the instructor starts an exam window in her Cohort panel (where a bad token
-limit is refused, saying why): a student's chat is refused with a message naming the cohort
-while code still runs → she ends the window in the panel and chat answers again, nothing
-restarted → the instructor releases an nbgrader assignment from the Cohort panel (its tile in
-the instructor's launcher only); a student fetches it into their home, completes it and submits
-it → the instructor collects and autogrades it and sees the score in the Cohort panel, next to
+cohort in the hub's cohorts page, which shows her its invitation link, and invites two
+students: one signs up with the invitation link and is in at once, the other asks to join and
+is refused until the instructor approves → the cohort's folder is in the students' homes, its
+material read-only for them (as root, where the hub runs in system-users mode) → the
+instructor starts an exam window in her Cohort panel (where a bad token limit is refused,
+saying why): a student's chat is refused with a message naming the cohort while code still
+runs → she ends the window in the panel and chat answers again, nothing restarted → the
+instructor releases an nbgrader assignment from the Cohort panel (its tile in the
+instructor's launcher only); a student fetches it into their home, opens it in JupyterLab,
+types the solution, runs the tests, saves it (Ctrl+S) and submits it → the instructor
+collects and autogrades it and sees the score in the Cohort panel, next to
 the cohort's AI use this week.
 """
 
@@ -29,9 +31,11 @@ from typing import Any
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from oraculo.hub.groups import group_slug
-from tests.cohorts import ASSIGNMENT, complete, write_source
+from tests.cohorts import ASSIGNMENT, SOLUTION, write_source
+from tests.e2e.test_journey import Journey
 from tests.harness import (
     ADMIN_PASSWORD,
     CHROMIUM_ARGS,
@@ -146,6 +150,62 @@ async def server_chat(user: User) -> httpx.Response:
     )
 
 
+async def close_dialog(page: Page, artifacts: Path) -> None:
+    """A JupyterLab dialog over the notebook (one covered the cells once on a loaded machine,
+    its text not kept): its screenshot and text go to test-artifacts, then it is dismissed.
+    What the journey checks next (the cells run in the Oráculo kernel, the saved file, the
+    score) still has to hold."""
+    dialog = page.locator(".jp-Dialog")
+    try:
+        await dialog.first.wait_for(timeout=3_000)
+    except PlaywrightTimeout:
+        return
+    text = await dialog.first.inner_text()
+    await page.screenshot(path=str(artifacts / "educator-lab-dialog.png"))
+    (artifacts / "educator-lab-dialog.txt").write_text(text)
+    reject = dialog.locator(".jp-Dialog-button.jp-mod-reject")
+    if await reject.count():
+        await reject.first.click()
+    else:
+        await page.keyboard.press("Escape")
+    await expect(dialog).to_have_count(0, timeout=10_000)
+
+
+async def complete_in_lab(
+    page: Page, hub: HubProcess, student: User, group: str, artifacts: Path
+) -> None:
+    """Open the fetched assignment in JupyterLab, type the solution into its solution cell, run
+    it and the graded test cell (no error), and save with Ctrl+S; the saved file holds it."""
+    path = f"assignments/{group_slug(group)}/{ASSIGNMENT}/{ASSIGNMENT}.ipynb"
+    await page.goto(f"{hub.url}/user/{student.name}/lab/tree/{path}")
+    j = Journey(page, artifacts)
+    await expect(j.cells()).to_have_count(3, timeout=120_000)
+    await j.idle()
+    assert "raise NotImplementedError" in await j.source(1)
+    await close_dialog(page, artifacts)
+    try:
+        await j.run_in_cell(1, SOLUTION)
+    except PlaywrightTimeout:  # a dialog came up over the cells after all: once more
+        await close_dialog(page, artifacts)
+        await j.idle()
+        await j.run_in_cell(1, SOLUTION)
+    await j.executed(1)
+    await j.select(2)
+    await page.keyboard.press("ControlOrMeta+Enter")  # run it, add no cell below
+    out = await j.executed(2)
+    assert "Error" not in out, out
+    kernel = page.locator(".jp-NotebookPanel:visible .jp-KernelName")
+    await expect(kernel).to_contain_text("Oráculo")
+    await page.keyboard.press("ControlOrMeta+s")
+
+    async def saved() -> bool:
+        r = await student.api("GET", f"/user/{student.name}/api/contents/{path}")
+        cells = r.json()["content"]["cells"] if r.status_code == 200 else []
+        return any("return 2 * x" in "".join(c["source"]) for c in cells)
+
+    await wait_for(saved, 60, "the notebook to be saved", 0.5)
+
+
 async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
     hub, admin = course.hub, course.admin
     tag = uuid.uuid4().hex[:5]
@@ -173,17 +233,26 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
             assert r.status_code == 302, r.status_code
             ivy = await signed_in_user(hub, ivy_name, course.clients)
             # the admin makes her an instructor (the operator's instructors group); she then
-            # makes the cohort herself and is its instructor
+            # makes the cohort herself, in the hub's cohorts page, and is its instructor
             r = await admin.api(
                 "POST", "/hub/api/groups/instructors/users", json={"users": [ivy_name]}
             )
             assert r.status_code == 200, r.text
-            r = await ivy.api("POST", "/hub/api/cohorts", json={"name": group})
-            assert r.status_code == 201, r.text
-            assert r.json()["instructors"] == [ivy_name], r.text
-            r = await ivy.api("POST", f"/hub/api/cohorts/{group}/invitations")
-            assert r.status_code == 201, r.text
-            invite_url = hub.url + r.json()["url"]
+            await sign_in(page, hub, ivy_name, "/hub/cohorts")
+            await page.wait_for_url(re.compile(r"/hub/cohorts"), timeout=60_000)
+            await page.fill("#cohort_name_input", group)
+            await snap(page, "instructor-new-cohort-form")
+            await page.click("#cohort_create_submit")
+            card = page.locator(f"#cohort-{group}")
+            await expect(card.locator(".created")).to_be_visible(timeout=30_000)
+            link = card.locator(f"#invite-{group}")
+            invite_url = str(await link.input_value())
+            assert invite_url.startswith(f"{hub.url}/hub/signup?invite="), invite_url
+            await link.focus()  # selected, ready to copy
+            await snap(page, "instructor-cohort-created-invitation-link")
+            r = await ivy.api("GET", f"/hub/api/cohorts/{group}")
+            assert r.status_code == 200 and r.json()["instructors"] == [ivy_name], r.text
+            assert invite_url.endswith(f"?invite={r.json()['invite_code']}"), invite_url
             await page.close()
 
             # 2. ana joins with the invitation link; ben asks to join and waits for approval
@@ -216,6 +285,27 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
             await expect(page.locator('.jp-LauncherCard[title="Cohort"]')).to_have_count(0)
             await snap(page, "student-approved-signed-in")
             await page.close()
+
+            # a cohort joined while the server runs: the AI policy and the hub's lists follow
+            # at once; in system-users mode the running server keeps the OS groups it started
+            # with, and the student's own Cohort panel says to restart it (step 8)
+            late = f"{group}b"
+            course.groups.append(late)
+            r = await ivy.api("POST", "/hub/api/cohorts", json={"name": late})
+            assert r.status_code == 201, r.text
+            r = await ana.api(
+                "POST", "/hub/api/cohorts/join", json={"code": r.json()["invite_code"]}
+            )
+            assert r.status_code == 200, r.text
+            expected = "restart_needed" if AS_ROOT else "applied"
+            assert r.json()["live"]["state"] == expected, r.text
+
+            async def learned() -> dict[str, Any] | None:
+                r = await ana.api("GET", f"/user/{ana.name}/api/v1/courses")
+                return r.json() if late in r.json()["cohorts"] else None
+
+            known = await wait_for(learned, 30, "ana's server to learn the cohort she joined", 0.5)
+            assert known["restart_needed"] == ([late] if AS_ROOT else []), known
 
             # 3. the cohort's folder is in the students' homes; its material, which the
             # instructor writes, is read-only for them (as their own OS accounts, as root)
@@ -344,17 +434,28 @@ async def test_the_educators_journey(course: Course, artifacts: Path) -> None:
         await snap(page, "instructor-released")
         assert not panel.offsite(), panel.offsite()
 
-    # 8. ana fetches it into her home, completes it and submits it
+    # 8. ana fetches it into her home, completes it in JupyterLab (types the solution, runs
+    # the tests, saves) and submits it
     async with signed_in_panel(ana, "cohort", VIEW) as panel:
         page = panel.page
         root = page.get_by_test_id("oraculo-cohort")
         await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
         row = page.locator(f'[data-testid=cohort-assignments] tr[data-assignment="{ASSIGNMENT}"]')
         await expect(row).to_have_attribute("data-state", "released", timeout=120_000)
+        if AS_ROOT:  # the cohort she joined while her server ran: restart to open it
+            notice = page.get_by_test_id("cohort-notice")
+            await expect(notice).to_have_attribute("data-cohorts", f"{group}b")
+            await expect(notice).to_contain_text("restart it")
         await page.locator(".cohort-fetch button").click()
         await expect(row).to_have_attribute("data-state", "fetched", timeout=120_000)
         await snap(page, "student-fetched")
-        await complete(ana, group)
+        await complete_in_lab(page, hub, ana, group, artifacts)
+        await snap(page, "student-completed-in-jupyterlab")
+        await page.goto(f"{hub.url}/user/{ana.name}/oraculo-panels/cohort")
+        root = page.get_by_test_id("oraculo-cohort")
+        await expect(root).to_have_attribute("data-state", "ready", timeout=120_000)
+        row = page.locator(f'[data-testid=cohort-assignments] tr[data-assignment="{ASSIGNMENT}"]')
+        await expect(row).to_have_attribute("data-state", "fetched", timeout=120_000)
         await page.locator(".cohort-submit button").click()
         await expect(row).to_have_attribute("data-state", "submitted", timeout=120_000)
         await snap(page, "student-submitted")

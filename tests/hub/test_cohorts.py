@@ -298,7 +298,7 @@ async def test_membership_applies_to_a_running_server(
     admin: User, people: dict[str, User], hub: HubProcess
 ) -> None:
     """process spawner: the cohort folder is linked into a running server's home at once, and
-    unlinked when the student leaves, without a restart."""
+    unlinked when the student leaves, and the server's courses follow, without a restart."""
     ivy, tom = people["ivy"], people["tom"]
     name = f"live-{uuid.uuid4().hex[:4]}"
     made = await make_cohort(admin, name, [ivy.name])
@@ -310,6 +310,24 @@ async def test_membership_applies_to_a_running_server(
         assert r.json()["live"]["state"] == "applied"
         link = Path(hub.data_dir) / "users" / tom.name / "shared" / name
         assert link.is_symlink() and link.resolve().is_dir()
+        # his running server learns the cohort from the hub (its own token): the courses
+        # feature and the Cohort panel have it, nothing to restart
+        courses = f"/user/{tom.name}/api/v1/courses"
+
+        async def listed() -> bool:
+            r = await tom.api("GET", courses)
+            return name in r.json()["cohorts"]
+
+        await wait_for(listed, 30, f"{tom.name}'s server to learn cohort {name}", 0.5)
+        r = await tom.api("GET", courses)
+        assert r.json()["restart_needed"] == [] and r.json()["notice"] is None, r.text
+        r = await tom.api("GET", f"{courses}/{name}")
+        assert r.status_code == 200 and r.json()["instructor"] is False, r.text
+        # what the server asks the hub: the user's own token only
+        r = await tom.api("GET", f"/hub/api/users/{tom.name}/cohorts")
+        assert r.status_code == 200 and name in r.json()["cohorts"], r.text
+        r = await people["sue"].api("GET", f"/hub/api/users/{tom.name}/cohorts")
+        assert_error(r, 404 if r.status_code == 404 else 403)
 
         # an admin's plain group API takes the same live steps: out, then back in
         r = await admin.api("DELETE", f"/hub/api/groups/{name}/users", json={"users": [tom.name]})
@@ -326,6 +344,13 @@ async def test_membership_applies_to_a_running_server(
         r = await ivy.api("DELETE", f"/hub/api/cohorts/{name}/members", json={"users": [tom.name]})
         assert r.json()["live"][tom.name]["state"] == "applied"
         assert not link.exists() and not link.is_symlink()
+
+        async def dropped() -> bool:
+            r = await tom.api("GET", f"{courses}/{name}")
+            return r.status_code == 404
+
+        await wait_for(dropped, 30, f"{tom.name}'s server to drop cohort {name}", 0.5)
+        assert name not in (await tom.api("GET", courses)).json()["cohorts"]
     finally:
         await tom.stop_server()
 
@@ -485,5 +510,41 @@ async def test_members_of_the_instructors_group_make_their_own_cohorts(
         assert_error(await pat.api("GET", f"/hub/api/cohorts/{mine}"), 403)
         r = await admin.api("GET", f"/hub/api/cohorts/{mine}")
         assert r.json()["instructors"] == [ina.name] and r.json()["policy"]["ai"] is False
+
+        # the hub's cohorts page: a plain user sees no form, and a post forged with his own
+        # session and XSRF token is refused, nothing made
+        page = await pat.client.http.get("/hub/cohorts")
+        assert page.status_code == 200 and 'id="new-cohort"' not in page.text
+        forged = f"forged-{tag}"
+        xsrf = pat.client.http.cookies.get("_xsrf", path="/hub/") or ""
+        r = await pat.client.http.post("/hub/cohorts", data={"_xsrf": xsrf, "name": forged})
+        assert r.status_code == 403, r.status_code
+        assert 'data-type="forbidden"' in r.text and "Only admins and instructors" in r.text
+        r = await pat.client.http.post("/hub/cohorts", data={"name": forged})  # no XSRF
+        assert r.status_code == 403, r.status_code
+        assert_error(await admin.api("GET", f"/hub/api/cohorts/{forged}"), 404)
+        r = await admin.api("GET", f"/hub/api/groups/{forged}")
+        assert r.status_code == 404, r.text
+
+        # an instructor makes one with the form (the API's path): a bad name and a taken one
+        # are said in the page with their status; then the new cohort's invitation link
+        page = await ina.client.http.get("/hub/cohorts")
+        assert 'id="new-cohort"' in page.text and "cohort_instructors_input" not in page.text
+        for name, status, type_ in [
+            ("bio 101!", 400, "invalid_name"),
+            (theirs, 409, "cohort_exists"),
+        ]:
+            r = await ina.client._form("/hub/cohorts", {"name": name})
+            assert r.status_code == status, r.status_code
+            assert f'data-type="{type_}"' in r.text and 'id="new-cohort"' in r.text
+        made = f"form-{tag}"
+        r = await ina.client._form("/hub/cohorts", {"name": made})
+        assert r.status_code == 302, r.status_code
+        page = await ina.client.http.get(r.headers["Location"])
+        r = await admin.api("GET", f"/hub/api/cohorts/{made}")
+        assert r.status_code == 200 and r.json()["instructors"] == [ina.name], r.text
+        link = f"{ina.client.hub.url}/hub/signup?invite={r.json()['invite_code']}"
+        section = page.text[page.text.index(f'id="cohort-{made}"') :]
+        assert "Created." in section and f'value="{link}"' in section
     finally:
         await client.aclose()

@@ -15,8 +15,7 @@ class CoursesHandler(OraculoAPIHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        service = self.feature("courses").service
-        self.finish({"cohorts": service.cohorts, "instructs": service.instructs})
+        self.finish(await self.feature("courses").service.overview())
 
 
 class CourseUsageHandler(OraculoAPIHandler):

@@ -16,15 +16,24 @@ group's slug and whose exchange the hub made (:mod:`oraculo.hub.exchange`):
 
 Who may do what is the file system's answer in system-users mode (only the instructor's account
 owns the course folders; students cannot list ``inbound``); the service also refuses instructor
-steps to anyone the hub did not name as the cohort's instructor (``ORACULO_INSTRUCTS``).
+steps to anyone the hub does not name as the cohort's instructor.
+
+Membership is the hub's answer now, not the start's: the service asks the hub for the user's
+cohorts and the ones they teach (``GET /hub/api/users/<name>/cohorts`` with the server's own
+token, kept ``membership_ttl`` seconds), so a join or a leave applies to a running server. What
+a running process cannot pick up (the OS group of a cohort joined after it started, in
+``system-users`` and ``docker`` mode) is said plainly: :meth:`CourseService.overview` lists
+those cohorts under ``restart_needed`` with a notice the Cohort panel shows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -81,8 +90,14 @@ class CourseService(LoggingConfigurable):
     cohorts = List(
         Unicode(),
         config=True,
-        help="""Hub groups this user belongs to or teaches, as the spawner saw them at start.
-        Default ORACULO_COHORTS (comma-separated).""",
+        help="""Hub groups this user belongs to or teaches, as the spawner saw them at start
+        (used where the hub cannot be asked). Default ORACULO_COHORTS (comma-separated).""",
+    )
+    membership_ttl = Float(
+        5.0,
+        config=True,
+        help="""Seconds the hub's answer on the user's cohorts is kept: a join or a leave
+        reaches this running server within this long. 0 asks the hub every time.""",
     )
     courses_dir = Unicode(
         config=True,
@@ -91,6 +106,15 @@ class CourseService(LoggingConfigurable):
     assignments_dir = Unicode(
         config=True,
         help="Where students' fetched assignments go, per cohort. Default ~/assignments.",
+    )
+    os_user_prefix = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Where each hub user has an OS account named <prefix><hub name> (system-users
+        mode), the prefix: a collect then sets aside submissions that another account made.
+        None (one account for everyone): no such check. Default ORACULO_OS_USER_PREFIX, which
+        the system-users spawner sets.""",
     )
     timeout = Float(
         900.0,
@@ -110,6 +134,10 @@ class CourseService(LoggingConfigurable):
     def _default_cohorts(self) -> list[str]:
         return [g for g in os.environ.get("ORACULO_COHORTS", "").split(",") if g]
 
+    @default("os_user_prefix")
+    def _default_os_user_prefix(self) -> str | None:
+        return os.environ.get("ORACULO_OS_USER_PREFIX")
+
     @default("courses_dir")
     def _default_courses_dir(self) -> str:
         return os.path.join(os.path.expanduser("~"), "courses")
@@ -118,32 +146,92 @@ class CourseService(LoggingConfigurable):
     def _default_assignments_dir(self) -> str:
         return os.path.join(os.path.expanduser("~"), "assignments")
 
-    # --- paths ------------------------------------------------------------------------------
+    # --- membership, from the hub ----------------------------------------------------------
 
-    def _exchange(self, cohort: str) -> tuple[str, str]:
-        if not _NAME.match(cohort) and group_slug(cohort) != cohort:
-            raise BadRequest(f"Not a cohort name: {cohort!r}")
-        if not self.exchange_root:
-            raise NotFound(
-                f"You are not a member of cohort {cohort}: this server belongs to no cohort."
-            )
+    _live: tuple[float, list[str], list[str]] | None = None
+
+    async def membership(self) -> tuple[list[str], list[str]]:
+        """``(cohorts, instructs)`` now: the hub's answer with this server's token, kept
+        :attr:`membership_ttl` seconds; the start's values where there is no hub to ask or it
+        does not answer."""
+        now = time.monotonic()
+        if self._live is not None and now - self._live[0] < self.membership_ttl:
+            return self._live[1], self._live[2]
+        api = os.environ.get("JUPYTERHUB_API_URL", "").rstrip("/")
+        if not api or not self.owner:
+            return list(self.cohorts), list(self.instructs)
+        url = f"{api}/users/{quote(self.owner, safe='')}/cohorts"
+        headers = {"Authorization": f"token {server_token()}"}
+        try:
+            async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+                r = await client.get(url, headers=headers)
+            data = r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError) as e:
+            self.log.warning("The hub did not say %s's cohorts: %s", self.owner, e)
+            data = None
+        if not isinstance(data, dict):
+            return list(self.cohorts), list(self.instructs)
+        cohorts = [str(c) for c in data.get("cohorts") or []]
+        instructs = [str(c) for c in data.get("instructs") or []]
+        self._live = (now, cohorts, instructs)
+        return cohorts, instructs
+
+    def _reachable(self, cohort: str) -> bool:
+        """Whether this process can enter the cohort's exchange (in system-users mode, whether
+        it holds the cohort's OS group: a process keeps the groups it started with)."""
         root, course_id = course_exchange(self.exchange_root, cohort)
         try:
             os.stat(os.path.join(root, course_id, "outbound"))
-        except PermissionError as e:
-            raise Forbidden(f"You are not a member of cohort {cohort}.") from e
-        except FileNotFoundError as e:
-            raise NotFound(
-                f"Cohort {cohort} has no exchange here: you are not its member, or your server "
-                "started before you joined it (restart it from the hub's home page)."
-            ) from e
+        except OSError:
+            return False
+        return True
+
+    async def overview(self) -> dict[str, Any]:
+        """The user's cohorts and the ones they teach now, and those joined after this server
+        started that it cannot open until it restarts, with a notice saying so."""
+        cohorts, instructs = await self.membership()
+        stale = []
+        if self.exchange_root:
+            stale = [c for c in cohorts if not await asyncio.to_thread(self._reachable, c)]
+        notice = None
+        if stale:
+            notice = (
+                f"You joined {', '.join(stale)} after your server started. Your server keeps "
+                "the access it started with: restart it to open the cohort's folder and "
+                "assignments (File > Hub Control Panel > Stop My Server, then Start My "
+                "Server). The cohort's AI policy applies already."
+            )
+        return {
+            "cohorts": cohorts,
+            "instructs": instructs,
+            "restart_needed": stale,
+            "notice": notice,
+        }
+
+    # --- paths ------------------------------------------------------------------------------
+
+    async def _exchange(self, cohort: str) -> tuple[str, str]:
+        if not _NAME.match(cohort) and group_slug(cohort) != cohort:
+            raise BadRequest(f"Not a cohort name: {cohort!r}")
+        if not self.exchange_root:
+            raise NotFound(f"You are not a member of cohort {cohort}: this server has no cohorts.")
+        cohorts, _ = await self.membership()
+        if cohort not in cohorts:
+            raise NotFound(f"You are not a member of cohort {cohort}.")
+        root, course_id = course_exchange(self.exchange_root, cohort)
+        if not await asyncio.to_thread(self._reachable, cohort):
+            raise Conflict(
+                f"You joined cohort {cohort} after your server started: restart your server to "
+                "open its folder and assignments (File > Hub Control Panel > Stop My Server, "
+                "then Start My Server)."
+            )
         return root, course_id
 
     def course_dir(self, cohort: str) -> Path:
         return Path(self.courses_dir) / group_slug(cohort)
 
-    def is_instructor(self, cohort: str) -> bool:
-        return cohort in self.instructs
+    async def is_instructor(self, cohort: str) -> bool:
+        return cohort in (await self.membership())[1]
 
     # --- the steps --------------------------------------------------------------------------
 
@@ -153,14 +241,14 @@ class CourseService(LoggingConfigurable):
             raise NotFound(f"No such step: {action!r} (one of {', '.join(STEPS)})")
         if not _NAME.match(assignment):
             raise BadRequest(f"Not an assignment name: {assignment!r}")
-        root, course_id = self._exchange(cohort)
+        root, course_id = await self._exchange(cohort)
         common = [
             f"--course={course_id}",
             f"--Exchange.root={root}",
             "--Exchange.path_includes_course=True",
         ]
         if action in INSTRUCTOR_ACTIONS:
-            if not self.is_instructor(cohort):
+            if not await self.is_instructor(cohort):
                 raise Forbidden(f"Only cohort {cohort}'s instructor may {action} its assignments.")
             cwd = self.course_dir(cohort)
             if action == "release" and not (cwd / "source" / assignment).is_dir():
@@ -179,6 +267,8 @@ class CourseService(LoggingConfigurable):
             out = cwd / course_id / assignment
         cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
         log: list[str] = []
+        if action == "collect":
+            log += await asyncio.to_thread(self.set_aside_forged, root, course_id)
         for step in STEPS[action]:
             args = [step, assignment, *common]
             if step in ("generate_assignment", "release_assignment"):
@@ -195,6 +285,47 @@ class CourseService(LoggingConfigurable):
             path=str(out),
             log=log,
         )
+
+    def set_aside_forged(self, root: str, course_id: str) -> list[str]:
+        """Before a collect: set aside every submission in ``inbound`` whose stated student id
+        does not name the OS account that made it (a student submitting as a classmate), so
+        nbgrader collects nothing under the classmate's name. It is renamed in place to
+        ``.set-aside+<name>``, which nbgrader's ``*+<assignment>+*`` never matches (a rename to
+        another folder would need write access to the student's own folder). Only where each
+        user has an OS account (``system-users``): with one account for everyone (``process``
+        mode) the owner says nothing. Blocking."""
+        prefix = self.os_user_prefix
+        if prefix is None:
+            return []
+        inbound = Path(root) / course_id / "inbound"
+        said = []
+        for name in _listdir(inbound):
+            student = name.split("+", 1)[0]
+            try:
+                made_by = os.lstat(inbound / name).st_uid
+                wanted = pwd.getpwnam(prefix + student).pw_uid
+            except KeyError:
+                wanted = -1
+            except OSError:
+                continue
+            if made_by == wanted and not (inbound / name).is_symlink():
+                continue
+            try:
+                maker = pwd.getpwuid(made_by).pw_name
+            except KeyError:
+                maker = str(made_by)
+            try:
+                os.rename(inbound / name, inbound / f".set-aside+{name}")
+            except OSError as e:
+                raise Conflict(
+                    f"Could not set aside {name}, which another account made: {e}"
+                ) from e
+            said.append(
+                f"Set aside {name}: it says it is {student}'s, but account {maker} made it; "
+                "nothing collected from it."
+            )
+            self.log.warning("Cohort course %s: %s", course_id, said[-1])
+        return said
 
     async def _nbgrader(self, args: list[str], cwd: Path) -> list[str]:
         env = {k: v for k, v in os.environ.items() if not _SECRET.search(k)}
@@ -228,7 +359,7 @@ class CourseService(LoggingConfigurable):
         """The cohort as the hub sees it (members and their servers, sign-ups waiting, the
         policy and what it does now), read with this server's hub token, which holds
         ``read:groups`` only where its owner teaches (instructors only)."""
-        if not self.is_instructor(cohort):
+        if not await self.is_instructor(cohort):
             raise Forbidden(f"Only cohort {cohort}'s instructor may read its members.")
         api = os.environ.get("JUPYTERHUB_API_URL", "").rstrip("/")
         if not api:
@@ -252,7 +383,7 @@ class CourseService(LoggingConfigurable):
         """Set the cohort's AI policy in the hub (``PUT /hub/api/cohorts/<c>/policy``) with this
         server's hub token, which holds ``custom:oraculo:cohorts:manage`` only for the cohorts
         its owner teaches; the hub validates it and its 400 message is passed on."""
-        if not self.is_instructor(cohort):
+        if not await self.is_instructor(cohort):
             raise Forbidden(f"Only cohort {cohort}'s instructor may set its AI policy.")
         if not isinstance(policy, dict):
             raise BadRequest("The policy must be a JSON object.")
@@ -282,8 +413,8 @@ class CourseService(LoggingConfigurable):
 
     async def usage(self, cohort: str, models: Any) -> dict[str, Any]:
         """The cohort's AI use this week, from the model service (instructors only)."""
-        self._exchange(cohort)
-        if not self.is_instructor(cohort):
+        await self._exchange(cohort)
+        if not await self.is_instructor(cohort):
             raise Forbidden(f"Only cohort {cohort}'s instructor may read its usage.")
         if models is None or not models.configured:
             raise Unavailable("No model service is configured for this server.")
@@ -294,10 +425,11 @@ class CourseService(LoggingConfigurable):
 
     async def view(self, cohort: str) -> CourseView:
         """The cohort's assignments as the caller sees them (with scores for its instructor)."""
-        root, course_id = self._exchange(cohort)
-        return await asyncio.to_thread(self._view, cohort, root, course_id)
+        root, course_id = await self._exchange(cohort)
+        instructor = await self.is_instructor(cohort)
+        return await asyncio.to_thread(self._view, cohort, root, course_id, instructor)
 
-    def _view(self, cohort: str, root: str, course_id: str) -> CourseView:
+    def _view(self, cohort: str, root: str, course_id: str, instructor: bool) -> CourseView:
         names: dict[str, Assignment] = {}
 
         def entry(name: str) -> Assignment:
@@ -315,7 +447,6 @@ class CourseService(LoggingConfigurable):
             parts = p.split("+")
             if len(parts) >= 3 and parts[0] == self.owner and parts[1] in names:
                 entry(parts[1]).submitted.append(parts[2])
-        instructor = self.is_instructor(cohort)
         course = self.course_dir(cohort)
         if instructor:
             for p in _listdir(course / "source"):

@@ -17,7 +17,8 @@ Stable hooks for tests: ``[data-testid=oraculo-cohort]`` (``data-state`` loading
 or error; ``data-cohort`` once ready), ``cohort-assignments`` (one ``tr[data-assignment]``
 each), ``cohort-scores`` (one ``tr[data-student]`` each, ``data-score``), ``cohort-members`` (one
 ``tr[data-member]`` each, ``data-server``), ``cohort-pending``, ``cohort-policy`` (``data-ai``),
-``cohort-usage``
+``cohort-usage``,
+``cohort-notice`` (cohorts joined after the server started that need a restart: ``data-cohorts``)
 and ``cohort-message``; buttons carry the CSS class ``cohort-<step>``. The instructor's policy
 editor (``PUT api/v1/courses/<cohort>/policy``, which the server passes to the hub with its
 token) has ``cohort-policy-ai``, ``cohort-policy-models``, ``cohort-policy-tokens``,
@@ -282,6 +283,17 @@ def render_roster(roster: dict[str, Any], error: str = "") -> str:
     )
 
 
+def render_notice(cohorts: list[str], notice: str) -> str:
+    """What the student must do for cohorts joined after the server started (a restart)."""
+    if not cohorts:
+        return ""
+    return (
+        f'<div class="oco oco-card" data-testid="cohort-notice" '
+        f'data-cohorts="{_e(",".join(cohorts))}" role="status">'
+        f'<p class="oco-error">{_e(notice)}</p></div>'
+    )
+
+
 def render_usage(df: pl.DataFrame, error: str = "") -> str:
     if error:
         body = f'<p class="oco-sub">{_e(error)}</p>'
@@ -321,6 +333,7 @@ class CohortPanel(pn.viewable.Viewer):
         )
         self._buttons = pn.Row()
         self._message = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+        self._notice = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._assignments = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._scores = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
         self._roster = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
@@ -381,6 +394,7 @@ class CohortPanel(pn.viewable.Viewer):
                 align="center",
                 sizing_mode="stretch_width",
             ),
+            self._notice,
             self._state,
             pn.Row(self._name, self._buttons, align="end"),
             self._message,
@@ -409,10 +423,13 @@ class CohortPanel(pn.viewable.Viewer):
 
     async def start_up(self) -> None:
         try:
-            cohorts = (await self._client.cohorts()).get("cohorts") or []
+            answer = await self._client.cohorts()
         except ServerAPIError as e:
             self._state.object = self._marker("error", str(e))
             return
+        stale = answer.get("restart_needed") or []
+        cohorts = [c for c in answer.get("cohorts") or [] if c not in stale]
+        self._notice.object = render_notice(stale, answer.get("notice") or "")
         wanted = pn.state.session_args.get("cohort") if pn.state.curdoc else None
         first = wanted[0].decode() if wanted else (cohorts[0] if cohorts else "")
         self._select.options = cohorts

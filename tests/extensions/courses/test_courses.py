@@ -99,9 +99,14 @@ async def test_students_cannot_take_instructor_steps(cohort: Cohort) -> None:
 async def test_the_cohort_list_and_usage(cohort: Cohort) -> None:
     teacher, ana = cohort.instructor, cohort.students[0]
     r = await teacher.api("GET", f"/user/{teacher.name}/api/v1/courses")
-    assert r.json() == {"cohorts": [cohort.group], "instructs": [cohort.group]}
+    nothing_to_restart = {"restart_needed": [], "notice": None}
+    assert r.json() == {
+        "cohorts": [cohort.group],
+        "instructs": [cohort.group],
+        **nothing_to_restart,
+    }
     r = await ana.api("GET", f"/user/{ana.name}/api/v1/courses")
-    assert r.json() == {"cohorts": [cohort.group], "instructs": []}
+    assert r.json() == {"cohorts": [cohort.group], "instructs": [], **nothing_to_restart}
     # usage is the instructor's to read; this hub runs no model service: a clear 503
     r = await ana.api("GET", f"/user/{ana.name}/api/v1/courses/{cohort.group}/roster")
     assert r.status_code == 403

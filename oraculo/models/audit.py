@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from .basehandler import BaseHandler
 from .errors import Forbidden, InvalidRequest
+from .metering import schema_lock
 from .service import ModelService
 
 #: Most records one request may append, and the largest one (serialised).
@@ -54,7 +55,8 @@ class AuditStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        with schema_lock(engine):  # several processes may share one database
+            metadata.create_all(engine)
 
     def append(self, user: str, records: list[dict[str, Any]]) -> list[int]:
         now = time.time()

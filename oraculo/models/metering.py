@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -174,6 +176,32 @@ def groups_column(groups: tuple[str, ...] | list[str]) -> str:
     return f",{','.join(sorted(groups))}," if groups else ""
 
 
+#: The PostgreSQL advisory lock every model-service process takes while it sets up the schema.
+SCHEMA_LOCK = 0x6F7261636C65
+
+
+@contextlib.contextmanager
+def schema_lock(engine: sa.Engine) -> Iterator[None]:
+    """Set up tables one process at a time where several share one PostgreSQL database.
+
+    Two model-service processes starting at once against a new database would both find no
+    table and both ``CREATE TABLE``; the second fails on PostgreSQL's catalogue (seen in a test
+    run: ``duplicate key value violates unique constraint "pg_type_typname_nsp_index"``). With
+    this lock held, the second waits, then finds the tables made. SQLite needs nothing: one
+    writer at a time already."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+            conn.commit()
+
+
 class UsageStore:
     """Append-only usage events. Calls are blocking; the async wrappers run them in a thread."""
 
@@ -187,10 +215,11 @@ class UsageStore:
         if url.startswith("sqlite"):
             with self.engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        metadata.create_all(self.engine)
-        self._add_missing_columns()
-        refused_index.create(self.engine, checkfirst=True)  # a store from before it
-        self._backfill_daily()
+        with schema_lock(self.engine):
+            metadata.create_all(self.engine)
+            self._add_missing_columns()
+            refused_index.create(self.engine, checkfirst=True)  # a store from before it
+            self._backfill_daily()
 
     def _add_missing_columns(self) -> None:
         """Columns added after a store was first created (``audio_seconds``) are added in place."""

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from .basehandler import BaseHandler
 from .errors import Forbidden, InvalidRequest, NotFound
+from .metering import schema_lock
 from .service import ModelService
 
 MAX_SECRET_CHARS = 8192
@@ -46,7 +47,8 @@ class SecretStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        with schema_lock(engine):  # several processes may share one database
+            metadata.create_all(engine)
 
     def put(self, user: str, name: str, value: str) -> None:
         t = user_secrets

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -16,12 +17,40 @@ from tests.usage.test_store import dashboard_matches_the_rows
 
 
 @pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
+def pg_server() -> Iterator[PostgresServer]:
     server = PostgresServer().start()
     try:
-        yield sqlalchemy_url(server.database("usage"))
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_url(pg_server: PostgresServer) -> str:
+    return sqlalchemy_url(pg_server.database("usage"))
+
+
+def test_model_services_starting_at_once_set_up_one_schema(pg_server: PostgresServer) -> None:
+    """Several model-service processes starting together against a new database: each makes
+    the store's tables if missing, and none fails because another made them at the same time
+    (seen once in a run: PostgreSQL's "duplicate key ... pg_type_typname_nsp_index")."""
+    url = sqlalchemy_url(pg_server.database("usage_race"))
+    starting = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        starting.wait()
+        try:
+            UsageStore(url).engine.dispose()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
 
 
 async def test_daily_sums_and_budgets_on_postgresql(pg_url: str) -> None:

@@ -112,13 +112,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         hub = HubProcess(Path(tmp), models=True, env={"ORACULO_MODELS_PORT": str(models_port)})
         await hub.start()
         try:
-
-            async def loaded() -> bool:
-                async with httpx.AsyncClient(timeout=5) as c:
-                    r = await c.get(f"{hub.url}/services/models/health")
-                    return r.status_code == 200 and r.json()["status"] == "ok"
-
-            await wait_for(loaded, 300, "the model service", 0.25)
+            await hub.models_loaded(300, 0.25)
             hub_client = HubClient(hub)
             user = await new_user(hub_client, "bench")
             await user.spawn()

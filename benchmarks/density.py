@@ -203,13 +203,7 @@ async def measure_oraculo(args: argparse.Namespace, work: Path) -> dict[str, Any
     env = {"ORACULO_CULL_IDLE_TIMEOUT": "0", **dict(kv.split("=", 1) for kv in args.env)}
     hub = await HubProcess(work / "hub", models=True, env=env).start(timeout=180)
     try:
-
-        async def loaded() -> bool:
-            async with httpx.AsyncClient(timeout=5) as c:
-                r = await c.get(f"{hub.url}/services/models/health")
-                return r.status_code == 200 and r.json()["status"] == "ok"
-
-        await wait_for(loaded, 300, "the model service", 0.5)
+        await hub.models_loaded(300, 0.5)
         client = HubClient(hub)
         users = [
             await new_user(client, f"dens{i:02d}{secrets.token_hex(2)}") for i in range(args.users)

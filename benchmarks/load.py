@@ -31,7 +31,7 @@ import httpx
 import psutil
 
 from benchmarks.density import summarise, tree_memory, user_servers
-from tests.harness import PASSWORD, REPO, HubClient, HubProcess, new_user, wait_for
+from tests.harness import PASSWORD, REPO, HubClient, HubProcess, new_user
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -136,13 +136,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         timeout=180
     )
     try:
-
-        async def loaded() -> bool:
-            async with httpx.AsyncClient(timeout=5) as c:
-                r = await c.get(f"{hub.url}/services/models/health")
-                return r.status_code == 200 and r.json()["status"] == "ok"
-
-        await wait_for(loaded, 300, "the model service", 0.5)
+        await hub.models_loaded(300, 0.5)
         client = HubClient(hub)
         users = [await new_user(client, f"load{i:03d}") for i in range(args.users)]
         tokens = {u.name: u.token for u in users}

@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.harness import HubClient, HubProcess, User, new_user, wait_for  # noqa: E402
+from tests.harness import HubClient, HubProcess, User, new_user  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -150,13 +150,7 @@ async def main(rounds: int, sessions: list[int]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-voice-") as tmp:
         hub = await HubProcess(Path(tmp), models=True).start()
         try:
-
-            async def loaded() -> bool:
-                async with httpx.AsyncClient(timeout=5) as c:
-                    r = await c.get(f"{hub.url}/services/models/health")
-                    return r.status_code == 200 and r.json()["status"] == "ok"
-
-            await wait_for(loaded, 300, "the model service", 0.25)
+            await hub.models_loaded(300, 0.25)
             client = HubClient(hub)
             user = await new_user(client, "voicebench")
             await user.spawn()

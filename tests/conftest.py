@@ -8,11 +8,10 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.extensions.api.contract import check_recorded
-from tests.harness import RECORDED, HubClient, HubProcess, User, new_user, wait_for
+from tests.harness import RECORDED, HubClient, HubProcess, User, new_user
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -55,14 +54,8 @@ def artifacts() -> Path:
 async def hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HubProcess]:
     """One hub for the session: `process` spawner, with the model service loaded."""
     proc = await HubProcess(tmp_path_factory.mktemp("hub"), models=True).start()
-
-    async def models_loaded() -> bool:
-        async with httpx.AsyncClient(timeout=5) as c:
-            r = await c.get(f"{proc.url}/services/models/health")
-            return r.status_code == 200 and r.json().get("status") == "ok"
-
     try:
-        await wait_for(models_loaded, 180, "the hub's model service to load", 0.25)
+        await proc.models_loaded()
         yield proc
     finally:
         proc.stop()

@@ -164,6 +164,16 @@ class HubProcess:
             raise
         return self
 
+    async def models_loaded(self, timeout: float = 180, interval: float = 0.25) -> None:
+        """Wait until the hub's model service has loaded its models (its health says ok)."""
+
+        async def loaded() -> bool:
+            async with httpx.AsyncClient(timeout=5) as c:
+                r = await c.get(f"{self.url}/services/models/health")
+                return r.status_code == 200 and r.json().get("status") == "ok"
+
+        await wait_for(loaded, timeout, "the hub's model service to load", interval)
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -483,13 +493,7 @@ async def system_users_team(
         r = await admin.api("POST", f"/hub/api/groups/{group}", json={"users": names[:2]})
         assert r.status_code == 201, r.text
         if models:
-
-            async def models_loaded() -> bool:
-                async with httpx.AsyncClient(timeout=5) as c:
-                    r = await c.get(f"{hub.url}/services/models/health")
-                    return r.status_code == 200 and r.json().get("status") == "ok"
-
-            await wait_for(models_loaded, 180, "the hub's model service to load", 0.25)
+            await hub.models_loaded()
         await asyncio.gather(*(person.spawn() for person in people))
         yield SystemUsersTeam(hub, admin, group, people)
     finally:

@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote
 
@@ -382,13 +383,7 @@ class OperatorBoard(pn.viewable.Viewer):
                 "limit of 0 or more.",
             )
             return
-        try:
-            await self.upstreams.put_budget(form.model_dump())
-        except httpx.HTTPError as e:
-            self._say("bad", f"The model service did not answer ({type(e).__name__}).")
-            return
-        except UpstreamError as e:
-            self._refused(e)
+        if not await self._budget_change(self.upstreams.put_budget(form.model_dump())):
             return
         _log.info("%s set budget %s", self.viewer.name, form.model_dump())
         self._say("good", "Budget set; it applies at once (see Budgets).")
@@ -396,17 +391,23 @@ class OperatorBoard(pn.viewable.Viewer):
 
     async def remove_budget(self, fields: dict[str, Any]) -> None:
         key = {k: str(fields[k]) for k in ("scope", "name", "period", "unit")}
-        try:
-            await self.upstreams.delete_budget(key)
-        except httpx.HTTPError as e:
-            self._say("bad", f"The model service did not answer ({type(e).__name__}).")
-            return
-        except UpstreamError as e:
-            self._refused(e)
+        if not await self._budget_change(self.upstreams.delete_budget(key)):
             return
         _log.info("%s removed budget %s", self.viewer.name, key)
         self._say("good", "Budget removed.")
         await self.refresh()
+
+    async def _budget_change(self, change: Awaitable[Any]) -> bool:
+        """Await a budget change at the model service; say why where it did not happen."""
+        try:
+            await change
+        except httpx.HTTPError as e:
+            self._say("bad", f"The model service did not answer ({type(e).__name__}).")
+            return False
+        except UpstreamError as e:
+            self._refused(e)
+            return False
+        return True
 
     def _refused(self, e: UpstreamError) -> None:
         _log.warning("the model service refused a budget change: %s %s", e.status, e)

@@ -41,7 +41,7 @@ import numpy as np
 from oraculo.extensions.base.embeddings import EmbeddingClient
 from oraculo.extensions.base.modelclient import ModelClient
 from oraculo.extensions.memory.rag import WorkspaceIndex
-from oraculo.extensions.memory.service import MemoryService, schema
+from oraculo.extensions.memory.service import MemoryService
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 384
@@ -77,7 +77,7 @@ async def bench_search(size: int, folder: Path, queries: int, rng: np.random.Gen
                     "updated_at": now.item(),
                 }
             )
-        await store.add(rows, schema(DIM))
+        await store.add(rows)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     await store.optimize()  # what the service does every optimize_every writes

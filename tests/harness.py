@@ -123,6 +123,7 @@ class HubProcess:
                 "ORACULO_PROXY_API_PORT": str(free_port()),
                 "ORACULO_MODELS_PORT": str(free_port()),
                 "ORACULO_DASHBOARD_PORT": str(free_port()),
+                "ORACULO_STORES_PORT": str(free_port()),
                 "ORACULO_SPAWNER": self.spawner,
                 # The process spawner runs every user as the hub's own account (root in CI),
                 # which a root hub refuses unless told so (allow_root_process_spawner).

@@ -67,6 +67,8 @@ SERVER_TOKEN_SCOPES = [
     "users:activity!user",
     "access:servers!server",
     "access:services!service=models",
+    # The user's memories and workspace index (oraculo.stores); a kernel's token never has it.
+    "access:services!service=stores",
     # Operators only (the hub intersects it with the owner's permissions): their Usage panel
     # links to the operator's dashboard when the model service lets the server read everyone's
     # usage. A server could already mint its owner's tokens (tokens!user).
@@ -213,6 +215,17 @@ class OraculoHub(LoggingConfigurable):
         config=True,
         help="""Port of the operator's dashboard (a hub service at /services/usage-dashboard/,
         with the model service). Default ORACULO_DASHBOARD_PORT or 8003.""",
+    )
+    stores_service = Bool(
+        config=True,
+        help="""Keep every user's memories and workspace index in one hub-managed service
+        (oraculo.stores, at <data_dir>/stores/<user>/, out of reach of the user's own code)
+        instead of LanceDB in each user's server: about 100 MB less per active server
+        (benchmarks/density.py). A server's old ~/.oraculo/memory moves there on first use.
+        Default on (ORACULO_STORES_SERVICE=0 turns it off).""",
+    )
+    stores_port = Int(
+        config=True, help="Port of the store service. Default ORACULO_STORES_PORT or 8004."
     )
     models_config_file = Unicode(
         "", config=True, help="Config file handed to the model service (model registry, limits)."
@@ -397,6 +410,14 @@ class OraculoHub(LoggingConfigurable):
     def _default_models_service(self) -> bool:
         return os.environ.get("ORACULO_MODELS_SERVICE", "1") != "0"
 
+    @default("stores_service")
+    def _default_stores_service(self) -> bool:
+        return os.environ.get("ORACULO_STORES_SERVICE", "1") != "0"
+
+    @default("stores_port")
+    def _default_stores_port(self) -> int:
+        return _env_int("ORACULO_STORES_PORT", 8004)
+
     @default("slack")
     def _default_slack(self) -> bool:
         return bool(os.environ.get("ORACULO_SLACK_SIGNING_SECRET"))
@@ -452,7 +473,14 @@ class OraculoHub(LoggingConfigurable):
 
     def roles(self) -> list[dict[str, Any]]:
         roles: list[dict[str, Any]] = [
-            {"name": "user", "scopes": ["self", "access:services!service=models"]},
+            {
+                "name": "user",
+                "scopes": [
+                    "self",
+                    "access:services!service=models",
+                    "access:services!service=stores",
+                ],
+            },
             {
                 "name": "oraculo-admin",
                 "description": "Oráculo administration beyond JupyterHub's admin role.",
@@ -506,6 +534,11 @@ class OraculoHub(LoggingConfigurable):
         """Where the model service listens: the hub's own API address, host-internal."""
         return f"http://{self.hub_ip}:{self.models_port}"
 
+    def stores_url(self) -> str:
+        """Where the store service listens: beside the model service. Servers call it there
+        directly (not through the proxy): memory search is on the chat's critical path."""
+        return f"http://{self.hub_ip}:{self.stores_port}"
+
     def services(self) -> list[dict[str, Any]]:
         services: list[dict[str, Any]] = []
         if self.models_service:
@@ -546,6 +579,15 @@ class OraculoHub(LoggingConfigurable):
                     # viewer holds of these (the hub's Services menu shows the link only to
                     # those who may open it)
                     "oauth_client_allowed_scopes": DASHBOARD_OAUTH_SCOPES,
+                }
+            )
+        if self.stores_service:
+            services.append(
+                {
+                    "name": "stores",
+                    "url": self.stores_url(),
+                    "command": [sys.executable, "-m", "oraculo.stores"],
+                    "environment": {"ORACULO_DATA_DIR": self.data_dir},
                 }
             )
         if self.slack:
@@ -665,6 +707,8 @@ class OraculoHub(LoggingConfigurable):
             # service where it listens, on the bridge (its hub-token check is the same there)
             base = self.models_url() if self.spawner == "docker" else self.public_url
             environment["ORACULO_MODELS_URL"] = f"{base}/services/models/"
+        if self.stores_service:
+            environment["ORACULO_STORES_URL"] = f"{self.stores_url()}/services/stores/"
         if self.malloc_arena_max:
             environment["MALLOC_ARENA_MAX"] = str(self.malloc_arena_max)
         environment.update(self.extra_environment)

@@ -35,7 +35,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from traitlets import Bool, Float, Integer, List, Set, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -44,12 +44,10 @@ from oraculo.extensions.base.embeddings import EmbeddingClient
 from oraculo.extensions.base.errors import BadRequest, OraculoError
 from oraculo.extensions.memory.models import Passage
 from oraculo.extensions.memory.nofollow import read_no_follow
-from oraculo.extensions.memory.store import LanceStore, default_path, sql_string
-
-if TYPE_CHECKING:  # loaded with the first store use, not at server start
-    import pyarrow as pa
 from oraculo.extensions.memory.rag_chunks import estimate_tokens
 from oraculo.extensions.memory.rag_files import SUFFIXES, Chunk, Unreadable, chunk_file
+from oraculo.extensions.memory.store import default_path, open_store, sql_string
+from oraculo.extensions.memory.tables import TABLES
 from oraculo.extensions.memory.watch import TreeWatcher
 
 TABLE = "passages"
@@ -197,13 +195,8 @@ class WorkspaceIndex(LoggingConfigurable):
     def __init__(self, embeddings: EmbeddingClient, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.embeddings = embeddings
-        self.store = LanceStore(
-            self.path,
-            TABLE,
-            key="id",
-            text_column="search_text",
-            log=self.log,
-            vector_index_rows=self.vector_index_rows,
+        self.store = open_store(
+            self.path, TABLES[TABLE], log=self.log, vector_index_rows=self.vector_index_rows
         )
         self._lock = asyncio.Lock()
         self._waiting = 0
@@ -266,8 +259,6 @@ class WorkspaceIndex(LoggingConfigurable):
             raise BadRequest("k must be between 1 and 100")
         # Embed first: without a model service this is a clear 503 even on an empty store.
         vector = await self.embeddings.embed_query(q)
-        if await self.store.table() is None:
-            return []
         rows = await self.store.hybrid(vector, q, k, text_weight=self.text_weight)
         rows = [r for r in rows if self._relevant(r)]
         return [
@@ -467,7 +458,7 @@ class WorkspaceIndex(LoggingConfigurable):
                     }
                 )
         if rows:
-            await self.store.add(rows, schema=schema(len(vectors[0])))
+            await self.store.add(rows)
         for display, entry, chunks in batch:
             manifest["files"][display] = {**entry, "chunks": len(chunks)}
             stats["indexed"] += 0 if entry.get("error") else 1
@@ -552,7 +543,10 @@ class WorkspaceIndex(LoggingConfigurable):
         return entry, chunks
 
     def _manifest_path(self) -> str:
-        return os.path.join(self.path, MANIFEST)
+        # With the store service the passages live there, and ~/.oraculo/memory (an old local
+        # store, moved away once migrated) is not this server's to write.
+        folder = os.path.dirname(self.path) if self.store.remote else self.path
+        return os.path.join(folder, MANIFEST)
 
     def _read_manifest(self) -> dict[str, Any]:
         try:
@@ -567,30 +561,10 @@ class WorkspaceIndex(LoggingConfigurable):
         return {"files": {}}
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(self._manifest_path()), mode=0o700, exist_ok=True)
         tmp = self._manifest_path() + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(manifest, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._manifest_path())
-
-
-def schema(dim: int) -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("path", pa.string()),
-            pa.field("kind", pa.string()),
-            pa.field("cell", pa.int32()),
-            pa.field("cell_id", pa.string()),
-            pa.field("page", pa.int32()),
-            pa.field("start_line", pa.int32()),
-            pa.field("end_line", pa.int32()),
-            pa.field("text", pa.string()),
-            pa.field("search_text", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-        ]
-    )

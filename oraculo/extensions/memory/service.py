@@ -22,7 +22,7 @@ import builtins
 import datetime as dt
 import re
 import unicodedata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from traitlets import Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -30,10 +30,8 @@ from traitlets.config import LoggingConfigurable
 from oraculo.extensions.base.embeddings import EmbeddingClient
 from oraculo.extensions.base.errors import BadRequest, Conflict
 from oraculo.extensions.memory.models import Memory, MemoryHit
-from oraculo.extensions.memory.store import LanceStore, default_path, sql_string
-
-if TYPE_CHECKING:  # loaded with the first store use, not at server start
-    import pyarrow as pa
+from oraculo.extensions.memory.store import default_path, open_store, sql_string
+from oraculo.extensions.memory.tables import TABLES
 
 TABLE = "memories"
 SCOPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
@@ -73,13 +71,8 @@ class MemoryService(LoggingConfigurable):
     def __init__(self, embeddings: EmbeddingClient, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.embeddings = embeddings
-        self.store = LanceStore(
-            self.path,
-            TABLE,
-            key="key",
-            text_column="text",
-            log=self.log,
-            vector_index_rows=self.vector_index_rows,
+        self.store = open_store(
+            self.path, TABLES[TABLE], log=self.log, vector_index_rows=self.vector_index_rows
         )
         self._lock = asyncio.Lock()
         self._writes = 0
@@ -122,7 +115,7 @@ class MemoryService(LoggingConfigurable):
                 "created_at": existing["created_at"] if existing else now,
                 "updated_at": now,
             }
-            await self.store.upsert([row], schema=schema(len(vector)))
+            await self.store.upsert([row])
             await self._wrote()
         return _memory(row), existing is None
 
@@ -165,16 +158,9 @@ class MemoryService(LoggingConfigurable):
         """Memories, most recently updated first (ties by key)."""
         if limit < 1 or offset < 0:
             raise BadRequest("limit must be ≥ 1 and offset ≥ 0")
-        table = await self.store.table()
-        if table is None:
+        keys = await self.store.keys_newest_first("updated_at", offset, limit)
+        if not keys:
             return []
-        order = await table.query().select(["key", "updated_at"]).to_arrow()
-        if order.num_rows == 0 or offset >= order.num_rows:
-            return []
-        import pyarrow.compute as pc
-
-        idx = pc.sort_indices(order, [("updated_at", "descending"), ("key", "ascending")])
-        keys = order["key"].take(idx).slice(offset, limit).to_pylist()
         rows = await self.store.where(
             "key IN (" + ", ".join(sql_string(k) for k in keys) + ")", exclude=["vector", "text"]
         )
@@ -191,8 +177,6 @@ class MemoryService(LoggingConfigurable):
             raise BadRequest("k must be between 1 and 100")
         # Embed first: without a model service this is a clear 503 even on an empty store.
         vector = await self.embeddings.embed_query(q)
-        if await self.store.table() is None:
-            return []
         rows = await self.store.hybrid(vector, q, k, exclude=["text", "created_at"])
         return [
             MemoryHit(
@@ -223,22 +207,6 @@ def check_key(key: Any, max_chars: int) -> None:
 
 def embed_text(key: str, value: str) -> str:
     return f"{key}: {value}"
-
-
-def schema(dim: int) -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            pa.field("key", pa.string(), nullable=False),
-            pa.field("value", pa.string()),
-            pa.field("scope", pa.string()),
-            pa.field("text", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-            pa.field("created_at", pa.timestamp("us", tz="UTC")),
-            pa.field("updated_at", pa.timestamp("us", tz="UTC")),
-        ]
-    )
 
 
 def _memory(row: dict[str, Any]) -> Memory:

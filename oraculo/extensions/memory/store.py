@@ -17,10 +17,13 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from oraculo.extensions.base.errors import Conflict
+from oraculo.extensions.memory.tables import TableSpec
+
 if TYPE_CHECKING:  # numpy and pyarrow load with the first store use, not at server start
     import pyarrow as pa
 
-from oraculo.extensions.base.errors import Conflict
+    from oraculo.extensions.memory.remote import RemoteLanceStore
 
 #: Reciprocal-rank fusion constant (as in LanceDB's RRFReranker and the RRF paper).
 RRF_K = 60
@@ -88,23 +91,42 @@ def _ivf_sq() -> Any:
     return IvfSq(distance_type="cosine")
 
 
+def open_store(
+    path: str,
+    spec: TableSpec,
+    *,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    vector_index_rows: int = 0,
+) -> LanceStore | RemoteLanceStore:
+    """The user's table: in the hub's store service when the hub runs one
+    (``$ORACULO_STORES_URL``) and ``path`` is the default folder, else in LanceDB at ``path``."""
+    url = os.environ.get("ORACULO_STORES_URL", "")
+    if url and os.path.abspath(path) == os.path.abspath(default_path()):
+        from oraculo.extensions.memory.remote import RemoteLanceStore, StoreClient
+
+        return RemoteLanceStore(StoreClient.shared(url, legacy_path=path), spec)
+    return LanceStore(path, spec, log=log, vector_index_rows=vector_index_rows)
+
+
 class LanceStore:
     """Upsert/get/delete by key, exact filters, and hybrid (vector + BM25) search."""
+
+    #: Rows live in this process's LanceDB folder (see RemoteLanceStore for the other kind).
+    remote = False
 
     def __init__(
         self,
         path: str,
-        name: str,
+        spec: TableSpec,
         *,
-        key: str,
-        text_column: str,
         log: logging.Logger | logging.LoggerAdapter[Any],
         vector_index_rows: int = 0,
     ) -> None:
         self.path = path
-        self.name = name
-        self.key = key
-        self.text_column = text_column
+        self.spec = spec
+        self.name = spec.name
+        self.key = spec.key
+        self.text_column = spec.text_column
         self.log = log
         self.vector_index_rows = vector_index_rows
         self._db: Any = None
@@ -151,7 +173,13 @@ class LanceStore:
         vtype = (await table.schema()).field("vector").type
         return int(vtype.list_size)
 
-    async def upsert(self, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+    async def exists(self) -> bool:
+        """Whether the table has been created (by a first write)."""
+        return await self.table() is not None
+
+    async def upsert(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows``, replacing those whose key is already stored."""
+        schema = self.spec.schema(len(rows[0]["vector"]))
         table = await self.table(create_with=schema)
         dim = schema.field("vector").type.list_size
         have = await self.vector_dim()
@@ -170,8 +198,9 @@ class LanceStore:
             .execute(data)
         )
 
-    async def add(self, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+    async def add(self, rows: list[dict[str, Any]]) -> None:
         """Append rows whose keys are known to be new (faster than a merge)."""
+        schema = self.spec.schema(len(rows[0]["vector"]))
         table = await self.table(create_with=schema)
         import pyarrow as pa
 
@@ -195,6 +224,20 @@ class LanceStore:
             query = query.limit(limit)
         result: list[dict[str, Any]] = (await query.to_arrow()).to_pylist()
         return result
+
+    async def keys_newest_first(self, column: str, offset: int, limit: int) -> list[str]:
+        """Keys ordered by ``column`` descending, then key ascending: ``limit`` from ``offset``."""
+        table = await self.table()
+        if table is None:
+            return []
+        order = await table.query().select([self.key, column]).to_arrow()
+        if offset >= order.num_rows:
+            return []
+        import pyarrow.compute as pc
+
+        idx = pc.sort_indices(order, [(column, "descending"), (self.key, "ascending")])
+        keys: list[str] = order[self.key].take(idx).slice(offset, limit).to_pylist()
+        return keys
 
     @property
     def is_open(self) -> bool:

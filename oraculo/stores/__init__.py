@@ -1,0 +1,1 @@
+"""The hub's store service: every user's memories and workspace index (see :mod:`.app`)."""

@@ -241,8 +241,8 @@ class BaseHandler(web.RequestHandler):
         return stores
 
     async def caller(self) -> str:
-        header = self.request.headers.get("Authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        scheme, _, credential = self.request.headers.get("Authorization", "").partition(" ")
+        token = credential.strip() if scheme.lower() in ("bearer", "token") else None
         auth: hub_auth.Authenticator = self.settings["auth"]
         try:
             identity = await auth.authenticate(token)

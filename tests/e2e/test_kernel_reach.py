@@ -104,6 +104,8 @@ tries = {
                     {"path": "x.ipynb", "type": "notebook", "kernel": {"name": "oraculo"}}),
     "mint": call("POST", HUB + "/hub/api/users/" + USER + "/tokens", {"note": "mine"}),
     "status": call("GET", server + "/api/v1/status"),
+    # the user's memories and workspace index: the server's token reaches them, a kernel's not
+    "stores": call("POST", HUB + "/services/stores/api/v1/tables/memories", {"op": "count"}),
 }
 print(json.dumps({"found": found, "pids": len(pids), "readable": readable, "files": files,
                   "tries": tries, "own": os.environ["ORACULO_KERNEL_TOKEN"]}))
@@ -162,6 +164,7 @@ async def attack(user: User, scope: str) -> None:
         "session": 403,
         "mint": 403,
         "status": 200,
+        "stores": 403,
     }, report["tries"]
 
 
@@ -216,6 +219,42 @@ async def test_our_folder_in_the_home_is_private_from_the_start(system_user: Use
     code = "import os, stat; print(oct(stat.S_IMODE(os.stat(os.path.expanduser('~/.oraculo'))[0])))"
     out = await system_user.execute(kernel, code)
     assert out["stdout"].strip() == "0o700", out
+
+
+@pytest.mark.root
+async def test_the_store_services_tables_are_out_of_the_kernels_reach(system_user: User) -> None:
+    """The user's tables live in the hub's data folder (oraculo.stores), which the user's own
+    OS account cannot open: the kernel can neither read nor change them behind the server."""
+    hub = system_user.client.hub
+    row = {"key": "k", "value": "v", "text": "k: v", "vector": [0.1] * 384}
+    async with httpx.AsyncClient(base_url=hub.url, timeout=60) as c:
+        r = await c.post(
+            "/services/stores/api/v1/tables/memories",
+            json={"op": "upsert", "rows": [row]},
+            headers=system_user.auth,
+        )
+    assert r.status_code == 200, r.text
+    folder = hub.data_dir / "stores" / system_user.name
+    assert (folder / "memories.lance").is_dir()
+    kernel = await system_user.start_kernel()
+    code = f"""
+import json, os
+tried = {{}}
+for path in {[str(folder.parent), str(folder), str(folder / "memories.lance")]!r}:
+    try:
+        tried[path] = sorted(os.listdir(path))
+    except OSError as e:
+        tried[path] = type(e).__name__
+try:
+    open({str(folder / "memories.lance" / "x")!r}, "w")
+    tried["write"] = "written"
+except OSError as e:
+    tried["write"] = type(e).__name__
+print(json.dumps(tried))
+"""
+    out = await system_user.execute(kernel, code)
+    tried = json.loads(out["stdout"])
+    assert set(tried.values()) == {"PermissionError"}, tried
 
 
 @pytest.mark.root

@@ -74,3 +74,23 @@ def test_lancedb_loads_without_pandas_and_pandas_still_comes_when_asked_for(
         "2 DataFrame True",
         "3",
     ]
+
+
+def test_with_the_store_service_the_features_never_load_lancedb_or_arrow(tmp_path: Path) -> None:
+    out = run(
+        """
+        import importlib, os, sys
+        os.environ["ORACULO_STORES_URL"] = "http://127.0.0.1:9/services/stores/"
+        from oraculo.extensions.app import DEFAULT_FEATURES
+        for spec in DEFAULT_FEATURES:
+            importlib.import_module(spec.split(":")[0])
+        from oraculo.extensions.base.embeddings import EmbeddingClient
+        from oraculo.extensions.memory.rag import WorkspaceIndex
+        from oraculo.extensions.memory.service import MemoryService
+        stores = [MemoryService(EmbeddingClient()).store, WorkspaceIndex(EmbeddingClient()).store]
+        print([type(s).__name__ for s in stores])
+        print(sorted(m for m in ("lancedb", "pyarrow", "lance") if m in sys.modules))
+        """,
+        tmp_path,
+    )
+    assert out.splitlines() == ["['RemoteLanceStore', 'RemoteLanceStore']", "[]"]

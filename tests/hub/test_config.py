@@ -17,6 +17,7 @@ from oraculo.hub.config import (
     OraculoHub,
     docker_bridge_address,
 )
+from oraculo.kernels.credentials import KERNEL_TOKEN_SCOPES
 from tests.harness import HubProcess
 
 
@@ -52,6 +53,8 @@ def test_embedded_defaults(clean_env: None, tmp_path: os.PathLike[str]) -> None:
     assert c.Spawner.args[0] == "--LabApp.extension_manager=readonly"
     assert c.Spawner.server_token_scopes == SERVER_TOKEN_SCOPES
     assert c.Spawner.environment["ORACULO_MODELS_URL"] == "http://127.0.0.1:8000/services/models/"
+    # memories and the workspace index: straight to the store service, beside the hub's API
+    assert c.Spawner.environment["ORACULO_STORES_URL"] == "http://127.0.0.1:8004/services/stores/"
     assert c.ConfigurableHTTPProxy.command[0].endswith("configurable-http-proxy")
     assert os.stat(data).st_mode & 0o777 == 0o700
 
@@ -112,6 +115,14 @@ def test_roles_scopes_and_services(clean_env: None) -> None:
     services = {s["name"]: s for s in c.JupyterHub.services}
     assert services["models"]["command"] == [sys.executable, "-m", "oraculo.models"]
     assert services["models"]["environment"]["HF_HUB_OFFLINE"] == "1"
+    stores = services["stores"]
+    assert stores["command"] == [sys.executable, "-m", "oraculo.stores"]
+    assert stores["url"] == "http://127.0.0.1:8004"
+    assert stores["environment"]["ORACULO_DATA_DIR"].endswith(".data")
+    # a user's server reaches their store; a kernel's narrow token never does
+    assert "access:services!service=stores" in roles["user"]["scopes"]
+    assert "access:services!service=stores" in SERVER_TOKEN_SCOPES
+    assert "access:services!service=stores" not in KERNEL_TOKEN_SCOPES
     # the dashboard reads and acts with the viewer's own OAuth token: never more than this
     board = services["usage-dashboard"]
     assert board["command"] == [sys.executable, "-m", "oraculo.hub.dashboard"]
@@ -129,9 +140,10 @@ def test_roles_scopes_and_services(clean_env: None) -> None:
 
 
 def test_switches_turn_services_off(clean_env: None) -> None:
-    c = build(models_service=False, cull_idle_timeout=0, docs_dir="")
+    c = build(models_service=False, stores_service=False, cull_idle_timeout=0, docs_dir="")
     assert c.JupyterHub.services == []
     assert "ORACULO_MODELS_URL" not in c.Spawner.environment
+    assert "ORACULO_STORES_URL" not in c.Spawner.environment
     assert "idle-culler" not in {r["name"] for r in c.JupyterHub.load_roles}
 
 

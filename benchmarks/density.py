@@ -141,6 +141,22 @@ def user_servers(hub: HubProcess) -> dict[str, psutil.Process]:
     return found
 
 
+def hub_services(hub: HubProcess) -> dict[str, dict[str, float]]:
+    """The memory (MB) of the hub's shared services that users' work lands in: the store service
+    (every user's memories and index) and the model service."""
+    assert hub.proc is not None
+    found: dict[str, dict[str, float]] = {}
+    for p in psutil.Process(hub.proc.pid).children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+            for name in ("stores", "models"):
+                if f"-m oraculo.{name}" in cmd:
+                    found[name] = {k: round(v / 2**20, 1) for k, v in smaps(p.pid).items()}
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
 async def active_user(
     user: User, panels: bool, trace: dict[str, dict[str, float]] | None = None
 ) -> dict[str, float]:
@@ -219,6 +235,7 @@ async def measure_oraculo(args: argparse.Namespace, work: Path) -> dict[str, Any
         servers = user_servers(hub)
         per_user = [tree_memory(servers[u.name]) for u in users]
         mapped = {u.name: libraries(servers[u.name].pid) for u in users}
+        shared = hub_services(hub)
         # A returning user's server, up but not used yet (what an idle user costs).
         await users[0].stop_server()
         await users[0].spawn(timeout=300)
@@ -238,6 +255,7 @@ async def measure_oraculo(args: argparse.Namespace, work: Path) -> dict[str, Any
         await client.aclose()
         return {
             "per_user_mb": summarise(per_user),
+            "shared_services_mb": shared,
             "server_libraries": mapped[users[0].name],
             "libraries_same_everywhere": len({tuple(v) for v in mapped.values()}) == 1,
             "server_after_each_step_mb": trace,
@@ -386,6 +404,16 @@ def report(result: dict[str, Any]) -> None:
         ]
         print(f"{label:<22}" + "".join(f"{c:>20}" for c in cells))
         print(f"{'':<22}server has loaded: {', '.join(r['server_libraries']) or 'none of them'}")
+    shared = result["oraculo"].get("shared_services_mb", {})
+    for name, m in shared.items():
+        print(
+            f"hub's {name} service (shared): RSS {m['rss']:.0f} PSS {m['pss']:.0f} MB, "
+            f"{m['pss'] / result['users']:.1f} MB PSS per user at {result['users']} users"
+        )
+    if "stores" in shared:
+        total = result["oraculo"]["per_user_mb"]["total"]["pss"]
+        per = total + shared["stores"]["pss"] / result["users"]
+        print(f"all in, PSS, with the store service's share: {per:.0f} MB per user")
     print("the first user's server after each step (MB):")
     for step, m in result["oraculo"]["server_after_each_step_mb"].items():
         print(

@@ -588,6 +588,8 @@ class OraculoHub(LoggingConfigurable):
                     "url": self.stores_url(),
                     "command": [sys.executable, "-m", "oraculo.stores"],
                     "environment": {"ORACULO_DATA_DIR": self.data_dir},
+                    # an API for servers, with no page: kept out of the hub's Services menu
+                    "display": False,
                 }
             )
         if self.slack:

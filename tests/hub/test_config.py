@@ -119,6 +119,7 @@ def test_roles_scopes_and_services(clean_env: None) -> None:
     assert stores["command"] == [sys.executable, "-m", "oraculo.stores"]
     assert stores["url"] == "http://127.0.0.1:8004"
     assert stores["environment"]["ORACULO_DATA_DIR"].endswith(".data")
+    assert stores["display"] is False  # no page: not in the hub's Services menu
     # a user's server reaches their store; a kernel's narrow token never does
     assert "access:services!service=stores" in roles["user"]["scopes"]
     assert "access:services!service=stores" in SERVER_TOKEN_SCOPES

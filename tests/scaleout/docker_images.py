@@ -59,9 +59,10 @@ def ensure_base() -> str:
              root, "http://deb.debian.org/debian"],
             check=True, capture_output=True, timeout=900,
         )  # fmt: skip
-        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-        docker("import", "-", BASE, stdin=tar.stdout)
-        tar.wait()
+        with subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE) as tar:
+            docker("import", "-", BASE, stdin=tar.stdout)
+        if tar.returncode:
+            raise RuntimeError(f"tar of the base image's root failed ({tar.returncode})")
     return BASE
 
 

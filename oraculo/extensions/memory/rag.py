@@ -42,11 +42,12 @@ from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.embeddings import EmbeddingClient
 from oraculo.extensions.base.errors import BadRequest, OraculoError
+from oraculo.extensions.memory.backend import open_store
 from oraculo.extensions.memory.models import Passage
 from oraculo.extensions.memory.nofollow import read_no_follow
 from oraculo.extensions.memory.rag_chunks import estimate_tokens
 from oraculo.extensions.memory.rag_files import SUFFIXES, Chunk, Unreadable, chunk_file
-from oraculo.extensions.memory.store import default_path, open_store, sql_string
+from oraculo.extensions.memory.store import default_path, sql_string
 from oraculo.extensions.memory.tables import TABLES
 from oraculo.extensions.memory.watch import TreeWatcher
 

@@ -29,8 +29,9 @@ from traitlets.config import LoggingConfigurable
 
 from oraculo.extensions.base.embeddings import EmbeddingClient
 from oraculo.extensions.base.errors import BadRequest, Conflict
+from oraculo.extensions.memory.backend import open_store
 from oraculo.extensions.memory.models import Memory, MemoryHit
-from oraculo.extensions.memory.store import default_path, open_store, sql_string
+from oraculo.extensions.memory.store import default_path, sql_string
 from oraculo.extensions.memory.tables import TABLES
 
 TABLE = "memories"

@@ -23,8 +23,6 @@ from oraculo.extensions.memory.tables import TableSpec
 if TYPE_CHECKING:  # numpy and pyarrow load with the first store use, not at server start
     import pyarrow as pa
 
-    from oraculo.extensions.memory.remote import RemoteLanceStore
-
 #: Reciprocal-rank fusion constant (as in LanceDB's RRFReranker and the RRF paper).
 RRF_K = 60
 
@@ -89,23 +87,6 @@ def _ivf_sq() -> Any:
     from lancedb.index import IvfSq
 
     return IvfSq(distance_type="cosine")
-
-
-def open_store(
-    path: str,
-    spec: TableSpec,
-    *,
-    log: logging.Logger | logging.LoggerAdapter[Any],
-    vector_index_rows: int = 0,
-) -> LanceStore | RemoteLanceStore:
-    """The user's table: in the hub's store service when the hub runs one
-    (``$ORACULO_STORES_URL``) and ``path`` is the default folder, else in LanceDB at ``path``."""
-    url = os.environ.get("ORACULO_STORES_URL", "")
-    if url and os.path.abspath(path) == os.path.abspath(default_path()):
-        from oraculo.extensions.memory.remote import RemoteLanceStore, StoreClient
-
-        return RemoteLanceStore(StoreClient.shared(url, legacy_path=path), spec)
-    return LanceStore(path, spec, log=log, vector_index_rows=vector_index_rows)
 
 
 class LanceStore:

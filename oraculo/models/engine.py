@@ -275,8 +275,12 @@ class BatchEngine:
 
     @property
     def running(self) -> int:
-        """Sequences holding a batch slot: decoding, or half-way through a chunked prefill."""
-        return len(self._rows) + (self._partial is not None)
+        """Sequences holding a batch slot: decoding, or half-way through a chunked prefill.
+
+        A row whose finish has been delivered no longer counts, though the engine thread drops
+        it from the batch a moment later: its client may already have sent its next request,
+        which must not be refused as over the bound for a slot that is free."""
+        return sum(not s.done for s in self._rows) + (self._partial is not None)
 
     def start(self) -> None:
         if self._thread is None:

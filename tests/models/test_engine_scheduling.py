@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from oraculo.models.backends.local import TransformersChatBackend
-from oraculo.models.engine import BatchEngine, EngineEvent, GenSequence, SamplingParams
+from oraculo.models.engine import (
+    BatchEngine,
+    EngineEvent,
+    GenSequence,
+    QueueFull,
+    SamplingParams,
+)
 from oraculo.models.registry import ModelSpec
 
 SPEC = {
@@ -173,6 +179,35 @@ def test_cancelling_a_prompt_halfway_through_its_prefill_frees_its_slot(
     assert run.end(0).finish_reason == "cancelled"
     assert run.end(0).completion_tokens == 0
     assert run.engine.stats.sequences_cancelled == 1
+    assert run.engine.running == 0 and run.engine.queue_depth == 0
+
+
+def test_a_finished_sequences_slot_is_free_as_soon_as_its_end_is_delivered(
+    lm: tuple[Any, Any, list[int]],
+) -> None:
+    """One slot and no queue: a client whose answer has ended sends its next request at once
+    (here: from the finish event itself, before the engine thread has dropped the old row)
+    and is admitted, not refused as overloaded (seen under load as a spurious 503)."""
+    tokenizer = lm[1]
+    run = Run(lm, max_batch_size=1, max_waiting=0, prefix_cache_tokens=0)
+    prompt = tokenizer("Hello")["input_ids"]
+    refused: list[Exception] = []
+
+    def next_request(ev: EngineEvent) -> None:
+        if ev.finish_reason is not None:
+            try:
+                run.submit(prompt, SamplingParams(max_tokens=2, temperature=0))
+            except QueueFull as e:
+                refused.append(e)
+                run._done[-1].set()  # nothing more will come: let finish() return
+
+    run.submit(prompt, SamplingParams(max_tokens=2, temperature=0), also=next_request)
+    # the bound itself holds: with the one slot's sequence queued, another is refused
+    with pytest.raises(QueueFull):
+        run.engine.submit(prompt, SamplingParams(max_tokens=2, temperature=0), lambda ev: None)
+    run.finish()
+    assert refused == []
+    assert all(run.end(i).finish_reason in ("length", "stop") for i in range(2))
     assert run.engine.running == 0 and run.engine.queue_depth == 0
 
 

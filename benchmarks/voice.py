@@ -52,7 +52,7 @@ QUESTIONS = [
 ]
 FRAME = 1600  # samples: 100 ms at 16 kHz
 #: The server's own split of each turn (``timing_ms`` of the first audio event).
-BREAKDOWN: list[dict[str, float]] = []
+BREAKDOWN: list[dict[str, Any]] = []
 
 
 def pct(values: list[float], q: float) -> float:
@@ -104,7 +104,7 @@ async def session(user: User, questions: list[np.ndarray], rounds: int, offset: 
 
     url = user.server_url.replace("http://", "ws://") + "api/v1/voice"
     out: list[float] = []
-    breakdown: list[dict[str, float]] = []
+    breakdown: list[dict[str, Any]] = []
     async with connect(url, additional_headers=user.auth, max_size=None) as ws:
         assert json.loads(await ws.recv())["type"] == "ready"
         for i in range(rounds):
@@ -120,7 +120,8 @@ async def session(user: User, questions: list[np.ndarray], rounds: int, offset: 
                 while True:
                     msg = await ws.recv()
                     if isinstance(msg, str) and '"timing_ms"' in msg:
-                        breakdown.append(json.loads(msg)["timing_ms"])
+                        event = json.loads(msg)
+                        breakdown.append({**event["timing_ms"], "first_chunk": event["text"]})
                     if isinstance(msg, bytes) and not got.done():
                         got.set_result(time.perf_counter())
                         await ws.send(json.dumps({"type": "cancel"}))
@@ -200,6 +201,8 @@ def report(result: dict[str, Any]) -> str:
         lines.append(
             f"| replies started during the endpoint silence | {held} of {len(parts)} | | |"
         )
+        chunks = sorted({p["first_chunk"] for p in parts if p.get("first_chunk")})
+        lines += ["", "First spoken chunks:", *(f"- {c!r}" for c in chunks)]
     return "\n".join(lines)
 
 

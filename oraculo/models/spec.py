@@ -24,7 +24,12 @@ class ModelSpec(BaseModel):
     backend: str = ""
     gguf_file: str | None = None
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = Field(
+        "auto",
+        description="weights' dtype (float32, bfloat16, float16). auto, for a chat model: "
+        "bfloat16 on a CPU with AVX512-BF16 or AMX, else float32; for speech to text: int8 on "
+        "a CPU, float16 on CUDA (CTranslate2 compute types)",
+    )
     context_length: int | None = None
     max_batch_size: int = Field(16, ge=1, description="sequences decoded together (concurrency)")
     max_waiting: int = Field(64, ge=0, description="requests queued beyond the batch; more → 503")

@@ -34,19 +34,42 @@ def _device(name: str) -> str:
     return name
 
 
-def _has_amx() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX)."""
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            return any("amx_bf16" in line for line in f if line.startswith("flags"))
+            return next((set(line.split()[2:]) for line in f if line.startswith("flags")), set())
     except OSError:
-        return False
+        return set()
+
+
+def _has_amx() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX)."""
+    return "amx_bf16" in _cpu_flags()
+
+
+def model_dtype(name: str, device: str, flags: set[str] | None = None) -> Any:
+    """``dtype`` of a chat model entry: ``auto`` is bfloat16 on a CPU that multiplies bf16 in
+    hardware (AVX512-BF16 or AMX), else float32.
+
+    Decoding a batch is matrix products against the weights; in bf16 they run 4x faster than in
+    float32 at 16 rows on an AVX512-BF16 CPU (1.1x slower for a single row's small products, but
+    the vocabulary projection, the largest, is 2.4x faster even then), and the weights take half
+    the memory. Quality, measured on SmolLM2-135M: perplexity 12.94 against 12.93 in float32
+    (3,069 tokens of code and prose); greedy replies are the same for their first 5-40 tokens
+    and then may take another, equally fluent, path. On CUDA the weights stay float32 unless the
+    entry says otherwise (not measured here)."""
+    import torch
+
+    if name != "auto":
+        return _dtype(name)
+    if device == "cpu" and {"avx512_bf16", "amx_bf16"} & (_cpu_flags() if flags is None else flags):
+        return torch.bfloat16
+    return torch.float32
 
 
 def _prefill_dtype(name: str, model_dtype: Any, device: str) -> Any:
     """``prefill_dtype`` of a model entry: ``auto`` is bfloat16 for a float32 model on a CPU with
-    AMX (prompt processing ~2.5x faster there, measured; decoding stays in float32, where bf16 is
-    slower on this CPU), else the model's own dtype."""
+    AMX (prompt processing ~2.5x faster there, measured), else the model's own dtype."""
     import torch
 
     if name != "auto":
@@ -104,8 +127,10 @@ class TransformersChatBackend(Backend):
             except OSError as e:
                 self.log.warning("no checkpoint cache for %s (%s); loading the GGUF", spec.name, e)
         self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(spec.dtype), **kwargs)
-        model.to(_device(spec.device))  # type: ignore[arg-type]
+        device = _device(spec.device)
+        dtype = model_dtype(spec.dtype, device.split(":")[0])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        model.to(device)  # type: ignore[arg-type]
         model.eval()
         ctx = spec.context_length or int(getattr(model.config, "max_position_embeddings", 2048))
         eos = model.generation_config.eos_token_id
@@ -130,10 +155,11 @@ class TransformersChatBackend(Backend):
         )
         self.engine.start()
         self.log.info(
-            "loaded %s from %s on %s (context %d, prefill in %s, sampling defaults %s)",
+            "loaded %s from %s on %s in %s (context %d, prefill in %s, sampling defaults %s)",
             spec.name,
             path,
             self.engine.device,
+            self.engine.dtype,
             ctx,
             self.engine.prefill_dtype,
             self.defaults,
@@ -192,6 +218,7 @@ class TransformersChatBackend(Backend):
                 waiting=self.engine.queue_depth,
                 max_batch_size=self.engine.max_batch_size,
                 max_waiting=self.engine.max_waiting,
+                dtype=str(self.engine.dtype).removeprefix("torch."),
                 prefill_dtype=str(self.engine.prefill_dtype).removeprefix("torch."),
                 sampling_defaults=self.defaults.to_json(),
                 **vars(self.engine.stats),

@@ -69,6 +69,9 @@ def user_groups(spawner: Any) -> list[str]:
 
 
 _GROUPADD_LOCK = threading.Lock()
+#: Members' spawns (hook threads of one hub) prepare a cohort's folders at the same moment: one
+#: at a time checks, moves aside and makes ``material``.
+_MATERIAL_LOCK = threading.Lock()
 
 
 #: One shadow-utils command (useradd, groupadd, gpasswd) at a time from this hub: spawns run
@@ -226,18 +229,32 @@ class GroupFolders(LoggingConfigurable):
         reach it through the cohort folder, 2770, and may only read; non-members cannot reach
         it). Students can write in the cohort folder, so nothing there is followed, and a
         ``material`` that is not the hub's (a student made it first) is moved aside."""
+        with _MATERIAL_LOCK:
+            self._ensure_material(cohort, os_groups)
+
+    def _ensure_material(self, cohort: str, os_groups: bool) -> None:
         folder = self.folder(cohort)
         parent = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            try:
-                st = os.stat("material", dir_fd=parent, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode) or (os_groups and st.st_uid != 0):
-                    aside = f"material.moved-{st.st_uid}-{int(time.time())}"
+            for _ in range(3):
+                try:
+                    st = os.stat("material", dir_fd=parent, follow_symlinks=False)
+                except FileNotFoundError:
+                    try:
+                        os.mkdir("material", 0o755, dir_fd=parent)
+                        break
+                    except FileExistsError:
+                        continue  # a student made one meanwhile: check it again
+                if stat.S_ISDIR(st.st_mode) and (not os_groups or st.st_uid == 0):
+                    break
+                aside = f"material.moved-{st.st_uid}-{time.time_ns()}"
+                try:
                     os.rename("material", aside, src_dir_fd=parent, dst_dir_fd=parent)
-                    self.log.warning("%s/material was not the hub's: moved to %s", folder, aside)
-                    raise FileNotFoundError
-            except FileNotFoundError:
-                os.mkdir("material", 0o755, dir_fd=parent)
+                except FileNotFoundError:
+                    continue  # its maker moved it meanwhile
+                self.log.warning("%s/material was not the hub's: moved to %s", folder, aside)
+            else:
+                raise RuntimeError(f"{folder}/material changed under the hub three times")
             if not os_groups:
                 return
             gid = self.ensure_os_group_named(self.staff_os_group(cohort))

@@ -235,6 +235,39 @@ def test_a_published_folder_a_member_made_is_moved_aside_not_adopted(tmp_path: P
     assert (aside / "inspector.ipynb").exists() and aside.stat().st_uid == 65534
 
 
+def test_members_starting_together_all_get_the_cohorts_material_folder(tmp_path: Path) -> None:
+    """Members of one cohort spawning at once prepare its folders in threads of one hub at the
+    same moment: each must find (or make) ``material``, none fail because another made it first
+    (a spawn once failed with FileExistsError), and a ``material`` that is not a folder is moved
+    aside once, whoever gets there first."""
+    import threading
+
+    folders = GroupFolders(root=str(tmp_path / "groups"))
+
+    def prepare(cohort: str, start: threading.Barrier, errors: list[Exception]) -> None:
+        start.wait()
+        try:
+            folders.ensure_material(cohort)
+        except Exception as e:
+            errors.append(e)
+
+    for round_ in range(30):
+        cohort = f"c{round_}"
+        folders.folder(cohort).mkdir(parents=True)
+        if round_ % 3 == 0:
+            (folders.folder(cohort) / "material").write_text("a student's file")
+        start, errors = threading.Barrier(8), list[Exception]()
+        threads = [threading.Thread(target=prepare, args=(cohort, start, errors)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [], errors
+        assert (folders.folder(cohort) / "material").is_dir()
+        moved = list(folders.folder(cohort).glob("material.moved-*"))
+        assert len(moved) == (1 if round_ % 3 == 0 else 0), moved
+
+
 @pytest.mark.root
 def test_the_hub_replaces_a_release_only_for_a_maintainer_and_follows_no_link(
     tmp_path: Path,

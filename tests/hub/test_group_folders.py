@@ -269,6 +269,33 @@ def test_members_starting_together_all_get_the_cohorts_material_folder(tmp_path:
 
 
 @pytest.mark.root
+def test_a_material_folder_a_student_made_is_moved_aside_not_adopted(tmp_path: Path) -> None:
+    """A student can write in the cohort folder and may make ``material`` before the hub does,
+    with a file in it passing for course material. The hub never chowns it to itself (that would
+    publish the student's file to the cohort as the instructors'): it moves it aside, with the
+    student's file and ownership intact, and makes its own, empty and root-owned."""
+    folders = GroupFolders(root=str(tmp_path / "groups"))
+    cohort = f"mat{uuid.uuid4().hex[:6]}"
+    path = folders.folder(cohort)
+    theirs = path / "material"
+    theirs.mkdir(parents=True)
+    (theirs / "answers.ipynb").write_text("{}")
+    os.chown(theirs, 65534, 65534)
+    os.chown(theirs / "answers.ipynb", 65534, 65534)
+    try:
+        folders.ensure_material(cohort, os_groups=True)
+        st = os.lstat(path / "material")
+        staff = grp.getgrnam(folders.staff_os_group(cohort)).gr_gid
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, staff, 0o2775)
+        assert list((path / "material").iterdir()) == []
+        (aside,) = path.glob("material.moved-*")
+        assert aside.stat().st_uid == 65534
+        assert (aside / "answers.ipynb").stat().st_uid == 65534
+    finally:
+        subprocess.run(["groupdel", folders.staff_os_group(cohort)], capture_output=True)
+
+
+@pytest.mark.root
 def test_the_hub_replaces_a_release_only_for_a_maintainer_and_follows_no_link(
     tmp_path: Path,
 ) -> None:

@@ -162,14 +162,14 @@ async def test_the_chat_model_runs_in_bf16_where_the_cpu_multiplies_it(
 ) -> None:
     import torch
 
-    from oraculo.models.backends.local import _cpu_flags, model_dtype
+    from oraculo.models.backends.local import BF16_CPU_FLAGS, _cpu_flags, model_dtype
 
-    bf16 = {"avx512_bf16", "amx_bf16"} & _cpu_flags()
+    bf16 = BF16_CPU_FLAGS & _cpu_flags()
     stats = await server.chat_stats()
     assert stats["dtype"] == ("bfloat16" if bf16 else "float32")
-    assert model_dtype("auto", "cpu", {"avx512f", "avx512_bf16"}) == torch.bfloat16
-    assert model_dtype("auto", "cpu", {"amx_bf16"}) == torch.bfloat16
-    assert model_dtype("auto", "cpu", {"avx512f", "avx2"}) == torch.float32
-    assert model_dtype("auto", "cuda", {"avx512_bf16"}) == torch.float32
-    assert model_dtype("float32", "cpu", {"avx512_bf16"}) == torch.float32
-    assert model_dtype("float16", "cpu", set()) == torch.float16
+    assert model_dtype("auto", "cpu", frozenset({"avx512f", "avx512_bf16"})) == torch.bfloat16
+    assert model_dtype("auto", "cpu", frozenset({"amx_bf16"})) == torch.bfloat16
+    assert model_dtype("auto", "cpu", frozenset({"avx512f", "avx2"})) == torch.float32
+    assert model_dtype("auto", "cuda", frozenset({"avx512_bf16"})) == torch.float32
+    assert model_dtype("float32", "cpu", frozenset({"avx512_bf16"})) == torch.float32
+    assert model_dtype("float16", "cpu", frozenset()) == torch.float16

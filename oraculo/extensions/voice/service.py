@@ -55,6 +55,10 @@ _MARKUP = re.compile(r"```.*?(```|$)|[*_#`>|]+", re.S)
 
 Send = Callable[[dict[str, Any] | bytes], bool]
 
+#: Where the reply's first spoken chunk may end (see SentenceSplitter and VoiceService).
+FIRST_CLAUSE_CHARS = 10
+FIRST_WORDS_CHARS = 24
+
 
 def pcm16_to_float(data: bytes) -> np.ndarray:
     import numpy as np
@@ -91,7 +95,11 @@ class SentenceSplitter:
     soon: at a clause (``,;:``) once it has ``first_clause_chars``, or at a word boundary once
     ``first_words_chars`` have come without any."""
 
-    def __init__(self, first_clause_chars: int = 10, first_words_chars: int = 24) -> None:
+    def __init__(
+        self,
+        first_clause_chars: int = FIRST_CLAUSE_CHARS,
+        first_words_chars: int = FIRST_WORDS_CHARS,
+    ) -> None:
         self.buf = ""
         self.first = True
         self.first_clause_chars = first_clause_chars
@@ -184,14 +192,14 @@ class VoiceService(LoggingConfigurable):
     vad_threshold = Float(0.5, config=True, help="Silero speech probability that means speech.")
     max_reply_tokens = Integer(96, config=True, help="max_tokens of a spoken reply.")
     first_clause_chars = Integer(
-        10,
+        FIRST_CLAUSE_CHARS,
         config=True,
         help="""The reply's first spoken chunk ends at a clause (,;:) once it has this many
         characters, so that speaking starts before the first sentence is complete (each
         character the model must write first is about 20 ms on a 2-core CPU).""",
     )
     first_words_chars = Integer(
-        24,
+        FIRST_WORDS_CHARS,
         config=True,
         help="""Without a clause, the first spoken chunk ends at a word boundary once this many
         characters have come; it is spoken as a clause (with a comma's phrasing), not as a

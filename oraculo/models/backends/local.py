@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -34,12 +35,18 @@ def _device(name: str) -> str:
     return name
 
 
-def _cpu_flags() -> set[str]:
+#: CPU flags of bfloat16 matrix products in hardware (/proc/cpuinfo): AVX512-BF16, AMX.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            return next((set(line.split()[2:]) for line in f if line.startswith("flags")), set())
+            flags = next((line.split()[2:] for line in f if line.startswith("flags")), [])
+            return frozenset(flags)
     except OSError:
-        return set()
+        return frozenset()
 
 
 def _has_amx() -> bool:
@@ -47,7 +54,7 @@ def _has_amx() -> bool:
     return "amx_bf16" in _cpu_flags()
 
 
-def model_dtype(name: str, device: str, flags: set[str] | None = None) -> Any:
+def model_dtype(name: str, device: str, flags: frozenset[str] | None = None) -> Any:
     """``dtype`` of a chat model entry: ``auto`` is bfloat16 on a CPU that multiplies bf16 in
     hardware (AVX512-BF16 or AMX), else float32.
 
@@ -62,7 +69,7 @@ def model_dtype(name: str, device: str, flags: set[str] | None = None) -> Any:
 
     if name != "auto":
         return _dtype(name)
-    if device == "cpu" and {"avx512_bf16", "amx_bf16"} & (_cpu_flags() if flags is None else flags):
+    if device == "cpu" and BF16_CPU_FLAGS & (_cpu_flags() if flags is None else flags):
         return torch.bfloat16
     return torch.float32
 

@@ -254,6 +254,29 @@ class OraculoHub(LoggingConfigurable):
         allocates may get its own, and freed memory stays in it). 0 leaves glibc's default.
         Default ORACULO_MALLOC_ARENA_MAX or 0 (see README, scale-out, Density).""",
     )
+    concurrent_starts = Int(
+        config=True,
+        help="""At most this many users' servers start on this machine at once (process and
+        system-users spawners; from the spawn until the server listens). The others wait their
+        turn in order, their place shown on the spawn page, so that when many start together
+        each is up in its few seconds instead of all sharing the CPU until the hub gives up on
+        them. A spawn may wait up to start_timeout (300 s with a limit, 120 s without). 0: no
+        limit. Default ORACULO_CONCURRENT_STARTS or twice the CPU count (at least 2).""",
+    )
+    kernel_nice = Int(
+        config=True,
+        help="""The nice value (0-19) users' kernels run at: the code users, the assistant and
+        agents run, and what it starts. Where the CPU is short (a kernel in a long loop on a
+        small machine), the hub, its proxy, the model service and users' servers come first,
+        so sign-in, routing, chat and the notebook itself stay prompt. Between users nothing
+        changes (every kernel runs at the same value), and an idle CPU is used by whoever asks.
+        The kernel's session scheduling group (Linux's autogroup) gets the same value. A
+        kernel cannot lower its own nice value (that takes CAP_SYS_NICE), but Linux lets
+        anyone set their session group's between 0 and 19, or start a new session (setsid) in
+        a group of its own at 0: a default that puts the platform first, not a CPU limit
+        (those are the sandbox's and the container's). 0 turns it off. Default
+        ORACULO_KERNEL_NICE or 10 (see README, scale-out, Load).""",
+    )
     group_folders = Bool(
         config=True,
         help="""Give each hub group a shared folder (<groups_dir>/<group>) that its members'
@@ -433,6 +456,21 @@ class OraculoHub(LoggingConfigurable):
     @default("kernel_cull_idle_timeout")
     def _default_kernel_cull_idle_timeout(self) -> int:
         return _env_int("ORACULO_KERNEL_CULL_IDLE_TIMEOUT", 3600)
+
+    @default("concurrent_starts")
+    def _default_concurrent_starts(self) -> int:
+        return max(0, _env_int("ORACULO_CONCURRENT_STARTS", max(2, 2 * (os.cpu_count() or 1))))
+
+    @default("kernel_nice")
+    def _default_kernel_nice(self) -> int:
+        return _env_int("ORACULO_KERNEL_NICE", 10)
+
+    @validate("kernel_nice")
+    def _valid_kernel_nice(self, proposal: Any) -> int:
+        nice = int(proposal["value"])
+        if not 0 <= nice <= 19:
+            raise TraitError(f"kernel_nice must be 0-19, not {nice}")
+        return nice
 
     @default("malloc_arena_max")
     def _default_malloc_arena_max(self) -> int:
@@ -700,7 +738,10 @@ class OraculoHub(LoggingConfigurable):
             c.Spawner.cmd = [sys.executable, "-m", "oraculo.singleuser"]
         c.Spawner.args = self.singleuser_args()
         c.Spawner.default_url = "/lab"
-        c.Spawner.start_timeout = 120
+        local = self.spawner in ("process", "system-users")
+        c.Spawner.concurrent_starts = self.concurrent_starts if local else 0
+        # a spawn's start includes its wait for a turn
+        c.Spawner.start_timeout = 300 if local and self.concurrent_starts else 120
         c.Spawner.http_timeout = 90
         c.Spawner.server_token_scopes = SERVER_TOKEN_SCOPES
         environment: dict[str, str] = {}
@@ -713,6 +754,8 @@ class OraculoHub(LoggingConfigurable):
             environment["ORACULO_STORES_URL"] = f"{self.stores_url()}/services/stores/"
         if self.malloc_arena_max:
             environment["MALLOC_ARENA_MAX"] = str(self.malloc_arena_max)
+        if self.kernel_nice:
+            environment["ORACULO_KERNEL_NICE"] = str(self.kernel_nice)
         environment.update(self.extra_environment)
         c.Spawner.environment = environment
         c.GroupFolders.enabled = self.group_folders

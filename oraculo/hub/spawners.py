@@ -10,7 +10,8 @@
 Every spawner starts a server through the same hooks (:class:`OraculoSpawnerMixin`): the
 account, the shared folders of the user's hub groups (:mod:`oraculo.hub.groups`), one GPU from
 the hub's :class:`~oraculo.hub.gpus.GpuAllocator` (kept in the spawner's state across hub
-restarts), the sandbox limits of the user's groups, and a wait until a local server listens.
+restarts), the sandbox limits of the user's groups, and a wait until a local server listens;
+servers on this machine start a few at a time (:class:`StartQueue`), the rest wait their turn.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import asyncio
 import contextlib
 import os
 import pwd
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Bool, Unicode, default
+from traitlets import Bool, HasTraits, Int, Unicode, default
 
 from oraculo.hub.cohorts import cohorts_of_instructor, is_cohort
 from oraculo.hub.exchange import EXCHANGE_ENV, CohortExchange, instructors_of
@@ -195,7 +197,67 @@ class ReadinessHook:
             return
 
 
-class OraculoSpawnerMixin(AccountHook, GroupFoldersHook, GpuHook, ReadinessHook):
+class StartQueue:
+    """Servers starting on this machine at once, at most ``limit``; the others wait in order.
+
+    A server's start is a few CPU seconds of imports. When many start together (a class at
+    nine o'clock, a hub restart) and all start at once, they share the CPU evenly, so each
+    takes as long as all of them together, and past ``http_timeout`` the hub gives up on every
+    one, and their work is lost. In turn, each one is up in its few seconds and the last no
+    later than before. One queue per hub (the event loop's), shared by every spawner."""
+
+    def __init__(self) -> None:
+        self.starting = 0
+        self.waiting: list[object] = []  # whose turn comes next first
+        self._turns: dict[object, asyncio.Future[None]] = {}
+
+    def ahead_of(self, who: object) -> int | None:
+        """How many wait before ``who``; None when it is not waiting."""
+        return self.waiting.index(who) if who in self.waiting else None
+
+    @contextlib.asynccontextmanager
+    async def turn(self, who: object, limit: int) -> AsyncIterator[None]:
+        if limit > 0 and (self.starting >= limit or self.waiting):
+            turn = asyncio.get_running_loop().create_future()
+            self.waiting.append(who)
+            self._turns[who] = turn
+            try:
+                await turn  # handed a place by the one that ended (see _end)
+            except BaseException:
+                self._turns.pop(who, None)
+                if who in self.waiting:
+                    self.waiting.remove(who)
+                elif turn.done() and not turn.cancelled():
+                    self._end()  # given a place at the moment it was cancelled: pass it on
+                raise
+        else:
+            self.starting += 1
+        try:
+            yield
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        while self.waiting:
+            turn = self._turns.pop(self.waiting.pop(0))
+            if not turn.done():
+                turn.set_result(None)  # its place passes on: `starting` stays
+                return
+        self.starting -= 1
+
+
+_QUEUES: dict[asyncio.AbstractEventLoop, StartQueue] = {}
+
+
+def start_queue() -> StartQueue:
+    """The hub's one :class:`StartQueue` (one per event loop, so tests' hubs do not share)."""
+    loop = asyncio.get_running_loop()
+    for old in [k for k in _QUEUES if k.is_closed()]:
+        del _QUEUES[old]
+    return _QUEUES.setdefault(loop, StartQueue())
+
+
+class OraculoSpawnerMixin(AccountHook, GroupFoldersHook, GpuHook, ReadinessHook, HasTraits):
     """What every Oráculo spawner adds to its JupyterHub base spawner, as hooks run in order.
 
     ``start``: the account and home (:class:`AccountHook`), the group folders
@@ -206,17 +268,35 @@ class OraculoSpawnerMixin(AccountHook, GroupFoldersHook, GpuHook, ReadinessHook)
     loop: ``useradd``, ``groupadd``, ``gpasswd`` and ``nvidia-smi`` run in threads.
     """
 
+    concurrent_starts = Int(
+        0,
+        config=True,
+        help="""At most this many servers start on this machine at once (from the spawn until
+        the server listens); later ones wait their turn, in order, with their place shown on
+        the spawn page. 0: no limit. Set by OraculoHub.concurrent_starts.""",
+    )
+
     async def start(self) -> Any:
-        await self.prepare_account()
-        await self.make_group_folders()
-        await self.assign_gpu()
-        try:
-            address = await super().start()  # type: ignore[misc]
-        except BaseException:
-            self.release_gpu()
-            raise
-        await self.until_listening(address)
-        return address
+        async with start_queue().turn(self, self.concurrent_starts):
+            await self.prepare_account()
+            await self.make_group_folders()
+            await self.assign_gpu()
+            try:
+                address = await super().start()  # type: ignore[misc]
+            except BaseException:
+                self.release_gpu()
+                raise
+            await self.until_listening(address)
+            return address
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        queue = start_queue()
+        while (ahead := queue.ahead_of(self)) is not None:
+            message = f"Waiting for a turn to start: place {ahead + 1} in the queue"
+            yield {"progress": 5, "message": message}
+            await asyncio.sleep(1)
+        async for event in super().progress():  # type: ignore[misc]
+            yield event
 
     async def stop(self, now: bool = False) -> None:
         try:

@@ -229,6 +229,31 @@ def test_malloc_arena_max_reaches_user_servers_only_when_set(
     assert build().Spawner.environment["MALLOC_ARENA_MAX"] == "4"
 
 
+def test_local_servers_start_a_few_at_a_time_unless_configured(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = build()
+    assert c.Spawner.concurrent_starts == max(2, 2 * (os.cpu_count() or 1))
+    assert c.Spawner.start_timeout == 300  # a spawn's start includes its wait for a turn
+    c = build(concurrent_starts=0)
+    assert (c.Spawner.concurrent_starts, c.Spawner.start_timeout) == (0, 120)
+    monkeypatch.setenv("ORACULO_CONCURRENT_STARTS", "3")
+    assert build().Spawner.concurrent_starts == 3
+    # containers start their servers after the spawner's start returns: no queue there
+    assert build(spawner="docker").Spawner.concurrent_starts == 0
+
+
+def test_users_kernels_run_at_nice_10_unless_configured(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert build().Spawner.environment["ORACULO_KERNEL_NICE"] == "10"
+    assert "ORACULO_KERNEL_NICE" not in build(kernel_nice=0).Spawner.environment
+    monkeypatch.setenv("ORACULO_KERNEL_NICE", "15")
+    assert build().Spawner.environment["ORACULO_KERNEL_NICE"] == "15"
+    with pytest.raises(TraitError, match="0-19"):
+        build(kernel_nice=-5)  # a higher priority than the hub's is never handed out
+
+
 def test_idle_kernels_are_culled_after_an_hour_unless_configured(
     clean_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

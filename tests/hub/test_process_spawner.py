@@ -18,7 +18,7 @@ from traitlets.config import Config
 
 from oraculo.hub import gpus
 from oraculo.hub.gpus import NoGpuAvailable
-from oraculo.hub.spawners import OraculoProcessSpawner
+from oraculo.hub.spawners import OraculoProcessSpawner, start_queue
 from tests.hub.fakes import HubUser
 
 #: A stand-in server: listens on the port the spawner chose, after a second of "start-up".
@@ -74,6 +74,69 @@ async def test_start_returns_when_the_server_dies_on_the_way_up(tmp_path: Path) 
     await s.start()
     assert time.monotonic() - t0 < 20  # it did not sit out the 30 s listening bound
     assert await s.poll() == 3
+
+
+async def test_servers_start_a_few_at_a_time_in_order_with_their_place_shown(
+    tmp_path: Path,
+) -> None:
+    config = Config()
+    config.Spawner.concurrent_starts = 1
+    spawners = [spawner(tmp_path, SLOW_SERVER, config, name=n) for n in ("ada", "bo", "cy")]
+    t0 = time.monotonic()
+    done: dict[str, float] = {}
+
+    async def start(s: OraculoProcessSpawner) -> None:
+        await s.start()
+        done[s.user.name] = time.monotonic() - t0
+
+    tasks = [asyncio.create_task(start(s)) for s in spawners]
+    await asyncio.sleep(0.2)
+    try:
+        progress = spawners[2].progress()
+        first = await anext(progress)
+        await progress.aclose()
+        assert first["message"] == "Waiting for a turn to start: place 2 in the queue"
+        await asyncio.gather(*tasks)
+        # one after another: each listened a second after the one before it had
+        assert list(done) == ["ada", "bo", "cy"], done
+        assert done["bo"] - done["ada"] > 0.9 and done["cy"] - done["bo"] > 0.9, done
+        assert start_queue().starting == 0 and not start_queue().waiting
+    finally:
+        for s in spawners:
+            await s.stop(now=True)
+
+
+async def test_a_spawn_given_up_while_waiting_leaves_the_queue(tmp_path: Path) -> None:
+    config = Config()
+    config.Spawner.concurrent_starts = 1
+    first, gone, last = (spawner(tmp_path, SLOW_SERVER, config, name=n) for n in "abc")
+    try:
+        running = asyncio.create_task(first.start())
+        await asyncio.sleep(0.2)
+        waiting = asyncio.create_task(gone.start())
+        await asyncio.sleep(0.2)
+        assert start_queue().ahead_of(gone) == 0
+        waiting.cancel()  # the hub's start_timeout, or the user cancelled the spawn
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert start_queue().ahead_of(gone) is None
+        await running
+        await asyncio.wait_for(last.start(), 10)  # the place went on, not lost
+        assert gone.proc is None  # it never started
+        assert start_queue().starting == 0
+    finally:
+        for s in (first, last):
+            await s.stop(now=True)
+
+
+async def test_without_a_limit_servers_start_together(tmp_path: Path) -> None:
+    spawners = [spawner(tmp_path, SLOW_SERVER, name=n) for n in ("ada", "bo", "cy")]
+    t0 = time.monotonic()
+    try:
+        await asyncio.gather(*(s.start() for s in spawners))
+        assert time.monotonic() - t0 < 2.5  # three one-second start-ups side by side
+    finally:
+        for s in spawners:
+            await s.stop(now=True)
 
 
 async def test_a_servers_gpu_survives_a_hub_restart(tmp_path: Path) -> None:

@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 LIMITS_ENV = "ORACULO_SANDBOX_LIMITS"
 #: "0" where RLIMIT_NPROC must not stand in for a pids cgroup (containers: their uid is shared).
 NPROC_ENV = "ORACULO_SANDBOX_RLIMIT_NPROC"
+#: The nice value the hub gives users' kernels (``OraculoHub.kernel_nice``).
+NICE_ENV = "ORACULO_KERNEL_NICE"
 
 MIB = 1024 * 1024
 
@@ -110,6 +112,15 @@ SECRET_PATTERNS = ("*TOKEN*", "*SECRET*", "*KEY*", "*PASSWORD*", "*PASSWD*", "*C
 
 #: Credential-looking names a kernel does get: its own narrow token, set by the provisioner.
 DEFAULT_ALLOW = ("ORACULO_KERNEL_TOKEN",)
+
+
+def kernel_nice(environ: Mapping[str, str] = os.environ) -> int:
+    """The nice value for this server's kernels (``ORACULO_KERNEL_NICE``, 0-19; 0 when unset or
+    not a number)."""
+    try:
+        return max(0, min(19, int(environ.get(NICE_ENV, "0"))))
+    except ValueError:
+        return 0
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:

@@ -36,8 +36,10 @@ Limits come from ``ORACULO_SANDBOX_LIMITS`` (set by the hub per group), else the
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
+import errno
 import itertools
 import os
 import shutil
@@ -53,8 +55,8 @@ from traitlets import Bool, Dict, Enum, Instance, Int, List, Unicode, default
 
 from oraculo.kernels.cohort import cohort_sandbox
 from oraculo.kernels.credentials import HubTokens, KernelToken, server_url
-from oraculo.kernels.limits import LIMITS_ENV, NPROC_ENV, SandboxLimits, sandbox_env
-from oraculo.kernels.sandbox import ChildPlan, PidsCgroup, rlimit_plan
+from oraculo.kernels.limits import LIMITS_ENV, NPROC_ENV, SandboxLimits, kernel_nice, sandbox_env
+from oraculo.kernels.sandbox import ChildPlan, PidsCgroup, rlimit_plan, set_autogroup_nice
 from oraculo.policy import tighten
 
 #: The running sandbox provisioners, by kernel id (for usage reports and limit checks).
@@ -206,8 +208,17 @@ class SandboxProvisioner(LocalProvisioner):
         if limits.processes:
             self._prepare_processes(plan, limits.processes)
         plan.drop_capabilities = os.geteuid() == 0
+        plan.nice = kernel_nice()
         kwargs["preexec_fn"] = plan
         info = await super().launch_kernel(cmd, **kwargs)
+        if plan.nice > 0 and self.process is not None:
+            failed = await asyncio.to_thread(set_autogroup_nice, plan.nice, self.process.pid)
+            if failed and failed != errno.ENOENT:
+                self.log.warning(
+                    "Kernel %s: its session group keeps nice 0 (%s)",
+                    self.kernel_id,
+                    errno.errorcode.get(failed),
+                )
         if self.kernel_id:
             _running[self.kernel_id] = self
         return info

@@ -2,9 +2,10 @@
 joins.
 
 Everything the child runs is prepared in the parent (:class:`ChildPlan`), so the child only makes
-system calls: it joins its ``pids`` cgroup, lowers its rlimits and, when it runs as root, drops
-the capabilities that would let it raise them again, leave them behind, or read the server's
-memory and environment (``CAP_SYS_PTRACE``).
+system calls: it joins its ``pids`` cgroup, lowers its rlimits and its priority (and its
+session's scheduling group's) and, when it runs as root, drops the capabilities that would let it
+raise them again, leave them behind, or read the server's memory and environment
+(``CAP_SYS_PTRACE``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import resource
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ DROPPED_CAPABILITIES = {
     "CAP_SYS_ADMIN": 21,
     "CAP_SYS_BOOT": 22,
     "CAP_SYS_RESOURCE": 24,
+    "CAP_SYS_NICE": 23,
     "CAP_SYS_TIME": 25,
     "CAP_MKNOD": 27,
 }
@@ -39,6 +43,10 @@ _PR_SET_DUMPABLE = 4
 _CAP_VERSION_3 = 0x20080522
 #: Seconds between the soft CPU limit (SIGXCPU) and the hard one (SIGKILL).
 CPU_GRACE_SECONDS = 2
+#: Where a process reads and sets the nice value of its session's scheduling group (Linux's
+#: autogroup: with it on, the CPU is shared between sessions first, then among a session's
+#: processes, so a process's own nice value weighs only against its own session).
+AUTOGROUP = "/proc/self/autogroup"
 
 
 class _CapHeader(ctypes.Structure):
@@ -63,6 +71,9 @@ class ChildPlan:
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)  # (resource, soft, hard)
     cgroup_procs: str = ""
     drop_capabilities: bool = False
+    #: The kernel's nice value (its session group's is set from the server once it runs:
+    #: :func:`set_autogroup_nice`).
+    nice: int = 0
 
     def __call__(self) -> None:
         # Runs in the child, after fork: system calls only, nothing that takes a Python lock.
@@ -74,6 +85,8 @@ class ChildPlan:
                 os.close(fd)
         for res, soft, hard in self.rlimits:
             resource.setrlimit(res, (soft, hard))
+        if self.nice > 0:
+            lower_priority(self.nice)
         if self.drop_capabilities:
             _drop_capabilities()
 
@@ -241,6 +254,56 @@ class PidsCgroup:
         self.kill_all()
         with contextlib.suppress(OSError):
             self.path.rmdir()
+
+
+def set_autogroup_nice(nice: int, pid: int | None = None, tries: int = 40) -> int:
+    """Give the session scheduling group (autogroup) of process ``pid`` (this one by default)
+    ``nice``, never a lower value than it has. Blocking (it retries); returns 0, or the errno:
+    ENOENT where the kernel has no autogroup, EAGAIN when other processes kept setting theirs
+    (Linux lets unprivileged ones do so ten times a second, machine-wide).
+
+    A kernel is started in a session of its own (jupyter_client), which Linux's autogroup
+    schedules as one group at 0 whatever its processes' nice values: with it on, the CPU is
+    shared between sessions first. Its server sets the group's value once the kernel runs: the
+    kernel's child cannot, between fork and exec, since it is still non-dumpable like the
+    server (its ``/proc`` files belong to root until it executes)."""
+    path = AUTOGROUP if pid is None else f"/proc/{pid}/autogroup"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as e:
+        return e.errno or errno.EIO
+    try:
+        current = int(os.read(fd, 128).rsplit(b"nice", 1)[-1])  # "/autogroup-42 nice 0"
+        if current >= nice:
+            return 0
+        for _ in range(tries):
+            try:
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, str(nice).encode())
+                return 0
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    return e.errno or errno.EIO
+                time.sleep(0.05)
+        return errno.EAGAIN
+    except ValueError:
+        return errno.EINVAL
+    finally:
+        os.close(fd)
+
+
+def lower_priority(nice: int) -> None:
+    """Run this process and what it starts at ``nice``, never at a higher priority than now.
+    A system call (it runs between fork and exec).
+
+    A kernel's code then comes after the hub, its proxy and its services, and after users'
+    servers, where the CPU is short. Lowering a process's nice value again takes
+    ``CAP_SYS_NICE``, which an unprivileged user (and a root kernel, see
+    :data:`DROPPED_CAPABILITIES`) does not have; a session group's
+    (:func:`set_autogroup_nice`) can be set anywhere in 0-19 by its own processes, so that part
+    is a default, not a limit."""
+    if nice > 0 and os.getpriority(os.PRIO_PROCESS, 0) < nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 def protect_process(log: Any = None) -> None:

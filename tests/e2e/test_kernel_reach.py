@@ -278,3 +278,58 @@ async def test_narrow_tokens_of_an_earlier_server_are_revoked_at_start(system_us
 
     await wait_for(revoked, 30, "the left-over kernel token to be revoked")
     assert await scopes_of(hub, tokens["mine"]) is not None
+
+
+PRIORITY = r"""
+import json, os
+def group(pid="self"):
+    return int(open(f"/proc/{pid}/autogroup").read().rsplit("nice", 1)[1])
+out = {"nice": os.getpriority(os.PRIO_PROCESS, 0), "group": group()}
+for name, attempt in {
+    "own": lambda: os.setpriority(os.PRIO_PROCESS, 0, 0),
+    "server": lambda: os.setpriority(os.PRIO_PROCESS, SERVER, -5),
+    "ahead of the hub": lambda: os.write(os.open("/proc/self/autogroup", os.O_WRONLY), b"-5"),
+}.items():
+    try:
+        attempt()
+        out[name] = "allowed"
+    except OSError as e:
+        out[name] = type(e).__name__
+out["after"] = [os.getpriority(os.PRIO_PROCESS, 0), group()]
+print(json.dumps(out))
+"""
+
+
+async def check_priority(user: User) -> None:
+    """The user's kernel runs at nice 10 (the hub's default), its session group too, behind the
+    hub and the user's server (0); its code can put neither itself back nor its server ahead."""
+    hub = user.client.hub
+    assert hub.proc is not None
+    server = server_process(hub, user.name)
+    assert psutil.Process(hub.proc.pid).nice() == 0
+    assert server.nice() == 0
+    kernel = await user.start_kernel()
+    out = await user.execute(kernel, f"SERVER = {server.pid}\n{PRIORITY}", timeout=120)
+    assert out["error"] is None, out
+    report = json.loads(out["stdout"])
+    assert report == {
+        "nice": 10,
+        "group": 10,
+        "own": "PermissionError",
+        "server": "PermissionError",
+        "ahead of the hub": "PermissionError",
+        "after": [10, 10],
+    }, report
+    assert server.nice() == 0
+
+
+async def test_a_kernel_cannot_put_itself_ahead_of_the_hub(alice: User) -> None:
+    """`process` mode as root: the kernel has no CAP_SYS_NICE."""
+    await check_priority(alice)
+
+
+@pytest.mark.root
+async def test_a_system_users_kernel_cannot_put_itself_ahead_of_the_hub(
+    system_user: User,
+) -> None:
+    await check_priority(system_user)

@@ -6,7 +6,8 @@ the login form, starting its server and then chatting, writing and searching mem
 code and listing agents for ``--run-time``. It reports p50/p95 and errors per endpoint (Locust's
 own statistics), the hub's, proxy's, model service's and store service's CPU and peak RSS while
 it ran, each user's memory (server, kernels, panel server) at the end, and whether every
-acknowledged memory write and stored conversation is there afterwards.
+acknowledged memory write and stored conversation is there afterwards, and the whole machine's
+available memory before the hub started and at its lowest while the users ran.
 
     .venv/bin/python -m benchmarks.load --users 50 --run-time 180
 """
@@ -43,12 +44,14 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.roles = roles
         self.samples: dict[str, list[tuple[float, int]]] = {k: [] for k in roles}
+        self.available: list[int] = []  # the machine's available memory (bytes), once a second
         self.done = threading.Event()
 
     def run(self) -> None:
         for p in self.roles.values():
             p.cpu_percent(None)
         while not self.done.wait(1.0):
+            self.available.append(psutil.virtual_memory().available)
             for role, p in self.roles.items():
                 try:
                     self.samples[role].append((p.cpu_percent(None), p.memory_info().rss))
@@ -66,6 +69,19 @@ class Sampler(threading.Thread):
                     "rss_max_mb": round(max(r for _, r in s) / 2**20, 1),
                 }
         return out
+
+    def machine(self, before: int) -> dict[str, float]:
+        """The whole machine's memory: what was available before the hub started, the least
+        available while the users ran, and the total, in GiB (everything on it counts, the
+        model service and the users' processes alike)."""
+        vm = psutil.virtual_memory()
+        least = min(self.available, default=vm.available)
+        return {
+            "total_gib": round(vm.total / 2**30, 2),
+            "available_before_gib": round(before / 2**30, 2),
+            "available_min_gib": round(least / 2**30, 2),
+            "used_by_run_gib": round((before - least) / 2**30, 2),
+        }
 
 
 def per_user_memory(hub: HubProcess, names: list[str]) -> dict[str, Any]:
@@ -119,6 +135,7 @@ async def check_acks(hub: HubProcess, tokens: dict[str, str], acks: Path) -> dic
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="oraculo-load-"))
+    before = psutil.virtual_memory().available
     hub = await HubProcess(work / "hub", models=True, env={"ORACULO_CULL_IDLE_TIMEOUT": "0"}).start(
         timeout=180
     )
@@ -165,6 +182,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "run_time_s": round(elapsed, 1),
             "endpoints": read_stats(work / "locust"),
             "processes": sampler.summary(),
+            "machine_memory": sampler.machine(before),
             "per_user_mb": memory,
             "hub_health_after": health,
             "acknowledged": lost,
@@ -187,6 +205,7 @@ def report(result: dict[str, Any]) -> None:
             f"  RSS max {s['rss_max_mb']} MB"
         )
     print(f"per user (MB; RSS, and PSS under 'pss'): {result['per_user_mb']}")
+    print(f"machine memory (GiB): {result['machine_memory']}")
     print(f"acknowledged writes checked afterwards: {result['acknowledged']}")
     print(f"hub health after: {result['hub_health_after']}")
 

@@ -23,6 +23,8 @@ _USERS = json.loads(open(os.environ["LOAD_USERS"]).read())
 _NEXT = itertools.count()
 _ACKS_LOCK = threading.Lock()
 PASSWORD = os.environ["LOAD_PASSWORD"]
+#: Seconds a person waits for their server before giving up.
+SPAWN_BOUND = 300
 
 
 def _ack(kind: str, user: str, value: str) -> None:
@@ -52,21 +54,46 @@ class Person(HttpUser):
         )
         start = time.perf_counter()
         self.client.post(f"/hub/api/users/{self.name}/server", headers=self.auth, name="spawn")
-        while time.perf_counter() - start < 300:
-            r = self.client.get(
-                f"/hub/api/users/{self.name}", headers=self.auth, name="spawn: poll"
-            )
-            if r.ok and (r.json().get("servers", {}).get("") or {}).get("ready"):
-                break
-            time.sleep(0.5)
+        failure = self._wait_ready(start)
         self.environment.events.request.fire(
             request_type="SPAWN",
             name="spawn → ready",
             response_time=(time.perf_counter() - start) * 1000,
             response_length=0,
-            exception=None if time.perf_counter() - start < 300 else TimeoutError("spawn"),
+            exception=failure,
             context={},
         )
+
+    def _wait_ready(self, start: float) -> Exception | None:
+        """Follow the spawn's progress events, as JupyterHub's own spawn page does (one stream,
+        not a poll: a poll's rate would depend on how fast the hub answers it)."""
+        url = f"/hub/api/users/{self.name}/server/progress"
+        headers = {**self.auth, "Accept": "text/event-stream"}
+        with self.client.get(
+            url, headers=headers, stream=True, name="spawn: progress", timeout=60,
+            catch_response=True,
+        ) as r:  # fmt: skip
+            if not r.ok:
+                r.failure(f"{r.status_code}")
+                return RuntimeError(f"progress: {r.status_code}")
+            try:
+                for line in r.iter_lines():
+                    if time.perf_counter() - start > SPAWN_BOUND:
+                        break
+                    if not line.startswith(b"data:"):
+                        continue  # the hub's keep-alive comments
+                    event = json.loads(line[5:])
+                    if event.get("ready"):
+                        r.success()
+                        return None
+                    if event.get("failed"):
+                        r.success()  # the stream did its job; the spawn failed
+                        return RuntimeError(f"spawn failed: {event.get('message', '')[:200]}")
+            except Exception as e:  # a read timeout, a dropped stream
+                r.failure(e)
+                return e
+            r.success()
+        return TimeoutError("spawn")
 
     @task(2)
     def chat(self) -> None:

@@ -2,10 +2,10 @@
 joins.
 
 Everything the child runs is prepared in the parent (:class:`ChildPlan`), so the child only makes
-system calls: it joins its ``pids`` cgroup, lowers its rlimits and its priority (and its
-session's scheduling group's) and, when it runs as root, drops the capabilities that would let it
-raise them again, leave them behind, or read the server's memory and environment
-(``CAP_SYS_PTRACE``).
+system calls: it joins its ``pids`` cgroup, lowers its rlimits and its priority and, when it
+runs as root, drops the capabilities that would let it raise them again, leave them behind, or
+read the server's memory and environment (``CAP_SYS_PTRACE``). Its session's scheduling group
+gets the same priority from the server once it runs (:func:`set_autogroup_nice`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ DROPPED_CAPABILITIES = {
     "CAP_SYS_PTRACE": 19,
     "CAP_SYS_ADMIN": 21,
     "CAP_SYS_BOOT": 22,
-    "CAP_SYS_RESOURCE": 24,
     "CAP_SYS_NICE": 23,
+    "CAP_SYS_RESOURCE": 24,
     "CAP_SYS_TIME": 25,
     "CAP_MKNOD": 27,
 }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import struct
@@ -95,7 +96,19 @@ class TreeWatcher:
             return False
         fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
-            self.log.warning("inotify_init1 failed (errno %s)", ctypes.get_errno())
+            err = ctypes.get_errno()
+            hint = (
+                " (this OS account has as many inotify instances as it may: raise the sysctl"
+                " fs.inotify.max_user_instances, 128 by default; every server of the process"
+                " spawner is the same account)"
+                if err == errno.EMFILE
+                else ""
+            )
+            self.log.warning(
+                "inotify_init1 failed (errno %s)%s: new files are indexed at the next periodic run",
+                err,
+                hint,
+            )
             return False
         self._fd = fd
         self._loop = asyncio.get_running_loop()

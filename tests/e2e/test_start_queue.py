@@ -2,8 +2,8 @@
 student who arrives while others start sees their place in the queue on the spawn page, then
 lands in JupyterLab. Screenshots under test-artifacts/start-queue-*.png.
 
-The hub starts one server at a time here (``concurrent_starts = 1``) so that the queue is there
-for certain on any machine; the default is twice the CPU count.
+The hub starts one server at a time here (``ORACULO_CONCURRENT_STARTS=1``) so that the queue is
+there for certain on any machine; the default is twice the CPU count.
 """
 
 from __future__ import annotations
@@ -20,21 +20,11 @@ from tests.harness import CHROMIUM_ARGS, PASSWORD, HubClient, HubProcess, User, 
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
-ONE_AT_A_TIME = """
-from oraculo.hub.config import OraculoHub
-
-c = get_config()
-c.OraculoHub.concurrent_starts = 1
-OraculoHub(config=c).apply(c)
-"""
-
 
 @pytest.fixture(scope="module")
 async def hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HubProcess]:
     data = tmp_path_factory.mktemp("hub-queue")
-    config = data / "jupyterhub_config.py"
-    config.write_text(ONE_AT_A_TIME)
-    proc = await HubProcess(data, config_file=config).start()
+    proc = await HubProcess(data, env={"ORACULO_CONCURRENT_STARTS": "1"}).start()
     try:
         yield proc
     finally:

@@ -22,17 +22,28 @@ OS account:
 - the server's authorizer is :class:`~oraculo.kernels.authorizer.NarrowTokenAuthorizer`: a
   kernel's or the panel server's token opens no terminal and starts no kernel.
 
+And it leaves out the hub's own code that ``jupyterhub-singleuser`` imports and a user's server
+never runs (:func:`keep_hub_code_out`, 24 MB in every server), and httpx's command-line tool,
+which ``import httpx`` loads with rich, click and pygments (4 MB).
+
     python -m oraculo.singleuser [jupyterhub-singleuser options]
 """
 
 from __future__ import annotations
 
+import sys
+
+# Before anything imports httpx: its command-line tool stays out ("httpx[cli]" then tells anyone
+# who calls httpx.main in this process to install it; the `httpx` command is not affected).
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+import importlib.util
 import logging
 import os
 import stat
-import sys
 import threading
 import time
+import types
 from typing import Any
 
 from traitlets import HasTraits
@@ -60,6 +71,61 @@ def skip_yarn_config() -> None:
         return {"yarn config": {"registry": registry} if registry else {}, "npm config": {}}
 
     commands._yarn_config = yarn_config
+
+
+def _lazy_module(name: str) -> None:
+    """Put ``name`` in ``sys.modules`` as a module that runs its code on first use."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    # Bound on its package too: ``from . import orm`` then finds it without touching it (a
+    # lookup through sys.modules reads the module's __spec__, which would load it).
+    package, _, attr = name.rpartition(".")
+    setattr(sys.modules[package], attr, module)
+
+
+def keep_hub_code_out() -> None:
+    """Import ``jupyterhub.log`` without the hub's request handlers, and the hub's ORM lazily.
+
+    ``jupyterhub-singleuser`` imports ``jupyterhub.log``, which imports the hub's request
+    handlers for one check: whether a request's handler is the hub's health-check handler, which
+    only the hub routes. The handlers, ``jupyterhub.metrics``, ``scopes`` and ``roles`` import the
+    hub's database models and Alembic. A user's server reaches the hub over HTTP and never uses
+    them: they cost 24 MB in every server (``python -m benchmarks.density``).
+
+    So ``jupyterhub.log`` is imported here against a stand-in for the handlers' module, whose
+    health-check class no handler of this server is an instance of (the check stays exact), and
+    the stand-in is then taken out of ``sys.modules``: code that imports the handlers later gets
+    the real ones. ``jupyterhub.orm`` loads on first use, whole, if anything ever uses it.
+    """
+    if "jupyterhub.log" in sys.modules:  # imported already: nothing to keep out
+        return
+    import jupyterhub
+
+    pages = types.ModuleType("jupyterhub.handlers.pages")
+
+    class HealthCheckHandler:
+        """The hub's health check, which a user's server does not route."""
+
+    pages.HealthCheckHandler = HealthCheckHandler  # type: ignore[attr-defined]
+    handlers = types.ModuleType("jupyterhub.handlers")
+    handlers.__path__ = []
+    handlers.pages = pages  # type: ignore[attr-defined]
+    if "jupyterhub.orm" not in sys.modules:
+        _lazy_module("jupyterhub.orm")
+    sys.modules.update({"jupyterhub.handlers": handlers, "jupyterhub.handlers.pages": pages})
+    try:
+        import jupyterhub.log
+    finally:
+        for name in ("jupyterhub.handlers", "jupyterhub.handlers.pages"):
+            sys.modules.pop(name, None)
+        if getattr(jupyterhub, "handlers", None) is handlers:
+            delattr(jupyterhub, "handlers")
 
 
 def _settle_token_readers(serverapp: Any) -> None:
@@ -127,6 +193,7 @@ def private_folder(path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     started = time.time()
     protect_process(log)
+    keep_hub_code_out()
     skip_yarn_config()
     try:
         private_folder(os.path.join(os.path.expanduser("~"), ".oraculo"))

@@ -18,12 +18,14 @@ Both classes are set in ``jupyter-config/jupyter_server_config.d/zz-oraculo.json
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
+from jupyter_core.paths import jupyter_path
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from jupyter_server.utils import ApiPath
-from traitlets import Unicode
+from traitlets import Bool, Unicode
 
 #: The provisioner that launches sandboxed kernels (entry point in pyproject.toml).
 SANDBOX_PROVISIONER = "oraculo-sandbox"
@@ -44,12 +46,26 @@ class SandboxKernelSpecManager(KernelSpecManager):
         saved with `python3`, say).""",
     ).tag(config=True)
 
+    ensure_native_kernel = Bool(
+        False,
+        help="""Whether to add the Python environment's own ipykernel spec. It is not sandboxed,
+        so it would never be offered; looking for it imports ipykernel into the server.""",
+    ).tag(config=True)
+
+    def _kernel_dirs_default(self) -> list[str]:
+        # As jupyter_client's, which imports IPython into the server (3 MB) to learn where
+        # ~/.ipython is: $IPYTHONDIR, else ~/.ipython.
+        ipython_dir = os.path.expanduser(os.environ.get("IPYTHONDIR") or "~/.ipython")
+        return [*jupyter_path("kernels"), os.path.join(ipython_dir, "kernels")]
+
     def find_kernel_specs(self) -> dict[str, str]:
         found = super().find_kernel_specs()
         out = {}
         for name, resource_dir in found.items():
             try:
-                spec = self._get_kernel_spec_by_name(name, resource_dir)
+                # Its kernel.json (``_get_kernel_spec_by_name`` would import ipykernel into the
+                # server for a spec named python3, which is not sandboxed anyway).
+                spec = self.kernel_spec_class.from_resource_dir(resource_dir)
             except Exception:  # not loadable: not offered either
                 continue
             if is_sandboxed(spec):

@@ -94,3 +94,21 @@ def test_with_the_store_service_the_features_never_load_lancedb_or_arrow(tmp_pat
         tmp_path,
     )
     assert out.splitlines() == ["['RemoteLanceStore', 'RemoteLanceStore']", "[]"]
+
+
+def test_the_panel_server_leaves_httpx_s_command_line_tool_out(tmp_path: Path) -> None:
+    out = run(
+        """
+        import runpy, sys
+        sys.argv = ["serve", "--help"]  # panel serve's help: it parses its arguments and exits
+        try:
+            runpy.run_module("oraculo.extensions.panels.serve", run_name="__main__")
+        except SystemExit as e:
+            print("exit", e.code)
+        import httpx, oraculo.extensions.panels.chat  # what the panel apps use
+        print("panel.command" in sys.modules, httpx.AsyncClient.__name__)
+        print(sorted(m for m in ("rich", "click", "httpx._main") if sys.modules.get(m)))
+        """,
+        tmp_path,
+    )
+    assert out.splitlines()[-3:] == ["exit 0", "True AsyncClient", "[]"]

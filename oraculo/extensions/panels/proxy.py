@@ -68,8 +68,7 @@ def _command(unix_socket: str, base_url: str) -> list[str]:
         [
             sys.executable,
             "-m",
-            "panel",
-            "serve",
+            "oraculo.extensions.panels.serve",  # panel serve, leaving out what it never runs
             *(str(p) for p in app_paths()),
             "--unix-socket",
             unix_socket,

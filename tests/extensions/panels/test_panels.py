@@ -142,7 +142,7 @@ def panel_processes(server: JupyterServer) -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process(server.proc.pid).children(recursive=True)
-        if "panel" in p.cmdline() and "serve" in p.cmdline()
+        if "oraculo.extensions.panels.serve" in p.cmdline()
     ]
 
 

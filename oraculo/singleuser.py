@@ -46,6 +46,7 @@ import time
 import types
 from typing import Any
 
+import httpx
 from traitlets import HasTraits
 
 from oraculo.kernels import credentials
@@ -153,17 +154,54 @@ def _server_info_without_token(serverapp: Any) -> None:
     serverapp.no_browser_open_file = True
 
 
-def _panel_token(hub: credentials.HubTokens, started: float) -> None:
-    token = None
-    try:
-        hub.revoke_stale_sync(before=started)
-        token = hub.mint_sync(
-            PANEL_TOKEN_EXPIRES_IN, note="oraculo panel", scopes=credentials.PANEL_TOKEN_SCOPES
-        )
-    except Exception as e:  # the server still starts; its panels cannot call it
-        log.warning("Could not mint the panel server's token: %s", type(e).__name__)
-    finally:
-        credentials.hold_panel_token(token)
+#: Seconds between tries to mint the panel server's token while the hub does not answer in time
+#: (busy starting a crowd of servers, say): about eight minutes in all.
+PANEL_TOKEN_RETRY_DELAYS = (2.0, 5.0, 10.0, 30.0, 60.0, 60.0, 60.0, 120.0, 120.0)
+
+
+def _transient(e: Exception) -> bool:
+    """Whether asking the hub again may succeed: it did not answer, or answered 5xx or 429."""
+    if isinstance(e, httpx.TransportError):
+        return True
+    if isinstance(e, httpx.HTTPStatusError):
+        status = e.response.status_code
+        return status >= 500 or status == 429
+    return False
+
+
+def _panel_token(
+    hub: credentials.HubTokens,
+    started: float,
+    delays: tuple[float, ...] = PANEL_TOKEN_RETRY_DELAYS,
+) -> None:
+    """Mint the panel server's token, trying again while the hub is slow or away.
+
+    After a first failure, a panel opened meanwhile does not wait for the retries (its panel
+    server starts without a token; it cannot call this server until this server restarts); one
+    opened after a retry succeeds gets the token."""
+    for attempt, delay in enumerate((*delays, None)):
+        try:
+            hub.revoke_stale_sync(before=started)
+            token = hub.mint_sync(
+                PANEL_TOKEN_EXPIRES_IN, note="oraculo panel", scopes=credentials.PANEL_TOKEN_SCOPES
+            )
+        except Exception as e:  # the server still starts; its panels cannot call it
+            if attempt == 0:
+                credentials.hold_panel_token(None)
+            if delay is None or not _transient(e):
+                log.warning("Could not mint the panel server's token: %s", type(e).__name__)
+                return
+            log.warning(
+                "Could not mint the panel server's token yet (%s); trying again in %.0f s",
+                type(e).__name__,
+                delay,
+            )
+            time.sleep(delay)
+        else:
+            credentials.hold_panel_token(token)
+            if attempt:
+                log.info("Minted the panel server's token at try %d", attempt + 1)
+            return
 
 
 def start_panel_token(started: float) -> None:

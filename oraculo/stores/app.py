@@ -422,6 +422,7 @@ class ImportHandler(BaseHandler):
     async def post(self) -> None:
         assert self.user is not None and self._file is not None
         user = self.user
+        failed: OraculoError | None = None
         try:
             if self._refused is not None:
                 raise self._refused
@@ -433,7 +434,11 @@ class ImportHandler(BaseHandler):
                 )
                 self.stores.forget(user)
         except OraculoError as e:
-            self._fail(e)
+            failed = e
+        # The upload goes before the answer does: whoever reads the answer finds it gone.
+        self._file.close()
+        if failed is not None:
+            self._fail(failed)
             return
         log.info("imported %s's old local store (%d bytes)", user, self._size)
         self.set_status(201)

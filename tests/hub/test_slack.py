@@ -253,7 +253,8 @@ async def test_link_then_ask_in_a_thread_with_my_memories_and_passages(
     run = event("run: print(6 * 7)")
     await send(slack_hub, run)
     refused = await posted(slack_api, n, thread_ts=run["event"]["ts"])
-    assert "off" in refused["text"] and "42" not in refused["text"]
+    # no 42 of its own (the settings link's port may hold the digits)
+    assert "off" in refused["text"] and not re.search(r"\b42\b", refused["text"])
     r = await alice.api("GET", f"{base}/v1/execute/audit")
     assert not any("6 * 7" in (rec.get("code") or "") for rec in r.json()["records"])
     r = await http.get(f"{slack_hub.url}/services/slack/settings", follow_redirects=True)

@@ -6,9 +6,12 @@ request, and LanceDB comes without pandas; both still work when asked for.
 
 from __future__ import annotations
 
+import json
+import socket as sockets
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 
@@ -96,19 +99,72 @@ def test_with_the_store_service_the_features_never_load_lancedb_or_arrow(tmp_pat
     assert out.splitlines() == ["['RemoteLanceStore', 'RemoteLanceStore']", "[]"]
 
 
-def test_the_panel_server_leaves_httpx_s_command_line_tool_out(tmp_path: Path) -> None:
-    out = run(
-        """
-        import runpy, sys
-        sys.argv = ["serve", "--help"]  # panel serve's help: it parses its arguments and exits
-        try:
-            runpy.run_module("oraculo.extensions.panels.serve", run_name="__main__")
-        except SystemExit as e:
-            print("exit", e.code)
-        import httpx, oraculo.extensions.panels.chat  # what the panel apps use
-        print("panel.command" in sys.modules, httpx.AsyncClient.__name__)
-        print(sorted(m for m in ("rich", "click", "httpx._main") if sys.modules.get(m)))
-        """,
-        tmp_path,
+def test_the_panel_server_serves_without_the_commands_it_never_runs(tmp_path: Path) -> None:
+    """The real command line of a user's panel server (oraculo.extensions.panels.proxy), with a
+    probe app in place of ours: a page is served, through the Unix socket and prefix, and the
+    process that serves it has not loaded httpx's command-line tool or Panel's other commands."""
+    import httpx
+
+    from oraculo.extensions.panels.proxy import _command, app_paths
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        textwrap.dedent(
+            """
+            import json, sys
+            import httpx, panel as pn
+            import oraculo.extensions.panels.chat  # what our apps import
+            names = ("rich", "click", "httpx._main", "requests", "urllib3", "panel.command.bundle",
+                     "panel.command.convert", "panel.io.convert")
+            loaded = sorted(m for m in names if sys.modules.get(m))
+            with open(sys.argv[0] + ".json", "w") as f:
+                json.dump({"loaded": loaded, "serve": "panel.command.serve" in sys.modules}, f)
+            pn.pane.Markdown("probe answered").servable()
+            """
+        )
     )
-    assert out.splitlines()[-3:] == ["exit 0", "True AsyncClient", "[]"]
+    socket = str(tmp_path / "panel.sock")
+    command = _command(socket, "/user/ana/")
+    apps = len(app_paths())
+    command = [*command[:3], str(probe), *command[3 + apps :]]
+    log = tmp_path / "panel.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):  # until it listens on the socket
+            assert server.poll() is None, log.read_text()[-3000:]
+            with sockets.socket(sockets.AF_UNIX) as probe_socket:
+                if probe_socket.connect_ex(socket) == 0:
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the panel server did not listen within a minute")
+        with httpx.Client(transport=httpx.HTTPTransport(uds=socket), timeout=30) as client:
+            page = client.get("http://panels/user/ana/oraculo-panels/probe")
+        assert page.status_code == 200, page.text[:500]
+        assert "<title>Panel Application</title>" in page.text  # the probe's page, rendered
+        seen = json.loads((tmp_path / "probe.py.json").read_text())
+        assert seen == {"loaded": [], "serve": True}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_panel_server_command_answers_bad_arguments_as_panel_serve_does(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "oraculo.extensions.panels.serve", "--no-such-option"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "unrecognized arguments: --no-such-option" in bad.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "oraculo.extensions.panels.serve", "nowhere.py", "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 1, missing.stderr[-2000:]
+    assert "nowhere.py" in missing.stderr

@@ -7,9 +7,10 @@ code and listing agents for ``--run-time``. It reports p50/p95 and errors per en
 own statistics), the hub's, proxy's, model service's and store service's CPU and peak RSS while
 it ran, each user's memory (server, kernels, panel server) at the end, and whether every
 acknowledged memory write and stored conversation is there afterwards, and the whole machine's
-available memory before the hub started and at its lowest while the users ran.
+available memory before the hub started and at its lowest while the users ran. With
+``--panels`` each user also opens the chat panel once its server is up (its panel server runs).
 
-    .venv/bin/python -m benchmarks.load --users 50 --run-time 180
+    .venv/bin/python -m benchmarks.load --users 50 --run-time 180 [--panels]
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "LOAD_USERS": str(work / "users.json"),
             "LOAD_ACKS": str(acks),
             "LOAD_PASSWORD": PASSWORD,
+            "LOAD_PANELS": "1" if args.panels else "0",
         }
         started = time.perf_counter()
         subprocess.run(
@@ -179,6 +181,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await client.aclose()
         return {
             "users": args.users,
+            "panels": args.panels,
             "run_time_s": round(elapsed, 1),
             "endpoints": read_stats(work / "locust"),
             "processes": sampler.summary(),
@@ -192,7 +195,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> None:
-    print(f"\n{result['users']} users, {result['run_time_s']} s")
+    panels = ", each with the chat panel open" if result.get("panels") else ""
+    print(f"\n{result['users']} users{panels}, {result['run_time_s']} s")
     print(f"{'endpoint':<22}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}")
     for e in result["endpoints"]:
         print(
@@ -215,8 +219,12 @@ if __name__ == "__main__":
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--spawn-rate", type=float, default=1.0)
     parser.add_argument("--run-time", type=int, default=180)
+    parser.add_argument(
+        "--panels", action="store_true", help="each user opens the chat panel once up"
+    )
     args = parser.parse_args()
     result = asyncio.run(main(args))
     report(result)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"load-{args.users}.json").write_text(json.dumps(result, indent=2))
+    name = f"load-{args.users}{'-panels' if args.panels else ''}.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2))

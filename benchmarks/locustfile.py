@@ -1,6 +1,8 @@
 """Locust users for ``benchmarks/load.py``: each signs in through the hub's form, starts its
 server, then chats, writes and searches memories, runs code and lists agents, as one person
-working would (a few seconds between actions).
+working would (a few seconds between actions). With ``LOAD_PANELS=1`` (``load.py --panels``)
+each also opens the chat panel once its server is up, which starts its panel server, and keeps
+it (as a person with the chat panel open in a tab).
 
 Accounts and tokens come from the file in ``LOAD_USERS`` (made by ``load.py``); every
 acknowledged memory write and stored conversation is appended to ``LOAD_ACKS`` so that
@@ -63,6 +65,20 @@ class Person(HttpUser):
             exception=failure,
             context={},
         )
+        if failure is None and os.environ.get("LOAD_PANELS") == "1":
+            # The page is made on the server (a Bokeh session), so this starts the panel server
+            # and the chat panel's session, as opening its tab does.
+            with self.client.get(
+                f"/user/{self.name}/oraculo-panels/chat",
+                headers=self.auth,
+                name="panel: open chat",
+                catch_response=True,
+            ) as r:
+                # bytes: requests decodes an HTML page without a charset as Latin-1
+                if r.status_code == 200 and "<title>Chat · Oráculo</title>".encode() in r.content:
+                    r.success()
+                else:
+                    r.failure(f"{r.status_code}")
 
     def _wait_ready(self, start: float) -> Exception | None:
         """Follow the spawn's progress events, as JupyterHub's own spawn page does (one stream,

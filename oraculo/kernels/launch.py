@@ -107,7 +107,7 @@ class LazyDebugger:
             return debug_info_before_start(message)
         try:
             debugger = self._real()
-        except Exception as e:  # debugpy is installed but does not import: say so, once per request
+        except Exception as e:  # debugpy is installed but does not import: the reply says so
             return {
                 "type": "response",
                 "request_seq": message.get("seq"),

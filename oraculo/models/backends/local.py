@@ -19,7 +19,7 @@ from typing import Any
 
 from traitlets import Unicode, default
 
-from .. import attention, constrained
+from .. import constrained
 from ..engine import BatchEngine, EngineEvent, QueueFull, SamplingParams
 from ..errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from ..protocol import ChatCompletionRequest
@@ -139,9 +139,6 @@ class TransformersChatBackend(Backend):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         model.to(device)  # type: ignore[arg-type]
         model.eval()
-        if device == "cpu" and model.config._attn_implementation == "sdpa":
-            # one-token queries by grouped matrix products: CPU SDPA is slow there in bf16
-            model.set_attn_implementation(attention.register())
         ctx = spec.context_length or int(getattr(model.config, "max_position_embeddings", 2048))
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -165,15 +162,13 @@ class TransformersChatBackend(Backend):
         )
         self.engine.start()
         self.log.info(
-            "loaded %s from %s on %s in %s (context %d, prefill in %s, attention %s, "
-            "sampling defaults %s)",
+            "loaded %s from %s on %s in %s (context %d, prefill in %s, sampling defaults %s)",
             spec.name,
             path,
             self.engine.device,
             self.engine.dtype,
             ctx,
             self.engine.prefill_dtype,
-            model.config._attn_implementation,
             self.defaults,
         )
 

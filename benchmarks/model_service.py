@@ -22,9 +22,12 @@ distinct (numbered), all ask for writing that runs past the cap. The three:
    its cache small on CPU), streaming over HTTP. Needs the ``serving`` extra (fastapi, uvicorn;
    pinned in requirements/constraints.txt as the ``bench`` extra).
 
-Levels run in turn on all three, so they share the machine's state of the moment. Reported per
-level: aggregate completion tokens/s (each row counts the tokens it really generated, up to its
-cap), time to first token p50/p95, and the ratios of ours to each baseline.
+Levels run in turn on all three, so they share the machine's state of the moment, and the order
+rotates from level to level (the table's "run as" column), so that no system always runs first.
+Repeat a level (``--levels 16,16,16``) to see each system in every position; a repeat's prompts
+are numbered apart, so that our prefix cache does not find them from the run before.
+Reported per level: aggregate completion tokens/s (each row counts the tokens it really generated,
+up to its cap), time to first token p50/p95, and the ratios of ours to each baseline.
 
 Usage::
 
@@ -45,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -112,15 +116,21 @@ class Request:
     max_tokens: int
 
 
-def workload(name: str, streams: int, per_stream: int, max_tokens: int) -> list[Request]:
-    """The requests of one level; the same list goes to every system."""
+def workload(
+    name: str, streams: int, per_stream: int, max_tokens: int, repeat: int = 0
+) -> list[Request]:
+    """The requests of one level; the same list goes to every system.
+
+    ``repeat`` counts earlier runs of the same level: their prompts are numbered apart, so that a
+    repeated level does not find its prompts in our prefix cache (the caps stay the same)."""
     rng = random.Random(f"{name}-{streams}")  # fixed seed: the same caps in every run
     out = []
     for j in range(per_stream):
         for i in range(streams):
             k = j * streams + i
             cap = max_tokens if name == "fixed" else rng.randint(MIXED_MIN, MIXED_MAX)
-            out.append(Request(i, j, f"Request {k}: {PROMPTS[k % len(PROMPTS)]}", cap))
+            label = f"Request {k}" if not repeat else f"Request {k}, repeat {repeat}"
+            out.append(Request(i, j, f"{label}: {PROMPTS[k % len(PROMPTS)]}", cap))
     return out
 
 
@@ -401,9 +411,9 @@ async def run_http(
 
 def table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| workload | streams | mode | requests | tokens | agg tok/s | ours × this "
+        "| workload | streams | mode | run as | requests | tokens | agg tok/s | ours × this "
         "| TTFT p50 ms | TTFT p95 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         ours = next(
@@ -411,12 +421,14 @@ def table(rows: list[dict[str, Any]]) -> str:
                 o["agg_tok_s"]
                 for o in rows
                 if o["mode"].startswith("oraculo")
-                and (o["workload"], o["streams"]) == (r["workload"], r["streams"])
+                and (o["workload"], o["streams"], o.get("round"))
+                == (r["workload"], r["streams"], r.get("round"))
             ),
             float("nan"),
         )
         out.append(
-            f"| {r['workload']} | {r['streams']} | {r['mode']} | {r['requests']} | {r['tokens']} "
+            f"| {r['workload']} | {r['streams']} | {r['mode']} | {r.get('order', '')} "
+            f"| {r['requests']} | {r['tokens']} "
             f"| {r['agg_tok_s']:.1f} | {ours / r['agg_tok_s']:.2f} | {r['ttft_p50_ms']:.0f} "
             f"| {r['ttft_p95_ms']:.0f} |"
         )
@@ -482,25 +494,38 @@ async def main() -> None:
                 warm = workload("fixed", 1, 1, 8)
                 await run_http("warm-up", serve.url, serve.model, warm, 1, count)
             for name in workloads:
-                for n in args.streams:
-                    # each level on every system in turn: they share the machine's noise
-                    reqs = workload(name, n, args.requests_per_stream, args.max_tokens)
-                    level: list[dict[str, Any]] = []
+                for k, n in enumerate(args.streams):
+                    # each level on every system in turn: they share the machine's noise. The
+                    # order rotates from level to level, so that no system always runs first
+                    # (four services of the same model, run in the order they started, twice:
+                    # 78, 85, 93, 96 and 80, 101, 100, 105 tok/s; see the README)
+                    repeat = args.streams[:k].count(n)
+                    reqs = workload(name, n, args.requests_per_stream, args.max_tokens, repeat)
+                    runs: list[tuple[str, Any]] = []
                     for svc in services:
                         mode = "oraculo.models"
                         if svc.engine is not None:
                             mode += f" chunk={svc.engine[0]} prefix={svc.engine[1]}"
-                        print(f"{name} {n}: {mode} ...", file=sys.stderr)
-                        level.append(await run_http(mode, svc.url, "smollm2", reqs, n, count))
+                        runs.append((mode, functools.partial(run_http, mode, svc.url, "smollm2")))
                     if model is not None:
-                        print(f"{name} {n}: static generate ...", file=sys.stderr)
-                        level.append(static_batches(model, tok, reqs, n))
+                        runs.append(("static generate", None))
                     if serve is not None:
-                        print(f"{name} {n}: transformers serve ...", file=sys.stderr)
                         mode = "transformers serve --continuous-batching"
-                        level.append(await run_http(mode, serve.url, serve.model, reqs, n, count))
+                        runs.append(
+                            (mode, functools.partial(run_http, mode, serve.url, serve.model))
+                        )
+                    order = [(i + k) % len(runs) for i in range(len(runs))]
+                    level: list[dict[str, Any]] = [{} for _ in runs]
+                    for position, i in enumerate(order, 1):
+                        mode, run = runs[i]
+                        print(f"{name} {n}: {mode} ...", file=sys.stderr)
+                        if run is None:
+                            level[i] = static_batches(model, tok, reqs, n)
+                        else:
+                            level[i] = await run(reqs, n, count)
+                        level[i]["order"] = position
                     for row in level:
-                        row["workload"] = name
+                        row["workload"], row["round"] = name, k
                         print(json.dumps(row), file=sys.stderr)
                     rows += level
         finally:

@@ -285,3 +285,53 @@ def test_spawner_hooks_hand_limits_to_the_server() -> None:
     docker.user = user  # type: ignore[assignment]
     assert sandbox_env(docker, {})[NPROC_ENV] == "0"
     assert docker_host_config(docker) == {"pids_limit": 100 * 4 + 256}
+
+
+def test_what_a_killed_servers_kernel_left_running_is_ended_at_the_next_kernel_start() -> None:
+    """A server killed before it could shut its kernels down (no ``kill``, no ``cleanup``) leaves
+    their cgroups behind, and in them whatever a kernel started in a session of its own (a
+    daemon, debugpy's adapter). The next kernel cgroup made on the machine kills those processes
+    and removes the cgroup."""
+    import subprocess
+    import time
+
+    import psutil
+
+    from oraculo.kernels.sandbox import PidsCgroup, _pids_hierarchy
+
+    if _pids_hierarchy() is None:
+        pytest.skip("no pids cgroup this process may make (needs root here)")
+    gone = subprocess.Popen(["true"])  # a server pid that no longer runs
+    gone.wait()
+    left = PidsCgroup.create(f"kernel-{gone.pid}-0", 16)
+    assert left is not None
+
+    def into_cgroup() -> None:
+        with open(left.procs_file, "w") as f:
+            f.write(str(os.getpid()))
+
+    # a daemon, as debugpy's adapter makes itself: a new session, its parent gone
+    out = subprocess.run(
+        ["setsid", "sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"],
+        preexec_fn=into_cgroup,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    daemon = psutil.Process(int(out.stdout))
+    assert daemon.ppid() != os.getpid() and left.pids() == [daemon.pid]
+    fresh = PidsCgroup.create(f"kernel-{os.getpid()}-1", 16)
+    assert fresh is not None
+    try:
+        deadline = time.monotonic() + 10
+        while daemon.is_running() and daemon.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the dead server's daemon is still running"
+            time.sleep(0.05)
+        again = PidsCgroup.create(f"kernel-{os.getpid()}-2", 16)  # another start prunes again
+        assert again is not None
+        again.remove()
+        assert not left.path.exists()
+        assert fresh.path.exists()  # a live server's cgroup stays
+    finally:
+        fresh.remove()
+        left.remove()

@@ -10,13 +10,15 @@ goes to ``test-artifacts/debugger-*.png``.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from nbformat import v4
 from playwright.async_api import Page, async_playwright, expect
 
-from tests.harness import CHROMIUM_ARGS, PASSWORD, HubClient, HubProcess, new_user
+from tests.harness import CHROMIUM_ARGS, PASSWORD, HubClient, HubProcess, new_user, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -27,6 +29,7 @@ CHECK = "import sys\nprint('debugger loaded:', 'debugpy' in sys.modules)"
 async def test_the_debugger_stops_at_a_breakpoint_on_the_sandbox_kernel(
     hub: HubProcess, artifacts: Path
 ) -> None:
+    started = time.time()
     client = HubClient(hub)
     user = await new_user(client, "dora")
     await user.spawn()
@@ -108,6 +111,27 @@ async def test_the_debugger_stops_at_a_breakpoint_on_the_sandbox_kernel(
             await lab.get_by_title(re.compile(r"^Continue")).first.click()
             await expect(editor.locator(".jp-OutputArea")).to_contain_text("sum 5", timeout=60_000)
             await shot(lab, "continued")
+            await browser.close()
+
+            # Shutting the kernel down ends debugpy's adapter with it (it daemonizes, but stays in
+            # the kernel's cgroup). Left running in this session's hub, one spun at 60-200 % CPU
+            # through the rest of the suite, and timing tests failed.
+            r = await user.api("GET", f"/user/{user.name}/api/kernels")
+            for kernel in r.json():
+                await user.api("DELETE", f"/user/{user.name}/api/kernels/{kernel['id']}")
+
+            def adapters() -> list[psutil.Process]:
+                found = []
+                for p in psutil.process_iter(["cmdline", "create_time"]):
+                    line = " ".join(p.info["cmdline"] or [])
+                    if "debugpy/adapter" in line and p.info["create_time"] >= started:
+                        found.append(p)
+                return found
+
+            async def adapter_gone() -> bool:
+                return not adapters()
+
+            await wait_for(adapter_gone, 30, "the kernel's debug adapter to end with it")
         finally:
             await browser.close()
             await user.client.aclose()

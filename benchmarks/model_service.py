@@ -508,7 +508,11 @@ async def main() -> None:
                             mode += f" chunk={svc.engine[0]} prefix={svc.engine[1]}"
                         runs.append((mode, functools.partial(run_http, mode, svc.url, "smollm2")))
                     if model is not None:
-                        runs.append(("static generate", None))
+
+                        async def static(reqs: list[Request], n: int, _: Any) -> dict[str, Any]:
+                            return static_batches(model, tok, reqs, n)
+
+                        runs.append(("static generate", static))
                     if serve is not None:
                         mode = "transformers serve --continuous-batching"
                         runs.append(
@@ -519,10 +523,7 @@ async def main() -> None:
                     for position, i in enumerate(order, 1):
                         mode, run = runs[i]
                         print(f"{name} {n}: {mode} ...", file=sys.stderr)
-                        if run is None:
-                            level[i] = static_batches(model, tok, reqs, n)
-                        else:
-                            level[i] = await run(reqs, n, count)
+                        level[i] = await run(reqs, n, count)
                         level[i]["order"] = position
                     for row in level:
                         row["workload"], row["round"] = name, k

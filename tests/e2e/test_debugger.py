@@ -120,16 +120,12 @@ async def test_the_debugger_stops_at_a_breakpoint_on_the_sandbox_kernel(
             for kernel in r.json():
                 await user.api("DELETE", f"/user/{user.name}/api/kernels/{kernel['id']}")
 
-            def adapters() -> list[psutil.Process]:
-                found = []
-                for p in psutil.process_iter(["cmdline", "create_time"]):
-                    line = " ".join(p.info["cmdline"] or [])
-                    if "debugpy/adapter" in line and p.info["create_time"] >= started:
-                        found.append(p)
-                return found
-
             async def adapter_gone() -> bool:
-                return not adapters()
+                return not any(
+                    "debugpy/adapter" in " ".join(p.info["cmdline"] or [])
+                    and p.info["create_time"] >= started
+                    for p in psutil.process_iter(["cmdline", "create_time"])
+                )
 
             await wait_for(adapter_gone, 30, "the kernel's debug adapter to end with it")
         finally:

@@ -9,9 +9,12 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psutil
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import TraitError
@@ -19,6 +22,7 @@ from traitlets.config import Config
 
 from oraculo.hub.sandbox import SandboxConfig
 from oraculo.kernels.limits import LIMITS_ENV, SandboxLimits, sandbox_env
+from oraculo.kernels.sandbox import PidsCgroup, _pids_hierarchy
 
 
 def test_kernel_env_drops_credentials() -> None:
@@ -292,15 +296,8 @@ def test_what_a_killed_servers_kernel_left_running_is_ended_at_the_next_kernel_s
     their cgroups behind, and in them whatever a kernel started in a session of its own (a
     daemon, debugpy's adapter). The next kernel cgroup made on the machine kills those processes
     and removes the cgroup."""
-    import subprocess
-    import time
-
-    import psutil
-
-    from oraculo.kernels.sandbox import PidsCgroup, _pids_hierarchy
-
-    if _pids_hierarchy() is None:
-        pytest.skip("no pids cgroup this process may make (needs root here)")
+    if os.geteuid() != 0 or _pids_hierarchy() is None:
+        pytest.skip("needs root and a pids cgroup hierarchy to make kernel cgroups in")
     gone = subprocess.Popen(["true"])  # a server pid that no longer runs
     gone.wait()
     left = PidsCgroup.create(f"kernel-{gone.pid}-0", 16)
